@@ -1,0 +1,80 @@
+// NumPy <-> engine views for the _core bindings.  Arrays are taken as they are (C-contiguous,
+// exact dtype, no conversion): the Python layer validates and converts explicitly first.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "mpsntk/engine.hpp"
+
+namespace mpsntk::bind {
+
+namespace py = pybind11;
+
+template <class T>
+using carray = py::array_t<T, py::array::c_style>;
+
+template <class T>
+carray<T> as_carray(const py::handle& obj, const std::string& name) {
+  if (!carray<T>::check_(obj))
+    throw py::type_error("mpsntk: " + name + " must be a C-contiguous " +
+                         std::string(sizeof(T) == 8 ? "float64" : "float32") + " array");
+  return py::reinterpret_borrow<carray<T>>(obj);
+}
+
+template <class T>
+T* writable(carray<T>& a, const std::string& name, py::ssize_t size) {
+  if (!a.writeable()) throw py::value_error("mpsntk: " + name + " is read-only");
+  if (a.size() != size)
+    throw py::value_error("mpsntk: " + name + " has " + std::to_string(a.size()) + " elements, expected " +
+                          std::to_string(size));
+  return a.mutable_data();
+}
+
+/// An MPS view plus the NumPy arrays that keep its memory alive.
+template <class T>
+struct Chain {
+  ChainView<T> view;
+  std::vector<carray<T>> keep;
+};
+
+template <class T>
+Chain<T> make_chain(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+                    index_t output_site) {
+  Chain<T> c;
+  auto& v = c.view;
+  v.n_sites = static_cast<index_t>(cores.size());
+  MPSNTK_EXPECTS(v.n_sites >= 1, "cores: need at least one core");
+  MPSNTK_EXPECTS(boundary == "open" || boundary == "periodic", "boundary must be 'open' or 'periodic'");
+  v.boundary = boundary == "open" ? Boundary::open : Boundary::periodic;
+  v.output_site = output_site;
+  MPSNTK_EXPECTS(scales.ndim() == 1 && scales.shape(0) == v.n_sites, "scales: need one per site");
+  for (index_t j = 0; j < v.n_sites; ++j) {
+    carray<T> a = as_carray<T>(cores[j], "cores[" + std::to_string(j) + "]");
+    const bool label = j == output_site;
+    MPSNTK_EXPECTS(a.ndim() == (label ? 4 : 3), "cores[" + std::to_string(j) + "]: wrong rank");
+    const int o = label ? 1 : 0;
+    if (label) v.n_outputs = a.shape(0);
+    if (j == 0) v.phys_dim = a.shape(o), v.bond.push_back(a.shape(o + 1));
+    MPSNTK_EXPECTS(a.shape(o) == v.phys_dim, "cores[" + std::to_string(j) + "]: phys_dim differs");
+    MPSNTK_EXPECTS(a.shape(o + 1) == v.bond.back(),
+                   "cores[" + std::to_string(j) + "]: left bond does not match the previous core");
+    v.bond.push_back(a.shape(o + 2));
+    v.cores.push_back(a.data());
+    v.scales.push_back(scales.at(j));
+    c.keep.push_back(std::move(a));
+  }
+  v.validate();
+  return c;
+}
+
+template <class T>
+FeatureView<T> make_features(const carray<T>& phi, const std::string& name) {
+  MPSNTK_EXPECTS(phi.ndim() == 3, name + ": expected shape (n_samples, n_sites, phys_dim)");
+  return FeatureView<T>{phi.data(), phi.shape(0), phi.shape(1), phi.shape(2)};
+}
+
+}  // namespace mpsntk::bind

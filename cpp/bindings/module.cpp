@@ -1,0 +1,192 @@
+// The _core extension: host C++ engine exposed to the Python layer (python/mpsntk).
+#include <pybind11/stl.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "convert.hpp"
+
+namespace py = pybind11;
+using namespace mpsntk;
+using namespace mpsntk::bind;
+
+namespace {
+
+template <class T>
+py::tuple forward_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+                     index_t output_site, const carray<T>& phi) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  auto fv = make_features<T>(phi, "phi");
+  carray<T> mant({fv.n_samples, ch.view.n_outputs});
+  carray<double> lg({fv.n_samples, ch.view.n_outputs});
+  T* m = mant.mutable_data();
+  double* l = lg.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    forward<T>(ch.view, fv, m, l);
+  }
+  return py::make_tuple(mant, lg);
+}
+
+template <class T>
+void ntk_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
+            const std::string& boundary, index_t output_site, const carray<T>& phi1, const py::object& phi2,
+            carray<T> out, carray<double> log1, carray<double> log2, bool full_outputs, bool per_site,
+            bool normalized, index_t tile) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  const auto f1 = make_features<T>(phi1, "phi1");
+  carray<T> p2arr;
+  FeatureView<T> f2;
+  const bool sym = phi2.is_none();
+  if (!sym) {
+    p2arr = as_carray<T>(phi2, "phi2");
+    f2 = make_features<T>(p2arr, "phi2");
+  }
+  MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
+  const index_t n2 = sym ? f1.n_samples : f2.n_samples, C = ch.view.n_outputs;
+  const index_t cc = (full_outputs && C > 1) ? C * C : 1;
+  T* o = writable(out, "out", f1.n_samples * n2 * cc * (per_site ? ch.view.n_sites : 1));
+  double* l1 = writable(log1, "log_scale1", f1.n_samples);
+  double* l2 = writable(log2, "log_scale2", n2);
+  NtkOptions opt;
+  opt.full_outputs = full_outputs;
+  opt.per_site = per_site;
+  opt.normalized = normalized;
+  opt.tile = tile;
+  const double* lr = site_lr.data();
+  py::gil_scoped_release nogil;
+  ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2);
+}
+
+template <class T>
+std::vector<T*> core_like_outputs(const Chain<T>& ch, const py::list& arrays, const std::string& name,
+                                  std::vector<carray<T>>& keep) {
+  MPSNTK_EXPECTS(static_cast<index_t>(arrays.size()) == ch.view.n_sites, name + ": need one array per core");
+  std::vector<T*> ptr;
+  for (index_t j = 0; j < ch.view.n_sites; ++j) {
+    keep.push_back(as_carray<T>(arrays[j], name + "[" + std::to_string(j) + "]"));
+    ptr.push_back(writable(keep.back(), name + "[" + std::to_string(j) + "]", ch.view.core_size(j)));
+  }
+  return ptr;
+}
+
+template <class T>
+void vjp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+            index_t output_site, const carray<T>& phi, const carray<T>& cot, const py::list& grads) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  const auto fv = make_features<T>(phi, "phi");
+  MPSNTK_EXPECTS(cot.size() == fv.n_samples * ch.view.n_outputs, "cotangent: expected (n_samples, n_outputs)");
+  std::vector<carray<T>> keep;
+  auto g = core_like_outputs(ch, grads, "grads", keep);
+  py::gil_scoped_release nogil;
+  vjp<T>(ch.view, fv, cot.data(), g.data());
+}
+
+template <class T>
+void jvp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+            index_t output_site, const carray<T>& phi, const py::list& tangents, carray<T> out) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  const auto fv = make_features<T>(phi, "phi");
+  std::vector<carray<T>> keep;
+  std::vector<const T*> t;
+  MPSNTK_EXPECTS(static_cast<index_t>(tangents.size()) == ch.view.n_sites, "tangents: need one array per core");
+  for (index_t j = 0; j < ch.view.n_sites; ++j) {
+    keep.push_back(as_carray<T>(tangents[j], "tangents[" + std::to_string(j) + "]"));
+    MPSNTK_EXPECTS(keep.back().size() == ch.view.core_size(j), "tangents[" + std::to_string(j) + "]: wrong size");
+    t.push_back(keep.back().data());
+  }
+  T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs);
+  py::gil_scoped_release nogil;
+  jvp<T>(ch.view, fv, t.data(), o);
+}
+
+template <class T>
+void ntk_vp_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
+               const std::string& boundary, index_t output_site, const carray<T>& phi, const carray<T>& v,
+               index_t k, carray<T> out) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  const auto fv = make_features<T>(phi, "phi");
+  MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
+  const index_t size = fv.n_samples * ch.view.n_outputs * k;
+  MPSNTK_EXPECTS(v.size() == size, "v: expected (n_samples, n_outputs, k)");
+  T* o = writable(out, "out", size);
+  const double* lr = site_lr.data();
+  py::gil_scoped_release nogil;
+  ntk_vp<T>(ch.view, fv, lr, v.data(), k, o);
+}
+
+template <class T>
+void jacobian_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+                 index_t output_site, const carray<T>& phi, carray<T> out) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  const auto fv = make_features<T>(phi, "phi");
+  index_t P = 0;
+  for (index_t j = 0; j < ch.view.n_sites; ++j) P += ch.view.core_size(j);
+  T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs * P);
+  py::gil_scoped_release nogil;
+  jacobian<T>(ch.view, fv, o);
+}
+
+template <class T>
+void register_dtype(py::module_& m) {
+  m.def("forward", &forward_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"),
+        py::arg("output_site"), py::arg("phi").noconvert());
+  m.def("ntk", &ntk_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
+        py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"), py::arg("out").noconvert(),
+        py::arg("log_scale1").noconvert(), py::arg("log_scale2").noconvert(), py::arg("full_outputs"),
+        py::arg("per_site"), py::arg("normalized"), py::arg("tile"));
+  m.def("vjp", &vjp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
+        py::arg("phi").noconvert(), py::arg("cotangent").noconvert(), py::arg("grads"));
+  m.def("jvp", &jvp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
+        py::arg("phi").noconvert(), py::arg("tangents"), py::arg("out").noconvert());
+  m.def("ntk_vp", &ntk_vp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
+        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
+        py::arg("out").noconvert());
+  m.def("jacobian", &jacobian_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"),
+        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("out").noconvert());
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = MPSNTK_VERSION;
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  d["compiler"] = "unknown";
+#endif
+#ifdef _OPENMP
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
+  d["isas"] = available_isas();
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "mpsntk host engine (C++): environments, structured NTK, vjp/jvp, forward";
+  register_dtype<float>(m);
+  register_dtype<double>(m);
+  m.def("build_info", &build_info);
+  m.def("available_isas", &available_isas);
+  m.def("current_isa", &current_isa);
+  m.def("set_isa", &set_isa, py::arg("name"));
+  m.def("get_num_threads", []() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("mpsntk: n_threads must be >= 1");
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+  }, py::arg("n_threads"));
+}

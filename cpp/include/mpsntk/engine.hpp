@@ -1,0 +1,57 @@
+/// @file engine.hpp
+/// @brief Public entry points of the CPU engine.  Every routine takes non-owning views and
+/// writes into caller-allocated outputs; none of them forms the Jacobian unless asked to.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "mpsntk/chain.hpp"
+
+namespace mpsntk {
+
+/// @brief Options of an NTK evaluation.
+struct NtkOptions {
+  bool full_outputs = false;  ///< multi-output: (n1, n2, C, C) instead of sum_l Theta_ll
+  bool per_site = false;      ///< one kernel per site: leading axis n_sites
+  bool normalized = false;    ///< return Theta~ with Theta = exp(c_i + c_k) Theta~
+  index_t tile = 128;         ///< output tile edge (rounded up to the micro-tile)
+};
+
+/// @brief f(x) as mantissa (n, C) and natural-log scale (n, C): f = mantissa * exp(log_scale).
+template <class T>
+void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, double* log_scale);
+
+/// @brief Empirical NTK w.r.t. the cores, weighted per site by scales_j^2 * site_lr_j.
+/// @param phi2 nullptr for Theta(X1, X1) (symmetric path: each off-diagonal tile once).
+/// @param out (n1, n2), (n1, n2, C, C) or with a leading n_sites axis (per_site).
+/// @param log1, log2 per-sample log-scales c (always written).
+/// @throws std::invalid_argument on inconsistent shapes.
+template <class T>
+void ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+         const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2);
+
+/// @brief grads[j] (shaped like core j) = J_j^T cotangent; cotangent is (n, C).
+template <class T>
+void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads);
+
+/// @brief out (n, C) = sum_j J_j tangents[j].
+template <class T>
+void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out);
+
+/// @brief out (n, C, k) = Theta(X, X) v for v (n, C, k), via J diag(site_lr) J^T v.
+template <class T>
+void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v,
+            index_t k, T* out);
+
+/// @brief Dense Jacobian (n, C, P), parameters ordered by site, each core in C order.
+template <class T>
+void jacobian(const ChainView<T>& chain, const FeatureView<T>& phi, T* out);
+
+/// @brief Instruction sets compiled in, best first, and the one in use.
+std::vector<std::string> available_isas();
+std::string current_isa();
+/// @brief Select an instruction set by name ("avx512", "avx2", "generic"); throws if unavailable.
+void set_isa(const std::string& name);
+
+}  // namespace mpsntk

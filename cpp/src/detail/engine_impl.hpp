@@ -1,0 +1,41 @@
+// The whole numerical engine, instantiated once per instruction set.  A translation unit
+// defines MPSNTK_ISA_NS, MPSNTK_VBYTES (vector bytes) and MPSNTK_MR (micro-tile rows), then
+// includes this file; dispatch.cpp routes each public call to the best compiled set.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "mpsntk/engine.hpp"
+
+namespace mpsntk {
+namespace MPSNTK_ISA_NS {
+
+#include "detail/micro.hpp"
+#include "detail/environments.hpp"
+#include "detail/factors.hpp"
+#include "detail/ntk.hpp"
+#include "detail/grad.hpp"
+
+#define MPSNTK_INSTANTIATE(T)                                                                        \
+  template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);          \
+  template void ntk_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,     \
+                            const NtkOptions&, const double*, T*, double*, double*);               \
+  void vjp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* g) {    \
+    vjp_from_factors<T>(compute_factors<T>(ch, phi), cot, g);                                     \
+  }                                                                                                \
+  void jvp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* t, T* out) {    \
+    jvp_from_factors<T>(compute_factors<T>(ch, phi), t, out);                                     \
+  }                                                                                                \
+  template void ntk_vp_impl<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, \
+                               index_t, T*);                                                       \
+  template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);
+
+MPSNTK_INSTANTIATE(float)
+MPSNTK_INSTANTIATE(double)
+#undef MPSNTK_INSTANTIATE
+
+}  // namespace MPSNTK_ISA_NS
+}  // namespace mpsntk

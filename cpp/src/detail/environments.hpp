@@ -1,0 +1,136 @@
+// Left/right environments of a batch of samples, with per-sample log-scale normalisation.
+// Part of the per-ISA engine (see engine_impl.hpp).
+
+/// All partial products of an MPS for a batch.  Slot s of `left` holds M_0...M_{s-1}, slot s
+/// of `right` holds M_s...M_{N-1} (s = 0..N).  A slot stores, for each row (x, l) with
+/// l < mult(s), `h` boundary channels of `dim(s)` values: h = 1 for open chains; for periodic
+/// chains h = D_0 and the channels are the rows of the prefix matrix (left) or the columns of
+/// the suffix matrix (right).  Each (x, l) group is divided by a power of two, whose natural log
+/// is kept in `*_log`, so that chains of any length stay in range.
+template <class T>
+struct Environments {
+  index_t n = 0, h = 1;
+  std::vector<std::vector<T>> left, right;
+  std::vector<std::vector<double>> left_log, right_log;
+};
+
+/// Normalise each group of `group` values by a power of two near its largest magnitude.
+template <class T>
+void normalise_groups(index_t n_groups, index_t group, T* v, double* log_scale) {
+  constexpr double ln2 = 0.69314718055994530942;
+#pragma omp parallel for schedule(static) if (n_groups * group > 65536)
+  for (index_t g = 0; g < n_groups; ++g) {
+    T* p = v + g * group;
+    T m = 0;
+    for (index_t i = 0; i < group; ++i) m = std::max(m, std::abs(p[i]));
+    if (!(m > 0) || !std::isfinite(m)) continue;  // zero stays zero; non-finite propagates
+    int e = 0;
+    std::frexp(m, &e);
+    const T f = static_cast<T>(std::ldexp(1.0, -e));
+    for (index_t i = 0; i < group; ++i) p[i] *= f;
+    log_scale[g] += e * ln2;
+  }
+}
+
+/// One transfer step through site j.  Left (to_right = true): rows (x, l, a) of length D_j
+/// become rows of length D_{j+1}: v'[b] = sum_{s,a} phi_s v[a] A[s,a,b].  Right: rows of length
+/// D_{j+1} become rows of length D_j: v'[a] = sum_{s,b} A[s,a,b] phi_s v[b].  At the output site
+/// the rows fan out to n_outputs.  Implemented as one GEMM of the Khatri-Rao operand
+/// (phi (x) v) with the reshaped core.
+template <class T>
+void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right,
+                   index_t n, index_t h, index_t mult_in, const T* vin, const double* log_in,
+                   std::vector<T>& vout, std::vector<double>& log_out) {
+  const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
+  const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
+  const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
+  const index_t mult_out = mult_in * fan;
+  const index_t K = d * din, ncols = fan * dout, M = n * mult_in * h;
+  const T* core = ch.cores[j];
+  const T c = static_cast<T>(ch.scales[j]);
+
+  // B operand: column (l, o) at depth (s, i) is c * A[l, s, a, b] with (a, b) = (i, o) or (o, i).
+  std::vector<T> bpack(round_up(ncols, Simd<T>::PAD) * K);
+  pack_elems<T>(
+      ncols, K,
+      [&](index_t col, index_t k) {
+        const index_t l = col / dout, o = col % dout, s = k / din, i = k % din;
+        const index_t a = to_right ? i : o, b = to_right ? o : i;
+        return c * core[((l * d + s) * Dl + a) * Dr + b];
+      },
+      bpack.data());
+  // A operand: row r = ((x * mult_in + l) * h + alpha) is phi(x, j) (x) vin[r].
+  constexpr int L = Simd<T>::L;
+  std::vector<T> apack(round_up(M, Simd<T>::PAD) * K);
+  const index_t per_x = mult_in * h, mpad = round_up(M, Simd<T>::PAD);
+#pragma omp parallel for schedule(static) if (M * K > 65536)
+  for (index_t r = 0; r < mpad; ++r) {
+    T* dst = apack.data() + panel_offset<T>(r, K) + (r % L);
+    if (r >= M) {
+      for (index_t k = 0; k < K; ++k) dst[k * L] = T(0);
+      continue;
+    }
+    const T* ph = phi.at(r / per_x, j);
+    const T* v = vin + r * din;
+    for (index_t s = 0; s < d; ++s)
+      for (index_t i = 0; i < din; ++i) dst[(s * din + i) * L] = ph[s] * v[i];
+  }
+
+  vout.assign(n * mult_out * h * dout, T(0));
+  T* out = vout.data();
+  if (fan == 1) {
+    gemm_packed<T>(M, ncols, K, apack.data(), bpack.data(),
+                   [&](index_t r, index_t col, T v) { out[r * dout + col] = v; });
+  } else {  // mult_in == 1: row (x, alpha), column (l, o) -> out[x][l][alpha][o]
+    gemm_packed<T>(M, ncols, K, apack.data(), bpack.data(), [&](index_t r, index_t col, T v) {
+      const index_t x = r / h, alpha = r % h, l = col / dout, o = col % dout;
+      out[((x * fan + l) * h + alpha) * dout + o] = v;
+    });
+  }
+  log_out.resize(n * mult_out);
+  for (index_t x = 0; x < n; ++x)
+    for (index_t l = 0; l < mult_out; ++l) log_out[x * mult_out + l] = log_in[x * mult_in + l / fan];
+  normalise_groups<T>(n * mult_out, h * dout, out, log_out.data());
+}
+
+/// Identity boundary slot: for each sample, h channels e_alpha of length h (h = 1: the scalar 1).
+template <class T>
+void identity_slot(index_t n, index_t h, std::vector<T>& v, std::vector<double>& lg) {
+  v.assign(n * h * h, T(0));
+  for (index_t x = 0; x < n; ++x)
+    for (index_t a = 0; a < h; ++a) v[(x * h + a) * h + a] = T(1);
+  lg.assign(n, 0.0);
+}
+
+/// Compute the left slots 0..N (if want_left, all of them; forward needs only slot N but the
+/// sweep passes through all) and the right slots 1..N (if want_right).
+template <class T>
+Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi,
+                                     bool want_left, bool want_right, bool keep_all = true) {
+  Environments<T> env;
+  const index_t N = ch.n_sites;
+  env.n = phi.n_samples;
+  env.h = ch.channels();
+  if (want_left) {
+    env.left.resize(N + 1);
+    env.left_log.resize(N + 1);
+    identity_slot<T>(env.n, env.h, env.left[0], env.left_log[0]);
+    for (index_t j = 0; j < N; ++j) {
+      transfer_step<T>(ch, phi, j, true, env.n, env.h, ch.left_mult(j), env.left[j].data(),
+                       env.left_log[j].data(), env.left[j + 1], env.left_log[j + 1]);
+      if (!keep_all) {
+        std::vector<T>().swap(env.left[j]);
+        std::vector<double>().swap(env.left_log[j]);
+      }
+    }
+  }
+  if (want_right) {
+    env.right.resize(N + 1);
+    env.right_log.resize(N + 1);
+    identity_slot<T>(env.n, env.h, env.right[N], env.right_log[N]);
+    for (index_t j = N - 1; j >= 1; --j)
+      transfer_step<T>(ch, phi, j, false, env.n, env.h, ch.right_mult(j + 1), env.right[j + 1].data(),
+                       env.right_log[j + 1].data(), env.right[j], env.right_log[j]);
+  }
+  return env;
+}

@@ -1,0 +1,198 @@
+// Fused, tiled NTK accumulation:
+//   Theta~[i, k] += w_j * (u_i . u_k) * (a_i . a_k) * (b_i . b_k)     for every site j,
+// one output tile at a time, with the three Gram products of a micro-tile computed in registers
+// and multiplied straight into the tile; the per-site n1 x n2 terms never exist in memory.
+
+/// The factors of one batch for one output l, packed in panels, site after site.
+template <class T>
+struct PackedSide {
+  index_t n = 0, npad = 0, d = 0;
+  std::vector<index_t> off_u, off_a, off_b, da, db;
+  std::vector<T> buf;
+  const T* u(index_t j) const { return buf.data() + off_u[j]; }
+  const T* a(index_t j) const { return buf.data() + off_a[j]; }
+  const T* b(index_t j) const { return db[j] ? buf.data() + off_b[j] : nullptr; }
+};
+
+/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) - c(x)).
+template <class T>
+PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double>& c) {
+  PackedSide<T> P;
+  const index_t N = F.chain->n_sites;
+  P.n = F.n;
+  P.npad = round_up(F.n, Simd<T>::PAD);
+  P.d = F.chain->phys_dim;
+  P.off_u.resize(N), P.off_a.resize(N), P.off_b.resize(N), P.da.resize(N), P.db.resize(N);
+  index_t total = 0;
+  for (index_t j = 0; j < N; ++j) {
+    P.da[j] = F.site[j].da;
+    P.db[j] = F.site[j].db;
+    P.off_u[j] = total, total += P.npad * P.d;
+    P.off_a[j] = total, total += P.npad * P.da[j];
+    P.off_b[j] = total, total += P.npad * P.db[j];
+  }
+  P.buf.resize(total);
+#pragma omp parallel for schedule(dynamic)
+  for (index_t j = 0; j < N; ++j) {
+    T* base = P.buf.data();
+    pack_rows<T>(
+        F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
+        [&](index_t x) { return std::isfinite(c[x]) ? std::exp(F.log(j, x, l) - c[x]) : 0.0; },
+        base + P.off_u[j]);
+    pack_rows<T>(
+        F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; },
+        base + P.off_a[j]);
+    if (P.db[j])
+      pack_rows<T>(
+          F.n, P.db[j], [&](index_t x) { return F.b_row(j, x, l); }, [](index_t) { return 1.0; },
+          base + P.off_b[j]);
+  }
+  return P;
+}
+
+/// Where a block of the kernel goes: entry (i, k) of site j at out + i*ld_row + k*ld_col +
+/// j*site_stride (site_stride = 0 sums the sites).  With `mirror`, (k, i) of mirror also gets
+/// it; with upper_only (side 1 == side 2) only tiles on or above the diagonal are computed and
+/// the mirror fills the rest.
+template <class T>
+struct NtkTarget {
+  T* out = nullptr;
+  index_t ld_row = 0, ld_col = 1, site_stride = 0;
+  T* mirror = nullptr;
+  bool upper_only = false;
+};
+
+template <class T>
+void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vector<double>& weight,
+               const std::vector<char>& use_site, const NtkTarget<T>& tgt, index_t tile) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int MR = S::MR, NV = S::NV, NR = S::NR, L = S::L;
+  const index_t N = static_cast<index_t>(weight.size());
+  const index_t tb = round_up(std::max<index_t>(tile, 1), S::PAD);
+  const index_t t1 = (s1.n + tb - 1) / tb, t2 = (s2.n + tb - 1) / tb;
+  std::vector<std::pair<index_t, index_t>> tiles;
+  for (index_t ib = 0; ib < t1; ++ib)
+    for (index_t kb = tgt.upper_only ? ib : 0; kb < t2; ++kb) tiles.emplace_back(ib, kb);
+  const bool per_site = tgt.site_stride != 0;
+
+#pragma omp parallel
+  {
+    std::vector<T> buf(tb * tb);
+#pragma omp for schedule(dynamic)
+    for (index_t t = 0; t < static_cast<index_t>(tiles.size()); ++t) {
+      const index_t i0 = tiles[t].first * tb, k0 = tiles[t].second * tb;
+      const index_t mi = std::min(tb, s1.n - i0), mk = std::min(tb, s2.n - k0);
+      const index_t pi = round_up(mi, S::PAD), pk = round_up(mk, S::PAD);
+      const bool mirror_tile = tgt.mirror && !(tgt.upper_only && i0 == k0);
+      std::fill(buf.begin(), buf.end(), T(0));
+      auto flush = [&](index_t j) {
+        T* o = tgt.out + j * tgt.site_stride;
+        T* m = tgt.mirror ? tgt.mirror + j * tgt.site_stride : nullptr;
+        for (index_t i = 0; i < mi; ++i)
+          for (index_t k = 0; k < mk; ++k) {
+            const T v = buf[i * tb + k];
+            o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col] += v;
+            if (mirror_tile) m[(k0 + k) * tgt.ld_row + (i0 + i) * tgt.ld_col] += v;
+          }
+        std::fill(buf.begin(), buf.end(), T(0));
+      };
+      for (index_t j = 0; j < N; ++j) {
+        if (!use_site[j]) continue;
+        const T w = static_cast<T>(weight[j]);
+        const index_t d = s1.d, da = s1.da[j], db = s1.db[j];
+        const T *u1 = s1.u(j), *a1 = s1.a(j), *b1 = s1.b(j);
+        const T *u2 = s2.u(j), *a2 = s2.a(j), *b2 = s2.b(j);
+        for (index_t p = 0; p < pi; p += MR) {
+          for (index_t q = 0; q < pk; q += NR) {
+            vec g[MR][NV], h[MR][NV];
+            micro_gemm<T>(a1 + panel_offset<T>(i0 + p, da), a2 + panel_offset<T>(k0 + q, da), da, g);
+            if (db) {
+              micro_gemm<T>(b1 + panel_offset<T>(i0 + p, db), b2 + panel_offset<T>(k0 + q, db), db, h);
+              for (int r = 0; r < MR; ++r)
+                for (int v = 0; v < NV; ++v) g[r][v] *= h[r][v];
+            }
+            micro_gemm<T>(u1 + panel_offset<T>(i0 + p, d), u2 + panel_offset<T>(k0 + q, d), d, h);
+            for (int r = 0; r < MR; ++r) {
+              T* row = buf.data() + (p + r) * tb + q;
+              for (int v = 0; v < NV; ++v)
+                S::store(row + v * L, S::load(row + v * L) + w * g[r][v] * h[r][v]);
+            }
+          }
+        }
+        if (per_site) flush(j);
+      }
+      if (!per_site) flush(0);
+    }
+  }
+}
+
+/// Options of one NTK call (see engine.hpp).
+template <class T>
+void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+              const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
+  const index_t N = ch.n_sites, C = ch.n_outputs;
+  const bool sym = phi2 == nullptr;
+  Factors<T> F1 = compute_factors<T>(ch, phi1);
+  Factors<T> F2storage;
+  if (!sym) F2storage = compute_factors<T>(ch, *phi2);
+  Factors<T>& F2 = sym ? F1 : F2storage;
+  const index_t n1 = F1.n, n2 = F2.n;
+  const std::vector<double> c1 = F1.sample_log_scale();
+  const std::vector<double> c2 = sym ? c1 : F2.sample_log_scale();
+  std::vector<double> weight(N);
+  for (index_t j = 0; j < N; ++j) weight[j] = ch.scales[j] * ch.scales[j] * site_lr[j];
+
+  const bool full = opt.full_outputs && C > 1;
+  const index_t cc = full ? C * C : 1;
+  const index_t block = n1 * n2 * cc;
+  std::fill(out, out + block * (opt.per_site ? N : 1), T(0));
+  NtkTarget<T> tgt;
+  tgt.ld_row = n2 * cc;
+  tgt.ld_col = cc;
+  tgt.site_stride = opt.per_site ? block : 0;
+  std::vector<char> all(N, 1), no_label(N, 1);
+  if (ch.output_site >= 0) no_label[ch.output_site] = 0;
+
+  if (!full) {  // sum over outputs l of Theta_ll
+    for (index_t l = 0; l < C; ++l) {
+      PackedSide<T> p1 = pack_side<T>(F1, l, c1);
+      PackedSide<T> p2storage;
+      if (!sym) p2storage = pack_side<T>(F2, l, c2);
+      tgt.out = out;
+      tgt.mirror = sym ? out : nullptr;
+      tgt.upper_only = sym;
+      ntk_tiles<T>(p1, sym ? p1 : p2storage, weight, all, tgt, opt.tile);
+    }
+  } else {
+    std::vector<PackedSide<T>> p2all;
+    for (index_t l2 = 0; l2 < C && !sym; ++l2) p2all.push_back(pack_side<T>(F2, l2, c2));
+    for (index_t l1 = 0; l1 < C; ++l1) {
+      PackedSide<T> p1 = pack_side<T>(F1, l1, c1);
+      for (index_t l2 = sym ? l1 : 0; l2 < C; ++l2) {
+        PackedSide<T> p2sym;
+        if (sym && l2 != l1) p2sym = pack_side<T>(F1, l2, c1);
+        const PackedSide<T>& p2 = sym ? (l2 == l1 ? p1 : p2sym) : p2all[l2];
+        tgt.out = out + l1 * C + l2;
+        // Symmetric data: Theta_{l2 l1}(x', x) = Theta_{l1 l2}(x, x').
+        tgt.mirror = sym ? out + l2 * C + l1 : nullptr;
+        tgt.upper_only = sym && l1 == l2;
+        ntk_tiles<T>(p1, p2, weight, l1 == l2 ? all : no_label, tgt, opt.tile);
+      }
+    }
+  }
+  for (index_t x = 0; x < n1; ++x) log1[x] = std::isfinite(c1[x]) ? c1[x] : 0.0;
+  for (index_t x = 0; x < n2; ++x) log2[x] = std::isfinite(c2[x]) ? c2[x] : 0.0;
+  if (!opt.normalized) {
+    const index_t reps = opt.per_site ? N : 1;
+#pragma omp parallel for schedule(static)
+    for (index_t i = 0; i < n1; ++i)
+      for (index_t rep = 0; rep < reps; ++rep) {
+        T* row = out + rep * block + i * n2 * cc;
+        for (index_t k = 0; k < n2; ++k) {
+          const T s = static_cast<T>(std::exp(log1[i] + log2[k]));
+          for (index_t e = 0; e < cc; ++e) row[k * cc + e] *= s;
+        }
+      }
+  }
+}

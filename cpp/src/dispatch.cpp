@@ -1,0 +1,164 @@
+// Routes each public entry point to the best instruction set compiled in (or the one chosen
+// with set_isa / the MPSNTK_ISA environment variable), validating the chain first.
+#include <atomic>
+#include <cstdlib>
+
+#include "mpsntk/engine.hpp"
+
+namespace mpsntk {
+
+#define MPSNTK_DECLARE_ISA(NS)                                                                      \
+  namespace NS {                                                                                    \
+  template <class T>                                                                                \
+  void forward_impl(const ChainView<T>&, const FeatureView<T>&, T*, double*);                       \
+  template <class T>                                                                                \
+  void ntk_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
+                const double*, T*, double*, double*);                                               \
+  void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*);   \
+  void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*); \
+  void jvp_impl(const ChainView<float>&, const FeatureView<float>&, const float* const*, float*);   \
+  void jvp_impl(const ChainView<double>&, const FeatureView<double>&, const double* const*, double*); \
+  template <class T>                                                                                \
+  void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*); \
+  template <class T>                                                                                \
+  void jacobian_impl(const ChainView<T>&, const FeatureView<T>&, T*);                              \
+  }
+
+MPSNTK_DECLARE_ISA(isa_generic)
+#if defined(MPSNTK_X86_DISPATCH)
+MPSNTK_DECLARE_ISA(isa_avx2)
+MPSNTK_DECLARE_ISA(isa_avx512)
+#endif
+
+namespace {
+
+enum class Isa { generic, avx2, avx512 };
+
+std::vector<Isa> compiled_supported() {
+  std::vector<Isa> v;
+#if defined(MPSNTK_X86_DISPATCH)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+    v.push_back(Isa::avx512);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) v.push_back(Isa::avx2);
+#endif
+  v.push_back(Isa::generic);
+  return v;
+}
+
+const char* name_of(Isa i) {
+  switch (i) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+Isa initial_isa() {
+  const auto v = compiled_supported();
+  if (const char* env = std::getenv("MPSNTK_ISA"))
+    for (Isa i : v)
+      if (std::string(env) == name_of(i)) return i;
+  return v.front();
+}
+
+std::atomic<Isa>& active() {
+  static std::atomic<Isa> isa{initial_isa()};
+  return isa;
+}
+
+}  // namespace
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (Isa i : compiled_supported()) out.emplace_back(name_of(i));
+  return out;
+}
+
+std::string current_isa() { return name_of(active().load()); }
+
+void set_isa(const std::string& name) {
+  for (Isa i : compiled_supported())
+    if (name == name_of(i)) {
+      active().store(i);
+      return;
+    }
+  throw std::invalid_argument("mpsntk: instruction set '" + name + "' is not available here");
+}
+
+#if defined(MPSNTK_X86_DISPATCH)
+#define MPSNTK_ROUTE(CALL)                             \
+  switch (active().load()) {                           \
+    case Isa::avx512: return isa_avx512::CALL;         \
+    case Isa::avx2: return isa_avx2::CALL;             \
+    default: return isa_generic::CALL;                 \
+  }
+#else
+#define MPSNTK_ROUTE(CALL) return isa_generic::CALL;
+#endif
+
+namespace {
+template <class T>
+void check_features(const ChainView<T>& ch, const FeatureView<T>& phi, const char* name) {
+  ch.validate();
+  MPSNTK_EXPECTS(phi.n_samples >= 1, std::string(name) + ": need at least one sample");
+  MPSNTK_EXPECTS(phi.n_sites == ch.n_sites, std::string(name) + ": n_sites does not match the MPS");
+  MPSNTK_EXPECTS(phi.phys_dim == ch.phys_dim, std::string(name) + ": phys_dim does not match the MPS");
+}
+}  // namespace
+
+template <class T>
+void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, double* log_scale) {
+  check_features(ch, phi, "phi");
+  MPSNTK_ROUTE(forward_impl<T>(ch, phi, mantissa, log_scale))
+}
+
+template <class T>
+void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+         const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
+  check_features(ch, phi1, "phi1");
+  if (phi2) check_features(ch, *phi2, "phi2");
+  MPSNTK_EXPECTS(opt.tile >= 1, "tile must be >= 1");
+  MPSNTK_ROUTE(ntk_impl<T>(ch, phi1, phi2, opt, site_lr, out, log1, log2))
+}
+
+template <class T>
+void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads) {
+  check_features(ch, phi, "phi");
+  MPSNTK_ROUTE(vjp_impl(ch, phi, cot, grads))
+}
+
+template <class T>
+void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out) {
+  check_features(ch, phi, "phi");
+  MPSNTK_ROUTE(jvp_impl(ch, phi, tangents, out))
+}
+
+template <class T>
+void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v,
+            index_t k, T* out) {
+  check_features(ch, phi, "phi");
+  MPSNTK_EXPECTS(k >= 1, "v: need at least one column");
+  MPSNTK_ROUTE(ntk_vp_impl<T>(ch, phi, site_lr, v, k, out))
+}
+
+template <class T>
+void jacobian(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
+  check_features(ch, phi, "phi");
+  MPSNTK_ROUTE(jacobian_impl<T>(ch, phi, out))
+}
+
+#define MPSNTK_PUBLIC(T)                                                                            \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                \
+  template void ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
+                       const NtkOptions&, const double*, T*, double*, double*);                     \
+  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*);            \
+  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*);            \
+  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*,      \
+                          index_t, T*);                                                             \
+  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);
+MPSNTK_PUBLIC(float)
+MPSNTK_PUBLIC(double)
+
+}  // namespace mpsntk
