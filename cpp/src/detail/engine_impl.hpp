@@ -1,5 +1,5 @@
 // The whole numerical engine, instantiated once per instruction set.  A translation unit
-// defines MPSNTK_ISA_NS, MPSNTK_VBYTES (vector bytes) and MPSNTK_MR (micro-tile rows), then
+// defines MPSNTK_ISA_NS, MPSNTK_VBYTES (vector bytes), MPSNTK_MR (micro-tile rows) and MPSNTK_NV (vectors per micro-tile row), then
 // includes this file; dispatch.cpp routes each public call to the best compiled set.
 #include <algorithm>
 #include <cmath>

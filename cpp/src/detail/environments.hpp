@@ -10,7 +10,7 @@
 template <class T>
 struct Environments {
   index_t n = 0, h = 1;
-  std::vector<std::vector<T>> left, right;
+  std::vector<buffer<T>> left, right;
   std::vector<std::vector<double>> left_log, right_log;
 };
 
@@ -40,7 +40,7 @@ void normalise_groups(index_t n_groups, index_t group, T* v, double* log_scale) 
 template <class T>
 void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right,
                    index_t n, index_t h, index_t mult_in, const T* vin, const double* log_in,
-                   std::vector<T>& vout, std::vector<double>& log_out) {
+                   buffer<T>& vout, std::vector<double>& log_out) {
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
@@ -50,7 +50,7 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
   const T c = static_cast<T>(ch.scales[j]);
 
   // B operand: column (l, o) at depth (s, i) is c * A[l, s, a, b] with (a, b) = (i, o) or (o, i).
-  std::vector<T> bpack(round_up(ncols, Simd<T>::PAD) * K);
+  buffer<T> bpack(round_up(ncols, Simd<T>::PAD) * K);
   pack_elems<T>(
       ncols, K,
       [&](index_t col, index_t k) {
@@ -61,7 +61,7 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
       bpack.data());
   // A operand: row r = ((x * mult_in + l) * h + alpha) is phi(x, j) (x) vin[r].
   constexpr int L = Simd<T>::L;
-  std::vector<T> apack(round_up(M, Simd<T>::PAD) * K);
+  buffer<T> apack(round_up(M, Simd<T>::PAD) * K);
   const index_t per_x = mult_in * h, mpad = round_up(M, Simd<T>::PAD);
 #pragma omp parallel for schedule(static) if (M * K > 65536)
   for (index_t r = 0; r < mpad; ++r) {
@@ -76,7 +76,7 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
       for (index_t i = 0; i < din; ++i) dst[(s * din + i) * L] = ph[s] * v[i];
   }
 
-  vout.assign(n * mult_out * h * dout, T(0));
+  vout.resize(n * mult_out * h * dout);  // every entry is stored by the GEMM below
   T* out = vout.data();
   if (fan == 1) {
     gemm_packed<T>(M, ncols, K, apack.data(), bpack.data(),
@@ -95,7 +95,7 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
 
 /// Identity boundary slot: for each sample, h channels e_alpha of length h (h = 1: the scalar 1).
 template <class T>
-void identity_slot(index_t n, index_t h, std::vector<T>& v, std::vector<double>& lg) {
+void identity_slot(index_t n, index_t h, buffer<T>& v, std::vector<double>& lg) {
   v.assign(n * h * h, T(0));
   for (index_t x = 0; x < n; ++x)
     for (index_t a = 0; a < h; ++a) v[(x * h + a) * h + a] = T(1);
@@ -119,7 +119,7 @@ Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T
       transfer_step<T>(ch, phi, j, true, env.n, env.h, ch.left_mult(j), env.left[j].data(),
                        env.left_log[j].data(), env.left[j + 1], env.left_log[j + 1]);
       if (!keep_all) {
-        std::vector<T>().swap(env.left[j]);
+        buffer<T>().swap(env.left[j]);
         std::vector<double>().swap(env.left_log[j]);
       }
     }

@@ -1,3 +1,26 @@
+/// std::vector storage whose elements start uninitialised: the engine's big buffers are always
+/// written before they are read, and zeroing them would cost a full extra pass over memory.
+template <class T>
+struct uninit_allocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = uninit_allocator<U>;
+  };
+  uninit_allocator() = default;
+  template <class U>
+  uninit_allocator(const uninit_allocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <class T>
+using buffer = std::vector<T, uninit_allocator<T>>;
+
 // Register-blocked micro-kernels and panel packing, compiled once per instruction set.
 // Included by engine_*.cpp inside namespace mpsntk::MPSNTK_ISA_NS with MPSNTK_VBYTES and
 // MPSNTK_MR defined. Every operand lives in "panels": groups of L = VBYTES/sizeof(T) rows,
@@ -7,7 +30,7 @@ template <class T>
 struct Simd {
   typedef T vec __attribute__((vector_size(MPSNTK_VBYTES)));
   static constexpr int L = MPSNTK_VBYTES / sizeof(T);  ///< lanes (panel width)
-  static constexpr int NV = 2;                          ///< vectors per micro-tile row
+  static constexpr int NV = MPSNTK_NV;                  ///< vectors per micro-tile row
   static constexpr int NR = NV * L;                     ///< micro-tile columns
   static constexpr int MR = MPSNTK_MR;                  ///< micro-tile rows
   static constexpr int PAD = (MR > NR ? MR : NR);       ///< row padding (multiple of MR, NR, L)
@@ -19,11 +42,7 @@ struct Simd {
     return v;
   }
   static inline void store(T* p, const vec& v) { std::memcpy(p, &v, sizeof(vec)); }
-  static inline vec splat(T a) {
-    vec v;
-    for (int i = 0; i < L; ++i) v[i] = a;
-    return v;
-  }
+  static inline vec splat(T a) { return vec{} + a; }  // scalar operands broadcast
 };
 
 inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
@@ -54,7 +73,7 @@ __attribute__((always_inline)) inline void micro_gemm(const T* __restrict a, con
     for (int v = 0; v < NV; ++v) bv[v] = S::load(bp[v] + k * L);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const vec av = S::splat(ap[r][k * L]);
+      const T av = ap[r][k * L];  // broadcast straight from memory
       for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
     }
   }

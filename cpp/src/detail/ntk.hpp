@@ -8,7 +8,7 @@ template <class T>
 struct PackedSide {
   index_t n = 0, npad = 0, d = 0;
   std::vector<index_t> off_u, off_a, off_b, da, db;
-  std::vector<T> buf;
+  buffer<T> buf;
   const T* u(index_t j) const { return buf.data() + off_u[j]; }
   const T* a(index_t j) const { return buf.data() + off_a[j]; }
   const T* b(index_t j) const { return db[j] ? buf.data() + off_b[j] : nullptr; }
@@ -184,15 +184,27 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   for (index_t x = 0; x < n1; ++x) log1[x] = std::isfinite(c1[x]) ? c1[x] : 0.0;
   for (index_t x = 0; x < n2; ++x) log2[x] = std::isfinite(c2[x]) ? c2[x] : 0.0;
   if (!opt.normalized) {
+    // Theta = exp(c_i + c_k) Theta~.  While every c is moderate, exp(c_i) * exp(c_k) is exact
+    // enough and avoids n1*n2 calls to exp; otherwise take the exponential of the sum.
+    const auto moderate = [](const double* c, index_t n) {
+      for (index_t i = 0; i < n; ++i)
+        if (std::abs(c[i]) > 300.0) return false;
+      return true;
+    };
+    const bool split = moderate(log1, n1) && moderate(log2, n2);
+    std::vector<double> e2(n2);
+    for (index_t k = 0; k < n2; ++k) e2[k] = std::exp(log2[k]);
     const index_t reps = opt.per_site ? N : 1;
 #pragma omp parallel for schedule(static)
-    for (index_t i = 0; i < n1; ++i)
+    for (index_t i = 0; i < n1; ++i) {
+      const double e1 = std::exp(log1[i]);
       for (index_t rep = 0; rep < reps; ++rep) {
         T* row = out + rep * block + i * n2 * cc;
         for (index_t k = 0; k < n2; ++k) {
-          const T s = static_cast<T>(std::exp(log1[i] + log2[k]));
+          const T s = static_cast<T>(split ? e1 * e2[k] : std::exp(log1[i] + log2[k]));
           for (index_t e = 0; e < cc; ++e) row[k * cc + e] *= s;
         }
       }
+    }
   }
 }
