@@ -1,0 +1,45 @@
+"""mpsntk: neural tangent kernels of matrix product states.
+
+A C++ engine (and an optional CUDA one) for the empirical NTK of MPS models, never forming the
+Jacobian; infinite-bond-dimension kernels; products with the Jacobian for training.
+
+>>> import numpy as np, mpsntk as mn
+>>> mps = mn.MPS.random(n_sites=8, bond_dim=16, seed=0)
+>>> phi = mn.features.trig(np.random.default_rng(0).uniform(size=(32, 8)))
+>>> theta = mn.ntk(mps, phi)          # (32, 32)
+"""
+
+from . import features, infinite
+from ._backend import (
+    CudaError,
+    CudaUnavailableError,
+    build_info,
+    cuda_available,
+    get_num_threads,
+    set_num_threads,
+)
+from .grad import jacobian, jvp, vjp
+from .infinite import nngp_infinite, ntk_infinite
+from .mps import MPS
+from .ntk import ntk, ntk_vp
+
+__version__ = build_info()["version"]
+
+__all__ = [
+    "MPS",
+    "CudaError",
+    "CudaUnavailableError",
+    "build_info",
+    "cuda_available",
+    "features",
+    "get_num_threads",
+    "infinite",
+    "jacobian",
+    "jvp",
+    "nngp_infinite",
+    "ntk",
+    "ntk_infinite",
+    "ntk_vp",
+    "set_num_threads",
+    "vjp",
+]

@@ -42,7 +42,7 @@ import types
 
 import numpy as np
 
-from .features import (
+from ._validate import (
     _as_phi,
     _as_phi_pair,
     _as_site_vector,

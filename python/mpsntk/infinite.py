@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from .features import (
+from ._validate import (
     _as_phi_pair,
     _as_site_vector,
     _check_bool,

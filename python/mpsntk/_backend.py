@@ -1,0 +1,100 @@
+"""Which engines are present, and routing of arrays to them.
+
+``_core`` (the C++ host engine) is always built.  ``_cuda`` is optional: it is imported inside
+``try`` and, if it cannot be used, the reason is recorded so that a request for the GPU path
+fails with that reason instead of a bare ImportError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["CudaError", "CudaUnavailableError", "build_info", "cuda_available", "is_device_array"]
+
+
+class CudaError(RuntimeError):
+    """A CUDA call failed (the message names the call site and the CUDA error)."""
+
+
+class CudaUnavailableError(RuntimeError):
+    """A device array was passed but the CUDA engine cannot be used here."""
+
+
+try:  # pragma: no cover - depends on the build
+    from . import _cuda  # type: ignore[attr-defined]
+
+    _cuda_reason = None if _cuda.device_count() > 0 else "no CUDA device is visible"
+except ImportError as exc:
+    _cuda = None
+    _cuda_reason = (
+        "mpsntk was built without CUDA support"
+        if "_cuda" in str(exc)
+        else f"the CUDA extension failed to import: {exc}"
+    )
+
+
+def cuda_available() -> bool:
+    """Return True when the CUDA engine is built and a device is visible."""
+    return _cuda_reason is None
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why :func:`cuda_available` is False (None when it is True)."""
+    return _cuda_reason
+
+
+def build_info() -> dict:
+    """Version, compiler, OpenMP, instruction sets, and CUDA status of this build.
+
+    Returns
+    -------
+    dict
+        ``version``, ``compiler``, ``openmp``, ``isas`` (instruction sets compiled in and usable
+        on this CPU, best first), ``isa`` (the one in use), ``n_threads``, ``numpy``,
+        ``cuda`` (bool) and ``cuda_reason`` (why CUDA is unavailable, or None).
+    """
+    info = dict(_core.build_info())
+    info["isa"] = _core.current_isa()
+    info["n_threads"] = _core.get_num_threads()
+    info["numpy"] = np.__version__
+    info["cuda"] = cuda_available()
+    info["cuda_reason"] = _cuda_reason
+    if _cuda is not None:  # pragma: no cover - depends on the build
+        info.update({f"cuda_{k}": v for k, v in _cuda.build_info().items()})
+    return info
+
+
+def is_device_array(a) -> bool:
+    """True for arrays that live on a CUDA device (``__cuda_array_interface__``)."""
+    return hasattr(a, "__cuda_array_interface__")
+
+
+def require_host(*arrays, names):
+    """Reject device arrays until the CUDA engine handles the call (clear reason, no copies)."""
+    on_device = [n for a, n in zip(arrays, names) if a is not None and is_device_array(a)]
+    if not on_device:
+        return
+    if len(on_device) != sum(a is not None for a in arrays):
+        raise TypeError(
+            f"{', '.join(on_device)} live on a CUDA device but the other arguments are host "
+            "arrays; pass all of them on the same device"
+        )
+    if not cuda_available():
+        raise CudaUnavailableError(f"{', '.join(on_device)} are CUDA arrays: {_cuda_reason}")
+    raise CudaUnavailableError(  # pragma: no cover - depends on the build
+        f"{', '.join(on_device)} are CUDA arrays, but this routine has no device implementation yet"
+    )
+
+
+def set_num_threads(n_threads: int) -> None:
+    """Set the number of OpenMP threads used by the host engine."""
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        raise TypeError(f"n_threads must be an integer >= 1; got {n_threads!r}")
+    _core.set_num_threads(int(n_threads))
+
+
+def get_num_threads() -> int:
+    """Number of OpenMP threads used by the host engine."""
+    return int(_core.get_num_threads())

@@ -1,0 +1,199 @@
+"""Input validation shared by the whole Python layer.
+
+Every public routine validates its arguments here first and raises ``TypeError`` (wrong type or
+dtype) or ``ValueError`` (wrong shape, value or size) naming the argument, what was expected and
+what arrived.  Nothing is silently coerced: float32 stays float32, float64 stays float64, and any
+other dtype is an error.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+_FEATURE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(value):
+    """Return a short description of ``value`` for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"{value!r} of type {type(value).__name__}"
+
+
+def _check_feature_dtype(dtype, name="dtype"):
+    """Return ``dtype`` as a NumPy dtype, accepting float32 and float64 only."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be numpy.float32 or numpy.float64; got {dtype!r}") from exc
+    if resolved not in _FEATURE_DTYPES:
+        raise TypeError(f"{name} must be numpy.float32 or numpy.float64; got {resolved}")
+    return resolved
+
+
+def _check_int(value, name, minimum):
+    """Return ``value`` as a Python int after checking that it is an integer >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}; got {_describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
+    return int(value)
+
+
+def _check_positive_float(value, name):
+    """Return ``value`` as a Python float after checking that it is real, finite and > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive finite real number; got {_describe(value)}")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be a positive finite real number; got {value}")
+    return value
+
+
+def _check_bool(value, name):
+    """Return ``value`` as a Python bool, rejecting anything that is not a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {_describe(value)}")
+    return bool(value)
+
+
+def _check_choice(value, name, choices):
+    """Check that ``value`` is one of the strings in ``choices`` and return it."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}; got {value!r}")
+    return value
+
+
+def _as_inputs(x, name="x"):
+    """Validate raw inputs of shape ``(n_samples, n_sites)`` and return them as float64."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must be a real numeric array of shape (n_samples, n_sites); "
+            f"got dtype {arr.dtype}"
+        )
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array of shape (n_samples, n_sites); "
+            f"got {arr.ndim}-D shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(
+            f"{name} must be non-empty with shape (n_samples, n_sites); got shape {arr.shape}"
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got NaN or Inf entries")
+    return arr
+
+
+def _as_phi(phi, name="phi"):
+    """Validate features of shape ``(n_samples, n_sites, phys_dim)``.
+
+    Returns the features as an ndarray of their own floating dtype (float32 or
+    float64); integer, complex and other dtypes are rejected.
+    """
+    arr = np.asarray(phi)
+    if arr.dtype not in _FEATURE_DTYPES:
+        raise TypeError(
+            f"{name} must be a float32 or float64 array of shape "
+            f"(n_samples, n_sites, phys_dim); got dtype {arr.dtype}"
+        )
+    if arr.ndim != 3:
+        raise ValueError(
+            f"{name} must be a 3-D array of shape (n_samples, n_sites, phys_dim); "
+            f"got {arr.ndim}-D shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(
+            f"{name} must be non-empty with shape (n_samples, n_sites, phys_dim); "
+            f"got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got NaN or Inf entries")
+    return arr
+
+
+def _as_phi_pair(phi1, phi2):
+    """Validate a pair of feature arrays; ``phi2=None`` means ``phi2 = phi1``.
+
+    Returns ``(phi1, phi2, result_dtype)`` where ``result_dtype`` is the
+    promoted floating dtype of the two arrays.
+    """
+    phi1 = _as_phi(phi1, "phi1")
+    if phi2 is None:
+        phi2 = phi1
+    else:
+        phi2 = _as_phi(phi2, "phi2")
+        if phi2.shape[1:] != phi1.shape[1:]:
+            raise ValueError(
+                "phi2 must have the same (n_sites, phys_dim) as phi1, "
+                f"{phi1.shape[1:]}; got shape {phi2.shape}"
+            )
+    return phi1, phi2, np.result_type(phi1.dtype, phi2.dtype)
+
+
+def _as_site_vector(value, name, n_sites, *, positive):
+    """Broadcast a scalar or an ``(n_sites,)`` array to a float64 vector.
+
+    With ``positive=True`` every entry must be > 0, otherwise >= 0; all
+    entries must be finite.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+        raise TypeError(
+            f"{name} must be a real scalar or an array of shape ({n_sites},); got dtype {arr.dtype}"
+        )
+    if arr.ndim == 0:
+        arr = np.full(n_sites, float(arr))
+    elif arr.shape != (n_sites,):
+        raise ValueError(
+            f"{name} must be a real scalar or an array of shape (n_sites,) = ({n_sites},); "
+            f"got shape {arr.shape}"
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got NaN or Inf entries")
+    if positive and np.any(arr <= 0.0):
+        raise ValueError(f"{name} must be > 0 at every site; got minimum {arr.min()}")
+    if not positive and np.any(arr < 0.0):
+        raise ValueError(f"{name} must be >= 0 at every site; got minimum {arr.min()}")
+    return arr
+
+
+def _available_memory():
+    """Bytes of physical memory currently available (None when the OS does not say)."""
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def _check_fits(nbytes, what, hint=""):
+    """Raise ValueError when allocating ``nbytes`` would exceed the available memory."""
+    avail = _available_memory()
+    if avail is not None and nbytes > avail:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is "
+            f"available{'; ' + hint if hint else ''}"
+        )
+
+
+def _check_out(out, shape, dtype, name="out"):
+    """Validate a caller-provided output array (ndarray or memmap) and return it."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (or numpy.memmap); got {_describe(out)}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}; got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}; got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out

@@ -1,0 +1,371 @@
+"""The matrix product state model.
+
+An MPS with ``n_sites`` sites maps local features ``phi`` of shape
+``(n_samples, n_sites, phys_dim)`` to ``f(x) = M_1(x) ... M_N(x)`` (open boundary) or
+``Tr(M_1(x) ... M_N(x))`` (periodic boundary), where
+``M_j(x) = sum_s phi[x, j, s] * scales[j] * cores[j][s]``.
+
+The trainable parameters are the entries of ``cores`` (``W_j``); ``scales`` (``c_j``) are fixed
+multipliers, so ``A_j = c_j W_j``.  This covers both parametrisations of the theory:
+
+* NTK parametrisation (default of :meth:`MPS.random`): ``W ~ N(0, 1)``,
+  ``c_j = sigma_j (D_{j-1} D_j)^(-1/4)``, plain gradient descent on ``W``;
+* standard parametrisation: ``A ~ N(0, sigma_j^2 / sqrt(D_{j-1} D_j))`` stored directly
+  (``scales = 1``) and trained with per-site learning rates
+  ``eta_j = eta * site_lr[j]``, ``site_lr[j] = 1 / sqrt(D_{j-1} D_j)``.
+
+The NTK of a model is ``sum_j site_lr[j] * <df/dW_j, df'/dW_j>`` (see :func:`mpsntk.ntk`).
+
+Multi-class output: with ``output_site=c`` the core of site ``c`` has shape
+``(n_outputs, phys_dim, D_{c-1}, D_c)`` and output ``l`` uses ``cores[c][l]``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+
+from . import _core
+from ._backend import require_host
+from ._validate import (
+    _FEATURE_DTYPES,
+    _as_phi,
+    _as_site_vector,
+    _check_choice,
+    _check_feature_dtype,
+    _check_int,
+    _describe,
+)
+
+__all__ = ["MPS"]
+
+_FORMAT_VERSION = 1
+
+
+class MPS:
+    """A matrix product state with optional label site.
+
+    Parameters
+    ----------
+    cores : sequence of ndarray
+        ``n_sites`` arrays; core ``j`` has shape ``(phys_dim, D_j, D_{j+1})`` (0-based bonds
+        ``D_0..D_N``), or ``(n_outputs, phys_dim, D_j, D_{j+1})`` at ``output_site``.  All cores
+        share one dtype, float64 or float32.  Open boundary needs ``D_0 = D_N = 1``; periodic
+        boundary needs ``D_0 = D_N`` and ``n_sites >= 2``.
+    boundary : {"open", "periodic"}
+    scales : float or array of shape (n_sites,), optional
+        Positive fixed multipliers ``c_j`` (``A_j = c_j W_j``).  Default 1: the core entries
+        themselves are the parameters.
+    site_lr : float or array of shape (n_sites,), optional
+        Non-negative per-site learning-rate multipliers ``r_j`` (default 1); the NTK weights
+        site ``j`` by ``r_j`` and :func:`mpsntk.train` uses the rate ``eta * r_j``.
+    output_site : int, optional
+        Index of the site that carries the output (label) index; None for a scalar output.
+    copy : bool
+        Copy the cores (default).  With False, C-contiguous cores are used in place.
+
+    Attributes
+    ----------
+    cores : list of ndarray
+    n_sites, phys_dim, n_outputs : int
+    bond_dims : tuple of int
+        ``(D_0, ..., D_N)``.
+    boundary : str
+    output_site : int or None
+    scales, site_lr : ndarray, shape (n_sites,)
+    dtype : numpy.dtype
+    """
+
+    def __init__(self, cores, boundary="open", *, scales=None, site_lr=None, output_site=None,
+                 copy=True):
+        self.boundary = _check_choice(boundary, "boundary", ("open", "periodic"))
+        if isinstance(cores, np.ndarray) or not hasattr(cores, "__len__"):
+            raise TypeError(f"cores must be a list of arrays, one per site; got {_describe(cores)}")
+        if len(cores) == 0:
+            raise ValueError("cores must hold at least one core; got an empty sequence")
+        n_sites = len(cores)
+        if output_site is not None:
+            output_site = _check_int(output_site, "output_site", 0)
+            if output_site >= n_sites:
+                raise ValueError(f"output_site must be < n_sites = {n_sites}; got {output_site}")
+        self.output_site = output_site
+        arrays = []
+        for j, core in enumerate(cores):
+            if not isinstance(core, np.ndarray):
+                if hasattr(core, "__cuda_array_interface__"):
+                    require_host(core, names=[f"cores[{j}]"])
+                core = np.asarray(core)
+            if core.dtype not in _FEATURE_DTYPES:
+                raise TypeError(f"cores[{j}] must be float32 or float64; got dtype {core.dtype}")
+            arrays.append(core)
+        dtype = arrays[0].dtype
+        for j, core in enumerate(arrays):
+            if core.dtype != dtype:
+                raise TypeError(
+                    f"cores must share one dtype; cores[0] is {dtype} but cores[{j}] is {core.dtype}"
+                )
+        bonds = []
+        n_outputs = 1
+        for j, core in enumerate(arrays):
+            want = 4 if j == output_site else 3
+            if core.ndim != want:
+                shape = "(n_outputs, phys_dim, D_left, D_right)" if want == 4 else \
+                    "(phys_dim, D_left, D_right)"
+                raise ValueError(f"cores[{j}] must have shape {shape}; got shape {core.shape}")
+            if core.size == 0:
+                raise ValueError(f"cores[{j}] must be non-empty; got shape {core.shape}")
+            if j == output_site:
+                n_outputs = core.shape[0]
+            d, dl, dr = core.shape[-3:]
+            if j == 0:
+                phys_dim = d
+                bonds.append(dl)
+            elif d != phys_dim:
+                raise ValueError(f"cores[{j}] has phys_dim {d} but cores[0] has {phys_dim}")
+            if dl != bonds[-1]:
+                raise ValueError(
+                    f"cores[{j}] has left bond dimension {dl} but cores[{j - 1}] has right bond "
+                    f"dimension {bonds[-1]}"
+                )
+            bonds.append(dr)
+            if not np.all(np.isfinite(core)):
+                raise ValueError(f"cores[{j}] must be finite; got NaN or Inf entries")
+        if self.boundary == "open" and (bonds[0] != 1 or bonds[-1] != 1):
+            raise ValueError(
+                f"open boundary needs D_0 = D_N = 1; got D_0 = {bonds[0]}, D_N = {bonds[-1]} "
+                "(use boundary='periodic' for a trace)"
+            )
+        if self.boundary == "periodic":
+            if bonds[0] != bonds[-1]:
+                raise ValueError(f"periodic boundary needs D_0 = D_N; got {bonds[0]} and {bonds[-1]}")
+            if n_sites < 2:
+                raise ValueError("periodic boundary needs n_sites >= 2")
+        self.cores = [np.array(c, order="C", copy=True) if copy else np.ascontiguousarray(c)
+                      for c in arrays]
+        self.n_sites = n_sites
+        self.phys_dim = int(phys_dim)
+        self.n_outputs = int(n_outputs)
+        self.bond_dims = tuple(int(b) for b in bonds)
+        self.dtype = dtype
+        self.scales = _as_site_vector(1.0 if scales is None else scales, "scales", n_sites,
+                                      positive=True)
+        self.site_lr = _as_site_vector(1.0 if site_lr is None else site_lr, "site_lr", n_sites,
+                                       positive=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def random(cls, n_sites, bond_dim, phys_dim=2, boundary="open", n_outputs=1, sigma=1.0,
+               parametrization="ntk", seed=None, dtype=np.float64, output_site=None,
+               init="normal"):
+        """Draw an MPS from the initialisations of the theory (spec section 1).
+
+        Parameters
+        ----------
+        n_sites : int
+        bond_dim : int or sequence of int
+            Uniform bond dimension D (open chains get D_0 = D_N = 1), or the full list
+            ``(D_0, ..., D_N)``.
+        phys_dim : int
+        boundary : {"open", "periodic"}
+        n_outputs : int
+            More than 1 adds a label index at ``output_site`` (default ``n_sites // 2``).
+        sigma : float or array of shape (n_sites,)
+            Per-site scale; ``E f(x)^2 = prod_j sigma_j^2 |phi(x_j)|^2`` at every D.
+        parametrization : {"ntk", "standard"}
+            "ntk": ``W ~ N(0, 1)``, ``scales = sigma (D_{j-1} D_j)^(-1/4)``, ``site_lr = 1``.
+            "standard": ``A ~ N(0, sigma^2 / sqrt(D_{j-1} D_j))``, ``scales = 1``,
+            ``site_lr = 1 / sqrt(D_{j-1} D_j)`` (per-tensor rates of Guo & Draper).
+        seed : int or numpy.random.Generator, optional
+        dtype : {numpy.float64, numpy.float32}
+        output_site : int, optional
+        init : {"normal", "near_identity"}
+            "near_identity" is the deterministic TorchMPS-style start (every slice the identity
+            plus 1e-9 noise); it has no Gaussian-process or kernel limit.
+        """
+        n_sites = _check_int(n_sites, "n_sites", 1)
+        phys_dim = _check_int(phys_dim, "phys_dim", 1)
+        n_outputs = _check_int(n_outputs, "n_outputs", 1)
+        dtype = _check_feature_dtype(dtype)
+        _check_choice(boundary, "boundary", ("open", "periodic"))
+        _check_choice(parametrization, "parametrization", ("ntk", "standard"))
+        _check_choice(init, "init", ("normal", "near_identity"))
+        if isinstance(bond_dim, numbers.Integral) and not isinstance(bond_dim, bool):
+            D = _check_int(bond_dim, "bond_dim", 1)
+            end = 1 if boundary == "open" else D
+            bonds = [end] + [D] * (n_sites - 1) + [end]
+        else:
+            bonds = [_check_int(b, "bond_dim entries", 1) for b in np.asarray(bond_dim).tolist()] \
+                if np.ndim(bond_dim) == 1 else None
+            if bonds is None or len(bonds) != n_sites + 1:
+                raise ValueError(
+                    f"bond_dim must be an int or a sequence of n_sites + 1 = {n_sites + 1} bond "
+                    f"dimensions; got {_describe(bond_dim)}"
+                )
+        if n_outputs > 1 and output_site is None:
+            output_site = n_sites // 2
+        if output_site is not None:
+            output_site = _check_int(output_site, "output_site", 0)
+            if output_site >= n_sites:
+                raise ValueError(f"output_site must be < n_sites = {n_sites}; got {output_site}")
+        sigma = _as_site_vector(sigma, "sigma", n_sites, positive=True)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        fan = np.sqrt(np.array([bonds[j] * bonds[j + 1] for j in range(n_sites)], dtype=float))
+        cores = []
+        for j in range(n_sites):
+            shape = (phys_dim, bonds[j], bonds[j + 1])
+            if j == output_site:
+                shape = (n_outputs,) + shape
+            if init == "normal":
+                w = rng.standard_normal(shape)
+                if parametrization == "standard":
+                    w *= sigma[j] / np.sqrt(fan[j])
+            else:
+                w = 1e-9 * rng.standard_normal(shape)
+                w[..., :, :] += np.eye(bonds[j], bonds[j + 1])
+            cores.append(w.astype(dtype))
+        if parametrization == "ntk" and init == "normal":
+            scales, site_lr = sigma / np.sqrt(fan), np.ones(n_sites)
+        elif parametrization == "ntk":
+            scales, site_lr = np.ones(n_sites), np.ones(n_sites)
+        else:
+            scales, site_lr = np.ones(n_sites), 1.0 / fan
+        mps = cls(cores, boundary, scales=scales, site_lr=site_lr, output_site=output_site,
+                  copy=False)
+        mps.parametrization = parametrization
+        return mps
+
+    parametrization = None  #: "ntk" or "standard" for models drawn by :meth:`random`
+
+    def with_cores(self, cores, copy=True):
+        """A new MPS with other cores and the same boundary, scales, rates and output site."""
+        new = MPS(cores, self.boundary, scales=self.scales, site_lr=self.site_lr,
+                  output_site=self.output_site, copy=copy)
+        new.parametrization = self.parametrization
+        for j, (a, b) in enumerate(zip(new.cores, self.cores)):
+            if a.shape != b.shape:
+                raise ValueError(f"cores[{j}] must keep shape {b.shape}; got {a.shape}")
+        return new
+
+    def copy(self):
+        """A deep copy."""
+        return self.with_cores(self.cores, copy=True)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_params(self) -> int:
+        """Number of trainable parameters (entries of all cores)."""
+        return int(sum(c.size for c in self.cores))
+
+    @property
+    def max_bond_dim(self) -> int:
+        return max(self.bond_dims)
+
+    def __repr__(self):
+        out = f", n_outputs={self.n_outputs}, output_site={self.output_site}" \
+            if self.output_site is not None else ""
+        return (f"MPS(n_sites={self.n_sites}, phys_dim={self.phys_dim}, "
+                f"bond_dims=max {self.max_bond_dim}, boundary={self.boundary!r}{out}, "
+                f"dtype={self.dtype.name})")
+
+    # ------------------------------------------------------------------ engine plumbing
+    def _engine_args(self):
+        """Arguments identifying the chain for the _core routines."""
+        return (self.cores, self.scales, self.boundary,
+                -1 if self.output_site is None else self.output_site)
+
+    def check_features(self, phi, name="phi"):
+        """Validate features for this model and return them as a C-contiguous array."""
+        if hasattr(phi, "__cuda_array_interface__"):
+            require_host(phi, names=[name])
+        phi = _as_phi(phi, name)
+        if phi.shape[1] != self.n_sites:
+            raise ValueError(
+                f"{name} has n_sites = {phi.shape[1]} (shape {phi.shape}) but the MPS has "
+                f"{self.n_sites} sites"
+            )
+        if phi.shape[2] != self.phys_dim:
+            raise ValueError(
+                f"{name} has phys_dim = {phi.shape[2]} (shape {phi.shape}) but the MPS has "
+                f"phys_dim = {self.phys_dim}"
+            )
+        if phi.dtype != self.dtype:
+            raise TypeError(
+                f"{name} has dtype {phi.dtype} but the MPS is {self.dtype}; convert one of them "
+                "explicitly"
+            )
+        return np.ascontiguousarray(phi)
+
+    def _squeeze_outputs(self, a):
+        return a[:, 0] if self.output_site is None else a
+
+    # ------------------------------------------------------------------ evaluation
+    def log_forward(self, phi):
+        """Sign and natural log of ``|f(x)|``, safe for chains of any length.
+
+        Returns
+        -------
+        sign, logabs : ndarray, shape (n_samples,) or (n_samples, n_outputs)
+            ``f = sign * exp(logabs)``; zero outputs have sign 0 and logabs -inf.
+        """
+        phi = self.check_features(phi)
+        mant, lg = _core.forward(*self._engine_args(), phi)
+        with np.errstate(divide="ignore"):
+            logabs = np.log(np.abs(mant).astype(np.float64)) + lg
+        return self._squeeze_outputs(np.sign(mant)), self._squeeze_outputs(logabs)
+
+    def forward(self, phi):
+        """Evaluate the MPS.
+
+        Parameters
+        ----------
+        phi : ndarray, shape (n_samples, n_sites, phys_dim)
+            Local features in the model's dtype (see :mod:`mpsntk.features`).
+
+        Returns
+        -------
+        ndarray, shape (n_samples,) or (n_samples, n_outputs)
+
+        Raises
+        ------
+        FloatingPointError
+            If an output overflows the dtype; use :meth:`log_forward` for such chains.
+        """
+        phi = self.check_features(phi)
+        mant, lg = _core.forward(*self._engine_args(), phi)
+        with np.errstate(over="ignore"):
+            f = (mant * np.exp(lg)).astype(self.dtype)
+        if not np.all(np.isfinite(f)):
+            raise FloatingPointError(
+                "MPS output overflows the range of " + self.dtype.name + "; use log_forward()"
+            )
+        return self._squeeze_outputs(f)
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the model to an ``.npz`` file (cores, scales, rates, boundary, output site)."""
+        data = {f"core_{j}": c for j, c in enumerate(self.cores)}
+        data.update(
+            format_version=np.array(_FORMAT_VERSION), n_sites=np.array(self.n_sites),
+            boundary=np.array(self.boundary), scales=self.scales, site_lr=self.site_lr,
+            output_site=np.array(-1 if self.output_site is None else self.output_site),
+            parametrization=np.array(self.parametrization or ""),
+        )
+        np.savez(os.fspath(path), **data)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`."""
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "format_version" not in f or int(f["format_version"]) != _FORMAT_VERSION:
+                raise ValueError(f"{path}: not an mpsntk MPS file (format {_FORMAT_VERSION})")
+            n = int(f["n_sites"])
+            out = int(f["output_site"])
+            mps = cls([f[f"core_{j}"] for j in range(n)], str(f["boundary"]),
+                      scales=f["scales"], site_lr=f["site_lr"],
+                      output_site=None if out < 0 else out)
+            mps.parametrization = str(f["parametrization"]) or None
+        return mps

@@ -1,0 +1,185 @@
+"""The empirical neural tangent kernel of an MPS, computed without forming the Jacobian.
+
+For open chains ``Theta(x, x') = sum_j r_j c_j^2 k_j(x, x') (L_j . L_j') (R_j . R_j')`` with left
+and right environments ``L_j``, ``R_j``; periodic chains use ``<E_j, E_j'>_F`` with the open
+environment ``E_j`` (theory section 2).  The C++ engine contracts the environments once per batch
+(``O(n_samples n_sites d D^2)``, periodic ``O(n_samples n_sites D^3)``) and accumulates the Gram
+sums tile by tile (``O(n1 n2 n_sites (d + 2D))``); extra memory is the environments plus one
+tile per thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._backend import require_host
+from ._validate import _as_site_vector, _check_bool, _check_choice, _check_fits, _check_int, _check_out
+from .mps import MPS
+
+__all__ = ["ntk", "ntk_vp"]
+
+_OUTPUTS = ("trace", "mean", "full")
+
+
+def _check_mps(mps):
+    if not isinstance(mps, MPS):
+        raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+    return mps
+
+
+def _site_lr(mps, site_weights):
+    """Per-site rates r_j handed to the engine (its weight is c_j^2 r_j)."""
+    if site_weights is None:
+        return mps.site_lr
+    w = _as_site_vector(site_weights, "site_weights", mps.n_sites, positive=False)
+    return w / mps.scales**2
+
+
+def environment_bytes(mps, n_samples):
+    """Bytes of environment workspace the engine holds for ``n_samples`` samples."""
+    item = mps.dtype.itemsize
+    D = np.asarray(mps.bond_dims, dtype=np.int64)
+    C = mps.n_outputs
+    if mps.boundary == "open":
+        per = int(np.sum(D[:-1] + D[1:] + mps.phys_dim))
+    else:
+        h = int(D[0])
+        per = int(np.sum(D[:-1] * D[1:] + h * (D[:-1] + D[1:]) + mps.phys_dim))
+    return 2 * n_samples * per * C * item  # raw environments plus packed panels
+
+
+def ntk(mps, phi1, phi2=None, *, per_site=False, outputs="trace", normalized=False, out=None,
+        tile=128, site_weights=None):
+    """Empirical NTK ``Theta(X1, X2)`` with respect to the trainable cores.
+
+    Parameters
+    ----------
+    mps : MPS
+    phi1 : ndarray, shape (n1, n_sites, phys_dim)
+        Features in the model's dtype.
+    phi2 : ndarray, shape (n2, n_sites, phys_dim), optional
+        None means ``Theta(X1, X1)``, computed on the symmetric path (each off-diagonal tile
+        once, then mirrored).
+    per_site : bool
+        Return the per-site terms ``Theta_j`` along a leading axis of length ``n_sites``
+        (their sum is the NTK); re-weight sites for free with them.
+    outputs : {"trace", "mean", "full"}
+        Multi-output models: "trace" gives ``sum_l Theta_ll`` (default), "mean" that divided by
+        ``n_outputs`` (the kernel that multiplies ``I_C`` in the infinite-width limit), "full"
+        the whole ``(n1, n2, n_outputs, n_outputs)`` block ``Theta_{l l'}(x_i, x_k)``.
+        Ignored for scalar models.
+    normalized : bool
+        Return ``(theta_tilde, log_scale1, log_scale2)`` with
+        ``Theta[i, k] = exp(log_scale1[i] + log_scale2[k]) * theta_tilde[i, k]``: the form to use
+        for long chains (hundreds of sites) whose kernel over- or underflows.
+    out : ndarray, optional
+        Preallocated C-contiguous output of the result's shape and dtype (a ``numpy.memmap``
+        works: the kernel is written tile by tile).
+    tile : int
+        Output tile edge (rounded up to the engine's micro-tile); memory per thread ``tile^2``.
+    site_weights : float or array of shape (n_sites,), optional
+        Override the per-site weights ``lambda_j`` (default ``scales_j^2 * site_lr_j``).
+
+    Returns
+    -------
+    ndarray of shape (n1, n2), (n1, n2, C, C), or with a leading ``n_sites`` axis; or the
+    triple described under ``normalized``.
+
+    Raises
+    ------
+    FloatingPointError
+        If the kernel overflows the dtype without ``normalized=True``.
+    """
+    _check_mps(mps)
+    require_host(phi1, phi2, out, names=["phi1", "phi2", "out"])
+    phi1 = mps.check_features(phi1, "phi1")
+    if phi2 is not None:
+        phi2 = mps.check_features(phi2, "phi2")
+    per_site = _check_bool(per_site, "per_site")
+    normalized = _check_bool(normalized, "normalized")
+    outputs = _check_choice(outputs, "outputs", _OUTPUTS)
+    tile = _check_int(tile, "tile", 1)
+    site_lr = _site_lr(mps, site_weights)
+    n1 = phi1.shape[0]
+    n2 = n1 if phi2 is None else phi2.shape[0]
+    full = outputs == "full" and mps.n_outputs > 1
+    shape = (n1, n2) + ((mps.n_outputs, mps.n_outputs) if full else ())
+    if per_site:
+        shape = (mps.n_sites,) + shape
+    work = environment_bytes(mps, n1 + (0 if phi2 is None else n2))
+    if out is None:
+        nbytes = int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize
+        _check_fits(nbytes + work, f"an NTK of shape {shape} ({mps.dtype.name})",
+                    "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time")
+        out = np.empty(shape, dtype=mps.dtype)
+    else:
+        out = _check_out(out, shape, mps.dtype)
+        _check_fits(work, "the environments of this NTK", "compute fewer samples at a time")
+    log1 = np.empty(n1)
+    log2 = np.empty(n2)
+    cores, scales, boundary, osite = mps._engine_args()
+    _core.ntk(cores, scales, site_lr, boundary, osite, phi1, phi2, out, log1, log2, full,
+              per_site, normalized, tile)
+    if outputs == "mean" and mps.n_outputs > 1:
+        out /= mps.n_outputs
+    if normalized:
+        return out, log1, log2
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError(
+            "the NTK overflows the range of " + mps.dtype.name + "; use normalized=True"
+        )
+    return out
+
+
+def ntk_vp(mps, phi, v, *, site_weights=None):
+    """``Theta(X, X) @ v`` without forming ``Theta``, in ``O(n_samples * n_params)``.
+
+    Computed as ``J diag(lambda) J^T v`` through the environments.
+
+    Parameters
+    ----------
+    mps : MPS
+    phi : ndarray, shape (n_samples, n_sites, phys_dim)
+    v : ndarray
+        Scalar models: shape (n_samples,) or (n_samples, k).  Multi-output models:
+        (n_samples, n_outputs) or (n_samples, n_outputs, k), contracting with the full
+        output-resolved kernel ``Theta_{l l'}``.
+    site_weights : optional
+        As in :func:`ntk`.
+
+    Returns
+    -------
+    ndarray of the shape of ``v``.
+    """
+    _check_mps(mps)
+    require_host(phi, v, names=["phi", "v"])
+    phi = mps.check_features(phi)
+    v = _as_vector_block(mps, v, phi.shape[0], "v")
+    n, C = phi.shape[0], mps.n_outputs
+    flat = np.ascontiguousarray(v.reshape(n, C, -1))
+    res = np.empty_like(flat)
+    cores, scales, boundary, osite = mps._engine_args()
+    _core.ntk_vp(cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat,
+                 flat.shape[2], res)
+    return res.reshape(v.shape)
+
+
+def _as_vector_block(mps, v, n, name):
+    """Validate a right-hand side of shape (n,) / (n, k) (scalar) or (n, C) / (n, C, k)."""
+    if hasattr(v, "__cuda_array_interface__"):
+        require_host(v, names=[name])
+    v = np.asarray(v)
+    if v.dtype != mps.dtype:
+        raise TypeError(f"{name} must have the model's dtype {mps.dtype}; got {v.dtype}")
+    if mps.output_site is None:
+        ok = v.ndim in (1, 2) and v.shape[0] == n
+        want = f"({n},) or ({n}, k)"
+    else:
+        ok = v.ndim in (2, 3) and v.shape[:2] == (n, mps.n_outputs)
+        want = f"({n}, {mps.n_outputs}) or ({n}, {mps.n_outputs}, k)"
+    if not ok or v.size == 0:
+        raise ValueError(f"{name} must have shape {want}; got {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} must be finite; got NaN or Inf entries")
+    return v
