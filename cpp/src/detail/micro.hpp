@@ -34,7 +34,7 @@ struct Simd {
   static constexpr int NR = NV * L;                     ///< micro-tile columns
   static constexpr int MR = MPSNTK_MR;                  ///< micro-tile rows
   static constexpr int PAD = (MR > NR ? MR : NR);       ///< row padding (multiple of MR, NR, L)
-  static_assert(PAD % MR == 0 && PAD % NR == 0 && MR % 1 == 0, "tile shapes must nest");
+  static_assert(PAD % MR == 0 && PAD % NR == 0, "tile shapes must nest");
 
   static inline vec load(const T* p) {
     vec v;
@@ -53,8 +53,16 @@ inline index_t panel_offset(index_t row, index_t K) {
   return (row / Simd<T>::L) * K * Simd<T>::L;
 }
 
+/// Address of row `row` (at k = 0) of a packed operand: micro-tiles start on a multiple of MR
+/// (A side) or NR (B side), so a micro-tile never straddles a panel boundary mid-way.
+template <class T>
+inline const T* panel_row(const T* base, index_t row, index_t K) {
+  return base + panel_offset<T>(row, K) + row % Simd<T>::L;
+}
+
 /// acc[r][v] = sum_k a[row r][k] * b[col v*L+lane][k] for an MR x NR micro-tile.
-/// a, b point to the first panel of the rows/columns of the tile; both have depth K.
+/// a, b come from panel_row() for the tile's first row / column; both have depth K.  Rows of
+/// one micro-tile are either inside one panel (MR <= L) or whole panels (MR a multiple of L).
 template <class T>
 __attribute__((always_inline)) inline void micro_gemm(const T* __restrict a, const T* __restrict b,
                                                       index_t K,
@@ -66,6 +74,7 @@ __attribute__((always_inline)) inline void micro_gemm(const T* __restrict a, con
     for (int v = 0; v < NV; ++v) acc[r][v] = S::splat(T(0));
   const T* ap[MR];
   for (int r = 0; r < MR; ++r) ap[r] = a + (r / L) * K * L + (r % L);
+  static_assert(MR % L == 0 || L % MR == 0, "micro-tile rows must nest with panels");
   const T* bp[NV];
   for (int v = 0; v < NV; ++v) bp[v] = b + v * K * L;
   for (index_t k = 0; k < K; ++k) {
@@ -120,7 +129,7 @@ void gemm_packed(index_t M, index_t N, index_t K, const T* a, const T* b, Store 
   for (index_t p = 0; p < mt; ++p) {
     for (index_t q = 0; q < nt; ++q) {
       typename S::vec acc[S::MR][S::NV];
-      micro_gemm<T>(a + panel_offset<T>(p * S::MR, K), b + panel_offset<T>(q * S::NR, K), K, acc);
+      micro_gemm<T>(panel_row<T>(a, p * S::MR, K), panel_row<T>(b, q * S::NR, K), K, acc);
       for (int r = 0; r < S::MR; ++r) {
         const index_t i = p * S::MR + r;
         if (i >= M) break;

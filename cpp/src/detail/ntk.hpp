@@ -106,13 +106,13 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
         for (index_t p = 0; p < pi; p += MR) {
           for (index_t q = 0; q < pk; q += NR) {
             vec g[MR][NV], h[MR][NV];
-            micro_gemm<T>(a1 + panel_offset<T>(i0 + p, da), a2 + panel_offset<T>(k0 + q, da), da, g);
+            micro_gemm<T>(panel_row<T>(a1, i0 + p, da), panel_row<T>(a2, k0 + q, da), da, g);
             if (db) {
-              micro_gemm<T>(b1 + panel_offset<T>(i0 + p, db), b2 + panel_offset<T>(k0 + q, db), db, h);
+              micro_gemm<T>(panel_row<T>(b1, i0 + p, db), panel_row<T>(b2, k0 + q, db), db, h);
               for (int r = 0; r < MR; ++r)
                 for (int v = 0; v < NV; ++v) g[r][v] *= h[r][v];
             }
-            micro_gemm<T>(u1 + panel_offset<T>(i0 + p, d), u2 + panel_offset<T>(k0 + q, d), d, h);
+            micro_gemm<T>(panel_row<T>(u1, i0 + p, d), panel_row<T>(u2, k0 + q, d), d, h);
             for (int r = 0; r < MR; ++r) {
               T* row = buf.data() + (p + r) * tb + q;
               for (int v = 0; v < NV; ++v)

@@ -1,0 +1,57 @@
+"""Shared fixtures: array modules (NumPy always, CuPy per test when a GPU is usable), engine
+instruction sets, tolerances per dtype, and small random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mpsntk as mn
+from mpsntk import _core
+
+RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def xp(request):
+    """The array module a test runs on; CuPy only where the CUDA engine can run."""
+    if request.param == "numpy":
+        return np
+    if not mn.cuda_available():
+        pytest.skip(f"CUDA engine unavailable: {mn.build_info()['cuda_reason']}")
+    return pytest.importorskip("cupy")  # pragma: no cover - needs a GPU
+
+
+@pytest.fixture(params=_core.available_isas())
+def isa(request):
+    """Run a test once per instruction set compiled in and usable on this CPU."""
+    before = _core.current_isa()
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)
+
+
+def relerr(a, b):
+    """max |a - b| / max |b| (the scale of the reference)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def random_features(rng, n_samples, n_sites, phys_dim=2, dtype=np.float64):
+    """Features with entries of both signs and unequal norms (harder than trig)."""
+    return rng.standard_normal((n_samples, n_sites, phys_dim)).astype(dtype)
+
+
+def random_model(rng, bonds, phys_dim=2, boundary="open", output_site=None, n_outputs=1,
+                 dtype=np.float64):
+    """An MPS with given bond dimensions, random scales and per-site rates."""
+    n_sites = len(bonds) - 1
+    cores = []
+    for j in range(n_sites):
+        shape = (phys_dim, bonds[j], bonds[j + 1])
+        if j == output_site:
+            shape = (n_outputs,) + shape
+        cores.append(rng.standard_normal(shape).astype(dtype))
+    return mn.MPS(cores, boundary, scales=rng.uniform(0.5, 1.5, n_sites),
+                  site_lr=rng.uniform(0.5, 2.0, n_sites), output_site=output_site)

@@ -1,0 +1,171 @@
+"""The structured NTK against the dense oracles of mpsntk._reference (J diag(r) J^T)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import RTOL, random_features, random_model, relerr
+
+import mpsntk as mn
+from mpsntk import _reference as ref
+
+# (bond dimensions, boundary, output site, n_outputs)
+MODELS = [
+    ((1, 3, 4, 2, 1), "open", None, 1),
+    ((1, 1, 1, 1), "open", None, 1),  # D = 1 everywhere
+    ((1, 5, 3, 7, 4, 1), "open", 2, 3),
+    ((1, 2, 3, 1), "open", 0, 2),  # label on the first site
+    ((1, 2, 3, 1), "open", 2, 4),  # label on the last site
+    ((3, 2, 4, 3), "periodic", None, 1),
+    ((2, 3, 2, 4, 2), "periodic", 1, 3),
+    ((1, 1), "open", None, 1),  # a single site
+]
+
+
+def _model(rng, spec, dtype=np.float64):
+    bonds, boundary, osite, nout = spec
+    return random_model(rng, bonds, phys_dim=3, boundary=boundary, output_site=osite,
+                        n_outputs=nout, dtype=dtype)
+
+
+@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ntk_matches_dense_oracle(spec, dtype, isa):
+    rng = np.random.default_rng(1)
+    mps = _model(rng, spec, dtype)
+    phi1 = random_features(rng, 37, mps.n_sites, 3, dtype)  # 37: not a multiple of any tile
+    phi2 = random_features(rng, 11, mps.n_sites, 3, dtype)
+    for outputs in ("trace", "mean", "full"):
+        want_sym = ref.ntk(mps, phi1.astype(np.float64), outputs=outputs)
+        want = ref.ntk(mps, phi1.astype(np.float64), phi2.astype(np.float64), outputs=outputs)
+        for tile in (1, 16, 128):  # tiles smaller than, around, and larger than the data
+            got_sym = mn.ntk(mps, phi1, outputs=outputs, tile=tile)
+            got = mn.ntk(mps, phi1, phi2, outputs=outputs, tile=tile)
+            assert got_sym.dtype == dtype and got.dtype == dtype
+            assert relerr(got_sym, want_sym) < RTOL[np.dtype(dtype)] * 10
+            assert relerr(got, want) < RTOL[np.dtype(dtype)] * 10
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_ntk_equals_jacobian_gram_and_finite_differences(spec):
+    rng = np.random.default_rng(2)
+    mps = _model(rng, spec)
+    phi = random_features(rng, 6, mps.n_sites, 3)
+    J = ref.finite_difference_jacobian(mps, phi, eps=1e-5)  # independent of every fast path
+    J = J.reshape(6, mps.n_outputs, -1)
+    r = np.concatenate([np.full(c.size, mps.site_lr[j]) for j, c in enumerate(mps.cores)])
+    full = np.einsum("ilp,kmp,p->iklm", J, J, r)
+    got = mn.ntk(mps, phi, outputs="full")
+    want = full if mps.output_site is not None else full[:, :, 0, 0]
+    assert relerr(got, want) < 1e-8
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_per_site_terms(spec):
+    rng = np.random.default_rng(3)
+    mps = _model(rng, spec)
+    phi1 = random_features(rng, 9, mps.n_sites, 3)
+    phi2 = random_features(rng, 5, mps.n_sites, 3)
+    per = mn.ntk(mps, phi1, phi2, per_site=True)
+    assert per.shape == (mps.n_sites, 9, 5)
+    assert relerr(per, ref.ntk_per_site(mps, phi1, phi2)) < 1e-12
+    assert relerr(per.sum(0), mn.ntk(mps, phi1, phi2)) < 1e-12
+    full = mn.ntk(mps, phi1, per_site=True, outputs="full")
+    assert relerr(full.sum(0), mn.ntk(mps, phi1, outputs="full")) < 1e-12
+    # Re-weighting sites is free with the per-site terms.
+    w = rng.uniform(0.1, 3.0, mps.n_sites)
+    assert relerr(mn.ntk(mps, phi1, phi2, site_weights=w),
+                  np.einsum("j,jik->ik", w / (mps.scales**2 * mps.site_lr), per)) < 1e-12
+
+
+def test_output_site_term_is_diagonal_in_outputs():
+    rng = np.random.default_rng(4)
+    mps = _model(rng, MODELS[2])
+    phi = random_features(rng, 7, mps.n_sites, 3)
+    per = mn.ntk(mps, phi, per_site=True, outputs="full")[mps.output_site]
+    off = per.copy()
+    for ell in range(mps.n_outputs):
+        off[:, :, ell, ell] = 0
+    assert np.max(np.abs(off)) == 0.0
+    assert np.max(np.abs(per)) > 0.0
+
+
+def test_out_argument_and_memmap(tmp_path):
+    rng = np.random.default_rng(5)
+    mps = _model(rng, MODELS[0])
+    phi = random_features(rng, 20, mps.n_sites, 3)
+    want = mn.ntk(mps, phi)
+    out = np.full((20, 20), np.nan)
+    got = mn.ntk(mps, phi, out=out)
+    assert got is out and relerr(out, want) < 1e-15
+    mm = np.lib.format.open_memmap(tmp_path / "theta.npy", mode="w+", dtype=np.float64,
+                                   shape=(20, 20))
+    mn.ntk(mps, phi, out=mm, tile=8)
+    mm.flush()
+    assert relerr(np.load(tmp_path / "theta.npy"), want) < 1e-15
+
+
+def test_long_chain_normalized_form():
+    """1000 sites: Theta = exp(c_i + c_k) Theta~ stays representable in float64."""
+    rng = np.random.default_rng(6)
+    n_sites = 1000
+    mps = mn.MPS.random(n_sites, 4, sigma=2.0, seed=7)  # E f^2 = 4^1000: overflows
+    phi = mn.features.trig(rng.uniform(size=(5, n_sites)))
+    theta_t, c1, c2 = mn.ntk(mps, phi, normalized=True)
+    assert np.all(np.isfinite(theta_t)) and np.all(np.isfinite(c1))
+    assert np.array_equal(c1, c2)
+    with pytest.raises(FloatingPointError, match="normalized=True"):
+        mn.ntk(mps, phi)
+    # Compare log Theta_ii with an independent log-space oracle: per-site terms from
+    # renormalised dense prefix/suffix products.
+    sign, logf = mps.log_forward(phi)
+    for i in range(2):
+        A = [mps.scales[j] * np.einsum("s,sab->ab", phi[i, j], mps.cores[j]) for j in range(n_sites)]
+        left, llog = [np.ones((1, 1))], [0.0]
+        for j in range(n_sites - 1):
+            v = left[-1] @ A[j]
+            m = np.abs(v).max()
+            left.append(v / m)
+            llog.append(llog[-1] + np.log(m))
+        right, rlog = [np.ones((1, 1))] * n_sites, [0.0] * n_sites
+        for j in range(n_sites - 1, 0, -1):
+            v = A[j] @ right[j]
+            m = np.abs(v).max()
+            right[j - 1], rlog[j - 1] = v / m, rlog[j] + np.log(m)
+        terms = np.array([2 * (llog[j] + rlog[j]) for j in range(n_sites)])
+        vals = np.array([mps.scales[j] ** 2 * (phi[i, j] @ phi[i, j]) * (left[j] @ left[j].T).item()
+                         * (right[j].T @ right[j]).item() for j in range(n_sites)])
+        top = terms.max()
+        want = top + np.log(np.sum(vals * np.exp(terms - top)))
+        got = 2 * c1[i] + np.log(theta_t[i, i])
+        assert abs(got - want) < 1e-10 * abs(want)
+        # f itself: the last left environment is f up to its log-scale.
+        assert np.isfinite(logf[i])
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_ntk_vp_equals_ntk_times_v(spec):
+    rng = np.random.default_rng(8)
+    mps = _model(rng, spec)
+    phi = random_features(rng, 13, mps.n_sites, 3)
+    full = mn.ntk(mps, phi, outputs="full")
+    if mps.output_site is None:
+        for v in (rng.standard_normal(13), rng.standard_normal((13, 3))):
+            assert relerr(mn.ntk_vp(mps, phi, v), full @ v) < 1e-12
+    else:
+        C = mps.n_outputs
+        mat = full.transpose(0, 2, 1, 3).reshape(13 * C, 13 * C)
+        for v in (rng.standard_normal((13, C)), rng.standard_normal((13, C, 2))):
+            want = (mat @ v.reshape(13 * C, -1)).reshape(v.shape)
+            assert relerr(mn.ntk_vp(mps, phi, v), want) < 1e-12
+
+
+def test_float32_matches_float64_oracle():
+    rng = np.random.default_rng(9)
+    mps64 = mn.MPS.random(12, 16, seed=3)
+    mps32 = mps64.with_cores([c.astype(np.float32) for c in mps64.cores])
+    x = rng.uniform(size=(50, 12))
+    want = mn.ntk(mps64, mn.features.trig(x))
+    got = mn.ntk(mps32, mn.features.trig(x, dtype=np.float32))
+    assert got.dtype == np.float32
+    assert relerr(got, want) < 1e-5
