@@ -1,0 +1,622 @@
+"""Every malformed input is rejected with a TypeError or ValueError that names the argument.
+
+Each case states the exception class and a regular expression that must appear in the message,
+so an internal NumPy / pybind11 error (or a silent coercion) fails the test.
+"""
+
+import re
+
+import mpsntk as mn
+import mpsntk._validate as validate
+import numpy as np
+import pytest
+
+N_SITES = 4
+
+
+class FakeDeviceArray:
+    """Quacks like a CuPy array: only ``__cuda_array_interface__`` is provided."""
+
+    def __init__(self, shape=(3, N_SITES, 2), typestr="<f8"):
+        self.shape = shape
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (0, False),
+            "version": 3,
+        }
+
+
+def ones(*shape, dtype=np.float64):
+    return np.ones(shape, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mn.MPS.random(N_SITES, 3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_multi():
+    return mn.MPS.random(N_SITES, 3, n_outputs=3, output_site=1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model32():
+    return mn.MPS.random(N_SITES, 3, seed=2, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def phi():
+    return mn.features.trig(np.random.default_rng(0).uniform(size=(5, N_SITES)))
+
+
+# --------------------------------------------------------------------------- MPS(...) cores
+
+OPEN2 = [ones(2, 1, 3), ones(2, 3, 1)]
+
+BAD_CORES = [
+    ("rank2", [ones(1, 1), ones(2, 1, 1)], {}, ValueError,
+     r"cores\[0\] must have shape \(phys_dim, D_left, D_right\); got shape \(1, 1\)"),
+    ("rank2-later", [ones(2, 1, 2), ones(2, 1)], {}, ValueError, r"cores\[1\] must have shape"),
+    ("rank4-not-output-site", [ones(1, 2, 1, 1)], {}, ValueError,
+     r"cores\[0\] must have shape \(phys_dim, D_left, D_right\)"),
+    ("rank3-at-output-site", OPEN2, {"output_site": 1}, ValueError,
+     r"cores\[1\] must have shape \(n_outputs, phys_dim, D_left, D_right\)"),
+    ("rank5", [np.ones((1, 1, 2, 1, 1))], {"output_site": 0}, ValueError, r"cores\[0\]"),
+    ("bond-mismatch", [ones(2, 1, 3), ones(2, 2, 1)], {}, ValueError,
+     r"cores\[1\] has left bond dimension 2 but cores\[0\] has right bond dimension 3"),
+    ("phys-mismatch", [ones(2, 1, 3), ones(3, 3, 1)], {}, ValueError,
+     r"cores\[1\] has phys_dim 3 but cores\[0\] has 2"),
+    ("open-D0", [ones(2, 2, 3), ones(2, 3, 1)], {}, ValueError,
+     r"open boundary needs D_0 = D_N = 1; got D_0 = 2"),
+    ("open-DN", [ones(2, 1, 3), ones(2, 3, 2)], {}, ValueError, r"D_N = 2"),
+    ("periodic-D0-ne-DN", [ones(2, 2, 3), ones(2, 3, 3)], {"boundary": "periodic"}, ValueError,
+     r"periodic boundary needs D_0 = D_N; got 2 and 3"),
+    ("periodic-1-site", [ones(2, 2, 2)], {"boundary": "periodic"}, ValueError,
+     r"periodic boundary needs n_sites >= 2"),
+    ("empty-list", [], {}, ValueError, r"cores must hold at least one core"),
+    ("empty-core", [ones(2, 1, 0), ones(2, 0, 1)], {}, ValueError,
+     r"cores\[0\] must be non-empty; got shape \(2, 1, 0\)"),
+    ("empty-phys", [ones(0, 1, 1)], {}, ValueError, r"cores\[0\] must be non-empty"),
+    ("mixed-dtype", [ones(2, 1, 3), ones(2, 3, 1, dtype=np.float32)], {}, TypeError,
+     r"cores must share one dtype; cores\[0\] is float64 but cores\[1\] is float32"),
+    ("int-core", [ones(2, 1, 1, dtype=np.int64)], {}, TypeError,
+     r"cores\[0\] must be float32 or float64; got dtype int64"),
+    ("int-core-later", [ones(2, 1, 1), ones(2, 1, 1, dtype=np.int32)], {}, TypeError,
+     r"cores\[1\] must be float32 or float64"),
+    ("complex-core", [ones(2, 1, 1, dtype=np.complex128)], {}, TypeError,
+     r"cores\[0\] must be float32 or float64; got dtype complex128"),
+    ("float16-core", [ones(2, 1, 1, dtype=np.float16)], {}, TypeError,
+     r"cores\[0\] must be float32 or float64"),
+    ("bool-core", [ones(2, 1, 1, dtype=bool)], {}, TypeError, r"cores\[0\] must be float32"),
+    ("object-core", [np.array([None, None])], {}, TypeError, r"cores\[0\] must be float32"),
+    ("nan-core", [ones(2, 1, 3), np.full((2, 3, 1), np.nan)], {}, ValueError,
+     r"cores\[1\] must be finite; got NaN or Inf"),
+    ("inf-core", [np.full((2, 1, 3), -np.inf), ones(2, 3, 1)], {}, ValueError,
+     r"cores\[0\] must be finite"),
+    ("nan-core-float32", [ones(2, 1, 1, dtype=np.float32) * np.float32("nan")], {}, ValueError,
+     r"cores\[0\] must be finite"),
+    ("cores-ndarray", np.ones((2, 2, 1, 1)), {}, TypeError, r"cores must be a list of arrays"),
+    ("cores-generator", (c for c in OPEN2), {}, TypeError, r"cores must be a list of arrays"),
+    ("cores-none", None, {}, TypeError, r"cores must be a list of arrays"),
+    ("scales-negative", OPEN2, {"scales": -1.0}, ValueError, r"scales must be > 0"),
+    ("scales-zero", OPEN2, {"scales": [1.0, 0.0]}, ValueError, r"scales must be > 0"),
+    ("scales-length", OPEN2, {"scales": [1.0, 1.0, 1.0]}, ValueError,
+     r"scales must be a real scalar or an array of shape \(n_sites,\) = \(2,\); got shape \(3,\)"),
+    ("scales-2d", OPEN2, {"scales": np.ones((2, 1))}, ValueError, r"scales must be .*shape"),
+    ("scales-nan", OPEN2, {"scales": [1.0, np.nan]}, ValueError, r"scales must be finite"),
+    ("scales-inf", OPEN2, {"scales": np.inf}, ValueError, r"scales must be finite"),
+    ("scales-bool", OPEN2, {"scales": True}, TypeError, r"scales must be a real scalar"),
+    ("scales-str", OPEN2, {"scales": "1"}, TypeError, r"scales must be a real scalar"),
+    ("scales-complex", OPEN2, {"scales": 1j}, TypeError, r"scales must be a real scalar"),
+    ("site_lr-negative", OPEN2, {"site_lr": [1.0, -0.5]}, ValueError, r"site_lr must be >= 0"),
+    ("site_lr-nan", OPEN2, {"site_lr": np.nan}, ValueError, r"site_lr must be finite"),
+    ("site_lr-length", OPEN2, {"site_lr": [1.0]}, ValueError, r"site_lr must be .*shape"),
+    ("output_site-too-large", OPEN2, {"output_site": 2}, ValueError,
+     r"output_site must be < n_sites = 2; got 2"),
+    ("output_site-negative", OPEN2, {"output_site": -1}, ValueError,
+     r"output_site must be an integer >= 0; got -1"),
+    ("output_site-float", OPEN2, {"output_site": 1.0}, TypeError,
+     r"output_site must be an integer"),
+    ("output_site-str", OPEN2, {"output_site": "0"}, TypeError, r"output_site must be an integer"),
+    ("output_site-bool", OPEN2, {"output_site": True}, TypeError,
+     r"output_site must be an integer >= 0; got True"),
+    ("output_site-np-bool", OPEN2, {"output_site": np.bool_(False)}, TypeError,
+     r"output_site must be an integer"),
+    ("boundary-bad", OPEN2, {"boundary": "closed"}, ValueError,
+     r"boundary must be one of 'open', 'periodic'; got 'closed'"),
+    ("boundary-case", OPEN2, {"boundary": "Open"}, ValueError, r"boundary must be one of"),
+    ("boundary-none", OPEN2, {"boundary": None}, ValueError, r"boundary must be one of"),
+    ("copy-not-bool", OPEN2, {"copy": "no"}, TypeError, r"copy must be True or False"),
+]
+
+
+@pytest.mark.parametrize(
+    "cores, kwargs, exc, match", [c[1:] for c in BAD_CORES], ids=[c[0] for c in BAD_CORES]
+)
+def test_mps_constructor_rejects(cores, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        mn.MPS(cores, **kwargs)
+
+
+def test_mps_constructor_accepts_valid_edge_cases():
+    # the counterparts of the rejected inputs above, to make sure the checks are not too eager
+    assert mn.MPS([ones(3, 1, 1)]).n_sites == 1
+    assert mn.MPS([ones(2, 2, 3), ones(2, 3, 2)], "periodic").bond_dims == (2, 3, 2)
+    assert mn.MPS([ones(2, 1, 3), ones(4, 2, 3, 1)], output_site=1).n_outputs == 4
+    assert mn.MPS(OPEN2, site_lr=[0.0, 1.0]).site_lr.tolist() == [0.0, 1.0]
+    assert mn.MPS(OPEN2, output_site=None, scales=np.array([1, 2])).scales.dtype == np.float64
+
+
+# --------------------------------------------------------------------------- MPS.random
+
+BAD_RANDOM = [
+    ("n_sites-0", (0, 2), {}, ValueError, r"n_sites must be an integer >= 1; got 0"),
+    ("n_sites-float", (2.0, 2), {}, TypeError, r"n_sites must be an integer"),
+    ("n_sites-bool", (True, 2), {}, TypeError, r"n_sites must be an integer"),
+    ("bond_dim-0", (3, 0), {}, ValueError, r"bond_dim must be an integer >= 1; got 0"),
+    ("bond_dim-negative", (3, -2), {}, ValueError, r"bond_dim must be an integer >= 1"),
+    ("bond_dim-float", (3, 2.0), {}, ValueError, r"bond_dim must be an int or a sequence"),
+    ("bond_dim-none", (3, None), {}, ValueError, r"bond_dim must be an int or a sequence"),
+    ("bond_dim-list-short", (4, [1, 2, 1]), {}, ValueError,
+     r"bond_dim must be an int or a sequence of n_sites \+ 1 = 5 bond dimensions"),
+    ("bond_dim-list-long", (2, [1, 2, 2, 1]), {}, ValueError, r"n_sites \+ 1 = 3"),
+    ("bond_dim-list-2d", (2, [[1, 2, 1]]), {}, ValueError, r"bond_dim must be an int or a seq"),
+    ("bond_dim-list-zero", (2, [1, 0, 1]), {}, ValueError, r"bond_dim entries must be"),
+    ("bond_dim-list-float", (2, [1, 2.5, 1]), {}, TypeError, r"bond_dim entries must be"),
+    ("bond_dim-list-open-ends", (2, [2, 2, 2]), {}, ValueError,
+     r"open boundary needs D_0 = D_N = 1"),
+    ("bond_dim-list-periodic-ends", (2, [2, 3, 4]), {"boundary": "periodic"}, ValueError,
+     r"periodic boundary needs D_0 = D_N"),
+    ("phys_dim-0", (3, 2), {"phys_dim": 0}, ValueError, r"phys_dim must be an integer >= 1"),
+    ("n_outputs-0", (3, 2), {"n_outputs": 0}, ValueError, r"n_outputs must be an integer >= 1"),
+    ("periodic-1-site", (1, 2), {"boundary": "periodic"}, ValueError, r"n_sites >= 2"),
+    ("boundary", (3, 2), {"boundary": "ring"}, ValueError, r"boundary must be one of"),
+    ("parametrization", (3, 2), {"parametrization": "mup"}, ValueError,
+     r"parametrization must be one of 'ntk', 'standard'; got 'mup'"),
+    ("parametrization-none", (3, 2), {"parametrization": None}, ValueError,
+     r"parametrization must be one of"),
+    ("init", (3, 2), {"init": "eye"}, ValueError,
+     r"init must be one of 'normal', 'near_identity'; got 'eye'"),
+    ("dtype-int32", (3, 2), {"dtype": np.int32}, TypeError,
+     r"dtype must be numpy.float32 or numpy.float64; got int32"),
+    ("dtype-float16", (3, 2), {"dtype": np.float16}, TypeError, r"dtype must be numpy.float32"),
+    ("dtype-complex", (3, 2), {"dtype": np.complex128}, TypeError, r"dtype must be numpy.float32"),
+    ("dtype-garbage", (3, 2), {"dtype": "foo"}, TypeError, r"dtype must be numpy.float32"),
+    ("sigma-negative", (3, 2), {"sigma": -1.0}, ValueError, r"sigma must be > 0"),
+    ("sigma-zero", (3, 2), {"sigma": [1.0, 0.0, 1.0]}, ValueError, r"sigma must be > 0"),
+    ("sigma-length", (3, 2), {"sigma": [1.0, 1.0]}, ValueError, r"sigma must be .*shape"),
+    ("sigma-nan", (3, 2), {"sigma": np.nan}, ValueError, r"sigma must be finite"),
+    ("output_site-range", (3, 2), {"n_outputs": 2, "output_site": 3}, ValueError,
+     r"output_site must be < n_sites = 3; got 3"),
+    ("output_site-float", (3, 2), {"n_outputs": 2, "output_site": 1.0}, TypeError,
+     r"output_site must be an integer"),
+    ("output_site-bool", (3, 2), {"output_site": True}, TypeError,
+     r"output_site must be an integer"),
+    ("seed-str", (3, 2), {"seed": "abc"}, TypeError, r"seed must be"),
+    ("seed-negative", (3, 2), {"seed": -1}, TypeError, r"seed must be"),
+]
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exc, match", [c[1:] for c in BAD_RANDOM], ids=[c[0] for c in BAD_RANDOM]
+)
+def test_random_rejects(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        mn.MPS.random(*args, **kwargs)
+
+
+def test_random_accepts_numpy_integers_and_generators():
+    mps = mn.MPS.random(np.int64(3), np.int32(2), seed=np.random.default_rng(0))
+    assert mps.bond_dims == (1, 2, 2, 1)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _bad_phi_cases(phi):
+    nan = phi.copy()
+    nan[1, 2, 0] = np.nan
+    inf = phi.copy()
+    inf[0, 0, 1] = -np.inf
+    return [
+        ("rank2", phi[0], ValueError,
+         r"phi must be a 3-D array of shape \(n_samples, n_sites, phys_dim\); got 2-D"),
+        ("rank4", phi[None], ValueError, r"phi must be a 3-D array .* got 4-D"),
+        ("rank1", phi[0, 0], ValueError, r"phi must be a 3-D array"),
+        ("scalar", np.float64(1.0), ValueError, r"phi must be a 3-D array"),
+        ("n_sites", phi[:, :3], ValueError,
+         r"phi has n_sites = 3 \(shape \(5, 3, 2\)\) but the MPS has 4 sites"),
+        ("phys_dim", np.concatenate([phi, phi], axis=2), ValueError,
+         r"phi has phys_dim = 4 .* but the MPS has phys_dim = 2"),
+        ("float32-on-float64", phi.astype(np.float32), TypeError,
+         r"phi has dtype float32 but the MPS is float64"),
+        ("int", phi.astype(np.int64), TypeError, r"phi must be a float32 or float64 array"),
+        ("bool", phi > 0.5, TypeError, r"phi must be a float32 or float64 array"),
+        ("complex", phi.astype(np.complex128), TypeError, r"phi must be a float32 or float64"),
+        ("float16", phi.astype(np.float16), TypeError, r"phi must be a float32 or float64"),
+        ("object", np.empty((5, N_SITES, 2), dtype=object), TypeError, r"phi must be a float32"),
+        ("none", None, TypeError, r"phi must be a float32 or float64 array"),
+        ("nan", nan, ValueError, r"phi must be finite; got NaN or Inf"),
+        ("inf", inf, ValueError, r"phi must be finite"),
+        ("empty", phi[:0], ValueError,
+         r"phi must be non-empty with shape \(n_samples, n_sites, phys_dim\); got shape \(0, 4, 2\)"),
+        ("empty-phys", phi[:, :, :0], ValueError, r"phi must be non-empty"),
+    ]
+
+
+@pytest.mark.parametrize("method", ["forward", "log_forward", "__call__"])
+def test_features_rejected_by_evaluation(model, phi, method):
+    for name, bad, exc, match in _bad_phi_cases(phi):
+        with pytest.raises(exc, match=match):
+            getattr(model, method)(bad)
+        # every case is also rejected under its own name by the gradient routines
+        match_other = match.replace("phi", "phi1", 1) if match.startswith("phi") else match
+        with pytest.raises(exc, match=match_other):
+            mn.ntk(model, bad)
+        with pytest.raises(exc, match=match):
+            mn.jacobian(model, bad)
+        assert name
+
+
+def test_float64_features_on_float32_model(model32, phi):
+    with pytest.raises(TypeError, match=r"phi has dtype float64 but the MPS is float32"):
+        model32.forward(phi)
+    with pytest.raises(TypeError, match=r"phi1 has dtype float64 but the MPS is float32"):
+        mn.ntk(model32, phi)
+    with pytest.raises(TypeError, match=r"phi has dtype float64 but the MPS is float32"):
+        mn.vjp(model32, phi, np.ones(5, np.float32))
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda p: p[:, :3], ValueError, r"phi2 has n_sites = 3"),
+        (lambda p: p[..., :1], ValueError, r"phi2 has phys_dim = 1"),
+        (lambda p: p.astype(np.float32), TypeError, r"phi2 has dtype float32"),
+        (lambda p: p[:0], ValueError, r"phi2 must be non-empty"),
+        (lambda p: p[0], ValueError, r"phi2 must be a 3-D array"),
+        (lambda p: p.astype(int), TypeError, r"phi2 must be a float32 or float64"),
+        (lambda p: p * np.nan, ValueError, r"phi2 must be finite"),
+    ],
+    ids=["n_sites", "phys_dim", "dtype", "empty", "rank", "int", "nan"],
+)
+def test_ntk_rejects_bad_phi2(model, phi, make, exc, match):
+    with pytest.raises(exc, match=match):
+        mn.ntk(model, phi, make(phi))
+
+
+# --------------------------------------------------------------------------- ntk options
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"outputs": "sum"}, ValueError, r"outputs must be one of 'trace', 'mean', 'full'"),
+        ({"outputs": None}, ValueError, r"outputs must be one of"),
+        ({"per_site": 1}, TypeError, r"per_site must be True or False; got 1"),
+        ({"per_site": "yes"}, TypeError, r"per_site must be True or False"),
+        ({"per_site": None}, TypeError, r"per_site must be True or False"),
+        ({"normalized": 0}, TypeError, r"normalized must be True or False"),
+        ({"normalized": None}, TypeError, r"normalized must be True or False"),
+        ({"tile": 0}, ValueError, r"tile must be an integer >= 1; got 0"),
+        ({"tile": -8}, ValueError, r"tile must be an integer >= 1; got -8"),
+        ({"tile": 16.0}, TypeError, r"tile must be an integer >= 1"),
+        ({"tile": "16"}, TypeError, r"tile must be an integer >= 1"),
+        ({"tile": True}, TypeError, r"tile must be an integer >= 1"),
+        ({"tile": None}, TypeError, r"tile must be an integer >= 1"),
+        ({"site_weights": [1.0, 2.0]}, ValueError, r"site_weights must be .*shape"),
+        ({"site_weights": -1.0}, ValueError, r"site_weights must be >= 0"),
+        ({"site_weights": np.nan}, ValueError, r"site_weights must be finite"),
+        ({"site_weights": "a"}, TypeError, r"site_weights must be a real scalar"),
+    ],
+    ids=lambda v: repr(v) if not isinstance(v, dict) else ",".join(f"{k}={v[k]!r}" for k in v),
+)
+def test_ntk_rejects_bad_options(model, model_multi, phi, kwargs, exc, match):
+    for mps in (model, model_multi):
+        with pytest.raises(exc, match=match):
+            mn.ntk(mps, phi, **kwargs)
+
+
+def test_ntk_rejects_non_mps(phi):
+    with pytest.raises(TypeError, match=r"mps must be an mpsntk.MPS; got str"):
+        mn.ntk("model", phi)
+    with pytest.raises(TypeError, match=r"mps must be an mpsntk.MPS; got NoneType"):
+        mn.ntk_vp(None, phi, np.ones(5))
+    with pytest.raises(TypeError, match=r"mps must be an mpsntk.MPS"):
+        mn.jacobian({}, phi)
+    with pytest.raises(TypeError, match=r"mps must be an mpsntk.MPS"):
+        mn.vjp(object(), phi, np.ones(5))
+    with pytest.raises(TypeError, match=r"mps must be an mpsntk.MPS"):
+        mn.jvp(object(), phi, [])
+
+
+def test_huge_tile_is_harmless(model, phi):
+    # a tile larger than the kernel is one tile; it must neither crash nor allocate tile**2
+    expected = mn.ntk(model, phi)
+    np.testing.assert_allclose(mn.ntk(model, phi, tile=10**12), expected, rtol=1e-13)
+    np.testing.assert_allclose(mn.ntk(model, phi, phi[:2], tile=2**40), expected[:, :2],
+                               rtol=1e-13)
+
+
+def _read_only(shape):
+    a = np.zeros(shape)
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize(
+    "make_out, kwargs, exc, match",
+    [
+        (lambda: np.empty((5, 4)), {}, ValueError, r"out must have shape \(5, 5\); got \(5, 4\)"),
+        (lambda: np.empty(25), {}, ValueError, r"out must have shape \(5, 5\)"),
+        (lambda: np.empty((5, 5)), {"per_site": True}, ValueError,
+         r"out must have shape \(4, 5, 5\); got \(5, 5\)"),
+        (lambda: np.empty((5, 5), np.float32), {}, TypeError,
+         r"out must have dtype float64; got float32"),
+        (lambda: np.empty((5, 5), np.int64), {}, TypeError, r"out must have dtype float64"),
+        (lambda: np.empty((5, 10))[:, ::2], {}, ValueError, r"out must be C-contiguous"),
+        (lambda: np.asfortranarray(np.empty((5, 5))), {}, ValueError,
+         r"out must be C-contiguous"),
+        (lambda: _read_only((5, 5)), {}, ValueError, r"out is read-only"),
+        (lambda: [[0.0] * 5] * 5, {}, TypeError, r"out must be a numpy.ndarray"),
+        (lambda: 0.0, {}, TypeError, r"out must be a numpy.ndarray"),
+    ],
+    ids=["shape", "flat", "per-site-shape", "float32", "int", "strided", "fortran", "read-only",
+         "list", "scalar"],
+)
+def test_ntk_rejects_bad_out(model, phi, make_out, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        mn.ntk(model, phi, out=make_out(), **kwargs)
+
+
+def test_ntk_full_out_shape(model_multi, phi):
+    with pytest.raises(ValueError, match=r"out must have shape \(5, 5, 3, 3\); got \(5, 5\)"):
+        mn.ntk(model_multi, phi, outputs="full", out=np.empty((5, 5)))
+    with pytest.raises(ValueError, match=r"out must have shape \(5, 5\); got \(5, 5, 3, 3\)"):
+        mn.ntk(model_multi, phi, outputs="trace", out=np.empty((5, 5, 3, 3)))
+
+
+def test_ntk_out_is_filled(model, phi):
+    out = np.full((5, 5), np.nan)
+    assert mn.ntk(model, phi, out=out) is out
+    np.testing.assert_allclose(out, mn.ntk(model, phi), rtol=1e-13)
+
+
+# --------------------------------------------------------------------------- memory checks
+
+
+@pytest.fixture
+def tiny_memory(monkeypatch):
+    """Pretend that only 1 KiB of memory is available (the size checks then must refuse)."""
+    monkeypatch.setattr(validate, "_available_memory", lambda: 1024)
+
+
+def test_ntk_too_large_for_memory(model, phi, tiny_memory):
+    with pytest.raises(ValueError, match=r"an NTK of shape \(5, 5\) \(float64\) needs .* GiB"):
+        mn.ntk(model, phi)
+    with pytest.raises(ValueError, match=r"NTK of shape \(4, 5, 3\)"):
+        mn.ntk(model, phi, phi[:3], per_site=True)
+    with pytest.raises(ValueError, match=r"pass out="):
+        mn.ntk(model, phi)
+    # a preallocated out= avoids the output allocation but not the environments
+    with pytest.raises(ValueError, match=r"the environments of this NTK needs"):
+        mn.ntk(model, phi, out=np.empty((5, 5)))
+
+
+def test_ntk_memory_check_counts_the_output(model, phi, monkeypatch):
+    # enough for the workspace of a 5 x 5 NTK but not for a 4 x 5 x 5 per-site output in addition
+    n_bytes = 5 * 5 * 8
+    monkeypatch.setattr(validate, "_available_memory", lambda: 10**7)
+    mn.ntk(model, phi)  # fits
+    monkeypatch.setattr(validate, "_available_memory", lambda: n_bytes - 1)
+    with pytest.raises(ValueError, match=r"NTK of shape \(5, 5\)"):
+        mn.ntk(model, phi)
+
+
+def test_jacobian_too_large_for_memory(model, phi, tiny_memory):
+    n_params = model.n_params
+    with pytest.raises(ValueError, match=rf"a Jacobian of shape \(5, 1, {n_params}\) needs"):
+        mn.jacobian(model, phi)
+    with pytest.raises(ValueError, match=r"use ntk\(\), ntk_vp\(\), vjp\(\) or jvp\(\) instead"):
+        mn.jacobian(model, phi)
+
+
+def test_memory_check_passes_when_memory_is_unknown(model, phi, monkeypatch):
+    monkeypatch.setattr(validate, "_available_memory", lambda: None)
+    assert mn.ntk(model, phi).shape == (5, 5)
+    assert mn.jacobian(model, phi).shape == (5, model.n_params)
+
+
+# --------------------------------------------------------------------------- ntk_vp / vjp / jvp
+
+
+@pytest.mark.parametrize(
+    "v, match, exc",
+    [
+        (np.ones(4), r"v must have shape \(5,\) or \(5, k\); got \(4,\)", ValueError),
+        (np.ones((5, 1, 1)), r"v must have shape \(5,\) or \(5, k\); got \(5, 1, 1\)", ValueError),
+        (np.ones((5, 0)), r"v must have shape", ValueError),
+        (np.float64(1.0), r"v must have shape", ValueError),
+        (np.ones(5, np.float32), r"v must have the model's dtype float64; got float32", TypeError),
+        (np.ones(5, np.int64), r"v must have the model's dtype float64; got int64", TypeError),
+        (np.full(5, np.nan), r"v must be finite", ValueError),
+        (np.array([1, 1, 1, 1, np.inf]), r"v must be finite", ValueError),
+    ],
+    ids=["length", "rank3", "k0", "scalar", "float32", "int", "nan", "inf"],
+)
+def test_ntk_vp_rejects_bad_v(model, phi, v, match, exc):
+    with pytest.raises(exc, match=match):
+        mn.ntk_vp(model, phi, v)
+
+
+def test_ntk_vp_multi_output_shapes(model_multi, phi):
+    with pytest.raises(ValueError, match=r"v must have shape \(5, 3\) or \(5, 3, k\); got \(5,\)"):
+        mn.ntk_vp(model_multi, phi, np.ones(5))
+    with pytest.raises(ValueError, match=r"got \(5, 2\)"):
+        mn.ntk_vp(model_multi, phi, np.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"phi must be finite"):
+        mn.ntk_vp(model_multi, phi * np.inf, np.ones((5, 3)))
+
+
+@pytest.mark.parametrize(
+    "cot, exc, match",
+    [
+        (np.ones(4), ValueError, r"cotangent must have shape \(5,\)"),
+        (np.ones((5, 1)), ValueError, r"cotangent must have shape \(5,\); got \(5, 1\)"),
+        (np.ones((5, 2)), ValueError, r"cotangent must have shape \(5,\); got \(5, 2\)"),
+        (np.ones(5, np.float32), TypeError, r"cotangent must have the model's dtype float64"),
+        (np.full(5, np.nan), ValueError, r"cotangent must be finite"),
+    ],
+    ids=["length", "column", "matrix", "float32", "nan"],
+)
+def test_vjp_rejects_bad_cotangent(model, phi, cot, exc, match):
+    with pytest.raises(exc, match=match):
+        mn.vjp(model, phi, cot)
+
+
+def test_vjp_multi_output_cotangent(model_multi, phi):
+    with pytest.raises(ValueError, match=r"cotangent must have shape \(5, 3\)"):
+        mn.vjp(model_multi, phi, np.ones(5))
+    with pytest.raises(ValueError, match=r"cotangent must have shape \(5, 3\); got \(5, 3, 1\)"):
+        mn.vjp(model_multi, phi, np.ones((5, 3, 1)))
+    with pytest.raises(ValueError, match=r"cotangent must have shape"):
+        mn.vjp(model_multi, phi, np.ones((5, 4)))
+
+
+def test_jvp_rejects_bad_tangents(model, phi):
+    good = [np.ones_like(c) for c in model.cores]
+    assert mn.jvp(model, phi, good).shape == (5,)
+    with pytest.raises(ValueError, match=r"tangents must hold one array per core \(4\); got 3"):
+        mn.jvp(model, phi, good[:3])
+    with pytest.raises(ValueError, match=r"tangents must hold one array per core \(4\); got 5"):
+        mn.jvp(model, phi, good + good[:1])
+    bad = list(good)
+    bad[2] = np.ones(good[2].shape[:-1] + (good[2].shape[-1] + 1,))
+    with pytest.raises(ValueError, match=rf"tangents\[2\] must have shape {re.escape(str(good[2].shape))}"):
+        mn.jvp(model, phi, bad)
+    bad = list(good)
+    bad[1] = good[1].astype(np.float32)
+    with pytest.raises(TypeError, match=r"tangents\[1\] must have dtype float64; got float32"):
+        mn.jvp(model, phi, bad)
+    bad = list(good)
+    bad[3] = good[3].astype(np.int64)
+    with pytest.raises(TypeError, match=r"tangents\[3\] must have dtype float64; got int64"):
+        mn.jvp(model, phi, bad)
+    bad = list(good)
+    bad[0] = good[0] * np.nan
+    with pytest.raises(ValueError, match=r"tangents\[0\] must be finite"):
+        mn.jvp(model, phi, bad)
+    with pytest.raises(TypeError, match=r"tangents must be a list of arrays"):
+        mn.jvp(model, phi, 5)
+    with pytest.raises(TypeError, match=r"tangents must be a list of arrays"):
+        mn.jvp(model, phi, np.ones(4))
+    with pytest.raises(TypeError, match=r"tangents must be a list of arrays"):
+        mn.jvp(model, phi, None)
+    with pytest.raises(ValueError, match=r"phi has n_sites = 3"):
+        mn.jvp(model, phi[:, :3], good)
+
+
+# --------------------------------------------------------------------------- device arrays
+
+needs_no_cuda = pytest.mark.skipif(mn.cuda_available(), reason="this build has a CUDA device")
+
+
+@needs_no_cuda
+def test_device_array_without_cuda(model, phi):
+    dev = FakeDeviceArray()
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi are CUDA arrays"):
+        model.forward(dev)
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi are CUDA arrays"):
+        model.log_forward(dev)
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi1 are CUDA arrays"):
+        mn.ntk(model, dev)
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi1, phi2 are CUDA arrays"):
+        mn.ntk(model, dev, FakeDeviceArray())
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi are CUDA arrays"):
+        mn.jacobian(model, dev)
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi, v are CUDA arrays"):
+        mn.ntk_vp(model, dev, FakeDeviceArray((5,)))
+    with pytest.raises(mn.CudaUnavailableError, match=r"cores\[0\], cores\[1\] are CUDA arrays"):
+        mn.MPS([FakeDeviceArray((2, 1, 2)), FakeDeviceArray((2, 2, 1))])
+    reason = mn.build_info()["cuda_reason"]
+    assert isinstance(reason, str) and reason
+    with pytest.raises(mn.CudaUnavailableError, match=re.escape(reason)):
+        model.forward(dev)
+    assert issubclass(mn.CudaUnavailableError, RuntimeError)
+
+
+def test_device_array_mixed_with_host_array(model, phi):
+    dev = FakeDeviceArray()
+    host_msg = r"live on a CUDA device but the other arguments are host arrays"
+    with pytest.raises(TypeError, match=r"phi1 " + host_msg):
+        mn.ntk(model, dev, phi)
+    with pytest.raises(TypeError, match=r"phi2 " + host_msg):
+        mn.ntk(model, phi, dev)
+    with pytest.raises(TypeError, match=r"out " + host_msg):
+        mn.ntk(model, phi, out=FakeDeviceArray((5, 5)))
+    with pytest.raises(TypeError, match=r"v " + host_msg):
+        mn.ntk_vp(model, phi, FakeDeviceArray((5,)))
+    with pytest.raises(TypeError, match=r"phi " + host_msg):
+        mn.ntk_vp(model, dev, np.ones(5))
+    with pytest.raises(TypeError, match=r"cotangent " + host_msg):
+        mn.vjp(model, phi, FakeDeviceArray((5,)))
+    with pytest.raises(TypeError, match=r"phi " + host_msg):
+        mn.vjp(model, dev, np.ones(5))
+    with pytest.raises(TypeError, match=r"tangents\[0\], .* " + host_msg):
+        mn.jvp(model, phi, [FakeDeviceArray(c.shape) for c in model.cores])
+    with pytest.raises(TypeError, match=r"phi " + host_msg):
+        mn.jvp(model, dev, [np.ones_like(c) for c in model.cores])
+    with pytest.raises(TypeError, match=r"cores\[0\] " + host_msg):
+        mn.MPS([FakeDeviceArray((2, 1, 2)), ones(2, 2, 1)])
+
+
+# --------------------------------------------------------------------------- persistence and with_cores
+
+
+def test_load_rejects_foreign_files(tmp_path, model):
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.ones(3))
+    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
+        mn.MPS.load(other)
+
+    npy = tmp_path / "array.npy"
+    np.save(npy, np.ones(3))
+    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
+        mn.MPS.load(npy)
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a numpy file\n")
+    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
+        mn.MPS.load(text)
+
+    good = tmp_path / "model.npz"
+    model.save(good)
+    data = dict(np.load(good))
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, **{**data, "format_version": np.array(999)})
+    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
+        mn.MPS.load(newer)
+    truncated = tmp_path / "truncated.npz"
+    np.savez(truncated, **{k: v for k, v in data.items() if k != "core_2"})
+    with pytest.raises(ValueError, match=r"missing core_2"):
+        mn.MPS.load(truncated)
+    corrupt = tmp_path / "corrupt.npz"
+    np.savez(corrupt, **{**data, "core_1": np.full_like(data["core_1"], np.nan)})
+    with pytest.raises(ValueError, match=r"cores\[1\] must be finite"):
+        mn.MPS.load(corrupt)
+    with pytest.raises(FileNotFoundError):
+        mn.MPS.load(tmp_path / "missing.npz")
+
+
+def test_with_cores_rejects_bad_cores(model):
+    wider = [np.ones((2, 1, 2)), np.ones((2, 2, 3)), np.ones((2, 3, 3)), np.ones((2, 3, 1))]
+    with pytest.raises(ValueError, match=r"cores\[0\] must keep shape \(2, 1, 3\); got \(2, 1, 2\)"):
+        model.with_cores(wider)
+    with pytest.raises(ValueError, match=r"scales must be .*shape \(n_sites,\) = \(4,\)"):
+        model.with_cores(model.cores[:3])
+    with pytest.raises(TypeError, match=r"cores must share one dtype"):
+        model.with_cores(model.cores[:3] + [model.cores[3].astype(np.float32)])
+    with pytest.raises(ValueError, match=r"cores\[2\] must be finite"):
+        model.with_cores([c if j != 2 else c * np.inf for j, c in enumerate(model.cores)])

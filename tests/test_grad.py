@@ -1,0 +1,89 @@
+"""vjp, jvp and the explicit Jacobian against the dense oracles, plus adjointness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import random_features, random_model, relerr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mpsntk as mn
+from mpsntk import _reference as ref
+
+SPECS = [
+    ((1, 3, 4, 2, 1), "open", None, 1),
+    ((1, 5, 3, 7, 4, 1), "open", 2, 3),
+    ((3, 2, 4, 3), "periodic", None, 1),
+    ((2, 3, 2, 4, 2), "periodic", 3, 2),
+]
+
+
+def _model(rng, spec, dtype=np.float64):
+    bonds, boundary, osite, nout = spec
+    return random_model(rng, bonds, boundary=boundary, output_site=osite, n_outputs=nout,
+                        dtype=dtype)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_jacobian_matches_oracle_and_finite_differences(spec, isa):
+    rng = np.random.default_rng(10)
+    mps = _model(rng, spec)
+    phi = random_features(rng, 7, mps.n_sites)
+    J = mn.jacobian(mps, phi)
+    assert relerr(J, ref.jacobian(mps, phi)) < 1e-13
+    assert relerr(J, ref.finite_difference_jacobian(mps, phi, eps=1e-5)) < 1e-8
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_vjp_jvp_match_oracle(spec, dtype, isa):
+    rng = np.random.default_rng(11)
+    mps = _model(rng, spec, dtype)
+    phi = random_features(rng, 21, mps.n_sites, dtype=dtype)
+    shape = (21,) if mps.output_site is None else (21, mps.n_outputs)
+    cot = rng.standard_normal(shape).astype(dtype)
+    tangents = [rng.standard_normal(c.shape).astype(dtype) for c in mps.cores]
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    m64 = mps.with_cores([c.astype(np.float64) for c in mps.cores])
+    got = mn.vjp(mps, phi, cot)
+    want = ref.vjp(m64, phi.astype(np.float64), cot.astype(np.float64))
+    for g, w, c in zip(got, want, mps.cores):
+        assert g.shape == c.shape and g.dtype == dtype
+        assert relerr(g, w) < tol
+    got = mn.jvp(mps, phi, tangents)
+    want = ref.jvp(m64, phi.astype(np.float64), [t.astype(np.float64) for t in tangents])
+    assert got.shape == shape and got.dtype == dtype
+    assert relerr(got, want) < tol
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), spec=st.sampled_from(SPECS),
+       n=st.integers(1, 12))
+def test_vjp_jvp_adjoint(seed, spec, n):
+    """<J t, c> = <t, J^T c> for random tangents t and cotangents c."""
+    rng = np.random.default_rng(seed)
+    mps = _model(rng, spec)
+    phi = random_features(rng, n, mps.n_sites)
+    shape = (n,) if mps.output_site is None else (n, mps.n_outputs)
+    cot = rng.standard_normal(shape)
+    tangents = [rng.standard_normal(c.shape) for c in mps.cores]
+    lhs = np.sum(mn.jvp(mps, phi, tangents) * cot)
+    rhs = sum(np.sum(t * g) for t, g in zip(tangents, mn.vjp(mps, phi, cot)))
+    assert abs(lhs - rhs) <= 1e-11 * max(abs(lhs), 1.0) * 10
+
+
+def test_vjp_is_the_gradient_of_a_loss():
+    """vjp with dL/df gives the gradient of L = sum (f - y)^2 / 2 (checked by differences)."""
+    rng = np.random.default_rng(12)
+    mps = mn.MPS.random(5, 3, seed=1)
+    phi = mn.features.trig(rng.uniform(size=(9, 5)))
+    y = rng.standard_normal(9)
+    grads = mn.vjp(mps, phi, mps(phi) - y)
+    j, idx, eps = 2, (1, 0, 2), 1e-6
+    def loss(delta):
+        cores = [c.copy() for c in mps.cores]
+        cores[j][idx] += delta
+        return 0.5 * np.sum((mps.with_cores(cores)(phi) - y) ** 2)
+    fd = (loss(eps) - loss(-eps)) / (2 * eps)
+    assert abs(grads[j][idx] - fd) < 1e-7 * max(1.0, abs(fd))
