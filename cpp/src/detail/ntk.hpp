@@ -69,16 +69,28 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
   using vec = typename S::vec;
   constexpr int MR = S::MR, NV = S::NV, NR = S::NR, L = S::L;
   const index_t N = static_cast<index_t>(weight.size());
-  const index_t tb = round_up(std::max<index_t>(tile, 1), S::PAD);
+  // A tile never needs to exceed the data; per-thread tile buffers are allocated here, outside
+  // the parallel region, so that a failed allocation surfaces as an exception (MemoryError).
+  const index_t tb = round_up(std::min(std::max<index_t>(tile, 1), std::max(s1.n, s2.n)), S::PAD);
   const index_t t1 = (s1.n + tb - 1) / tb, t2 = (s2.n + tb - 1) / tb;
   std::vector<std::pair<index_t, index_t>> tiles;
   for (index_t ib = 0; ib < t1; ++ib)
     for (index_t kb = tgt.upper_only ? ib : 0; kb < t2; ++kb) tiles.emplace_back(ib, kb);
   const bool per_site = tgt.site_stride != 0;
 
-#pragma omp parallel
+  int n_threads = 1;
+#ifdef _OPENMP
+  n_threads = omp_get_max_threads();
+#endif
+  std::vector<buffer<T>> buffers(n_threads);
+  for (auto& b : buffers) b.resize(tb * tb);
+#pragma omp parallel num_threads(n_threads)
   {
-    std::vector<T> buf(tb * tb);
+#ifdef _OPENMP
+    buffer<T>& buf = buffers[omp_get_thread_num()];
+#else
+    buffer<T>& buf = buffers[0];
+#endif
 #pragma omp for schedule(dynamic)
     for (index_t t = 0; t < static_cast<index_t>(tiles.size()); ++t) {
       const index_t i0 = tiles[t].first * tb, k0 = tiles[t].second * tb;
