@@ -129,7 +129,48 @@ void jacobian_py(const py::list& cores, const carray<double>& scales, const std:
 }
 
 template <class T>
+double log_partition_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+                        const carray<double>& weights, const py::object& grads) {
+  auto ch = make_chain<T>(cores, scales, boundary, -1);
+  MPSNTK_EXPECTS(weights.ndim() == 1 && weights.shape(0) == ch.view.phys_dim, "weights: need one per state");
+  std::vector<carray<T>> keep;
+  std::vector<T*> g;
+  if (!grads.is_none()) g = core_like_outputs(ch, grads.cast<py::list>(), "grads", keep);
+  const double* w = weights.data();
+  py::gil_scoped_release nogil;
+  return log_partition<T>(ch.view, w, g.empty() ? nullptr : g.data());
+}
+
+template <class T>
+py::tuple doubled_right_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+                           const carray<double>& weights) {
+  auto ch = make_chain<T>(cores, scales, boundary, -1);
+  MPSNTK_EXPECTS(weights.ndim() == 1 && weights.shape(0) == ch.view.phys_dim, "weights: need one per state");
+  std::vector<std::vector<double>> slots;
+  std::vector<double> logs;
+  {
+    py::gil_scoped_release nogil;
+    doubled_right_environments<T>(ch.view, weights.data(), slots, logs);
+  }
+  const index_t h = ch.view.boundary == Boundary::open ? 1 : ch.view.bond[0] * ch.view.bond[0];
+  py::list out;
+  for (size_t j = 0; j < slots.size(); ++j) {
+    const index_t D = ch.view.bond[j];
+    carray<double> a({h, D, D});
+    std::copy(slots[j].begin(), slots[j].end(), a.mutable_data());
+    out.append(a);
+  }
+  return py::make_tuple(out, carray<double>(static_cast<py::ssize_t>(logs.size()), logs.data()));
+}
+
+template <class T>
 void register_dtype(py::module_& m) {
+  // No array argument of type T here to steer overload resolution: one name per dtype.
+  const std::string suffix = sizeof(T) == 8 ? "_float64" : "_float32";
+  m.def(("log_partition" + suffix).c_str(), &log_partition_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"),
+        py::arg("weights"), py::arg("grads"));
+  m.def(("doubled_right_environments" + suffix).c_str(), &doubled_right_py<T>, py::arg("cores"), py::arg("scales"),
+        py::arg("boundary"), py::arg("weights"));
   m.def("forward", &forward_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert());
   m.def("ntk", &ntk_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),

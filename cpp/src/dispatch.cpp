@@ -1,6 +1,7 @@
 // Routes each public entry point to the best instruction set compiled in (or the one chosen
 // with set_isa / the MPSNTK_ISA environment variable), validating the chain first.
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 
 #include "mpsntk/engine.hpp"
@@ -25,6 +26,15 @@ namespace mpsntk {
   }
 
 MPSNTK_DECLARE_ISA(isa_generic)
+
+// Born-machine contractions are small dense loops: one portable build serves every CPU.
+namespace isa_generic {
+template <class T>
+double log_partition_impl(const ChainView<T>&, const double*, T* const*);
+template <class T>
+void doubled_right_impl(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,
+                        std::vector<double>&);
+}  // namespace isa_generic
 #if defined(MPSNTK_X86_DISPATCH)
 MPSNTK_DECLARE_ISA(isa_avx2)
 MPSNTK_DECLARE_ISA(isa_avx512)
@@ -149,6 +159,29 @@ void jacobian(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
   MPSNTK_ROUTE(jacobian_impl<T>(ch, phi, out))
 }
 
+namespace {
+template <class T>
+void check_born(const ChainView<T>& ch, const double* w) {
+  ch.validate();
+  MPSNTK_EXPECTS(ch.output_site < 0, "Born machines need a scalar-output MPS (no output site)");
+  for (index_t s = 0; s < ch.phys_dim; ++s)
+    MPSNTK_EXPECTS(w[s] >= 0 && std::isfinite(w[s]), "feature weights must be finite and >= 0");
+}
+}  // namespace
+
+template <class T>
+double log_partition(const ChainView<T>& ch, const double* w, T* const* grads) {
+  check_born(ch, w);
+  return isa_generic::log_partition_impl<T>(ch, w, grads);
+}
+
+template <class T>
+void doubled_right_environments(const ChainView<T>& ch, const double* w,
+                                std::vector<std::vector<double>>& slots, std::vector<double>& log_scale) {
+  check_born(ch, w);
+  isa_generic::doubled_right_impl<T>(ch, w, slots, log_scale);
+}
+
 #define MPSNTK_PUBLIC(T)                                                                            \
   template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                \
   template void ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
@@ -157,7 +190,10 @@ void jacobian(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
   template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*);            \
   template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*,      \
                           index_t, T*);                                                             \
-  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);
+  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                      \
+  template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                 \
+  template void doubled_right_environments<T>(const ChainView<T>&, const double*,                  \
+                                              std::vector<std::vector<double>>&, std::vector<double>&);
 MPSNTK_PUBLIC(float)
 MPSNTK_PUBLIC(double)
 

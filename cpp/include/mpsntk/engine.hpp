@@ -48,6 +48,19 @@ void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* 
 template <class T>
 void jacobian(const ChainView<T>& chain, const FeatureView<T>& phi, T* out);
 
+/// @brief Born machine: log Z with Z = sum over all configurations of Psi(x)^2 for one-hot
+/// features phi_s = sqrt(weights[s]) e_s, by contracting the doubled MPS.  With grads non-null,
+/// also d log Z / d core_j (shaped like the cores).
+/// @throws std::invalid_argument if Z = 0 or the chain has an output site.
+template <class T>
+double log_partition(const ChainView<T>& chain, const double* weights, T* const* grads);
+
+/// @brief Right doubled environments (suffix slots j = 0..N): h matrices D_j x D_j per slot,
+/// h = 1 (open) or D_0^2 (periodic), each slot divided by exp(log_scale[j]).
+template <class T>
+void doubled_right_environments(const ChainView<T>& chain, const double* weights,
+                                std::vector<std::vector<double>>& slots, std::vector<double>& log_scale);
+
 /// @brief Instruction sets compiled in, best first, and the one in use.
 std::vector<std::string> available_isas();
 std::string current_isa();

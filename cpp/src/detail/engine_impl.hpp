@@ -22,6 +22,7 @@ namespace MPSNTK_ISA_NS {
 #include "detail/factors.hpp"
 #include "detail/ntk.hpp"
 #include "detail/grad.hpp"
+#include "detail/born.hpp"
 
 #define MPSNTK_INSTANTIATE(T)                                                                        \
   template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);          \
@@ -35,7 +36,10 @@ namespace MPSNTK_ISA_NS {
   }                                                                                                \
   template void ntk_vp_impl<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, \
                                index_t, T*);                                                       \
-  template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);
+  template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);                 \
+  template double log_partition_impl<T>(const ChainView<T>&, const double*, T* const*);            \
+  template void doubled_right_impl<T>(const ChainView<T>&, const double*,                          \
+                                      std::vector<std::vector<double>>&, std::vector<double>&);
 
 MPSNTK_INSTANTIATE(float)
 MPSNTK_INSTANTIATE(double)
