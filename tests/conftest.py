@@ -3,10 +3,9 @@ instruction sets, tolerances per dtype, and small random models."""
 
 from __future__ import annotations
 
+import mpsntk as mn
 import numpy as np
 import pytest
-
-import mpsntk as mn
 from mpsntk import _core
 
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
@@ -43,8 +42,9 @@ def random_features(rng, n_samples, n_sites, phys_dim=2, dtype=np.float64):
     return rng.standard_normal((n_samples, n_sites, phys_dim)).astype(dtype)
 
 
-def random_model(rng, bonds, phys_dim=2, boundary="open", output_site=None, n_outputs=1,
-                 dtype=np.float64):
+def random_model(
+    rng, bonds, phys_dim=2, boundary="open", output_site=None, n_outputs=1, dtype=np.float64
+):
     """An MPS with given bond dimensions, random scales and per-site rates."""
     n_sites = len(bonds) - 1
     cores = []
@@ -53,5 +53,10 @@ def random_model(rng, bonds, phys_dim=2, boundary="open", output_site=None, n_ou
         if j == output_site:
             shape = (n_outputs,) + shape
         cores.append(rng.standard_normal(shape).astype(dtype))
-    return mn.MPS(cores, boundary, scales=rng.uniform(0.5, 1.5, n_sites),
-                  site_lr=rng.uniform(0.5, 2.0, n_sites), output_site=output_site)
+    return mn.MPS(
+        cores,
+        boundary,
+        scales=rng.uniform(0.5, 1.5, n_sites),
+        site_lr=rng.uniform(0.5, 2.0, n_sites),
+        output_site=output_site,
+    )

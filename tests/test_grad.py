@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import mpsntk as mn
 import numpy as np
 import pytest
 from conftest import random_features, random_model, relerr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import mpsntk as mn
 from mpsntk import _reference as ref
 
 SPECS = [
@@ -21,8 +20,9 @@ SPECS = [
 
 def _model(rng, spec, dtype=np.float64):
     bonds, boundary, osite, nout = spec
-    return random_model(rng, bonds, boundary=boundary, output_site=osite, n_outputs=nout,
-                        dtype=dtype)
+    return random_model(
+        rng, bonds, boundary=boundary, output_site=osite, n_outputs=nout, dtype=dtype
+    )
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -58,8 +58,7 @@ def test_vjp_jvp_match_oracle(spec, dtype, isa):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), spec=st.sampled_from(SPECS),
-       n=st.integers(1, 12))
+@given(seed=st.integers(0, 2**31 - 1), spec=st.sampled_from(SPECS), n=st.integers(1, 12))
 def test_vjp_jvp_adjoint(seed, spec, n):
     """<J t, c> = <t, J^T c> for random tangents t and cotangents c."""
     rng = np.random.default_rng(seed)
@@ -81,9 +80,11 @@ def test_vjp_is_the_gradient_of_a_loss():
     y = rng.standard_normal(9)
     grads = mn.vjp(mps, phi, mps(phi) - y)
     j, idx, eps = 2, (1, 0, 2), 1e-6
+
     def loss(delta):
         cores = [c.copy() for c in mps.cores]
         cores[j][idx] += delta
         return 0.5 * np.sum((mps.with_cores(cores)(phi) - y) ** 2)
+
     fd = (loss(eps) - loss(-eps)) / (2 * eps)
     assert abs(grads[j][idx] - fd) < 1e-7 * max(1.0, abs(fd))

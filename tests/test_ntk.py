@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import mpsntk as mn
 import numpy as np
 import pytest
 from conftest import RTOL, random_features, random_model, relerr
-
-import mpsntk as mn
 from mpsntk import _reference as ref
 
 # (bond dimensions, boundary, output site, n_outputs)
@@ -24,8 +23,9 @@ MODELS = [
 
 def _model(rng, spec, dtype=np.float64):
     bonds, boundary, osite, nout = spec
-    return random_model(rng, bonds, phys_dim=3, boundary=boundary, output_site=osite,
-                        n_outputs=nout, dtype=dtype)
+    return random_model(
+        rng, bonds, phys_dim=3, boundary=boundary, output_site=osite, n_outputs=nout, dtype=dtype
+    )
 
 
 @pytest.mark.parametrize("spec", MODELS)
@@ -74,8 +74,13 @@ def test_per_site_terms(spec):
     assert relerr(full.sum(0), mn.ntk(mps, phi1, outputs="full")) < 1e-12
     # Re-weighting sites is free with the per-site terms.
     w = rng.uniform(0.1, 3.0, mps.n_sites)
-    assert relerr(mn.ntk(mps, phi1, phi2, site_weights=w),
-                  np.einsum("j,jik->ik", w / (mps.scales**2 * mps.site_lr), per)) < 1e-12
+    assert (
+        relerr(
+            mn.ntk(mps, phi1, phi2, site_weights=w),
+            np.einsum("j,jik->ik", w / (mps.scales**2 * mps.site_lr), per),
+        )
+        < 1e-12
+    )
 
 
 def test_output_site_term_is_diagonal_in_outputs():
@@ -98,8 +103,9 @@ def test_out_argument_and_memmap(tmp_path):
     out = np.full((20, 20), np.nan)
     got = mn.ntk(mps, phi, out=out)
     assert got is out and relerr(out, want) < 1e-15
-    mm = np.lib.format.open_memmap(tmp_path / "theta.npy", mode="w+", dtype=np.float64,
-                                   shape=(20, 20))
+    mm = np.lib.format.open_memmap(
+        tmp_path / "theta.npy", mode="w+", dtype=np.float64, shape=(20, 20)
+    )
     mn.ntk(mps, phi, out=mm, tile=8)
     mm.flush()
     assert relerr(np.load(tmp_path / "theta.npy"), want) < 1e-15
@@ -120,7 +126,9 @@ def test_long_chain_normalized_form():
     # renormalised dense prefix/suffix products.
     sign, logf = mps.log_forward(phi)
     for i in range(2):
-        A = [mps.scales[j] * np.einsum("s,sab->ab", phi[i, j], mps.cores[j]) for j in range(n_sites)]
+        A = [
+            mps.scales[j] * np.einsum("s,sab->ab", phi[i, j], mps.cores[j]) for j in range(n_sites)
+        ]
         left, llog = [np.ones((1, 1))], [0.0]
         for j in range(n_sites - 1):
             v = left[-1] @ A[j]
@@ -133,8 +141,15 @@ def test_long_chain_normalized_form():
             m = np.abs(v).max()
             right[j - 1], rlog[j - 1] = v / m, rlog[j] + np.log(m)
         terms = np.array([2 * (llog[j] + rlog[j]) for j in range(n_sites)])
-        vals = np.array([mps.scales[j] ** 2 * (phi[i, j] @ phi[i, j]) * (left[j] @ left[j].T).item()
-                         * (right[j].T @ right[j]).item() for j in range(n_sites)])
+        vals = np.array(
+            [
+                mps.scales[j] ** 2
+                * (phi[i, j] @ phi[i, j])
+                * (left[j] @ left[j].T).item()
+                * (right[j].T @ right[j]).item()
+                for j in range(n_sites)
+            ]
+        )
         top = terms.max()
         want = top + np.log(np.sum(vals * np.exp(terms - top)))
         got = 2 * c1[i] + np.log(theta_t[i, i])

@@ -3,12 +3,11 @@ gauge invariance of the kernel."""
 
 from __future__ import annotations
 
+import mpsntk as mn
 import numpy as np
 from conftest import random_features, random_model, relerr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import mpsntk as mn
 
 
 @st.composite
@@ -23,8 +22,14 @@ def models(draw):
     nout = draw(st.integers(2, 3)) if multi else 1
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
-    return random_model(rng, bonds, phys_dim=draw(st.integers(1, 3)), boundary=boundary,
-                        output_site=osite, n_outputs=nout), rng
+    return random_model(
+        rng,
+        bonds,
+        phys_dim=draw(st.integers(1, 3)),
+        boundary=boundary,
+        output_site=osite,
+        n_outputs=nout,
+    ), rng
 
 
 @settings(max_examples=60, deadline=None)

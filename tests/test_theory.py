@@ -3,10 +3,9 @@ expectation at every bond dimension) and T6 (positive-definiteness and its failu
 
 from __future__ import annotations
 
+import mpsntk as mn
 import numpy as np
 import pytest
-
-import mpsntk as mn
 
 
 @pytest.mark.parametrize("boundary", ["open", "periodic"])
@@ -49,8 +48,14 @@ def test_T1_standard_parametrisation_rates():
     phi = mn.features.trig(rng.uniform(size=(m, n_sites)))
     want = mn.ntk_infinite(phi, sigma=sigma, parametrization="standard")
     assert np.allclose(want, np.sum(sigma**-2.0) * mn.nngp_infinite(phi, sigma=sigma))
-    thetas = np.array([mn.ntk(mn.MPS.random(n_sites, 3, sigma=sigma, parametrization="standard",
-                                            seed=rng), phi) for _ in range(draws)])
+    thetas = np.array(
+        [
+            mn.ntk(
+                mn.MPS.random(n_sites, 3, sigma=sigma, parametrization="standard", seed=rng), phi
+            )
+            for _ in range(draws)
+        ]
+    )
     z = np.abs(thetas.mean(0) - want) / (thetas.std(0, ddof=1) / np.sqrt(draws))
     assert z.max() < 5.0, z
 

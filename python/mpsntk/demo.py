@@ -48,12 +48,14 @@ def main(argv=None):
     x, y = _load_digits()
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(x))
-    tr, te = order[: args.n_train], order[args.n_train: args.n_train + args.n_test]
+    tr, te = order[: args.n_train], order[args.n_train : args.n_train + args.n_test]
     phi_tr, phi_te = mn.features.trig(x[tr]), mn.features.trig(x[te])
     n_sites = x.shape[1]
     info = mn.build_info()
-    print(f"mpsntk {info['version']}  ({info['compiler']}, isa {info['isa']}, "
-          f"{info['n_threads']} threads, CUDA: {info['cuda']})")
+    print(
+        f"mpsntk {info['version']}  ({info['compiler']}, isa {info['isa']}, "
+        f"{info['n_threads']} threads, CUDA: {info['cuda']})"
+    )
     print(f"load_digits: {len(tr)} train / {len(te)} test images, {n_sites} sites, trig features")
 
     mps = mn.MPS.random(n_sites, args.bond_dim, seed=args.seed)
@@ -63,8 +65,10 @@ def main(argv=None):
     t1 = time.perf_counter()
     theta_te = mn.ntk(mps, phi_te, phi_tr)
     t2 = time.perf_counter()
-    print(f"empirical NTK {theta.shape}: {t1 - t0:.3f} s (symmetric), "
-          f"test block {theta_te.shape}: {t2 - t1:.3f} s")
+    print(
+        f"empirical NTK {theta.shape}: {t1 - t0:.3f} s (symmetric), "
+        f"test block {theta_te.shape}: {t2 - t1:.3f} s"
+    )
 
     theta_inf = mn.ntk_infinite(phi_tr)
     theta_inf_te = mn.ntk_infinite(phi_te, phi_tr)
@@ -77,13 +81,19 @@ def main(argv=None):
             print(f"{k + 1:4d}   {lam[k] / lam.sum():15.4e}   {lam_inf[k] / lam_inf.sum():15.4e}")
     eff = lam.sum() ** 2 / np.sum(lam**2)
     eff_inf = lam_inf.sum() ** 2 / np.sum(lam_inf**2)
-    print(f"effective rank (sum lam)^2 / sum lam^2: {eff:.1f} (empirical), {eff_inf:.1f} (infinite)")
+    print(
+        f"effective rank (sum lam)^2 / sum lam^2: {eff:.1f} (empirical), {eff_inf:.1f} (infinite)"
+    )
     rel = np.linalg.norm(theta - theta_inf) / np.linalg.norm(theta_inf)
-    print(f"||Theta_D - Theta_inf||_F / ||Theta_inf||_F = {rel:.3f}  "
-          f"(finite-D fluctuation, O(D^-1/2) for open chains)")
+    print(
+        f"||Theta_D - Theta_inf||_F / ||Theta_inf||_F = {rel:.3f}  "
+        f"(finite-D fluctuation, O(D^-1/2) for open chains)"
+    )
 
-    for name, k_tr, k_te in (("empirical NTK", theta, theta_te),
-                             ("infinite-D NTK", theta_inf, theta_inf_te)):
+    for name, k_tr, k_te in (
+        ("empirical NTK", theta, theta_te),
+        ("infinite-D NTK", theta_inf, theta_inf_te),
+    ):
         pred = _kernel_classify(k_tr, k_te, y[tr], 10, ridge=1e-10)
         print(f"kernel regression with the {name}: test accuracy {np.mean(pred == y[te]):.3f}")
 

@@ -29,8 +29,11 @@ def jacobian(mps, phi):
     phi = mps.check_features(phi)
     n, C = phi.shape[0], mps.n_outputs
     shape = (n, C, mps.n_params)
-    _check_fits(int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
-                f"a Jacobian of shape {shape}", "use ntk(), ntk_vp(), vjp() or jvp() instead")
+    _check_fits(
+        int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
+        f"a Jacobian of shape {shape}",
+        "use ntk(), ntk_vp(), vjp() or jvp() instead",
+    )
     out = np.empty(shape, dtype=mps.dtype)
     _core.jacobian(*mps._engine_args(), phi, out)
     return out[:, 0] if mps.output_site is None else out
@@ -55,8 +58,10 @@ def vjp(mps, phi, cotangent):
     n, C = phi.shape[0], mps.n_outputs
     cot = _as_vector_block(mps, cotangent, n, "cotangent")
     if cot.ndim != (1 if mps.output_site is None else 2):
-        raise ValueError(f"cotangent must have shape {(n,) if C == 1 and mps.output_site is None else (n, C)}; "
-                         f"got {cot.shape}")
+        raise ValueError(
+            f"cotangent must have shape {(n,) if C == 1 and mps.output_site is None else (n, C)}; "
+            f"got {cot.shape}"
+        )
     grads = [np.empty_like(c) for c in mps.cores]
     _core.vjp(*mps._engine_args(), phi, np.ascontiguousarray(cot.reshape(n, C)), grads)
     return grads
@@ -75,9 +80,16 @@ def jvp(mps, phi, tangents):
     ndarray, shape (n_samples,) or (n_samples, n_outputs)
     """
     _check_mps(mps)
+    if isinstance(tangents, np.ndarray) or not isinstance(tangents, (list, tuple)):
+        raise TypeError(
+            f"tangents must be a list of arrays, one per core; got {type(tangents).__name__}"
+        )
+    require_host(phi, *tangents, names=["phi"] + [f"tangents[{j}]" for j in range(len(tangents))])
     phi = mps.check_features(phi)
     if len(tangents) != mps.n_sites:
-        raise ValueError(f"tangents must hold one array per core ({mps.n_sites}); got {len(tangents)}")
+        raise ValueError(
+            f"tangents must hold one array per core ({mps.n_sites}); got {len(tangents)}"
+        )
     ts = []
     for j, (t, c) in enumerate(zip(tangents, mps.cores)):
         require_host(t, names=[f"tangents[{j}]"])

@@ -33,6 +33,7 @@ from ._validate import (
     _FEATURE_DTYPES,
     _as_phi,
     _as_site_vector,
+    _check_bool,
     _check_choice,
     _check_feature_dtype,
     _check_int,
@@ -78,14 +79,17 @@ class MPS:
     dtype : numpy.dtype
     """
 
-    def __init__(self, cores, boundary="open", *, scales=None, site_lr=None, output_site=None,
-                 copy=True):
+    def __init__(
+        self, cores, boundary="open", *, scales=None, site_lr=None, output_site=None, copy=True
+    ):
         self.boundary = _check_choice(boundary, "boundary", ("open", "periodic"))
         if isinstance(cores, np.ndarray) or not hasattr(cores, "__len__"):
             raise TypeError(f"cores must be a list of arrays, one per site; got {_describe(cores)}")
         if len(cores) == 0:
             raise ValueError("cores must hold at least one core; got an empty sequence")
         n_sites = len(cores)
+        copy = _check_bool(copy, "copy")
+        require_host(*cores, names=[f"cores[{j}]" for j in range(n_sites)])
         if output_site is not None:
             output_site = _check_int(output_site, "output_site", 0)
             if output_site >= n_sites:
@@ -104,15 +108,19 @@ class MPS:
         for j, core in enumerate(arrays):
             if core.dtype != dtype:
                 raise TypeError(
-                    f"cores must share one dtype; cores[0] is {dtype} but cores[{j}] is {core.dtype}"
+                    f"cores must share one dtype; cores[0] is {dtype} but cores[{j}] is "
+                    f"{core.dtype}"
                 )
         bonds = []
         n_outputs = 1
         for j, core in enumerate(arrays):
             want = 4 if j == output_site else 3
             if core.ndim != want:
-                shape = "(n_outputs, phys_dim, D_left, D_right)" if want == 4 else \
-                    "(phys_dim, D_left, D_right)"
+                shape = (
+                    "(n_outputs, phys_dim, D_left, D_right)"
+                    if want == 4
+                    else "(phys_dim, D_left, D_right)"
+                )
                 raise ValueError(f"cores[{j}] must have shape {shape}; got shape {core.shape}")
             if core.size == 0:
                 raise ValueError(f"cores[{j}] must be non-empty; got shape {core.shape}")
@@ -139,26 +147,42 @@ class MPS:
             )
         if self.boundary == "periodic":
             if bonds[0] != bonds[-1]:
-                raise ValueError(f"periodic boundary needs D_0 = D_N; got {bonds[0]} and {bonds[-1]}")
+                raise ValueError(
+                    f"periodic boundary needs D_0 = D_N; got {bonds[0]} and {bonds[-1]}"
+                )
             if n_sites < 2:
                 raise ValueError("periodic boundary needs n_sites >= 2")
-        self.cores = [np.array(c, order="C", copy=True) if copy else np.ascontiguousarray(c)
-                      for c in arrays]
+        self.cores = [
+            np.array(c, order="C", copy=True) if copy else np.ascontiguousarray(c) for c in arrays
+        ]
         self.n_sites = n_sites
         self.phys_dim = int(phys_dim)
         self.n_outputs = int(n_outputs)
         self.bond_dims = tuple(int(b) for b in bonds)
         self.dtype = dtype
-        self.scales = _as_site_vector(1.0 if scales is None else scales, "scales", n_sites,
-                                      positive=True)
-        self.site_lr = _as_site_vector(1.0 if site_lr is None else site_lr, "site_lr", n_sites,
-                                       positive=False)
+        self.scales = _as_site_vector(
+            1.0 if scales is None else scales, "scales", n_sites, positive=True
+        )
+        self.site_lr = _as_site_vector(
+            1.0 if site_lr is None else site_lr, "site_lr", n_sites, positive=False
+        )
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def random(cls, n_sites, bond_dim, phys_dim=2, boundary="open", n_outputs=1, sigma=1.0,
-               parametrization="ntk", seed=None, dtype=np.float64, output_site=None,
-               init="normal"):
+    def random(
+        cls,
+        n_sites,
+        bond_dim,
+        phys_dim=2,
+        boundary="open",
+        n_outputs=1,
+        sigma=1.0,
+        parametrization="ntk",
+        seed=None,
+        dtype=np.float64,
+        output_site=None,
+        init="normal",
+    ):
         """Draw an MPS from the initialisations of the theory (spec section 1).
 
         Parameters
@@ -196,8 +220,11 @@ class MPS:
             end = 1 if boundary == "open" else D
             bonds = [end] + [D] * (n_sites - 1) + [end]
         else:
-            bonds = [_check_int(b, "bond_dim entries", 1) for b in np.asarray(bond_dim).tolist()] \
-                if np.ndim(bond_dim) == 1 else None
+            bonds = (
+                [_check_int(b, "bond_dim entries", 1) for b in np.asarray(bond_dim).tolist()]
+                if np.ndim(bond_dim) == 1
+                else None
+            )
             if bonds is None or len(bonds) != n_sites + 1:
                 raise ValueError(
                     f"bond_dim must be an int or a sequence of n_sites + 1 = {n_sites + 1} bond "
@@ -210,7 +237,13 @@ class MPS:
             if output_site >= n_sites:
                 raise ValueError(f"output_site must be < n_sites = {n_sites}; got {output_site}")
         sigma = _as_site_vector(sigma, "sigma", n_sites, positive=True)
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        try:
+            rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(
+                f"seed must be None, a non-negative int or a numpy.random.Generator; "
+                f"got {_describe(seed)}"
+            ) from exc
         fan = np.sqrt(np.array([bonds[j] * bonds[j + 1] for j in range(n_sites)], dtype=float))
         cores = []
         for j in range(n_sites):
@@ -231,8 +264,9 @@ class MPS:
             scales, site_lr = np.ones(n_sites), np.ones(n_sites)
         else:
             scales, site_lr = np.ones(n_sites), 1.0 / fan
-        mps = cls(cores, boundary, scales=scales, site_lr=site_lr, output_site=output_site,
-                  copy=False)
+        mps = cls(
+            cores, boundary, scales=scales, site_lr=site_lr, output_site=output_site, copy=False
+        )
         mps.parametrization = parametrization
         return mps
 
@@ -240,8 +274,20 @@ class MPS:
 
     def with_cores(self, cores, copy=True):
         """A new MPS with other cores and the same boundary, scales, rates and output site."""
-        new = MPS(cores, self.boundary, scales=self.scales, site_lr=self.site_lr,
-                  output_site=self.output_site, copy=copy)
+        if (
+            hasattr(cores, "__len__")
+            and not isinstance(cores, np.ndarray)
+            and len(cores) != self.n_sites
+        ):
+            raise ValueError(f"cores must hold n_sites = {self.n_sites} arrays; got {len(cores)}")
+        new = MPS(
+            cores,
+            self.boundary,
+            scales=self.scales,
+            site_lr=self.site_lr,
+            output_site=self.output_site,
+            copy=copy,
+        )
         new.parametrization = self.parametrization
         for j, (a, b) in enumerate(zip(new.cores, self.cores)):
             if a.shape != b.shape:
@@ -263,17 +309,26 @@ class MPS:
         return max(self.bond_dims)
 
     def __repr__(self):
-        out = f", n_outputs={self.n_outputs}, output_site={self.output_site}" \
-            if self.output_site is not None else ""
-        return (f"MPS(n_sites={self.n_sites}, phys_dim={self.phys_dim}, "
-                f"bond_dims=max {self.max_bond_dim}, boundary={self.boundary!r}{out}, "
-                f"dtype={self.dtype.name})")
+        out = (
+            f", n_outputs={self.n_outputs}, output_site={self.output_site}"
+            if self.output_site is not None
+            else ""
+        )
+        return (
+            f"MPS(n_sites={self.n_sites}, phys_dim={self.phys_dim}, "
+            f"bond_dims=max {self.max_bond_dim}, boundary={self.boundary!r}{out}, "
+            f"dtype={self.dtype.name})"
+        )
 
     # ------------------------------------------------------------------ engine plumbing
     def _engine_args(self):
         """Arguments identifying the chain for the _core routines."""
-        return (self.cores, self.scales, self.boundary,
-                -1 if self.output_site is None else self.output_site)
+        return (
+            self.cores,
+            self.scales,
+            self.boundary,
+            -1 if self.output_site is None else self.output_site,
+        )
 
     def check_features(self, phi, name="phi"):
         """Validate features for this model and return them as a C-contiguous array."""
@@ -349,8 +404,11 @@ class MPS:
         """Write the model to an ``.npz`` file (cores, scales, rates, boundary, output site)."""
         data = {f"core_{j}": c for j, c in enumerate(self.cores)}
         data.update(
-            format_version=np.array(_FORMAT_VERSION), n_sites=np.array(self.n_sites),
-            boundary=np.array(self.boundary), scales=self.scales, site_lr=self.site_lr,
+            format_version=np.array(_FORMAT_VERSION),
+            n_sites=np.array(self.n_sites),
+            boundary=np.array(self.boundary),
+            scales=self.scales,
+            site_lr=self.site_lr,
             output_site=np.array(-1 if self.output_site is None else self.output_site),
             parametrization=np.array(self.parametrization or ""),
         )
@@ -359,13 +417,30 @@ class MPS:
     @classmethod
     def load(cls, path):
         """Read a model written by :meth:`save`."""
-        with np.load(os.fspath(path), allow_pickle=False) as f:
+        not_ours = f"{path}: not an mpsntk MPS file (format {_FORMAT_VERSION})"
+        try:
+            f = np.load(os.fspath(path), allow_pickle=False)
+        except (ValueError, EOFError) as exc:  # not .npy/.npz (NumPy then suspects a pickle)
+            raise ValueError(not_ours) from exc
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError(not_ours)
+        with f:
             if "format_version" not in f or int(f["format_version"]) != _FORMAT_VERSION:
-                raise ValueError(f"{path}: not an mpsntk MPS file (format {_FORMAT_VERSION})")
+                raise ValueError(not_ours)
+            keys = ["n_sites", "boundary", "scales", "site_lr", "output_site", "parametrization"]
+            if "n_sites" in f:
+                keys += [f"core_{j}" for j in range(int(f["n_sites"]))]
+            missing = [k for k in keys if k not in f]
+            if missing:
+                raise ValueError(f"{path}: corrupt mpsntk MPS file, missing {', '.join(missing)}")
             n = int(f["n_sites"])
             out = int(f["output_site"])
-            mps = cls([f[f"core_{j}"] for j in range(n)], str(f["boundary"]),
-                      scales=f["scales"], site_lr=f["site_lr"],
-                      output_site=None if out < 0 else out)
+            mps = cls(
+                [f[f"core_{j}"] for j in range(n)],
+                str(f["boundary"]),
+                scales=f["scales"],
+                site_lr=f["site_lr"],
+                output_site=None if out < 0 else out,
+            )
             mps.parametrization = str(f["parametrization"]) or None
         return mps

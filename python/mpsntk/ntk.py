@@ -14,7 +14,14 @@ import numpy as np
 
 from . import _core
 from ._backend import require_host
-from ._validate import _as_site_vector, _check_bool, _check_choice, _check_fits, _check_int, _check_out
+from ._validate import (
+    _as_site_vector,
+    _check_bool,
+    _check_choice,
+    _check_fits,
+    _check_int,
+    _check_out,
+)
 from .mps import MPS
 
 __all__ = ["ntk", "ntk_vp"]
@@ -49,8 +56,18 @@ def environment_bytes(mps, n_samples):
     return 2 * n_samples * per * C * item  # raw environments plus packed panels
 
 
-def ntk(mps, phi1, phi2=None, *, per_site=False, outputs="trace", normalized=False, out=None,
-        tile=128, site_weights=None):
+def ntk(
+    mps,
+    phi1,
+    phi2=None,
+    *,
+    per_site=False,
+    outputs="trace",
+    normalized=False,
+    out=None,
+    tile=128,
+    site_weights=None,
+):
     """Empirical NTK ``Theta(X1, X2)`` with respect to the trainable cores.
 
     Parameters
@@ -108,10 +125,16 @@ def ntk(mps, phi1, phi2=None, *, per_site=False, outputs="trace", normalized=Fal
     if per_site:
         shape = (mps.n_sites,) + shape
     work = environment_bytes(mps, n1 + (0 if phi2 is None else n2))
+    # A tile larger than the kernel is one tile; each engine thread holds a (tile + 64)^2 buffer.
+    tile = min(tile, max(n1, n2))
+    work += _core.get_num_threads() * (tile + 64) ** 2 * mps.dtype.itemsize
     if out is None:
         nbytes = int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize
-        _check_fits(nbytes + work, f"an NTK of shape {shape} ({mps.dtype.name})",
-                    "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time")
+        _check_fits(
+            nbytes + work,
+            f"an NTK of shape {shape} ({mps.dtype.name})",
+            "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time",
+        )
         out = np.empty(shape, dtype=mps.dtype)
     else:
         out = _check_out(out, shape, mps.dtype)
@@ -119,8 +142,22 @@ def ntk(mps, phi1, phi2=None, *, per_site=False, outputs="trace", normalized=Fal
     log1 = np.empty(n1)
     log2 = np.empty(n2)
     cores, scales, boundary, osite = mps._engine_args()
-    _core.ntk(cores, scales, site_lr, boundary, osite, phi1, phi2, out, log1, log2, full,
-              per_site, normalized, tile)
+    _core.ntk(
+        cores,
+        scales,
+        site_lr,
+        boundary,
+        osite,
+        phi1,
+        phi2,
+        out,
+        log1,
+        log2,
+        full,
+        per_site,
+        normalized,
+        tile,
+    )
     if outputs == "mean" and mps.n_outputs > 1:
         out /= mps.n_outputs
     if normalized:
@@ -160,8 +197,9 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
     flat = np.ascontiguousarray(v.reshape(n, C, -1))
     res = np.empty_like(flat)
     cores, scales, boundary, osite = mps._engine_args()
-    _core.ntk_vp(cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat,
-                 flat.shape[2], res)
+    _core.ntk_vp(
+        cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat, flat.shape[2], res
+    )
     return res.reshape(v.shape)
 
 

@@ -1,0 +1,336 @@
+"""Gradient-descent training of MPS models on the engine's forward pass and vjp.
+
+Full-batch gradient descent or mini-batch SGD on the cores ``W_j`` with per-site rates
+``eta * mps.site_lr[j]`` (the NTK parametrisation has rate 1 everywhere; the standard one
+``1/sqrt(D_{j-1} D_j)``).  Losses (theory section 4):
+
+* ``"mse"``: ``L = sum ||f - y||^2 / (2 s)`` with ``s = y.size`` (``reduction="mean"``, the
+  neural-tangents convention) or ``s = 1`` (``"sum"``);
+* ``"cross_entropy"``: softmax cross-entropy over the outputs of a label site;
+* ``"born_nll"``: the Born-machine negative log-likelihood (data are one-hot configurations).
+
+Outputs on a probe set, the loss, and optional callbacks are logged at chosen steps, so the real
+trajectory can be compared with the kernel-regime predictions of :mod:`mpsntk.dynamics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+
+import numpy as np
+
+from . import born
+from ._validate import (
+    _check_choice,
+    _check_int,
+    _check_positive_float,
+    _describe,
+)
+from .grad import vjp
+from .mps import MPS
+from .ntk import ntk_vp
+
+__all__ = ["TrainResult", "train", "max_ntk_eigenvalue"]
+
+_LOSSES = ("mse", "cross_entropy", "born_nll")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` logged.
+
+    Attributes
+    ----------
+    mps : MPS
+        The trained model (a new object; the input model is not modified).
+    steps : ndarray of int, shape (n_logged,)
+        Steps at which the state was logged (0 = before the first update).
+    loss : ndarray, shape (n_logged,)
+        Training loss (full training set) at the logged steps.
+    probe_outputs : ndarray or None
+        Model outputs on the probe set at the logged steps, shape (n_logged, n_probe[, C]).
+    callbacks : list
+        Whatever the callbacks returned, one list entry per logged step (dicts merged).
+    """
+
+    mps: MPS
+    steps: np.ndarray
+    loss: np.ndarray
+    probe_outputs: np.ndarray | None
+    callbacks: list
+
+
+def max_ntk_eigenvalue(mps, phi, n_iter=50, seed=0):
+    """Largest eigenvalue of the NTK on ``phi`` by power iteration with :func:`mpsntk.ntk_vp`."""
+    rng = np.random.default_rng(seed)
+    shape = (phi.shape[0],) if mps.output_site is None else (phi.shape[0], mps.n_outputs)
+    v = rng.standard_normal(shape).astype(mps.dtype)
+    lam = 0.0
+    for _ in range(n_iter):
+        v /= np.linalg.norm(v)
+        w = ntk_vp(mps, phi, v)
+        lam_new = float(np.vdot(v, w))
+        v = w
+        if abs(lam_new - lam) <= 1e-6 * abs(lam_new):
+            return lam_new
+        lam = lam_new
+    return lam
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _loss_and_cotangent(kind, mps, phi, y, reduction, feature_scale, x_configs):
+    """Loss value and dL/df (or, for the Born NLL, the full gradient)."""
+    if kind == "mse":
+        f = mps.forward(phi)
+        s = y.size if reduction == "mean" else 1.0
+        r = f - y
+        return 0.5 * float(np.sum(r.astype(np.float64) ** 2)) / s, (r / s).astype(mps.dtype), None
+    if kind == "cross_entropy":
+        f = mps.forward(phi).astype(np.float64)
+        p = _softmax(f)
+        m = f.shape[0]
+        s = m if reduction == "mean" else 1.0
+        logp = np.log(np.clip(p[np.arange(m), y], 1e-300, None))
+        onehot = np.zeros_like(p)
+        onehot[np.arange(m), y] = 1.0
+        return -float(np.sum(logp)) / s, ((p - onehot) / s).astype(mps.dtype), None
+    loss, grads = born.nll_grad(mps, x_configs, feature_scale, reduction)
+    return loss, None, grads
+
+
+def _check_targets(kind, mps, phi, y, name):
+    n = phi.shape[0]
+    if kind == "born_nll":
+        if y is not None:
+            raise ValueError(f"{name} must be None for loss='born_nll' (the data are the inputs)")
+        return None
+    if y is None:
+        raise ValueError(f"{name} is required for loss={kind!r}")
+    y = np.asarray(y)
+    if kind == "mse":
+        want = (n,) if mps.output_site is None else (n, mps.n_outputs)
+        if y.shape != want:
+            raise ValueError(f"{name} must have shape {want} for loss='mse'; got {y.shape}")
+        if y.dtype.kind not in "iuf" or not np.all(np.isfinite(y)):
+            raise ValueError(f"{name} must be finite real numbers")
+        return y.astype(mps.dtype)
+    if mps.output_site is None:
+        raise ValueError("loss='cross_entropy' needs a model with a label site (n_outputs > 1)")
+    if y.shape != (n,) or y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integer class labels of shape ({n},); got {_describe(y)}")
+    if y.min() < 0 or y.max() >= mps.n_outputs:
+        raise ValueError(f"{name} must lie in 0..{mps.n_outputs - 1}")
+    return y.astype(np.int64)
+
+
+def train(
+    mps,
+    phi,
+    y=None,
+    *,
+    loss="mse",
+    learning_rate,
+    n_steps,
+    reduction="mean",
+    batch_size=None,
+    probe=None,
+    log_every=1,
+    log_steps=None,
+    callbacks=(),
+    seed=None,
+    feature_scale=1.0,
+    check_stability=True,
+    progress=None,
+):
+    """Train an MPS by gradient descent and log its trajectory.
+
+    Parameters
+    ----------
+    mps : MPS
+        Initial model (not modified).
+    phi : ndarray, shape (n_samples, n_sites, phys_dim)
+        Training features.  For ``loss="born_nll"`` pass the integer configurations
+        ``(n_samples, n_sites)`` instead; they are one-hot encoded with ``feature_scale``.
+    y : ndarray, optional
+        Targets: (n_samples,) or (n_samples, n_outputs) for "mse"; integer labels (n_samples,)
+        for "cross_entropy"; None for "born_nll".
+    loss : {"mse", "cross_entropy", "born_nll"}
+    learning_rate : float
+        ``eta``; site ``j`` is updated with ``eta * mps.site_lr[j]``.
+    n_steps : int
+        Number of parameter updates.
+    reduction : {"mean", "sum"}
+        "mean": MSE over ``y.size`` (neural-tangents), cross-entropy and NLL over samples;
+        "sum": plain sums (theory section 4 uses the sum form).
+    batch_size : int, optional
+        Mini-batch SGD (batches drawn without replacement, reshuffled every epoch); default
+        full batch.
+    probe : ndarray, optional
+        Features (or configurations for "born_nll") on which outputs are logged; for Born
+        machines the logged value is ``p(x)``.
+    log_every : int
+        Log every this many steps (ignored when ``log_steps`` is given).  Step 0 and the last
+        step are always logged.
+    log_steps : sequence of int, optional
+        Explicit steps to log.
+    callbacks : sequence of callables
+        ``cb(step, mps) -> dict | None`` called at the logged steps (diagnostics).
+    seed : int, optional
+        Mini-batch order.
+    feature_scale : float
+        One-hot scale of the Born machine.
+    check_stability : bool
+        For full-batch MSE, estimate ``lambda_max`` of the NTK by power iteration and raise
+        ValueError when ``eta * lambda_max / s >= 2`` (gradient descent would diverge in the
+        kernel regime); for mini-batches, warn.
+    progress : bool, optional
+        Show a tqdm progress bar (default: when tqdm is installed, stderr is a terminal and
+        ``n_steps >= 1000``).
+
+    Returns
+    -------
+    TrainResult
+    """
+    if not isinstance(mps, MPS):
+        raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+    loss = _check_choice(loss, "loss", _LOSSES)
+    reduction = _check_choice(reduction, "reduction", ("mean", "sum"))
+    eta = _check_positive_float(learning_rate, "learning_rate")
+    n_steps = _check_int(n_steps, "n_steps", 0)
+    log_every = _check_int(log_every, "log_every", 1)
+    if loss == "born_nll":
+        x_configs = born._as_configs(mps, phi, "phi")
+        feats = born._features(mps, x_configs, feature_scale)
+    else:
+        x_configs = None
+        feats = mps.check_features(phi)
+    n = feats.shape[0]
+    y = _check_targets(loss, mps, feats, y, "y")
+    if batch_size is not None:
+        batch_size = _check_int(batch_size, "batch_size", 1)
+        if batch_size > n:
+            raise ValueError(f"batch_size must be <= n_samples = {n}; got {batch_size}")
+        if batch_size == n:
+            batch_size = None
+    if probe is not None:
+        probe = (
+            born._as_configs(mps, probe, "probe")
+            if loss == "born_nll"
+            else mps.check_features(probe, "probe")
+        )
+    if log_steps is None:
+        logged = set(range(0, n_steps + 1, log_every)) | {n_steps}
+    else:
+        logged = {_check_int(s, "log_steps entries", 0) for s in np.asarray(log_steps).ravel()}
+        if max(logged, default=0) > n_steps:
+            raise ValueError(f"log_steps must be <= n_steps = {n_steps}")
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables; got {_describe(cb)}")
+
+    if check_stability and loss == "mse":
+        lam = max_ntk_eigenvalue(mps, feats)
+        s = (
+            (batch_size if batch_size else n) * (1 if y.ndim == 1 else y.shape[1])
+            if reduction == "mean"
+            else 1.0
+        )
+        ratio = eta * lam / s
+        if ratio >= 2.0:
+            msg = (
+                f"learning_rate = {eta} is unstable: eta * lambda_max(Theta_0) / s = "
+                f"{ratio:.3g} >= 2 (lambda_max = {lam:.4g}, s = {s:g}); lower it below "
+                f"{2 * s / lam:.4g}"
+            )
+            if batch_size is None:
+                raise ValueError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+
+    rng = np.random.default_rng(seed)
+    cores = [c.copy() for c in mps.cores]
+    model = mps.with_cores(cores, copy=False)
+    rates = [eta * r for r in mps.site_lr]
+    steps, losses, probes, cb_out = [], [], [], []
+
+    def log(step):
+        if loss == "born_nll":  # the NLL alone, without its gradient
+            value = born.nll(model, x_configs, feature_scale, reduction)
+        else:
+            value = _loss_and_cotangent(loss, model, feats, y, reduction, feature_scale, None)[0]
+        steps.append(step)
+        losses.append(value)
+        if probe is not None:
+            probes.append(
+                np.exp(born.log_probabilities(model, probe, feature_scale))
+                if loss == "born_nll"
+                else model.forward(probe)
+            )
+        merged = {}
+        for cb in callbacks:
+            res = cb(step, model)
+            if res:
+                merged.update(res)
+        cb_out.append(merged)
+
+    bar = _progress_bar(n_steps, progress)
+    order = rng.permutation(n) if batch_size else None
+    pos = 0
+    for step in range(n_steps + 1):
+        if step in logged:
+            log(step)
+        if step == n_steps:
+            break
+        if batch_size:
+            if pos + batch_size > n:
+                order, pos = rng.permutation(n), 0
+            idx = order[pos : pos + batch_size]
+            pos += batch_size
+            bf = feats[idx]
+            by = None if y is None else y[idx]
+            bx = None if x_configs is None else x_configs[idx]
+        else:
+            bf, by, bx = feats, y, x_configs
+        _, cot, grads = _loss_and_cotangent(loss, model, bf, by, reduction, feature_scale, bx)
+        if grads is None:
+            grads = vjp(model, bf, cot)
+        for c, g, r in zip(cores, grads, rates):
+            c -= r * g
+        if not all(np.all(np.isfinite(c)) for c in cores):
+            raise FloatingPointError(
+                f"training diverged at step {step + 1} (non-finite cores); lower learning_rate"
+            )
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return TrainResult(
+        mps=model,
+        steps=np.asarray(steps),
+        loss=np.asarray(losses),
+        probe_outputs=np.asarray(probes) if probe is not None else None,
+        callbacks=cb_out,
+    )
+
+
+def _progress_bar(n_steps, progress):
+    if progress is False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if progress:
+            warnings.warn(
+                "progress=True needs tqdm (pip install tqdm)", RuntimeWarning, stacklevel=3
+            )
+        return None
+    if progress is None and not (n_steps >= 1000 and sys.stderr.isatty()):
+        return None
+    return tqdm(total=n_steps, desc="mpsntk.train")

@@ -1,0 +1,111 @@
+"""Born machines: doubled-MPS Z and its gradient against enumeration, exact sampling."""
+
+from __future__ import annotations
+
+import itertools
+
+import mpsntk as mn
+import numpy as np
+import pytest
+from mpsntk import _reference as ref
+from mpsntk import born
+
+
+def _brute(mps, scale):
+    x = np.array(list(itertools.product(range(mps.phys_dim), repeat=mps.n_sites)))
+    f = ref.forward(mps, mn.features.onehot(x, phys_dim=mps.phys_dim, scale=scale))
+    return x, f
+
+
+@pytest.mark.parametrize(
+    "boundary,bonds",
+    [("open", 3), ("periodic", 3), ("open", [1, 2, 5, 3, 2, 1]), ("periodic", [2, 3, 1, 4, 2, 2])],
+)
+@pytest.mark.parametrize("phys_dim", [2, 3])
+def test_log_partition_equals_enumeration(boundary, bonds, phys_dim):
+    mps = mn.MPS.random(5, bonds, phys_dim=phys_dim, boundary=boundary, seed=3)
+    for scale in (1.0, 2**-0.5):
+        _, f = _brute(mps, scale)
+        assert abs(born.log_partition(mps, scale) - np.log(np.sum(f**2))) < 1e-12
+    p = born.probabilities(mps, 2**-0.5)
+    assert abs(p.sum() - 1) < 1e-12
+    assert np.allclose(p, f**2 / np.sum(f**2), rtol=1e-11, atol=0)
+
+
+@pytest.mark.parametrize("boundary", ["open", "periodic"])
+def test_log_partition_gradient(boundary):
+    mps = mn.MPS.random(4, 3, boundary=boundary, seed=4)
+    logz, grads = born.log_partition_grad(mps, 0.7)
+    # d log Z / dW = (2/Z) sum_x Psi(x) dPsi(x)/dW, with the dense oracle Jacobian.
+    x, f = _brute(mps, 0.7)
+    J = ref.jacobian(mps, mn.features.onehot(x, scale=0.7))
+    want = 2 * (f @ J) / np.sum(f**2)
+    got = np.concatenate([g.ravel() for g in grads])
+    assert np.max(np.abs(got - want)) < 1e-12 * np.max(np.abs(want))
+    assert abs(logz - np.log(np.sum(f**2))) < 1e-12
+
+
+def test_long_chain_log_partition_is_finite():
+    mps = mn.MPS.random(2000, 4, sigma=1.5, seed=0)  # Z ~ (2 * 2.25)^2000 overflows float64
+    logz = born.log_partition(mps)
+    assert np.isfinite(logz) and logz > 709
+    # Exact in expectation: E Z = prod_j sigma^2 * sum_s |phi_s|^2 = (2.25 * 2)^2000; compare
+    # log Z of a short chain with enumeration instead (the long one has no oracle).
+    short = mn.MPS.random(6, 4, sigma=1.5, seed=0)
+    _, f = _brute(short, 1.0)
+    assert abs(born.log_partition(short) - np.log(np.sum(f**2))) < 1e-12
+
+
+@pytest.mark.parametrize("boundary", ["open", "periodic"])
+def test_nll_and_gradient(boundary):
+    mps = mn.MPS.random(5, 3, boundary=boundary, seed=5)
+    data = np.array([[0, 1, 0, 1, 1], [1, 1, 0, 0, 1], [0, 0, 0, 1, 0]])
+    x, f = _brute(mps, 1.0)
+    p = f**2 / np.sum(f**2)
+    idx = data @ (2 ** np.arange(4, -1, -1))
+    assert abs(born.nll(mps, data, reduction="sum") + np.sum(np.log(p[idx]))) < 1e-11
+    loss, grads = born.nll_grad(mps, data, reduction="mean")
+    assert abs(loss + np.mean(np.log(p[idx]))) < 1e-11
+    j, k, eps = 2, (1, 2, 0), 1e-6
+
+    def nll_at(delta):
+        cores = [c.copy() for c in mps.cores]
+        cores[j][k] += delta
+        return born.nll(mps.with_cores(cores), data)
+
+    fd = (nll_at(eps) - nll_at(-eps)) / (2 * eps)
+    assert abs(grads[j][k] - fd) < 1e-7 * max(1.0, abs(fd))
+
+
+@pytest.mark.parametrize("boundary", ["open", "periodic"])
+def test_sampling_frequencies_match_p(boundary):
+    """Chi-square goodness of fit of exact samples against p(x) on all 2^5 configurations."""
+    mps = mn.MPS.random(5, 3, boundary=boundary, seed=6)
+    p = born.probabilities(mps, 2**-0.5)
+    n = 40000
+    s = born.sample(mps, n, seed=1, feature_scale=2**-0.5)
+    counts = np.bincount(s @ (2 ** np.arange(4, -1, -1)), minlength=32)
+    expected = n * p
+    keep = expected > 5
+    chi2 = np.sum((counts[keep] - expected[keep]) ** 2 / expected[keep])
+    dof = keep.sum() - 1
+    # chi2 with dof ~ 31: mean 31, sd ~ 7.9; 31 + 5 sd is a p < 1e-5 failure threshold.
+    assert chi2 < dof + 5 * np.sqrt(2 * dof), chi2
+    # and a wrong distribution is rejected by the same statistic
+    q = np.roll(p, 1)
+    chi2_wrong = np.sum((counts[keep] - n * q[keep]) ** 2 / np.maximum(n * q[keep], 1e-300))
+    assert chi2_wrong > dof + 5 * np.sqrt(2 * dof)
+
+
+def test_born_rejects_multi_output_and_bad_configs():
+    with pytest.raises(ValueError, match="scalar-output"):
+        born.log_partition(mn.MPS.random(4, 2, n_outputs=3, seed=0))
+    mps = mn.MPS.random(4, 2, seed=0)
+    with pytest.raises(ValueError, match="x entries"):
+        born.nll(mps, np.array([[0, 1, 2, 0]]))
+    with pytest.raises(ValueError, match="shape"):
+        born.nll(mps, np.array([[0, 1, 1]]))
+    with pytest.raises(TypeError, match="integer"):
+        born.nll(mps, np.array([[0.5, 1, 1, 0]]))
+    with pytest.raises(ValueError, match="feature_scale"):
+        born.log_partition(mps, feature_scale=-1.0)
