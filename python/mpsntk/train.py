@@ -189,7 +189,7 @@ def train(
     check_stability : bool
         For full-batch MSE, estimate ``lambda_max`` of the NTK by power iteration and raise
         ValueError when ``eta * lambda_max / s >= 2`` (gradient descent would diverge in the
-        kernel regime); for mini-batches, warn.
+        kernel regime); for mini-batches, check one random batch and warn.
     progress : bool, optional
         Show a tqdm progress bar (default: when tqdm is installed, stderr is a terminal and
         ``n_steps >= 1000``).
@@ -236,13 +236,14 @@ def train(
         if not callable(cb):
             raise TypeError(f"callbacks must be callables; got {_describe(cb)}")
 
+    rng = np.random.default_rng(seed)
     if check_stability and loss == "mse":
-        lam = max_ntk_eigenvalue(mps, feats)
-        s = (
-            (batch_size if batch_size else n) * (1 if y.ndim == 1 else y.shape[1])
-            if reduction == "mean"
-            else 1.0
-        )
+        # The kernel-regime condition eta * lambda_max(Theta_BB) / s < 2 on the data of one
+        # update: the full training set, or one random mini-batch (a sample, hence a warning).
+        batch = feats if batch_size is None else feats[rng.permutation(n)[:batch_size]]
+        lam = max_ntk_eigenvalue(mps, batch)
+        outputs = 1 if y.ndim == 1 else y.shape[1]
+        s = batch.shape[0] * outputs if reduction == "mean" else 1.0
         ratio = eta * lam / s
         if ratio >= 2.0:
             msg = (
@@ -254,7 +255,6 @@ def train(
                 raise ValueError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
-    rng = np.random.default_rng(seed)
     cores = [c.copy() for c in mps.cores]
     model = mps.with_cores(cores, copy=False)
     rates = [eta * r for r in mps.site_lr]
