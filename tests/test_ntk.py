@@ -42,8 +42,8 @@ def test_ntk_matches_dense_oracle(spec, dtype, isa):
             got_sym = mn.ntk(mps, phi1, outputs=outputs, tile=tile)
             got = mn.ntk(mps, phi1, phi2, outputs=outputs, tile=tile)
             assert got_sym.dtype == dtype and got.dtype == dtype
-            assert relerr(got_sym, want_sym) < RTOL[np.dtype(dtype)] * 10
-            assert relerr(got, want) < RTOL[np.dtype(dtype)] * 10
+            assert relerr(got_sym, want_sym) < RTOL[np.dtype(dtype)]
+            assert relerr(got, want) < RTOL[np.dtype(dtype)]
 
 
 @pytest.mark.parametrize("spec", MODELS)
