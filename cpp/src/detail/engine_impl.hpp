@@ -13,6 +13,7 @@
 #endif
 
 #include "mpsntk/engine.hpp"
+#include "mpsntk/tile_math.hpp"
 
 namespace mpsntk {
 namespace MPSNTK_ISA_NS {

@@ -17,18 +17,14 @@ struct Environments {
 /// Normalise each group of `group` values by a power of two near its largest magnitude.
 template <class T>
 void normalise_groups(index_t n_groups, index_t group, T* v, double* log_scale) {
-  constexpr double ln2 = 0.69314718055994530942;
 #pragma omp parallel for schedule(static) if (n_groups * group > 65536)
   for (index_t g = 0; g < n_groups; ++g) {
     T* p = v + g * group;
     T m = 0;
     for (index_t i = 0; i < group; ++i) m = std::max(m, std::abs(p[i]));
-    if (!(m > 0) || !std::isfinite(m)) continue;  // zero stays zero; non-finite propagates
-    int e = 0;
-    std::frexp(m, &e);
-    const T f = static_cast<T>(std::ldexp(1.0, -e));
-    for (index_t i = 0; i < group; ++i) p[i] *= f;
-    log_scale[g] += e * ln2;
+    const T f = static_cast<T>(tile::pow2_normaliser(m, log_scale + g));
+    if (f != T(1))
+      for (index_t i = 0; i < group; ++i) p[i] *= f;
   }
 }
 

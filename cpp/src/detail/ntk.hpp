@@ -37,7 +37,7 @@ PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double
     T* base = P.buf.data();
     pack_rows<T>(
         F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
-        [&](index_t x) { return std::isfinite(c[x]) ? std::exp(F.log(j, x, l) - c[x]) : 0.0; },
+        [&](index_t x) { return tile::row_weight(F.log(j, x, l), c[x]); },
         base + P.off_u[j]);
     pack_rows<T>(
         F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; },
@@ -128,7 +128,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
             for (int r = 0; r < MR; ++r) {
               T* row = buf.data() + (p + r) * tb + q;
               for (int v = 0; v < NV; ++v)
-                S::store(row + v * L, S::load(row + v * L) + w * g[r][v] * h[r][v]);
+                S::store(row + v * L, S::load(row + v * L) + tile::site_term(w, h[r][v], g[r][v]));
             }
           }
         }
@@ -198,12 +198,9 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   if (!opt.normalized) {
     // Theta = exp(c_i + c_k) Theta~.  While every c is moderate, exp(c_i) * exp(c_k) is exact
     // enough and avoids n1*n2 calls to exp; otherwise take the exponential of the sum.
-    const auto moderate = [](const double* c, index_t n) {
-      for (index_t i = 0; i < n; ++i)
-        if (std::abs(c[i]) > 300.0) return false;
-      return true;
-    };
-    const bool split = moderate(log1, n1) && moderate(log2, n2);
+    bool split = true;
+    for (index_t i = 0; i < n1; ++i) split = split && tile::moderate_log(log1[i]);
+    for (index_t k = 0; k < n2; ++k) split = split && tile::moderate_log(log2[k]);
     std::vector<double> e2(n2);
     for (index_t k = 0; k < n2; ++k) e2[k] = std::exp(log2[k]);
     const index_t reps = opt.per_site ? N : 1;
@@ -213,7 +210,7 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
       for (index_t rep = 0; rep < reps; ++rep) {
         T* row = out + rep * block + i * n2 * cc;
         for (index_t k = 0; k < n2; ++k) {
-          const T s = static_cast<T>(split ? e1 * e2[k] : std::exp(log1[i] + log2[k]));
+          const T s = static_cast<T>(tile::pair_scale(log1[i], e1, log2[k], e2[k], split));
           for (index_t e = 0; e < cc; ++e) row[k * cc + e] *= s;
         }
       }
