@@ -1,0 +1,341 @@
+// Device building blocks shared by the CUDA entry points: workspace arena, a tiled GEMM whose
+// operands are produced by functors (Khatri-Rao environments, cores, factors), environment
+// sweeps with per-sample power-of-two normalisation, and the per-site Jacobian factors.
+// The element arithmetic comes from mpsntk/tile_math.hpp, shared with the CPU engine.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "mpsntk/cuda/check.cuh"
+#include "mpsntk/tile_math.hpp"
+
+namespace mpsntk::cuda {
+
+// ------------------------------------------------------------------------------------------
+// Workspace: carve typed, 256-byte aligned pieces out of one caller-provided buffer.  Run once
+// with base == nullptr to measure, then with the real buffer.
+struct Arena {
+  char* base = nullptr;
+  std::size_t used = 0, capacity = 0;
+  template <class U>
+  U* take(std::size_t count) {
+    used = (used + 255) / 256 * 256;
+    U* p = base ? reinterpret_cast<U*>(base + used) : nullptr;
+    used += count * sizeof(U);
+    if (base && used > capacity) throw std::invalid_argument("mpsntk: CUDA workspace too small");
+    return p;
+  }
+};
+
+inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+inline unsigned blocks_for(index_t n, int threads) {
+  return static_cast<unsigned>(std::max<index_t>(1, (n + threads - 1) / threads));
+}
+
+// ------------------------------------------------------------------------------------------
+// Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
+// functors and each result handed to store(r, c, value).  64 x 64 tiles, 256 threads, each
+// owning a 4 x 4 register block; K is staged through shared memory 16 at a time.
+constexpr int kTile = 64, kDepth = 16, kThreads = 256;
+
+template <class T, class LoadA, class LoadB, class Store>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la,
+                                                        LoadB lb, Store st) {
+  __shared__ T As[kDepth][kTile + 1];
+  __shared__ T Bs[kDepth][kTile + 1];
+  const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  T acc[4][4] = {};
+  for (index_t k0 = 0; k0 < K; k0 += kDepth) {
+    for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
+      const int rr = e / kDepth, kk = e % kDepth;
+      const index_t r = r0 + rr, c = c0 + rr, k = k0 + kk;
+      As[kk][rr] = (r < M && k < K) ? la(r, k) : T(0);
+      Bs[kk][rr] = (c < N && k < K) ? lb(k, c) : T(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kDepth; ++kk) {
+      T a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const index_t r = r0 + ty + 16 * i, c = c0 + tx + 16 * j;
+      if (r < M && c < N) st(r, c, acc[i][j]);
+    }
+}
+
+template <class T, class LoadA, class LoadB, class Store>
+void gemm(index_t M, index_t N, index_t K, LoadA la, LoadB lb, Store st, cudaStream_t stream) {
+  if (M == 0 || N == 0) return;
+  const dim3 grid(blocks_for(N, kTile), blocks_for(M, kTile));
+  gemm_kernel<T><<<grid, kThreads, 0, stream>>>(M, N, K, la, lb, st);
+  MPSNTK_CUDA_CHECK_LAUNCH("gemm_kernel");
+}
+
+// ------------------------------------------------------------------------------------------
+// Environment sweeps (same layout and maths as cpp/src/detail/environments.hpp).
+
+template <class T>
+struct KrOperand {  // row r = ((x * mult_in + l) * h + alpha), column k = (s, i): phi_s * v[r][i]
+  const T* phi;
+  index_t n_sites, d, site, per_x, din;
+  const T* vin;
+  __device__ T operator()(index_t r, index_t k) const {
+    return phi[((r / per_x) * n_sites + site) * d + k / din] * vin[r * din + k % din];
+  }
+};
+
+template <class T>
+struct CoreOperand {  // B[(s, i), (l, o)] = c * A[l, s, a, b] with (a, b) = (i, o) or (o, i)
+  const T* core;
+  T c;
+  index_t d, Dl, Dr, din, dout;
+  bool to_right;
+  __device__ T operator()(index_t k, index_t col) const {
+    const index_t l = col / dout, o = col % dout, s = k / din, i = k % din;
+    const index_t a = to_right ? i : o, b = to_right ? o : i;
+    return c * core[((l * d + s) * Dl + a) * Dr + b];
+  }
+};
+
+template <class T>
+struct ScatterStore {  // (x, alpha) x (l, o) -> out[x][l][alpha][o]; fan = 1 is a plain copy
+  T* out;
+  index_t h, fan, dout;
+  __device__ void operator()(index_t r, index_t col, T v) const {
+    const index_t x = r / h, alpha = r % h, l = col / dout, o = col % dout;
+    out[((x * fan + l) * h + alpha) * dout + o] = v;
+  }
+};
+
+template <class T>
+__global__ void identity_slot_kernel(T* v, double* lg, index_t n, index_t h) {
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (i < n * h * h) {
+    const index_t e = i % (h * h);
+    v[i] = (e / h == e % h) ? T(1) : T(0);
+  }
+  if (i < n) lg[i] = 0.0;
+}
+
+template <class T>
+__global__ void normalise_kernel(T* v, double* lg, index_t group) {
+  __shared__ double red[128];
+  T* p = v + static_cast<index_t>(blockIdx.x) * group;
+  double m = 0;
+  for (index_t i = threadIdx.x; i < group; i += blockDim.x) m = fmax(m, fabs(static_cast<double>(p[i])));
+  red[threadIdx.x] = m;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + s]);
+    __syncthreads();
+  }
+  __shared__ double factor;
+  if (threadIdx.x == 0) factor = tile::pow2_normaliser(red[0], lg + blockIdx.x);
+  __syncthreads();
+  if (factor != 1.0)
+    for (index_t i = threadIdx.x; i < group; i += blockDim.x) p[i] *= static_cast<T>(factor);
+}
+
+__global__ inline void fan_logs_kernel(const double* in, double* out, index_t n, index_t mult_in,
+                                       index_t fan) {
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  const index_t mult_out = mult_in * fan;
+  if (i < n * mult_out) out[i] = in[(i / mult_out) * mult_in + (i % mult_out) / fan];
+}
+
+/// Device environments: slot pointers into the workspace (layout of the CPU Environments).
+template <class T>
+struct DeviceEnvironments {
+  index_t n = 0, h = 1;
+  std::vector<T*> left, right;
+  std::vector<double*> left_log, right_log;
+};
+
+template <class T>
+DeviceEnvironments<T> plan_environments(const ChainView<T>& ch, index_t n, bool want_left, bool want_right,
+                                        Arena& arena) {
+  DeviceEnvironments<T> env;
+  const index_t N = ch.n_sites, h = ch.channels();
+  env.n = n;
+  env.h = h;
+  if (want_left) {
+    env.left.resize(N + 1), env.left_log.resize(N + 1);
+    for (index_t s = 0; s <= N; ++s) {
+      env.left[s] = arena.take<T>(n * ch.left_mult(s) * h * ch.bond[s]);
+      env.left_log[s] = arena.take<double>(n * ch.left_mult(s));
+    }
+  }
+  if (want_right) {
+    env.right.resize(N + 1), env.right_log.resize(N + 1);
+    for (index_t s = 1; s <= N; ++s) {
+      env.right[s] = arena.take<T>(n * ch.right_mult(s) * h * ch.bond[s]);
+      env.right_log[s] = arena.take<double>(n * ch.right_mult(s));
+    }
+  }
+  return env;
+}
+
+template <class T>
+void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right, index_t n,
+                   index_t h, index_t mult_in, const T* vin, const double* log_in, T* vout, double* log_out,
+                   cudaStream_t stream) {
+  const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
+  const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
+  const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
+  const index_t M = n * mult_in * h;
+  KrOperand<T> la{phi.data, phi.n_sites, d, j, mult_in * h, din, vin};
+  CoreOperand<T> lb{ch.cores[j], static_cast<T>(ch.scales[j]), d, Dl, Dr, din, dout, to_right};
+  // fan = 1 keeps rows as they are: ScatterStore with h = 1, fan = 1 is out[r][o].
+  ScatterStore<T> st{vout, fan == 1 ? 1 : h, fan, dout};
+  gemm<T>(M, fan * dout, d * din, la, lb, st, stream);
+  fan_logs_kernel<<<blocks_for(n * mult_in * fan, 256), 256, 0, stream>>>(log_in, log_out, n, mult_in, fan);
+  MPSNTK_CUDA_CHECK_LAUNCH("fan_logs_kernel");
+  normalise_kernel<T><<<static_cast<unsigned>(n * mult_in * fan), 128, 0, stream>>>(vout, log_out, h * dout);
+  MPSNTK_CUDA_CHECK_LAUNCH("normalise_kernel");
+}
+
+template <class T>
+void compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceEnvironments<T>& env,
+                          cudaStream_t stream) {
+  const index_t N = ch.n_sites, n = env.n, h = env.h;
+  if (!env.left.empty()) {
+    identity_slot_kernel<T><<<blocks_for(n * h * h, 256), 256, 0, stream>>>(env.left[0], env.left_log[0], n, h);
+    MPSNTK_CUDA_CHECK_LAUNCH("identity_slot_kernel");
+    for (index_t j = 0; j < N; ++j)
+      transfer_step<T>(ch, phi, j, true, n, h, ch.left_mult(j), env.left[j], env.left_log[j], env.left[j + 1],
+                       env.left_log[j + 1], stream);
+  }
+  if (!env.right.empty()) {
+    identity_slot_kernel<T><<<blocks_for(n * h * h, 256), 256, 0, stream>>>(env.right[N], env.right_log[N], n, h);
+    MPSNTK_CUDA_CHECK_LAUNCH("identity_slot_kernel");
+    for (index_t j = N - 1; j >= 1; --j)
+      transfer_step<T>(ch, phi, j, false, n, h, ch.right_mult(j + 1), env.right[j + 1], env.right_log[j + 1],
+                       env.right[j], env.right_log[j], stream);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Per-site Jacobian factors (see cpp/src/detail/factors.hpp): device-side descriptors.
+
+template <class T>
+struct SiteFactorDev {
+  const T* a;
+  index_t da, mult_a;
+  const double* log_a;
+  const T* b;  // nullptr when db == 0
+  index_t db, mult_b;
+  const double* log_b;
+  double weight;  // c_j^2 * site_lr_j (NTK) or c_j (vjp / jvp)
+};
+
+template <class T>
+struct FactorRows {  // the accessors of cpp/src/detail/factors.hpp, on the device
+  const T* phi;
+  index_t n_sites, d;
+  __device__ const T* u(index_t j, index_t x) const { return phi + (x * n_sites + j) * d; }
+  __device__ static const T* a(const SiteFactorDev<T>& s, index_t x, index_t l) {
+    return s.a + (x * s.mult_a + (s.mult_a > 1 ? l : 0)) * s.da;
+  }
+  __device__ static const T* b(const SiteFactorDev<T>& s, index_t x, index_t l) {
+    return s.b ? s.b + (x * s.mult_b + (s.mult_b > 1 ? l : 0)) * s.db : nullptr;
+  }
+  __device__ static double log(const SiteFactorDev<T>& s, index_t x, index_t l) {
+    double v = s.log_a[x * s.mult_a + (s.mult_a > 1 ? l : 0)];
+    if (s.log_b) v += s.log_b[x * s.mult_b + (s.mult_b > 1 ? l : 0)];
+    return v;
+  }
+};
+
+/// E_j^T[a][b] = sum_beta P_j[beta][a] S_{j+1}[beta][b] for every (x, l) row (periodic chains).
+template <class T>
+__global__ void open_env_kernel(const T* P, const double* logP, index_t mp, const T* S, const double* logS,
+                                index_t ms, index_t h, index_t Dl, index_t Dr, index_t n, T* E, double* logE) {
+  const index_t m = mp > ms ? mp : ms;
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * m * Dl * Dr) return;
+  const index_t row = i / (Dl * Dr), e = i % (Dl * Dr), a = e / Dr, b = e % Dr;
+  const index_t x = row / m, l = row % m;
+  const index_t rp = x * mp + (mp > 1 ? l : 0), rs = x * ms + (ms > 1 ? l : 0);
+  T v = 0;
+  for (index_t beta = 0; beta < h; ++beta) v += P[(rp * h + beta) * Dl + a] * S[(rs * h + beta) * Dr + b];
+  E[i] = v;
+  if (e == 0) logE[row] = logP[rp] + logS[rs];
+}
+
+/// Environments and factors of one batch, laid out in the workspace.
+template <class T>
+struct DeviceFactors {
+  DeviceEnvironments<T> env;
+  std::vector<SiteFactorDev<T>> host_sites;  // filled by build_factors
+  SiteFactorDev<T>* sites = nullptr;          // device copy
+  std::vector<T*> open_env;
+  std::vector<double*> open_log;
+};
+
+template <class T>
+DeviceFactors<T> plan_factors(const ChainView<T>& ch, index_t n, Arena& arena) {
+  DeviceFactors<T> F;
+  F.env = plan_environments<T>(ch, n, true, true, arena);
+  const index_t N = ch.n_sites;
+  if (ch.boundary == Boundary::periodic) {
+    F.open_env.resize(N), F.open_log.resize(N);
+    for (index_t j = 0; j < N; ++j) {
+      const index_t m = std::max(ch.left_mult(j), ch.right_mult(j + 1));
+      F.open_env[j] = arena.take<T>(n * m * ch.bond[j] * ch.bond[j + 1]);
+      F.open_log[j] = arena.take<double>(n * m);
+    }
+  }
+  F.sites = arena.take<SiteFactorDev<T>>(N);
+  return F;
+}
+
+/// Sweep the environments and describe the factors; weight_j = scale_j^2 * lr_j if lr given,
+/// else scale_j.
+template <class T>
+void build_factors(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceFactors<T>& F, const double* lr,
+                   cudaStream_t stream) {
+  compute_environments<T>(ch, phi, F.env, stream);
+  const index_t N = ch.n_sites, n = F.env.n, h = F.env.h;
+  F.host_sites.assign(N, SiteFactorDev<T>{});
+  for (index_t j = 0; j < N; ++j) {
+    auto& s = F.host_sites[j];
+    s.weight = lr ? ch.scales[j] * ch.scales[j] * lr[j] : ch.scales[j];
+    if (ch.boundary == Boundary::open) {
+      s.a = F.env.left[j], s.da = ch.bond[j], s.mult_a = ch.left_mult(j), s.log_a = F.env.left_log[j];
+      s.b = F.env.right[j + 1], s.db = ch.bond[j + 1], s.mult_b = ch.right_mult(j + 1);
+      s.log_b = F.env.right_log[j + 1];
+    } else {
+      const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
+      const index_t mp = ch.left_mult(j), ms = ch.right_mult(j + 1);
+      open_env_kernel<T><<<blocks_for(n * std::max(mp, ms) * Dl * Dr, 256), 256, 0, stream>>>(
+          F.env.left[j], F.env.left_log[j], mp, F.env.right[j + 1], F.env.right_log[j + 1], ms, h, Dl, Dr, n,
+          F.open_env[j], F.open_log[j]);
+      MPSNTK_CUDA_CHECK_LAUNCH("open_env_kernel");
+      s.a = F.open_env[j], s.da = Dl * Dr, s.mult_a = std::max(mp, ms), s.log_a = F.open_log[j];
+      s.b = nullptr, s.db = 0, s.mult_b = 1, s.log_b = nullptr;
+    }
+  }
+  // From pageable memory the copy is staged before cudaMemcpyAsync returns, so host_sites may
+  // change afterwards; the kernels that read F.sites follow on the same stream.
+  MPSNTK_CUDA_TRY(cudaMemcpyAsync(F.sites, F.host_sites.data(), N * sizeof(SiteFactorDev<T>),
+                                  cudaMemcpyHostToDevice, stream));
+}
+
+}  // namespace mpsntk::cuda

@@ -1,0 +1,236 @@
+// Forward pass and Jacobian products on the device: the same factors as the CPU engine
+// (cpp/src/detail/grad.hpp), with every contraction a tiled GEMM of gemm_kernel.
+#include "mpsntk/cuda/kernels.cuh"
+
+namespace mpsntk::cuda {
+namespace {
+
+template <class T>
+__global__ void trace_kernel(const T* v, const double* lg, index_t n, index_t C, index_t m, index_t h, T* mant,
+                             double* log_out) {
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * C) return;
+  const index_t x = i / C, l = i % C, r = x * m + (m > 1 ? l : 0);
+  T f = 0;
+  for (index_t a = 0; a < h; ++a) f += v[(r * h + a) * h + a];
+  mant[i] = f;
+  log_out[i] = lg[r];
+}
+
+/// Number of outputs whose factors differ at site j (as outputs_at in grad.hpp).
+template <class T>
+index_t outputs_at(const ChainView<T>& ch, const SiteFactorDev<T>& s, index_t j) {
+  return (s.mult_a > 1 || s.mult_b > 1 || j == ch.output_site) ? ch.n_outputs : 1;
+}
+
+template <class T>
+struct VjpRows {  // A(m = (s, a), x) = wt(x) u_s(x) a_a(x, l)
+  FactorRows<T> rows;
+  SiteFactorDev<T> f;
+  index_t j, l, C, col, k;
+  const T* cot;  // cotangent (n, C, k), column col
+  __device__ T operator()(index_t m, index_t x) const {
+    const index_t s = m / f.da, a = m % f.da;
+    const double wt = cot[(x * C + l) * k + col] * f.weight * exp(FactorRows<T>::log(f, x, l));
+    return static_cast<T>(wt) * rows.u(j, x)[s] * FactorRows<T>::a(f, x, l)[a];
+  }
+};
+
+template <class T>
+struct VjpCols {  // B(x, b) = b_b(x, l) (1 without a right factor)
+  SiteFactorDev<T> f;
+  index_t l;
+  __device__ T operator()(index_t x, index_t b) const {
+    const T* bv = FactorRows<T>::b(f, x, l);
+    return bv ? bv[b] : T(1);
+  }
+};
+
+template <class T>
+struct AccumulateStore {  // G[m * ld + c] (+)= v * scale
+  T* g;
+  index_t ld;
+  T scale;
+  bool add;
+  __device__ void operator()(index_t m, index_t c, T v) const {
+    T& dst = g[m * ld + c];
+    dst = add ? dst + scale * v : scale * v;
+  }
+};
+
+template <class T>
+struct JvpRows {  // A(x, (s, a)) = u_s(x) a_a(x, l)
+  FactorRows<T> rows;
+  SiteFactorDev<T> f;
+  index_t j, l;
+  __device__ T operator()(index_t x, index_t m) const {
+    return rows.u(j, x)[m / f.da] * FactorRows<T>::a(f, x, l)[m % f.da];
+  }
+};
+
+template <class T>
+struct DenseOperand {  // B(k, c) = t[k * ld + c]
+  const T* t;
+  index_t ld;
+  __device__ T operator()(index_t k, index_t c) const { return t[k * ld + c]; }
+};
+
+template <class T>
+struct RowStore {
+  T* t;
+  index_t ld;
+  __device__ void operator()(index_t r, index_t c, T v) const { t[r * ld + c] = v; }
+};
+
+/// out(x, l) += c_j exp(log) * sum_b t(x, b) b_b(x, l), for the outputs ls..ls+count-1.
+template <class T>
+__global__ void jvp_dot_kernel(const T* t, index_t db, SiteFactorDev<T> f, index_t l, index_t n, index_t C,
+                               index_t k, index_t col, T* out) {
+  const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (x >= n) return;
+  const T* bv = FactorRows<T>::b(f, x, l);
+  T dot = 0;
+  for (index_t b = 0; b < db; ++b) dot += t[x * db + b] * (bv ? bv[b] : T(1));
+  out[(x * C + l) * k + col] += static_cast<T>(f.weight * exp(FactorRows<T>::log(f, x, l))) * dot;
+}
+
+template <class T>
+__global__ void zero_column_kernel(T* out, index_t count, index_t k, index_t col) {
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (i < count) out[i * k + col] = T(0);
+}
+
+template <class T>
+struct GradPlan {
+  DeviceFactors<T> f;
+  T* scratch = nullptr;  // n * max D (jvp intermediate)
+  std::vector<T*> grads;  // ntk_vp: gradient-shaped scratch
+};
+
+template <class T>
+GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n, Arena& arena) {
+  GradPlan<T> p;
+  p.f = plan_factors<T>(ch, n, arena);
+  index_t dmax = 1;
+  for (index_t j = 0; j <= ch.n_sites; ++j) dmax = std::max(dmax, ch.bond[j]);
+  p.scratch = arena.take<T>(n * dmax);
+  for (index_t j = 0; j < ch.n_sites; ++j) p.grads.push_back(arena.take<T>(ch.core_size(j)));
+  return p;
+}
+
+template <class T>
+void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* cot,
+                index_t k, index_t col, T* const* grads, const double* site_lr, cudaStream_t stream) {
+  const FactorRows<T> rows{phi.data, ch.n_sites, ch.phys_dim};
+  for (index_t j = 0; j < ch.n_sites; ++j) {
+    const SiteFactorDev<T>& f = F.host_sites[j];
+    const index_t db = std::max<index_t>(f.db, 1), M = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
+    const bool label = j == ch.output_site;
+    const T scale = static_cast<T>(site_lr ? site_lr[j] : 1.0);
+    for (index_t l = 0; l < nl; ++l) {
+      VjpRows<T> la{rows, f, j, l, ch.n_outputs, col, k, cot};
+      VjpCols<T> lb{f, l};
+      AccumulateStore<T> st{grads[j] + (label ? l * M * db : 0), db, scale, !label && l > 0};
+      gemm<T>(M, db, phi.n_samples, la, lb, st, stream);
+    }
+  }
+}
+
+template <class T>
+void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F,
+                const T* const* tangents, T* scratch, T* out, index_t k, index_t col, cudaStream_t stream) {
+  const index_t n = phi.n_samples, C = ch.n_outputs;
+  const FactorRows<T> rows{phi.data, ch.n_sites, ch.phys_dim};
+  zero_column_kernel<T><<<blocks_for(n * C, 256), 256, 0, stream>>>(out, n * C, k, col);
+  MPSNTK_CUDA_CHECK_LAUNCH("zero_column_kernel");
+  for (index_t j = 0; j < ch.n_sites; ++j) {
+    const SiteFactorDev<T>& f = F.host_sites[j];
+    const index_t db = std::max<index_t>(f.db, 1), K = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
+    const bool label = j == ch.output_site;
+    for (index_t l = 0; l < nl; ++l) {
+      JvpRows<T> la{rows, f, j, l};
+      DenseOperand<T> lb{tangents[j] + (label ? l * K * db : 0), db};
+      gemm<T>(n, db, K, la, lb, RowStore<T>{scratch, db}, stream);
+      jvp_dot_kernel<T><<<blocks_for(n, 128), 128, 0, stream>>>(scratch, db, f, l, n, C, k, col, out);
+      MPSNTK_CUDA_CHECK_LAUNCH("jvp_dot_kernel");
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+std::size_t forward_workspace_bytes(const ChainView<T>& ch, index_t n) {
+  Arena arena;
+  plan_environments<T>(ch, n, true, false, arena);
+  return arena.used;
+}
+
+template <class T>
+void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mant, double* log_scale, void* ws,
+             std::size_t bytes, std::uintptr_t stream_handle) {
+  const cudaStream_t stream = as_stream(stream_handle);
+  Arena arena{static_cast<char*>(ws), 0, bytes};
+  auto env = plan_environments<T>(ch, phi.n_samples, true, false, arena);
+  compute_environments<T>(ch, phi, env, stream);
+  const index_t N = ch.n_sites, n = phi.n_samples, C = ch.n_outputs;
+  trace_kernel<T><<<blocks_for(n * C, 256), 256, 0, stream>>>(env.left[N], env.left_log[N], n, C, ch.left_mult(N),
+                                                               env.h, mant, log_scale);
+  MPSNTK_CUDA_CHECK_LAUNCH("trace_kernel");
+}
+
+template <class T>
+std::size_t grad_workspace_bytes(const ChainView<T>& ch, index_t n) {
+  Arena arena;
+  plan_grad<T>(ch, n, arena);
+  return arena.used;
+}
+
+template <class T>
+void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, void* ws,
+         std::size_t bytes, std::uintptr_t stream_handle) {
+  const cudaStream_t stream = as_stream(stream_handle);
+  Arena arena{static_cast<char*>(ws), 0, bytes};
+  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
+  build_factors<T>(ch, phi, P.f, nullptr, stream);
+  vjp_column<T>(ch, phi, P.f, cot, 1, 0, grads, nullptr, stream);
+}
+
+template <class T>
+void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out, void* ws,
+         std::size_t bytes, std::uintptr_t stream_handle) {
+  const cudaStream_t stream = as_stream(stream_handle);
+  Arena arena{static_cast<char*>(ws), 0, bytes};
+  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
+  build_factors<T>(ch, phi, P.f, nullptr, stream);
+  jvp_column<T>(ch, phi, P.f, tangents, P.scratch, out, 1, 0, stream);
+}
+
+template <class T>
+void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k,
+            T* out, void* ws, std::size_t bytes, std::uintptr_t stream_handle) {
+  const cudaStream_t stream = as_stream(stream_handle);
+  Arena arena{static_cast<char*>(ws), 0, bytes};
+  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
+  build_factors<T>(ch, phi, P.f, nullptr, stream);
+  for (index_t col = 0; col < k; ++col) {
+    vjp_column<T>(ch, phi, P.f, v, k, col, P.grads.data(), site_lr, stream);
+    jvp_column<T>(ch, phi, P.f, P.grads.data(), P.scratch, out, k, col, stream);
+  }
+}
+
+#define MPSNTK_CUDA_GRAD(T)                                                                           \
+  template std::size_t forward_workspace_bytes<T>(const ChainView<T>&, index_t);                      \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*, void*, std::size_t, \
+                           std::uintptr_t);                                                           \
+  template std::size_t grad_workspace_bytes<T>(const ChainView<T>&, index_t);                         \
+  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, void*,        \
+                       std::size_t, std::uintptr_t);                                                  \
+  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, void*,        \
+                       std::size_t, std::uintptr_t);                                                  \
+  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, \
+                          T*, void*, std::size_t, std::uintptr_t);
+MPSNTK_CUDA_GRAD(float)
+MPSNTK_CUDA_GRAD(double)
+
+}  // namespace mpsntk::cuda

@@ -1,0 +1,269 @@
+// Fused NTK kernel: one 64 x 64 output tile per block, accumulated over sites in registers:
+//   Theta~[i, k] += w_j * (u_i.u_k) * (a_i.a_k) * (b_i.b_k) * rw_i * rw_k
+// with the three Grams of each site computed through shared memory; the per-site n1 x n2 terms
+// never reach global memory.  Symmetric calls launch only tiles on or above the diagonal.
+#include "mpsntk/cuda/kernels.cuh"
+
+namespace mpsntk::cuda {
+namespace {
+
+template <class T>
+struct NtkSideDev {
+  const SiteFactorDev<T>* sites;
+  const T* phi;
+  const double* c;  // reference log-scale per sample (may be -inf)
+  index_t n;
+};
+
+template <class T>
+struct NtkLaunch {
+  NtkSideDev<T> s1, s2;
+  index_t n_sites, d, label_site;
+  index_t l1, l2, n_outputs;  // traced: l1 = -1 (sum over l of Theta_ll)
+  T* out;
+  T* mirror;
+  index_t ld_row, ld_col, site_stride;
+  index_t tiles2;             // tiles along the columns
+  bool upper_only, normalized;
+};
+
+/// g[r][c] = sum_k rows1[ty+16r][k] * rows2[tx+16c][k] for the block's 64 x 64 pairs.
+template <class T>
+__device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t K, T (&g)[4][4],
+                           T (&As)[kDepth][kTile + 1], T (&Bs)[kDepth][kTile + 1]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) g[i][j] = T(0);
+  for (index_t k0 = 0; k0 < K; k0 += kDepth) {
+    for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
+      const int rr = e / kDepth, kk = e % kDepth;
+      const index_t k = k0 + kk;
+      As[kk][rr] = (rows1[rr] && k < K) ? rows1[rr][k] : T(0);
+      Bs[kk][rr] = (rows2[rr] && k < K) ? rows2[rr][k] : T(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kDepth; ++kk) {
+      T a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) g[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) ntk_kernel(NtkLaunch<T> p) {
+  __shared__ T As[kDepth][kTile + 1];
+  __shared__ T Bs[kDepth][kTile + 1];
+  __shared__ const T* ra[kTile];
+  __shared__ const T* rb[kTile];
+  __shared__ const T* ru[kTile];
+  __shared__ const T* ca[kTile];
+  __shared__ const T* cb[kTile];
+  __shared__ const T* cu[kTile];
+  __shared__ double rw[kTile], cw[kTile];
+
+  index_t ib, kb;
+  if (p.upper_only) {  // decode the upper-triangular tile index
+    index_t idx = blockIdx.x;
+    ib = 0;
+    while (idx >= p.tiles2 - ib) idx -= p.tiles2 - ib, ++ib;
+    kb = ib + idx;
+  } else {
+    ib = blockIdx.y;
+    kb = blockIdx.x;
+  }
+  const index_t i0 = ib * kTile, k0 = kb * kTile;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const bool traced = p.l1 < 0;
+  const bool per_site = p.site_stride != 0;
+  T acc[4][4] = {};
+
+  auto write = [&](index_t j) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const index_t i = i0 + ty + 16 * r, k = k0 + tx + 16 * c;
+        if (i >= p.s1.n || k >= p.s2.n) continue;
+        T v = acc[r][c];
+        if (!p.normalized) {
+          const double c1 = p.s1.c[i], c2 = p.s2.c[k];
+          const double l1 = (c1 > -INFINITY && c1 < INFINITY) ? c1 : 0.0;
+          const double l2 = (c2 > -INFINITY && c2 < INFINITY) ? c2 : 0.0;
+          v *= static_cast<T>(tile::pair_scale(l1, 0.0, l2, 0.0, false));
+        }
+        p.out[j * p.site_stride + i * p.ld_row + k * p.ld_col] = v;
+        if (p.mirror && !(p.upper_only && ib == kb)) p.mirror[j * p.site_stride + k * p.ld_row + i * p.ld_col] = v;
+        acc[r][c] = T(0);
+      }
+  };
+
+  for (index_t j = 0; j < p.n_sites; ++j) {
+    if (!traced && p.l1 != p.l2 && j == p.label_site) {
+      if (per_site) write(j);
+      continue;
+    }
+    const SiteFactorDev<T> f1 = p.s1.sites[j], f2 = p.s2.sites[j];
+    const index_t lcount = traced ? p.n_outputs : 1;
+    for (index_t l = 0; l < lcount; ++l) {
+      const index_t l1 = traced ? l : p.l1, l2 = traced ? l : p.l2;
+      __syncthreads();  // previous readers of the row tables are done
+      if (threadIdx.x < kTile) {
+        const int t = threadIdx.x;
+        const index_t x = i0 + t;
+        const bool ok = x < p.s1.n;
+        ra[t] = ok ? FactorRows<T>::a(f1, x, l1) : nullptr;
+        rb[t] = ok ? FactorRows<T>::b(f1, x, l1) : nullptr;
+        ru[t] = ok ? p.s1.phi + (x * p.n_sites + j) * p.d : nullptr;
+        rw[t] = ok ? tile::row_weight(FactorRows<T>::log(f1, x, l1), p.s1.c[x]) : 0.0;
+      } else if (threadIdx.x < 2 * kTile) {
+        const int t = threadIdx.x - kTile;
+        const index_t x = k0 + t;
+        const bool ok = x < p.s2.n;
+        ca[t] = ok ? FactorRows<T>::a(f2, x, l2) : nullptr;
+        cb[t] = ok ? FactorRows<T>::b(f2, x, l2) : nullptr;
+        cu[t] = ok ? p.s2.phi + (x * p.n_sites + j) * p.d : nullptr;
+        cw[t] = ok ? tile::row_weight(FactorRows<T>::log(f2, x, l2), p.s2.c[x]) : 0.0;
+      }
+      __syncthreads();
+      T ga[4][4], gb[4][4], gu[4][4];
+      block_gram<T>(ra, ca, f1.da, ga, As, Bs);
+      if (f1.db) {
+        block_gram<T>(rb, cb, f1.db, gb, As, Bs);
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) ga[r][c] *= gb[r][c];
+      }
+      block_gram<T>(ru, cu, p.d, gu, As, Bs);
+      const T w = static_cast<T>(f1.weight);
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          acc[r][c] += tile::site_term(w, gu[r][c], ga[r][c]) *
+                       static_cast<T>(rw[ty + 16 * r] * cw[tx + 16 * c]);
+    }
+    if (per_site) write(j);
+  }
+  if (!per_site) write(0);
+}
+
+/// c(x) = max over sites and outputs of the factor log-scales (the CPU's sample_log_scale).
+template <class T>
+__global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sites, index_t n_outputs,
+                                    index_t n, double* c, double* log_out) {
+  const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (x >= n) return;
+  double m = -INFINITY;
+  for (index_t j = 0; j < n_sites; ++j)
+    for (index_t l = 0; l < n_outputs; ++l) m = fmax(m, FactorRows<T>::log(sites[j], x, l));
+  c[x] = m;
+  log_out[x] = (m > -INFINITY && m < INFINITY) ? m : 0.0;
+}
+
+template <class T>
+struct NtkPlan {
+  DeviceFactors<T> f1, f2;
+  double *c1 = nullptr, *c2 = nullptr;
+};
+
+template <class T>
+NtkPlan<T> plan(const ChainView<T>& ch, index_t n1, index_t n2, Arena& arena) {
+  NtkPlan<T> p;
+  p.f1 = plan_factors<T>(ch, n1, arena);
+  p.c1 = arena.take<double>(n1);
+  if (n2 > 0) {
+    p.f2 = plan_factors<T>(ch, n2, arena);
+    p.c2 = arena.take<double>(n2);
+  }
+  return p;
+}
+
+}  // namespace
+
+template <class T>
+std::size_t ntk_workspace_bytes(const ChainView<T>& ch, index_t n1, index_t n2) {
+  Arena arena;
+  plan<T>(ch, n1, n2, arena);
+  return arena.used;
+}
+
+template <class T>
+void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
+         const double* site_lr, T* out, double* log1, double* log2, void* workspace, std::size_t bytes,
+         std::uintptr_t stream_handle) {
+  const cudaStream_t stream = as_stream(stream_handle);
+  const bool sym = phi2 == nullptr;
+  const index_t n1 = phi1.n_samples, n2 = sym ? n1 : phi2->n_samples;
+  Arena arena{static_cast<char*>(workspace), 0, bytes};
+  NtkPlan<T> P = plan<T>(ch, n1, sym ? 0 : n2, arena);
+  build_factors<T>(ch, phi1, P.f1, site_lr, stream);
+  sample_scale_kernel<T><<<blocks_for(n1, 128), 128, 0, stream>>>(P.f1.sites, ch.n_sites, ch.n_outputs, n1, P.c1, log1);
+  MPSNTK_CUDA_CHECK_LAUNCH("sample_scale_kernel");
+  if (!sym) {
+    build_factors<T>(ch, *phi2, P.f2, site_lr, stream);
+    sample_scale_kernel<T><<<blocks_for(n2, 128), 128, 0, stream>>>(P.f2.sites, ch.n_sites, ch.n_outputs, n2, P.c2,
+                                                                     log2);
+    MPSNTK_CUDA_CHECK_LAUNCH("sample_scale_kernel");
+  } else {
+    MPSNTK_CUDA_TRY(cudaMemcpyAsync(log2, log1, n1 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
+  }
+  const index_t C = ch.n_outputs;
+  const bool full = opt.full_outputs && C > 1;
+  const index_t cc = full ? C * C : 1;
+  NtkLaunch<T> L{};
+  L.s1 = {P.f1.sites, phi1.data, P.c1, n1};
+  L.s2 = sym ? L.s1 : NtkSideDev<T>{P.f2.sites, phi2->data, P.c2, n2};
+  L.n_sites = ch.n_sites;
+  L.d = ch.phys_dim;
+  L.label_site = ch.output_site;
+  L.n_outputs = C;
+  L.ld_row = n2 * cc;
+  L.ld_col = cc;
+  L.site_stride = opt.per_site ? n1 * n2 * cc : 0;
+  L.normalized = opt.normalized;
+  const index_t t1 = (n1 + kTile - 1) / kTile, t2 = (n2 + kTile - 1) / kTile;
+  L.tiles2 = t2;
+  auto launch = [&](index_t l1, index_t l2, bool upper, T* mirror, index_t offset) {
+    L.l1 = l1;
+    L.l2 = l2;
+    L.upper_only = upper;
+    L.out = out + offset;
+    L.mirror = mirror;
+    if (upper) {
+      ntk_kernel<T><<<static_cast<unsigned>(t1 * (t1 + 1) / 2), kThreads, 0, stream>>>(L);
+    } else {
+      ntk_kernel<T><<<dim3(static_cast<unsigned>(t2), static_cast<unsigned>(t1)), kThreads, 0, stream>>>(L);
+    }
+    MPSNTK_CUDA_CHECK_LAUNCH("ntk_kernel");
+  };
+  if (!full) {
+    launch(-1, -1, sym, sym ? out : nullptr, 0);
+  } else {
+    for (index_t l1 = 0; l1 < C; ++l1)
+      for (index_t l2 = sym ? l1 : 0; l2 < C; ++l2) {
+        // Symmetric data: Theta_{l2 l1}(x', x) = Theta_{l1 l2}(x, x'), written by the mirror.
+        T* mirror = sym ? out + l2 * C + l1 : nullptr;
+        launch(l1, l2, sym && l1 == l2, mirror, l1 * C + l2);
+      }
+  }
+}
+
+#define MPSNTK_CUDA_NTK(T)                                                                        \
+  template std::size_t ntk_workspace_bytes<T>(const ChainView<T>&, index_t, index_t);             \
+  template void ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,         \
+                       const NtkOptions&, const double*, T*, double*, double*, void*, std::size_t, \
+                       std::uintptr_t);
+MPSNTK_CUDA_NTK(float)
+MPSNTK_CUDA_NTK(double)
+
+}  // namespace mpsntk::cuda
