@@ -1,5 +1,5 @@
-"""Shared fixtures: array modules (NumPy always, CuPy per test when a GPU is usable), engine
-instruction sets, tolerances per dtype, and small random models."""
+"""Shared fixtures: engine instruction sets, tolerances per dtype, and small random models.
+GPU tests live in test_cuda.py and skip themselves where no CUDA device is usable."""
 
 from __future__ import annotations
 
@@ -9,16 +9,6 @@ import pytest
 from mpsntk import _core
 
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
-
-
-@pytest.fixture(params=["numpy", "cupy"])
-def xp(request):
-    """The array module a test runs on; CuPy only where the CUDA engine can run."""
-    if request.param == "numpy":
-        return np
-    if not mn.cuda_available():
-        pytest.skip(f"CUDA engine unavailable: {mn.build_info()['cuda_reason']}")
-    return pytest.importorskip("cupy")  # pragma: no cover - needs a GPU
 
 
 @pytest.fixture(params=_core.available_isas())

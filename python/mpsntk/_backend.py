@@ -11,7 +11,14 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["CudaError", "CudaUnavailableError", "build_info", "cuda_available", "is_device_array"]
+__all__ = [
+    "CudaError",
+    "CudaUnavailableError",
+    "array_module",
+    "build_info",
+    "cuda_available",
+    "is_device_array",
+]
 
 
 class CudaError(RuntimeError):
@@ -25,7 +32,12 @@ class CudaUnavailableError(RuntimeError):
 try:  # pragma: no cover - depends on the build
     from . import _cuda  # type: ignore[attr-defined]
 
-    _cuda_reason = None if _cuda.device_count() > 0 else "no CUDA device is visible"
+    _cuda._set_error_class(CudaError)
+    _cuda_reason = (
+        None
+        if _cuda.device_count() > 0
+        else (f"no usable CUDA device ({_cuda.device_unavailable_reason()})")
+    )
 except ImportError as exc:
     _cuda = None
     _cuda_reason = (
@@ -71,21 +83,35 @@ def is_device_array(a) -> bool:
     return hasattr(a, "__cuda_array_interface__")
 
 
-def require_host(*arrays, names):
-    """Reject device arrays until the CUDA engine handles the call (clear reason, no copies)."""
-    on_device = [n for a, n in zip(arrays, names) if a is not None and is_device_array(a)]
+def array_module(*arrays, names):
+    """NumPy for host arrays, CuPy when every given array lives on a CUDA device.
+
+    ``None`` entries are ignored.  Mixing host and device arrays raises ``TypeError`` (nothing is
+    copied behind the caller's back); device arrays without a usable CUDA engine raise
+    :class:`CudaUnavailableError` with the recorded reason.
+    """
+    present = [(a, n) for a, n in zip(arrays, names) if a is not None]
+    on_device = [n for a, n in present if is_device_array(a)]
     if not on_device:
-        return
-    if len(on_device) != sum(a is not None for a in arrays):
+        return np
+    if len(on_device) != len(present):
         raise TypeError(
             f"{', '.join(on_device)} live on a CUDA device but the other arguments are host "
             "arrays; pass all of them on the same device"
         )
     if not cuda_available():
         raise CudaUnavailableError(f"{', '.join(on_device)} are CUDA arrays: {_cuda_reason}")
-    raise CudaUnavailableError(  # pragma: no cover - depends on the build
-        f"{', '.join(on_device)} are CUDA arrays, but this routine has no device implementation yet"
-    )
+    import cupy  # pragma: no cover - needs a GPU
+
+    return cupy  # pragma: no cover - needs a GPU
+
+
+def require_host(*arrays, names):
+    """Reject device arrays for routines that only run on the host (clear reason, no copies)."""
+    if array_module(*arrays, names=names) is not np:  # pragma: no cover - needs a GPU
+        raise CudaUnavailableError(
+            f"{', '.join(names)}: this routine runs on the host only; pass NumPy arrays"
+        )
 
 
 def set_num_threads(n_threads: int) -> None:

@@ -90,13 +90,13 @@ def _as_inputs(x, name="x"):
     return arr
 
 
-def _as_phi(phi, name="phi"):
+def _as_phi(phi, name="phi", xp=np):
     """Validate features of shape ``(n_samples, n_sites, phys_dim)``.
 
-    Returns the features as an ndarray of their own floating dtype (float32 or
-    float64); integer, complex and other dtypes are rejected.
+    Returns the features as an array of ``xp`` (NumPy, or CuPy for device features) of their
+    own floating dtype (float32 or float64); integer, complex and other dtypes are rejected.
     """
-    arr = np.asarray(phi)
+    arr = xp.asarray(phi)
     if arr.dtype not in _FEATURE_DTYPES:
         raise TypeError(
             f"{name} must be a float32 or float64 array of shape "
@@ -112,7 +112,7 @@ def _as_phi(phi, name="phi"):
             f"{name} must be non-empty with shape (n_samples, n_sites, phys_dim); "
             f"got shape {arr.shape}"
         )
-    if not np.all(np.isfinite(arr)):
+    if not bool(xp.all(xp.isfinite(arr))):
         raise ValueError(f"{name} must be finite; got NaN or Inf entries")
     return arr
 
@@ -184,10 +184,11 @@ def _check_fits(nbytes, what, hint=""):
         )
 
 
-def _check_out(out, shape, dtype, name="out"):
-    """Validate a caller-provided output array (ndarray or memmap) and return it."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray (or numpy.memmap); got {_describe(out)}")
+def _check_out(out, shape, dtype, name="out", xp=np):
+    """Validate a caller-provided output array (ndarray, memmap, or CuPy array) and return it."""
+    if not isinstance(out, xp.ndarray):
+        kind = "a numpy.ndarray (or numpy.memmap)" if xp is np else "a cupy.ndarray"
+        raise TypeError(f"{name} must be {kind}; got {_describe(out)}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}; got {out.shape}")
     if out.dtype != dtype:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._backend import require_host
+from ._backend import array_module, require_host
 from ._validate import _check_fits
 from .ntk import _as_vector_block, _check_mps
 
@@ -26,6 +26,7 @@ def jacobian(mps, phi):
         Parameters ordered site by site, each core flattened in C order.
     """
     _check_mps(mps)
+    require_host(phi, names=["phi"])
     phi = mps.check_features(phi)
     n, C = phi.shape[0], mps.n_outputs
     shape = (n, C, mps.n_params)
@@ -53,7 +54,7 @@ def vjp(mps, phi, cotangent):
         One array per core, shaped like ``mps.cores[j]``.
     """
     _check_mps(mps)
-    require_host(phi, cotangent, names=["phi", "cotangent"])
+    xp = mps.same_device(array_module(phi, cotangent, names=["phi", "cotangent"]), "phi")
     phi = mps.check_features(phi)
     n, C = phi.shape[0], mps.n_outputs
     cot = _as_vector_block(mps, cotangent, n, "cotangent")
@@ -62,8 +63,13 @@ def vjp(mps, phi, cotangent):
             f"cotangent must have shape {(n,) if C == 1 and mps.output_site is None else (n, C)}; "
             f"got {cot.shape}"
         )
+    cot = xp.ascontiguousarray(cot.reshape(n, C))
+    if xp is not np:  # pragma: no cover - needs a GPU
+        from . import _device
+
+        return _device.vjp(mps, phi, cot)
     grads = [np.empty_like(c) for c in mps.cores]
-    _core.vjp(*mps._engine_args(), phi, np.ascontiguousarray(cot.reshape(n, C)), grads)
+    _core.vjp(*mps._engine_args(), phi, cot, grads)
     return grads
 
 
@@ -84,7 +90,8 @@ def jvp(mps, phi, tangents):
         raise TypeError(
             f"tangents must be a list of arrays, one per core; got {type(tangents).__name__}"
         )
-    require_host(phi, *tangents, names=["phi"] + [f"tangents[{j}]" for j in range(len(tangents))])
+    names = ["phi"] + [f"tangents[{j}]" for j in range(len(tangents))]
+    xp = mps.same_device(array_module(phi, *tangents, names=names), "phi")
     phi = mps.check_features(phi)
     if len(tangents) != mps.n_sites:
         raise ValueError(
@@ -92,15 +99,19 @@ def jvp(mps, phi, tangents):
         )
     ts = []
     for j, (t, c) in enumerate(zip(tangents, mps.cores)):
-        require_host(t, names=[f"tangents[{j}]"])
-        t = np.asarray(t)
+        t = xp.asarray(t)
         if t.shape != c.shape:
             raise ValueError(f"tangents[{j}] must have shape {c.shape}; got {t.shape}")
         if t.dtype != mps.dtype:
             raise TypeError(f"tangents[{j}] must have dtype {mps.dtype}; got {t.dtype}")
-        if not np.all(np.isfinite(t)):
+        if not bool(xp.all(xp.isfinite(t))):
             raise ValueError(f"tangents[{j}] must be finite; got NaN or Inf entries")
-        ts.append(np.ascontiguousarray(t))
+        ts.append(xp.ascontiguousarray(t))
+    if xp is not np:  # pragma: no cover - needs a GPU
+        from . import _device
+
+        out = _device.jvp(mps, phi, ts)
+        return out[:, 0] if mps.output_site is None else out
     out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
     _core.jvp(*mps._engine_args(), phi, ts, out)
     return out[:, 0] if mps.output_site is None else out

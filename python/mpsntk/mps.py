@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from . import _core
-from ._backend import require_host
+from ._backend import array_module
 from ._validate import (
     _FEATURE_DTYPES,
     _as_phi,
@@ -89,7 +89,7 @@ class MPS:
             raise ValueError("cores must hold at least one core; got an empty sequence")
         n_sites = len(cores)
         copy = _check_bool(copy, "copy")
-        require_host(*cores, names=[f"cores[{j}]" for j in range(n_sites)])
+        xp = array_module(*cores, names=[f"cores[{j}]" for j in range(n_sites)])
         if output_site is not None:
             output_site = _check_int(output_site, "output_site", 0)
             if output_site >= n_sites:
@@ -97,10 +97,8 @@ class MPS:
         self.output_site = output_site
         arrays = []
         for j, core in enumerate(cores):
-            if not isinstance(core, np.ndarray):
-                if hasattr(core, "__cuda_array_interface__"):
-                    require_host(core, names=[f"cores[{j}]"])
-                core = np.asarray(core)
+            if not isinstance(core, xp.ndarray):
+                core = xp.asarray(core)  # zero-copy for other CUDA arrays (torch, numba)
             if core.dtype not in _FEATURE_DTYPES:
                 raise TypeError(f"cores[{j}] must be float32 or float64; got dtype {core.dtype}")
             arrays.append(core)
@@ -138,7 +136,7 @@ class MPS:
                     f"dimension {bonds[-1]}"
                 )
             bonds.append(dr)
-            if not np.all(np.isfinite(core)):
+            if not bool(xp.all(xp.isfinite(core))):
                 raise ValueError(f"cores[{j}] must be finite; got NaN or Inf entries")
         if self.boundary == "open" and (bonds[0] != 1 or bonds[-1] != 1):
             raise ValueError(
@@ -153,8 +151,9 @@ class MPS:
             if n_sites < 2:
                 raise ValueError("periodic boundary needs n_sites >= 2")
         self.cores = [
-            np.array(c, order="C", copy=True) if copy else np.ascontiguousarray(c) for c in arrays
+            xp.array(c, order="C", copy=True) if copy else xp.ascontiguousarray(c) for c in arrays
         ]
+        self.xp = xp
         self.n_sites = n_sites
         self.phys_dim = int(phys_dim)
         self.n_outputs = int(n_outputs)
@@ -298,6 +297,22 @@ class MPS:
         """A deep copy."""
         return self.with_cores(self.cores, copy=True)
 
+    @property
+    def device(self) -> str:
+        """``"cpu"`` for NumPy cores, ``"cuda"`` for CuPy cores."""
+        return "cpu" if self.xp is np else "cuda"
+
+    def to_device(self):
+        """A copy with CuPy cores on the current CUDA device (explicit host-to-device copy)."""
+        import cupy
+
+        array_module(cupy.empty(0), names=["to_device"])  # clear error when CUDA is unusable
+        return self.with_cores([cupy.asarray(c) for c in self.cores])
+
+    def to_host(self):
+        """A copy with NumPy cores (explicit device-to-host copy when the cores are on a GPU)."""
+        return self.with_cores([c if self.xp is np else c.get() for c in self.cores])
+
     # ------------------------------------------------------------------ properties
     @property
     def n_params(self) -> int:
@@ -331,10 +346,9 @@ class MPS:
         )
 
     def check_features(self, phi, name="phi"):
-        """Validate features for this model and return them as a C-contiguous array."""
-        if hasattr(phi, "__cuda_array_interface__"):
-            require_host(phi, names=[name])
-        phi = _as_phi(phi, name)
+        """Validate features for this model; returns a C-contiguous array on the model's device."""
+        xp = self.same_device(array_module(phi, names=[name]), name)
+        phi = _as_phi(phi, name, xp)
         if phi.shape[1] != self.n_sites:
             raise ValueError(
                 f"{name} has n_sites = {phi.shape[1]} (shape {phi.shape}) but the MPS has "
@@ -350,7 +364,25 @@ class MPS:
                 f"{name} has dtype {phi.dtype} but the MPS is {self.dtype}; convert one of them "
                 "explicitly"
             )
-        return np.ascontiguousarray(phi)
+        return xp.ascontiguousarray(phi)
+
+    def same_device(self, xp, what):
+        """Return ``xp`` if it is the array module of the cores, else raise TypeError."""
+        if xp is not self.xp:
+            where = "a CUDA device" if xp is not np else "the host"
+            raise TypeError(
+                f"{what} live on {where} but the MPS cores on {'the host' if self.xp is np else 'a CUDA device'}; "
+                "move one explicitly (MPS.to_device / MPS.to_host)"
+            )
+        return xp
+
+    def _raw_forward(self, phi):
+        """Mantissa and log-scale of f on the model's device: f = mantissa * exp(log_scale)."""
+        if self.xp is np:
+            return _core.forward(*self._engine_args(), phi)
+        from . import _device  # pragma: no cover - needs a GPU
+
+        return _device.forward(self, phi)  # pragma: no cover - needs a GPU
 
     def _squeeze_outputs(self, a):
         return a[:, 0] if self.output_site is None else a
@@ -365,10 +397,11 @@ class MPS:
             ``f = sign * exp(logabs)``; zero outputs have sign 0 and logabs -inf.
         """
         phi = self.check_features(phi)
-        mant, lg = _core.forward(*self._engine_args(), phi)
+        mant, lg = self._raw_forward(phi)
+        xp = self.xp
         with np.errstate(divide="ignore"):
-            logabs = np.log(np.abs(mant).astype(np.float64)) + lg
-        return self._squeeze_outputs(np.sign(mant)), self._squeeze_outputs(logabs)
+            logabs = xp.log(xp.abs(mant).astype(xp.float64)) + lg
+        return self._squeeze_outputs(xp.sign(mant)), self._squeeze_outputs(logabs)
 
     def forward(self, phi):
         """Evaluate the MPS.
@@ -388,10 +421,11 @@ class MPS:
             If an output overflows the dtype; use :meth:`log_forward` for such chains.
         """
         phi = self.check_features(phi)
-        mant, lg = _core.forward(*self._engine_args(), phi)
+        mant, lg = self._raw_forward(phi)
+        xp = self.xp
         with np.errstate(over="ignore"):
-            f = (mant * np.exp(lg)).astype(self.dtype)
-        if not np.all(np.isfinite(f)):
+            f = (mant * xp.exp(lg)).astype(self.dtype)
+        if not bool(xp.all(xp.isfinite(f))):
             raise FloatingPointError(
                 "MPS output overflows the range of " + self.dtype.name + "; use log_forward()"
             )
@@ -402,7 +436,7 @@ class MPS:
     # ------------------------------------------------------------------ persistence
     def save(self, path):
         """Write the model to an ``.npz`` file (cores, scales, rates, boundary, output site)."""
-        data = {f"core_{j}": c for j, c in enumerate(self.cores)}
+        data = {f"core_{j}": c for j, c in enumerate(self.to_host().cores)}
         data.update(
             format_version=np.array(_FORMAT_VERSION),
             n_sites=np.array(self.n_sites),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._backend import require_host
+from ._backend import array_module
 from ._validate import (
     _as_site_vector,
     _check_bool,
@@ -109,7 +109,7 @@ def ntk(
         If the kernel overflows the dtype without ``normalized=True``.
     """
     _check_mps(mps)
-    require_host(phi1, phi2, out, names=["phi1", "phi2", "out"])
+    xp = mps.same_device(array_module(phi1, phi2, out, names=["phi1", "phi2", "out"]), "phi1")
     phi1 = mps.check_features(phi1, "phi1")
     if phi2 is not None:
         phi2 = mps.check_features(phi2, "phi2")
@@ -124,6 +124,33 @@ def ntk(
     shape = (n1, n2) + ((mps.n_outputs, mps.n_outputs) if full else ())
     if per_site:
         shape = (mps.n_sites,) + shape
+    if out is not None:
+        out = _check_out(out, shape, mps.dtype, xp=xp)
+    if xp is np:
+        out, log1, log2 = _host_ntk(
+            mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile
+        )
+    else:  # pragma: no cover - needs a GPU
+        from . import _device
+
+        out, log1, log2 = _device.ntk(
+            mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized
+        )
+    if outputs == "mean" and mps.n_outputs > 1:
+        out /= mps.n_outputs
+    if normalized:
+        return out, log1, log2
+    if not bool(xp.all(xp.isfinite(out))):
+        raise FloatingPointError(
+            "the NTK overflows the range of " + mps.dtype.name + "; use normalized=True"
+        )
+    return out
+
+
+def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile):
+    """The C++ engine's NTK, with the memory checks of the host."""
+    n1 = phi1.shape[0]
+    n2 = n1 if phi2 is None else phi2.shape[0]
     work = environment_bytes(mps, n1 + (0 if phi2 is None else n2))
     # A tile larger than the kernel is one tile; each engine thread holds a (tile + 64)^2 buffer.
     tile = min(tile, max(n1, n2))
@@ -137,7 +164,6 @@ def ntk(
         )
         out = np.empty(shape, dtype=mps.dtype)
     else:
-        out = _check_out(out, shape, mps.dtype)
         _check_fits(work, "the environments of this NTK", "compute fewer samples at a time")
     log1 = np.empty(n1)
     log2 = np.empty(n2)
@@ -158,15 +184,7 @@ def ntk(
         normalized,
         tile,
     )
-    if outputs == "mean" and mps.n_outputs > 1:
-        out /= mps.n_outputs
-    if normalized:
-        return out, log1, log2
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError(
-            "the NTK overflows the range of " + mps.dtype.name + "; use normalized=True"
-        )
-    return out
+    return out, log1, log2
 
 
 def ntk_vp(mps, phi, v, *, site_weights=None):
@@ -190,11 +208,15 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
     ndarray of the shape of ``v``.
     """
     _check_mps(mps)
-    require_host(phi, v, names=["phi", "v"])
+    xp = mps.same_device(array_module(phi, v, names=["phi", "v"]), "phi")
     phi = mps.check_features(phi)
     v = _as_vector_block(mps, v, phi.shape[0], "v")
     n, C = phi.shape[0], mps.n_outputs
-    flat = np.ascontiguousarray(v.reshape(n, C, -1))
+    flat = xp.ascontiguousarray(v.reshape(n, C, -1))
+    if xp is not np:  # pragma: no cover - needs a GPU
+        from . import _device
+
+        return _device.ntk_vp(mps, phi, _site_lr(mps, site_weights), flat).reshape(v.shape)
     res = np.empty_like(flat)
     cores, scales, boundary, osite = mps._engine_args()
     _core.ntk_vp(
@@ -205,9 +227,7 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
 
 def _as_vector_block(mps, v, n, name):
     """Validate a right-hand side of shape (n,) / (n, k) (scalar) or (n, C) / (n, C, k)."""
-    if hasattr(v, "__cuda_array_interface__"):
-        require_host(v, names=[name])
-    v = np.asarray(v)
+    v = mps.xp.asarray(v)
     if v.dtype != mps.dtype:
         raise TypeError(f"{name} must have the model's dtype {mps.dtype}; got {v.dtype}")
     if mps.output_site is None:
@@ -218,6 +238,6 @@ def _as_vector_block(mps, v, n, name):
         want = f"({n}, {mps.n_outputs}) or ({n}, {mps.n_outputs}, k)"
     if not ok or v.size == 0:
         raise ValueError(f"{name} must have shape {want}; got {v.shape}")
-    if not np.all(np.isfinite(v)):
+    if not bool(mps.xp.all(mps.xp.isfinite(v))):
         raise ValueError(f"{name} must be finite; got NaN or Inf entries")
     return v
