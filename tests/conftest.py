@@ -3,9 +3,10 @@ GPU tests live in test_cuda.py and skip themselves where no CUDA device is usabl
 
 from __future__ import annotations
 
-import mpsntk as mn
 import numpy as np
 import pytest
+
+import mpsntk as mn
 from mpsntk import _core
 
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}

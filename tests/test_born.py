@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-import mpsntk as mn
 import numpy as np
 import pytest
+
+import mpsntk as mn
 from mpsntk import _reference as ref
 from mpsntk import born
 

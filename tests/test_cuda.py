@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RTOL, random_features, random_model, relerr
 
 import mpsntk as mn
 from mpsntk import _reference as ref
+
+from conftest import RTOL, random_features, random_model, relerr
 
 if not mn.cuda_available():
     pytest.skip(f"CUDA engine unavailable: {mn.build_info()['cuda_reason']}",

@@ -6,10 +6,11 @@ so an internal NumPy / pybind11 error (or a silent coercion) fails the test.
 
 import re
 
-import mpsntk as mn
-import mpsntk._validate as validate
 import numpy as np
 import pytest
+
+import mpsntk as mn
+import mpsntk._validate as validate
 
 N_SITES = 4
 

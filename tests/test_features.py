@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from mpsntk.features import gauss_hermite, linear, local_kernel, onehot, poly, trig
 
 RNG_SEED = 20240611

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import mpsntk as mn
 import numpy as np
 import pytest
-from conftest import random_features, random_model, relerr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import mpsntk as mn
 from mpsntk import _reference as ref
+
+from conftest import random_features, random_model, relerr
 
 SPECS = [
     ((1, 3, 4, 2, 1), "open", None, 1),

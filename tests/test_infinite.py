@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from mpsntk import _reference as ref
 from mpsntk.features import local_kernel, onehot, trig
 from mpsntk.infinite import nngp_infinite, ntk_infinite

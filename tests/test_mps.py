@@ -2,11 +2,12 @@
 the statistics of MPS.random, gauge invariance, with_cores and copy.
 """
 
-import mpsntk as mn
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import mpsntk as mn
 from mpsntk import _reference as ref
 
 # (boundary, bond dims D_0..D_N or uniform D, n_sites, phys_dim, n_outputs, output_site)

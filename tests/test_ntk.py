@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import mpsntk as mn
 import numpy as np
 import pytest
-from conftest import RTOL, random_features, random_model, relerr
+
+import mpsntk as mn
 from mpsntk import _reference as ref
+
+from conftest import RTOL, random_features, random_model, relerr
 
 # (bond dimensions, boundary, output site, n_outputs)
 MODELS = [

@@ -3,11 +3,13 @@ gauge invariance of the kernel."""
 
 from __future__ import annotations
 
-import mpsntk as mn
 import numpy as np
-from conftest import random_features, random_model, relerr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import mpsntk as mn
+
+from conftest import random_features, random_model, relerr
 
 
 @st.composite

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mpsntk import _reference as ref
 from mpsntk.features import trig
 from mpsntk.infinite import nngp_infinite

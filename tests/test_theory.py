@@ -3,9 +3,10 @@ expectation at every bond dimension) and T6 (positive-definiteness and its failu
 
 from __future__ import annotations
 
-import mpsntk as mn
 import numpy as np
 import pytest
+
+import mpsntk as mn
 
 
 @pytest.mark.parametrize("boundary", ["open", "periodic"])
