@@ -369,9 +369,11 @@ class MPS:
     def same_device(self, xp, what):
         """Return ``xp`` if it is the array module of the cores, else raise TypeError."""
         if xp is not self.xp:
-            where = "a CUDA device" if xp is not np else "the host"
+            def where(m):
+                return "the host" if m is np else "a CUDA device"
+
             raise TypeError(
-                f"{what} live on {where} but the MPS cores on {'the host' if self.xp is np else 'a CUDA device'}; "
+                f"{what} live on {where(xp)} but the MPS cores on {where(self.xp)}; "
                 "move one explicitly (MPS.to_device / MPS.to_host)"
             )
         return xp
