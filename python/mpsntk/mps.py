@@ -22,6 +22,7 @@ Multi-class output: with ``output_site=c`` the core of site ``c`` has shape
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 
@@ -43,6 +44,17 @@ from ._validate import (
 __all__ = ["MPS"]
 
 _FORMAT_VERSION = 1
+
+
+def _jsonable(init):
+    """The arguments of MPS.random as plain JSON values (None stays None)."""
+    if init is None:
+        return None
+    out = dict(init)
+    for key in ("sigma", "bond_dim"):
+        out[key] = np.asarray(out[key]).tolist()
+    out["dtype"] = np.dtype(out["dtype"]).name
+    return out
 
 
 class MPS:
@@ -267,9 +279,13 @@ class MPS:
             cores, boundary, scales=scales, site_lr=site_lr, output_site=output_site, copy=False
         )
         mps.parametrization = parametrization
+        mps.init = dict(n_sites=n_sites, bond_dim=bond_dim, phys_dim=phys_dim, boundary=boundary,
+                        n_outputs=n_outputs, sigma=sigma, parametrization=parametrization,
+                        dtype=dtype, output_site=output_site, init=init)
         return mps
 
     parametrization = None  #: "ntk" or "standard" for models drawn by :meth:`random`
+    init = None  #: the arguments of :meth:`random` (without the seed), for drawing ensembles
 
     def with_cores(self, cores, copy=True):
         """A new MPS with other cores and the same boundary, scales, rates and output site."""
@@ -288,6 +304,7 @@ class MPS:
             copy=copy,
         )
         new.parametrization = self.parametrization
+        new.init = self.init
         for j, (a, b) in enumerate(zip(new.cores, self.cores)):
             if a.shape != b.shape:
                 raise ValueError(f"cores[{j}] must keep shape {b.shape}; got {a.shape}")
@@ -447,6 +464,7 @@ class MPS:
             site_lr=self.site_lr,
             output_site=np.array(-1 if self.output_site is None else self.output_site),
             parametrization=np.array(self.parametrization or ""),
+            init=np.array(json.dumps(_jsonable(self.init))),
         )
         np.savez(os.fspath(path), **data)
 
@@ -479,4 +497,5 @@ class MPS:
                 output_site=None if out < 0 else out,
             )
             mps.parametrization = str(f["parametrization"]) or None
+            mps.init = json.loads(str(f["init"])) if "init" in f else None
         return mps
