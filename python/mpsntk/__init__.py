@@ -9,7 +9,7 @@ Jacobian; infinite-bond-dimension kernels; products with the Jacobian for traini
 >>> theta = mn.ntk(mps, phi)          # (32, 32)
 """
 
-from . import features, infinite
+from . import born, compare, datasets, dynamics, features, infinite
 from ._backend import (
     CudaError,
     CudaUnavailableError,
@@ -22,15 +22,21 @@ from .grad import jacobian, jvp, vjp
 from .infinite import nngp_infinite, ntk_infinite
 from .mps import MPS
 from .ntk import ntk, ntk_vp
+from .train import TrainResult, train
 
 __version__ = build_info()["version"]
 
 __all__ = [
     "MPS",
+    "TrainResult",
     "CudaError",
     "CudaUnavailableError",
+    "born",
     "build_info",
+    "compare",
     "cuda_available",
+    "datasets",
+    "dynamics",
     "features",
     "get_num_threads",
     "infinite",
@@ -41,5 +47,6 @@ __all__ = [
     "ntk_infinite",
     "ntk_vp",
     "set_num_threads",
+    "train",
     "vjp",
 ]

@@ -12,12 +12,12 @@ import numpy as np
 
 from . import _core
 from ._validate import _check_choice, _check_int, _check_positive_float, _describe
+from .datasets import all_configurations
 from .features import onehot
 from .grad import vjp
 from .mps import MPS
 
 __all__ = [
-    "configurations",
     "log_partition",
     "log_partition_grad",
     "log_probabilities",
@@ -85,19 +85,6 @@ def _features(mps, x, feature_scale):
     return onehot(x, phys_dim=mps.phys_dim, scale=feature_scale, dtype=mps.dtype)
 
 
-def configurations(n_sites, phys_dim=2):
-    """All configurations of ``{0..phys_dim-1}^n_sites`` in lexicographic order, site 0 first."""
-    n_sites = _check_int(n_sites, "n_sites", 1)
-    phys_dim = _check_int(phys_dim, "phys_dim", 1)
-    if phys_dim**n_sites > 2**26:
-        raise ValueError(
-            f"phys_dim**n_sites = {phys_dim**n_sites} configurations is too many "
-            "to enumerate (limit 2**26)"
-        )
-    idx = np.arange(phys_dim**n_sites)
-    return (idx[:, None] // phys_dim ** np.arange(n_sites - 1, -1, -1)) % phys_dim
-
-
 def log_probabilities(mps, x, feature_scale=1.0):
     """``log p(x)`` for configurations ``x`` of shape (n_samples, n_sites) (-inf where Psi = 0)."""
     _check_born_mps(mps)
@@ -107,9 +94,10 @@ def log_probabilities(mps, x, feature_scale=1.0):
 
 
 def probabilities(mps, feature_scale=1.0):
-    """Exact ``p(x)`` on all configurations (order of :func:`configurations`); small chains."""
+    """Exact ``p(x)`` on all configurations (order of :func:`mpsntk.datasets.all_configurations`); small chains."""
     _check_born_mps(mps)
-    return np.exp(log_probabilities(mps, configurations(mps.n_sites, mps.phys_dim), feature_scale))
+    omega = all_configurations(mps.n_sites, mps.phys_dim)
+    return np.exp(log_probabilities(mps, omega, feature_scale))
 
 
 def nll(mps, x, feature_scale=1.0, reduction="mean"):

@@ -74,7 +74,7 @@ DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double
     for (index_t j = 0; j < N; ++j) {
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
       env.left[j + 1].assign(h * Dr * Dr, 0.0);
-#pragma omp parallel
+#pragma omp parallel if (h * Dl * Dr * Dr > 65536)
       {
         std::vector<double> tmp;
 #pragma omp for schedule(static)
@@ -93,7 +93,7 @@ DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double
     for (index_t j = N - 1; j >= 0; --j) {
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
       env.right[j].assign(h * Dl * Dl, 0.0);
-#pragma omp parallel
+#pragma omp parallel if (h * Dl * Dr * Dr > 65536)
       {
         std::vector<double> tmp;
 #pragma omp for schedule(static)
@@ -128,7 +128,7 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
   if (!want_grad) return logz;
   // dZ/dA_j[s] = 2 w_s sum_channels P_c A_s S_c^T; periodic channels pair (a,a') of the prefix
   // with (a,a') of the suffix (the trace).
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (h * ch.bond[1] * ch.bond[1] * ch.bond[1] * N > 65536)
   for (index_t j = 0; j < N; ++j) {
     const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
     const double rel = std::exp(env.left_log[j] + env.right_log[j + 1] - logz);

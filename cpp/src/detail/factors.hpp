@@ -87,7 +87,7 @@ Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi) {
     lg.assign(n * m, 0.0);
     const T* P = F.env.left[j].data();
     const T* S = F.env.right[j + 1].data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * m * h * Dl * Dr > 65536)
     for (index_t x = 0; x < n; ++x)
       for (index_t l = 0; l < m; ++l) {
         const index_t rp = x * mp + (mp > 1 ? l : 0), rs = x * ms + (ms > 1 ? l : 0);

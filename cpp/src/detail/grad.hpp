@@ -74,7 +74,7 @@ inline double row_scale(const Factors<T>& F, index_t j, index_t x, index_t l) {
 template <class T>
 void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads) {
   const index_t N = F.chain->n_sites, C = F.n_outputs();
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (F.n * F.chain->phys_dim * F.site[N / 2].da > 4096)
   for (index_t j = 0; j < N; ++j) {
     std::fill(grads[j], grads[j] + F.chain->core_size(j), T(0));
     vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * row_scale(F, j, x, l); },
@@ -87,7 +87,7 @@ template <class T>
 void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out) {
   const ChainView<T>& ch = *F.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
-#pragma omp parallel
+#pragma omp parallel if (n * d * F.site[N / 2].da > 4096)
   {
     std::vector<T> t;
     std::vector<double> acc;
@@ -157,7 +157,7 @@ void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
   for (index_t j = 0; j < N; ++j) offset[j + 1] = offset[j] + ch.core_size(j);
   const index_t P = offset[N];
   std::fill(out, out + n * C * P, T(0));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * C * P > 65536)
   for (index_t x = 0; x < n; ++x)
     for (index_t l = 0; l < C; ++l)
       for (index_t j = 0; j < N; ++j) {

@@ -32,7 +32,7 @@ PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double
     P.off_b[j] = total, total += P.npad * P.db[j];
   }
   P.buf.resize(total);
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (total > 65536)
   for (index_t j = 0; j < N; ++j) {
     T* base = P.buf.data();
     pack_rows<T>(
@@ -84,7 +84,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
 #endif
   std::vector<buffer<T>> buffers(n_threads);
   for (auto& b : buffers) b.resize(tb * tb);
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if (tiles.size() > 1)
   {
 #ifdef _OPENMP
     buffer<T>& buf = buffers[omp_get_thread_num()];
@@ -204,7 +204,7 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
     std::vector<double> e2(n2);
     for (index_t k = 0; k < n2; ++k) e2[k] = std::exp(log2[k]);
     const index_t reps = opt.per_site ? N : 1;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n1 * n2 * cc * reps > 65536)
     for (index_t i = 0; i < n1; ++i) {
       const double e1 = std::exp(log1[i]);
       for (index_t rep = 0; rep < reps; ++rep) {

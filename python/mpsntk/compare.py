@@ -1,0 +1,270 @@
+"""Real gradient descent side by side with its kernel-regime predictions (theory 4.1, 4.3).
+
+:func:`compare_mse` trains an MPS on a squared loss and returns, on a probe set (train and
+test), (a) the real outputs f_k, (b) the exact GD of the model linearised at W_0 (empirical
+Theta_0), (c) the same with the infinite-bond-dimension kernel Theta_inf, (d) the loss against
+its closed form, and (e) optionally the ensemble mean and variance over initialisations against
+the Gaussian-process prediction.  :func:`compare_born` does the same for a Born machine: the real
+p_k on all configurations, the frozen-kernel ODE, the closed form with kappa_inf and with the
+empirical kappa, the drift of Z, and KL(p_hat || p_k).
+
+Everything runs on the one engine: :func:`mpsntk.train`, :func:`mpsntk.ntk`,
+:mod:`mpsntk.dynamics`, :mod:`mpsntk.born`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import born, datasets, dynamics, features
+from ._validate import _as_site_vector, _check_int
+from .infinite import nngp_infinite, ntk_infinite
+from .mps import MPS
+from .ntk import ntk
+from .train import train
+
+__all__ = ["BornComparison", "MseComparison", "compare_born", "compare_mse", "model_rho"]
+
+
+def _model_sigma(mps, sigma):
+    if sigma is None:
+        if mps.init is None:
+            raise ValueError(
+                "sigma is needed for the infinite-width kernel of a model not drawn by "
+                "MPS.random; pass sigma= (the per-site scale of the initial distribution)"
+            )
+        sigma = mps.init["sigma"]
+    return _as_site_vector(sigma, "sigma", mps.n_sites, positive=True)
+
+
+def model_rho(mps, sigma=None):
+    """Per-site ``rho_j`` with ``E Theta_D = (sum_j rho_j) K`` for this model (theory 1, 3.2).
+
+    ``lambda_j = scales_j^2 site_lr_j = rho_j sigma_j^2 / sqrt(D_{j-1} D_j)``; NTK
+    parametrisation gives ``rho_j = 1``, Guo-Draper's rates ``rho_j = sigma_j^-2``.
+    """
+    sigma = _model_sigma(mps, sigma)
+    D = np.asarray(mps.bond_dims, dtype=float)
+    lam = mps.scales**2 * mps.site_lr
+    return lam * np.sqrt(D[:-1] * D[1:]) / sigma**2
+
+
+@dataclasses.dataclass
+class MseComparison:
+    """Trajectories on the probe set (train rows first), all with a leading logged-step axis.
+
+    Attributes
+    ----------
+    steps : ndarray (n_logged,)
+    f, f_lin, f_inf : ndarray (n_logged, n_probe[, C])
+        Real GD, linearised GD with Theta_0, and GD with Theta_inf (same f_0).
+    loss, loss_lin, loss_inf : ndarray (n_logged,)
+        Real training loss and the closed forms (4.1 (d)) with Theta_0 and Theta_inf.
+    delta_lin, delta_inf : float
+        ``max_k ||f_k - f_lin_k|| / ||Y||`` and the same for f_inf (theory 5.2).
+    theta_0, theta_inf : ndarray
+        The kernels (probe x train).
+    ensemble : dict or None
+        With ``n_ensemble``: ``mean``/``var`` of the test outputs over fresh initialisations
+        and the predictions ``mean_pred``/``var_pred`` of ``dynamics.ensemble_mean_cov``.
+    result : TrainResult
+    """
+
+    steps: np.ndarray
+    f: np.ndarray
+    f_lin: np.ndarray
+    f_inf: np.ndarray
+    loss: np.ndarray
+    loss_lin: np.ndarray
+    loss_inf: np.ndarray
+    delta_lin: float
+    delta_inf: float
+    theta_0: np.ndarray
+    theta_inf: np.ndarray
+    ensemble: dict | None
+    result: object
+
+
+def _flat_kernel(theta, n_outputs):
+    """(P, m[, C, C]) -> (P*C, m*C) so multi-output GD is one linear system."""
+    if theta.ndim == 2:
+        return theta
+    P, m, C, _ = theta.shape
+    return theta.transpose(0, 2, 1, 3).reshape(P * C, m * C)
+
+
+def _kernel_path(k_probe_train, n_train, y, f0, steps, eta, loss):
+    """Discrete GD of the linear model with kernel k (probe x train, flattened) from f0."""
+    k_tt = k_probe_train[:n_train]
+    predict = dynamics.gradient_descent_mse(k_tt, y, eta, loss=loss, discrete=True)
+    if f0.shape[0] > n_train:
+        tr, te = predict(steps, f0[:n_train], f0[n_train:], k_probe_train[n_train:])
+        out = np.concatenate([tr, te], axis=1)
+    else:
+        out = predict(steps, f0[:n_train])
+    curve = dynamics.mse_loss_curve(k_tt, y, f0[:n_train], steps, eta, loss=loss, discrete=True)
+    return out, curve
+
+
+def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_steps, log_every=1,
+                reduction="sum", sigma=None, n_ensemble=0, seed=0):
+    """Train ``mps`` by full-batch GD on the squared loss next to its kernel predictions.
+
+    Parameters
+    ----------
+    mps : MPS
+    phi_train, y_train : training features (m, n_sites, d) and targets (m,) or (m, C)
+    phi_test : optional test features; the probe set is train followed by test
+    learning_rate, n_steps, log_every : as in :func:`mpsntk.train`
+    reduction : {"sum", "mean"}
+        ``s = 1`` (theory 4.1) or ``s = y.size``.
+    sigma : optional per-site initial scale for Theta_inf (default: from ``MPS.random``)
+    n_ensemble : int
+        Also train this many fresh initialisations (``MPS.random`` with seeds seed+1, ...)
+        and compare the test-output mean and variance with the GP prediction (4.1 (e)).
+
+    Returns
+    -------
+    MseComparison
+    """
+    if not isinstance(mps, MPS):
+        raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+    phi_train = mps.check_features(phi_train, "phi_train")
+    probe = phi_train if phi_test is None else np.concatenate(
+        [phi_train, mps.check_features(phi_test, "phi_test")])
+    m, C = phi_train.shape[0], mps.n_outputs
+    res = train(mps, phi_train, y_train, learning_rate=learning_rate, n_steps=n_steps,
+                reduction=reduction, probe=probe, log_every=log_every)
+    y = np.asarray(y_train, dtype=np.float64)
+    multi = mps.output_site is not None
+    y_flat = y.reshape(-1)
+    shape = (probe.shape[0], C) if multi else (probe.shape[0],)
+    f0 = np.asarray(mps(probe), dtype=np.float64).reshape(-1)
+    theta_0 = ntk(mps, probe, phi_train, outputs="full").astype(np.float64)
+    rho = model_rho(mps, sigma)
+    sig = _model_sigma(mps, sigma)
+    theta_inf = ntk_infinite(probe, phi_train, sigma=sig, rho=rho)
+    k0 = _flat_kernel(theta_0, C)
+    kinf = np.kron(theta_inf, np.eye(C)) if multi else theta_inf
+    mc = m * C if multi else m
+    f_lin, loss_lin = _kernel_path(k0, mc, y_flat, f0, res.steps, learning_rate, reduction)
+    f_inf, loss_inf = _kernel_path(kinf, mc, y_flat, f0, res.steps, learning_rate, reduction)
+    f_lin = f_lin.reshape((len(res.steps),) + shape)
+    f_inf = f_inf.reshape((len(res.steps),) + shape)
+    f = np.asarray(res.probe_outputs, dtype=np.float64)
+    ynorm = np.linalg.norm(y)
+
+    def delta(other):
+        diff = (f - other).reshape(len(res.steps), -1)
+        return float(np.max(np.linalg.norm(diff, axis=1)) / ynorm)
+
+    ensemble = None
+    n_ensemble = _check_int(n_ensemble, "n_ensemble", 0)
+    if n_ensemble:
+        if mps.init is None or phi_test is None or multi:
+            raise ValueError("n_ensemble needs a scalar model drawn by MPS.random and phi_test")
+        outs = []
+        for s in range(n_ensemble):
+            fresh = MPS.random(**{**mps.init, "seed": seed + 1 + s})
+            r = train(fresh, phi_train, y_train, learning_rate=learning_rate, n_steps=n_steps,
+                      reduction=reduction, probe=probe[m:], log_steps=[n_steps])
+            outs.append(r.probe_outputs[-1])
+        outs = np.array(outs)
+        k_nngp = nngp_infinite(probe, phi_train, sigma=sig)
+        k_tt = nngp_infinite(probe[m:], sigma=sig)
+        mean_pred, cov_pred = dynamics.ensemble_mean_cov(
+            theta_inf[:m], theta_inf[m:], k_nngp[:m], k_nngp[m:], k_tt, y, n_steps,
+            learning_rate, loss=reduction, discrete=True)
+        ensemble = dict(mean=outs.mean(0), var=outs.var(0, ddof=1), mean_pred=mean_pred,
+                        var_pred=np.diag(cov_pred), n=n_ensemble)
+    return MseComparison(
+        steps=res.steps, f=f, f_lin=f_lin, f_inf=f_inf, loss=res.loss, loss_lin=loss_lin,
+        loss_inf=loss_inf, delta_lin=delta(f_lin), delta_inf=delta(f_inf), theta_0=theta_0,
+        theta_inf=theta_inf, ensemble=ensemble, result=res)
+
+
+@dataclasses.dataclass
+class BornComparison:
+    """A Born machine's real training next to its kernel-regime predictions (theory 4.3).
+
+    Attributes
+    ----------
+    steps : ndarray (n_logged,)
+    p : ndarray (n_logged, |Omega|)           real p_k on all configurations (a)
+    p_frozen : ndarray (n_logged, |Omega|)    frozen-kernel ODE with Theta_0 and the same eta (b)
+    p_closed_inf, p_closed_emp : ndarray      closed form with kappa_inf / mean diag Theta_0 (c)
+    z_ratio : ndarray (n_logged,)             Z_k / Z_0 of the real model (d)
+    kl : ndarray (n_logged,)                  KL(p_hat || p_k) (e)
+    tau_inf, tau_emp : float                  relaxation times in steps
+    err_closed_inf, err_closed_emp, err_frozen : float
+        ``max_k max_x |p_k - prediction_k|``.
+    p_hat : ndarray (|Omega|,)                empirical distribution of the data
+    result : TrainResult
+    """
+
+    steps: np.ndarray
+    p: np.ndarray
+    p_frozen: np.ndarray
+    p_closed_inf: np.ndarray
+    p_closed_emp: np.ndarray
+    z_ratio: np.ndarray
+    kl: np.ndarray
+    tau_inf: float
+    tau_emp: float
+    err_closed_inf: float
+    err_closed_emp: float
+    err_frozen: float
+    p_hat: np.ndarray
+    result: object
+
+
+def compare_born(mps, data, *, learning_rate, n_steps, log_every=1, feature_scale=2**-0.5,
+                 reduction="sum", sigma=None):
+    """Train a Born machine on configurations ``data`` next to its kernel predictions.
+
+    Enumerates all ``phys_dim ** n_sites`` configurations (small chains).  The NLL uses
+    ``reduction`` ("sum": theory 4.3; tau = Z_0 / (4 eta m kappa)).
+    """
+    if not isinstance(mps, MPS):
+        raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+    data = born._as_configs(mps, data, "data")
+    omega = datasets.all_configurations(mps.n_sites, mps.phys_dim)
+    counts = datasets.configuration_counts(data, mps.phys_dim).astype(np.float64)
+    m = data.shape[0]
+    p_hat = counts / m
+
+    def log_z(step, model):
+        return {"log_z": born.log_partition(model, feature_scale)}
+
+    res = train(mps, data, loss="born_nll", learning_rate=learning_rate, n_steps=n_steps,
+                reduction=reduction, probe=omega, log_every=log_every, callbacks=[log_z],
+                feature_scale=feature_scale)
+    p = np.asarray(res.probe_outputs, dtype=np.float64)
+    logz = np.array([c["log_z"] for c in res.callbacks])
+    z_ratio = np.exp(logz - logz[0])
+    phi_omega = features.onehot(omega, phys_dim=mps.phys_dim, scale=feature_scale,
+                                dtype=mps.dtype)
+    theta_0 = ntk(mps, phi_omega).astype(np.float64)
+    psi_0 = np.asarray(mps(phi_omega), dtype=np.float64)
+    frozen = dynamics.born_frozen_kernel(theta_0, psi_0, counts, learning_rate, n_steps,
+                                         loss=reduction, log_every=log_every)
+    z0 = float(np.exp(logz[0]))
+    sig = _model_sigma(mps, sigma)
+    kappa_inf = float(np.sum(model_rho(mps, sigma)) * np.prod(sig**2 * feature_scale**2))
+    kappa_emp = float(np.mean(np.diag(theta_0)))
+    tau_inf = dynamics.born_tau(z0, learning_rate, m, kappa_inf, loss=reduction)
+    tau_emp = dynamics.born_tau(z0, learning_rate, m, kappa_emp, loss=reduction)
+    p0 = p[0]
+    closed_inf = dynamics.born_closed_form(p_hat, p0, res.steps, tau_inf)
+    closed_emp = dynamics.born_closed_form(p_hat, p0, res.steps, tau_emp)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p_hat > 0, p_hat * (np.log(p_hat) - np.log(p)), 0.0)
+    frozen_p = frozen.p[np.searchsorted(frozen.steps, res.steps)]
+    return BornComparison(
+        steps=res.steps, p=p, p_frozen=frozen_p, p_closed_inf=closed_inf,
+        p_closed_emp=closed_emp, z_ratio=z_ratio, kl=terms.sum(1), tau_inf=float(tau_inf),
+        tau_emp=float(tau_emp), err_closed_inf=float(np.max(np.abs(p - closed_inf))),
+        err_closed_emp=float(np.max(np.abs(p - closed_emp))),
+        err_frozen=float(np.max(np.abs(p - frozen_p))), p_hat=p_hat, result=res)
