@@ -94,7 +94,10 @@ def log_probabilities(mps, x, feature_scale=1.0):
 
 
 def probabilities(mps, feature_scale=1.0):
-    """Exact ``p(x)`` on all configurations (order of :func:`mpsntk.datasets.all_configurations`); small chains."""
+    """Exact ``p(x)`` on all configurations, small chains only.
+
+    Ordered as :func:`mpsntk.datasets.all_configurations`.
+    """
     _check_born_mps(mps)
     omega = all_configurations(mps.n_sites, mps.phys_dim)
     return np.exp(log_probabilities(mps, omega, feature_scale))
