@@ -169,7 +169,8 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
         for s in range(n_ensemble):
             fresh = MPS.random(**{**mps.init, "seed": seed + 1 + s})
             r = train(fresh, phi_train, y_train, learning_rate=learning_rate, n_steps=n_steps,
-                      reduction=reduction, probe=probe[m:], log_steps=[n_steps])
+                      reduction=reduction, probe=probe[m:], log_steps=[n_steps],
+                      check_stability=False)  # same step size as the checked main run
             outs.append(r.probe_outputs[-1])
         outs = np.array(outs)
         k_nngp = nngp_infinite(probe, phi_train, sigma=sig)
