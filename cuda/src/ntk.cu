@@ -31,7 +31,6 @@ struct NtkLaunch {
 template <class T>
 __device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t K, T (&g)[4][4],
                            T (&As)[kDepth][kTile + 1], T (&Bs)[kDepth][kTile + 1]) {
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -44,18 +43,22 @@ __device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t
       Bs[kk][rr] = (rows2[rr] && k < K) ? rows2[rr][k] : T(0);
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kDepth; ++kk) {
-      T a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) g[i][j] += a[i] * b[j];
-    }
+    tile_product<T>(As, Bs, g);
     __syncthreads();
   }
+}
+
+/// Row tables of one side of the tile for site j and output l: factor rows and row weights.
+template <class T>
+__device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, index_t x0, int t, index_t j,
+                          index_t l, index_t n_sites, index_t d, const T** a, const T** b, const T** u,
+                          double* w) {
+  const index_t x = x0 + t;
+  const bool ok = x < side.n;
+  a[t] = ok ? FactorRows<T>::a(f, x, l) : nullptr;
+  b[t] = ok ? FactorRows<T>::b(f, x, l) : nullptr;
+  u[t] = ok ? side.phi + (x * n_sites + j) * d : nullptr;
+  w[t] = ok ? tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
 }
 
 template <class T>
@@ -116,23 +119,10 @@ __global__ void __launch_bounds__(kThreads) ntk_kernel(NtkLaunch<T> p) {
     for (index_t l = 0; l < lcount; ++l) {
       const index_t l1 = traced ? l : p.l1, l2 = traced ? l : p.l2;
       __syncthreads();  // previous readers of the row tables are done
-      if (threadIdx.x < kTile) {
-        const int t = threadIdx.x;
-        const index_t x = i0 + t;
-        const bool ok = x < p.s1.n;
-        ra[t] = ok ? FactorRows<T>::a(f1, x, l1) : nullptr;
-        rb[t] = ok ? FactorRows<T>::b(f1, x, l1) : nullptr;
-        ru[t] = ok ? p.s1.phi + (x * p.n_sites + j) * p.d : nullptr;
-        rw[t] = ok ? tile::row_weight(FactorRows<T>::log(f1, x, l1), p.s1.c[x]) : 0.0;
-      } else if (threadIdx.x < 2 * kTile) {
-        const int t = threadIdx.x - kTile;
-        const index_t x = k0 + t;
-        const bool ok = x < p.s2.n;
-        ca[t] = ok ? FactorRows<T>::a(f2, x, l2) : nullptr;
-        cb[t] = ok ? FactorRows<T>::b(f2, x, l2) : nullptr;
-        cu[t] = ok ? p.s2.phi + (x * p.n_sites + j) * p.d : nullptr;
-        cw[t] = ok ? tile::row_weight(FactorRows<T>::log(f2, x, l2), p.s2.c[x]) : 0.0;
-      }
+      if (threadIdx.x < kTile)
+        load_rows<T>(p.s1, f1, i0, threadIdx.x, j, l1, p.n_sites, p.d, ra, rb, ru, rw);
+      else if (threadIdx.x < 2 * kTile)
+        load_rows<T>(p.s2, f2, k0, threadIdx.x - kTile, j, l2, p.n_sites, p.d, ca, cb, cu, cw);
       __syncthreads();
       T ga[4][4], gb[4][4], gu[4][4];
       block_gram<T>(ra, ca, f1.da, ga, As, Bs);

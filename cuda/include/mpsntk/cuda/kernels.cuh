@@ -43,6 +43,24 @@ inline unsigned blocks_for(index_t n, int threads) {
 // owning a 4 x 4 register block; K is staged through shared memory 16 at a time.
 constexpr int kTile = 64, kDepth = 16, kThreads = 256;
 
+/// acc[i][j] += sum_kk As[kk][ty + 16 i] * Bs[kk][tx + 16 j]: one staged depth chunk of a
+/// 64 x 64 tile, each of the 256 threads owning a 4 x 4 register block.
+template <class T>
+__device__ __forceinline__ void tile_product(const T (&As)[kDepth][kTile + 1], const T (&Bs)[kDepth][kTile + 1],
+                                             T (&acc)[4][4]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int kk = 0; kk < kDepth; ++kk) {
+    T a[4], b[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+  }
+}
+
 template <class T, class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la,
                                                         LoadB lb, Store st) {
@@ -59,16 +77,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, in
       Bs[kk][rr] = (c < N && k < K) ? lb(k, c) : T(0);
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kDepth; ++kk) {
-      T a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
-    }
+    tile_product<T>(As, Bs, acc);
     __syncthreads();
   }
 #pragma unroll
