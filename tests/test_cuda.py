@@ -110,3 +110,16 @@ def test_mixed_devices_are_refused():
         mn.ntk(host, cp.asarray(phi))
     with pytest.raises(TypeError):
         mn.ntk(dev, cp.asarray(phi), phi)
+
+
+def test_training_stays_on_the_device():
+    rng = np.random.default_rng(7)
+    host = mn.MPS.random(6, 8, seed=3)
+    phi = mn.features.trig(rng.uniform(size=(12, 6)))
+    y = rng.standard_normal(12)
+    want = mn.train(host, phi, y, learning_rate=0.2, n_steps=20, probe=phi, log_every=10)
+    got = mn.train(host.to_device(), cp.asarray(phi), cp.asarray(y), learning_rate=0.2,
+                   n_steps=20, probe=cp.asarray(phi), log_every=10)
+    assert isinstance(got.mps.cores[0], cp.ndarray) and isinstance(got.probe_outputs, cp.ndarray)
+    assert np.allclose(got.loss, want.loss, rtol=1e-10)
+    assert relerr(got.probe_outputs.get(), want.probe_outputs) < 1e-10

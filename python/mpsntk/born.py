@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from ._backend import require_host
 from ._validate import _check_choice, _check_int, _check_positive_float, _describe
 from .datasets import all_configurations
 from .features import onehot
@@ -33,6 +34,7 @@ def _check_born_mps(mps):
         raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
     if mps.output_site is not None:
         raise ValueError("a Born machine needs a scalar-output MPS (output_site=None)")
+    require_host(mps.cores[0], names=["mps.cores"])  # the doubled-MPS contractions are host code
     return mps
 
 

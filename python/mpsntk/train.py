@@ -66,12 +66,12 @@ def max_ntk_eigenvalue(mps, phi, n_iter=50, seed=0):
     """Largest eigenvalue of the NTK on ``phi`` by power iteration with :func:`mpsntk.ntk_vp`."""
     rng = np.random.default_rng(seed)
     shape = (phi.shape[0],) if mps.output_site is None else (phi.shape[0], mps.n_outputs)
-    v = rng.standard_normal(shape).astype(mps.dtype)
+    v = mps.xp.asarray(rng.standard_normal(shape).astype(mps.dtype))
     lam = 0.0
     for _ in range(n_iter):
-        v /= np.linalg.norm(v)
+        v /= mps.xp.linalg.norm(v)
         w = ntk_vp(mps, phi, v)
-        lam_new = float(np.vdot(v, w))
+        lam_new = float(mps.xp.vdot(v, w))
         v = w
         if abs(lam_new - lam) <= 1e-6 * abs(lam_new):
             return lam_new
@@ -79,28 +79,30 @@ def max_ntk_eigenvalue(mps, phi, n_iter=50, seed=0):
     return lam
 
 
-def _softmax(z):
+def _softmax(z, xp):
     z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
+    e = xp.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
 def _loss_and_cotangent(kind, mps, phi, y, reduction, feature_scale, x_configs):
     """Loss value and dL/df (or, for the Born NLL, the full gradient)."""
+    xp = mps.xp  # NumPy, or CuPy for a model on the GPU: no host round trips
     if kind == "mse":
         f = mps.forward(phi)
         s = y.size if reduction == "mean" else 1.0
         r = f - y
-        return 0.5 * float(np.sum(r.astype(np.float64) ** 2)) / s, (r / s).astype(mps.dtype), None
+        return 0.5 * float(xp.sum(r.astype(xp.float64) ** 2)) / s, (r / s).astype(mps.dtype), None
     if kind == "cross_entropy":
-        f = mps.forward(phi).astype(np.float64)
-        p = _softmax(f)
+        f = mps.forward(phi).astype(xp.float64)
+        p = _softmax(f, xp)
         m = f.shape[0]
         s = m if reduction == "mean" else 1.0
-        logp = np.log(np.clip(p[np.arange(m), y], 1e-300, None))
-        onehot = np.zeros_like(p)
-        onehot[np.arange(m), y] = 1.0
-        return -float(np.sum(logp)) / s, ((p - onehot) / s).astype(mps.dtype), None
+        rows = xp.arange(m)
+        logp = xp.log(xp.clip(p[rows, y], 1e-300, None))
+        onehot = xp.zeros_like(p)
+        onehot[rows, y] = 1.0
+        return -float(xp.sum(logp)) / s, ((p - onehot) / s).astype(mps.dtype), None
     loss, grads = born.nll_grad(mps, x_configs, feature_scale, reduction)
     return loss, None, grads
 
@@ -113,12 +115,12 @@ def _check_targets(kind, mps, phi, y, name):
         return None
     if y is None:
         raise ValueError(f"{name} is required for loss={kind!r}")
-    y = np.asarray(y)
+    y = mps.xp.asarray(y)
     if kind == "mse":
         want = (n,) if mps.output_site is None else (n, mps.n_outputs)
         if y.shape != want:
             raise ValueError(f"{name} must have shape {want} for loss='mse'; got {y.shape}")
-        if y.dtype.kind not in "iuf" or not np.all(np.isfinite(y)):
+        if y.dtype.kind not in "iuf" or not bool(mps.xp.all(mps.xp.isfinite(y))):
             raise ValueError(f"{name} must be finite real numbers")
         return y.astype(mps.dtype)
     if mps.output_site is None:
@@ -293,6 +295,7 @@ def train(
                 order, pos = rng.permutation(n), 0
             idx = order[pos : pos + batch_size]
             pos += batch_size
+            idx = model.xp.asarray(idx)
             bf = feats[idx]
             by = None if y is None else y[idx]
             bx = None if x_configs is None else x_configs[idx]
@@ -303,7 +306,7 @@ def train(
             grads = vjp(model, bf, cot)
         for c, g, r in zip(cores, grads, rates):
             c -= r * g
-        if not all(np.all(np.isfinite(c)) for c in cores):
+        if not all(bool(model.xp.all(model.xp.isfinite(c))) for c in cores):
             raise FloatingPointError(
                 f"training diverged at step {step + 1} (non-finite cores); lower learning_rate"
             )
@@ -315,7 +318,7 @@ def train(
         mps=model,
         steps=np.asarray(steps),
         loss=np.asarray(losses),
-        probe_outputs=np.asarray(probes) if probe is not None else None,
+        probe_outputs=model.xp.stack(probes) if probe is not None else None,
         callbacks=cb_out,
     )
 
