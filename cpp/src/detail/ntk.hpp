@@ -139,7 +139,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
   }
 }
 
-/// Options of one NTK call (see engine.hpp).
+/// The NTK of one or two batches (contract of mpsntk::ntk in engine.hpp).
 template <class T>
 void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
               const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
