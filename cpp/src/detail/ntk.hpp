@@ -60,6 +60,12 @@ struct NtkTarget {
   index_t ld_row = 0, ld_col = 1, site_stride = 0;
   T* mirror = nullptr;
   bool upper_only = false;
+  bool accumulate = false;        ///< add to the output (later outputs l of a trace) or assign
+  const double* log1 = nullptr;   ///< with log1/log2: write exp(c_i + c_k) Theta~ (else Theta~)
+  const double* log2 = nullptr;
+  const double* exp1 = nullptr;   ///< exp(c_i), exp(c_k), used when `split` (all c moderate)
+  const double* exp2 = nullptr;
+  bool split = false;
 };
 
 template <class T>
@@ -103,14 +109,25 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
         T* m = tgt.mirror ? tgt.mirror + j * tgt.site_stride : nullptr;
         for (index_t i = 0; i < mi; ++i)
           for (index_t k = 0; k < mk; ++k) {
-            const T v = buf[i * tb + k];
-            o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col] += v;
-            if (mirror_tile) m[(k0 + k) * tgt.ld_row + (i0 + i) * tgt.ld_col] += v;
+            T v = buf[i * tb + k];
+            if (tgt.log1) {
+              const index_t a = i0 + i, b = k0 + k;
+              v *= static_cast<T>(tile::pair_scale(tgt.log1[a], tgt.exp1[a], tgt.log2[b], tgt.exp2[b], tgt.split));
+            }
+            T& dst = o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col];
+            dst = tgt.accumulate ? dst + v : v;
+            if (mirror_tile) {
+              T& md = m[(k0 + k) * tgt.ld_row + (i0 + i) * tgt.ld_col];
+              md = tgt.accumulate ? md + v : v;
+            }
           }
         std::fill(buf.begin(), buf.end(), T(0));
       };
       for (index_t j = 0; j < N; ++j) {
-        if (!use_site[j]) continue;
+        if (!use_site[j]) {  // its (zero) entries still have to be written
+          if (per_site) flush(j);
+          continue;
+        }
         const T w = static_cast<T>(weight[j]);
         const index_t d = s1.d, da = s1.da[j], db = s1.db[j];
         const T *u1 = s1.u(j), *a1 = s1.a(j), *b1 = s1.b(j);
@@ -158,8 +175,21 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   const bool full = opt.full_outputs && C > 1;
   const index_t cc = full ? C * C : 1;
   const index_t block = n1 * n2 * cc;
-  std::fill(out, out + block * (opt.per_site ? N : 1), T(0));
+  for (index_t x = 0; x < n1; ++x) log1[x] = std::isfinite(c1[x]) ? c1[x] : 0.0;
+  for (index_t x = 0; x < n2; ++x) log2[x] = std::isfinite(c2[x]) ? c2[x] : 0.0;
+  // Theta = exp(c_i + c_k) Theta~, applied as each tile is written.  While every c is moderate,
+  // exp(c_i) * exp(c_k) is exact enough and avoids n1 * n2 exponentials.
+  bool split = true;
+  for (index_t i = 0; i < n1; ++i) split = split && tile::moderate_log(log1[i]);
+  for (index_t k = 0; k < n2; ++k) split = split && tile::moderate_log(log2[k]);
+  std::vector<double> e1(n1), e2(n2);
+  for (index_t i = 0; i < n1; ++i) e1[i] = std::exp(log1[i]);
+  for (index_t k = 0; k < n2; ++k) e2[k] = std::exp(log2[k]);
   NtkTarget<T> tgt;
+  if (!opt.normalized) {
+    tgt.log1 = log1, tgt.log2 = log2, tgt.exp1 = e1.data(), tgt.exp2 = e2.data();
+    tgt.split = split;
+  }
   tgt.ld_row = n2 * cc;
   tgt.ld_col = cc;
   tgt.site_stride = opt.per_site ? block : 0;
@@ -174,6 +204,7 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
       tgt.out = out;
       tgt.mirror = sym ? out : nullptr;
       tgt.upper_only = sym;
+      tgt.accumulate = l > 0;
       ntk_tiles<T>(p1, sym ? p1 : p2storage, weight, all, tgt, opt.tile);
     }
   } else {
@@ -190,29 +221,6 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
         tgt.mirror = sym ? out + l2 * C + l1 : nullptr;
         tgt.upper_only = sym && l1 == l2;
         ntk_tiles<T>(p1, p2, weight, l1 == l2 ? all : no_label, tgt, opt.tile);
-      }
-    }
-  }
-  for (index_t x = 0; x < n1; ++x) log1[x] = std::isfinite(c1[x]) ? c1[x] : 0.0;
-  for (index_t x = 0; x < n2; ++x) log2[x] = std::isfinite(c2[x]) ? c2[x] : 0.0;
-  if (!opt.normalized) {
-    // Theta = exp(c_i + c_k) Theta~.  While every c is moderate, exp(c_i) * exp(c_k) is exact
-    // enough and avoids n1*n2 calls to exp; otherwise take the exponential of the sum.
-    bool split = true;
-    for (index_t i = 0; i < n1; ++i) split = split && tile::moderate_log(log1[i]);
-    for (index_t k = 0; k < n2; ++k) split = split && tile::moderate_log(log2[k]);
-    std::vector<double> e2(n2);
-    for (index_t k = 0; k < n2; ++k) e2[k] = std::exp(log2[k]);
-    const index_t reps = opt.per_site ? N : 1;
-#pragma omp parallel for schedule(static) if (n1 * n2 * cc * reps > 65536)
-    for (index_t i = 0; i < n1; ++i) {
-      const double e1 = std::exp(log1[i]);
-      for (index_t rep = 0; rep < reps; ++rep) {
-        T* row = out + rep * block + i * n2 * cc;
-        for (index_t k = 0; k < n2; ++k) {
-          const T s = static_cast<T>(tile::pair_scale(log1[i], e1, log2[k], e2[k], split));
-          for (index_t e = 0; e < cc; ++e) row[k * cc + e] *= s;
-        }
       }
     }
   }
