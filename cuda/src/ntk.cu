@@ -58,7 +58,8 @@ __device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, 
   a[t] = ok ? FactorRows<T>::a(f, x, l) : nullptr;
   b[t] = ok ? FactorRows<T>::b(f, x, l) : nullptr;
   u[t] = ok ? side.phi + (x * n_sites + j) * d : nullptr;
-  w[t] = ok ? tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
+  // sqrt(w_j) on both sides makes site_term the whole weighted term (as in the CPU packing).
+  w[t] = ok ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
 }
 
 template <class T>
@@ -134,12 +135,11 @@ __global__ void __launch_bounds__(kThreads) ntk_kernel(NtkLaunch<T> p) {
           for (int c = 0; c < 4; ++c) ga[r][c] *= gb[r][c];
       }
       block_gram<T>(ru, cu, p.d, gu, As, Bs);
-      const T w = static_cast<T>(f1.weight);
 #pragma unroll
       for (int r = 0; r < 4; ++r)
 #pragma unroll
         for (int c = 0; c < 4; ++c)
-          acc[r][c] += tile::site_term(w, gu[r][c], ga[r][c]) *
+          acc[r][c] += tile::site_term(gu[r][c], ga[r][c]) *
                        static_cast<T>(rw[ty + 16 * r] * cw[tx + 16 * c]);
     }
     if (per_site) write(j);

@@ -20,11 +20,12 @@ MPSNTK_HD double pow2_normaliser(double maxabs, double* log_scale) {
   return ldexp(1.0, -e);
 }
 
-/// @brief One site's NTK term for a pair of rows, w * (u.u') * [(a.a') (b.b')], given the
-/// product of the environment Grams @p gab.  Elementwise on scalars and SIMD vectors alike.
-template <class V, class S>
-MPSNTK_HD V site_term(S w, V gu, V gab) {
-  return w * gu * gab;
+/// @brief One site's NTK term for a pair of rows, (u.u') * [(a.a') (b.b')], given the product
+/// of the environment Grams @p gab.  The u rows carry sqrt(w_j) and the rows' relative scales,
+/// so this is the whole term.  Elementwise on scalars and SIMD vectors alike.
+template <class V>
+MPSNTK_HD V site_term(V gu, V gab) {
+  return gu * gab;
 }
 
 /// @brief Relative scale of a row at one site: exp(log(j, x, l) - c(x)) in (0, 1], 0 when the

@@ -14,9 +14,11 @@ struct PackedSide {
   const T* b(index_t j) const { return db[j] ? buf.data() + off_b[j] : nullptr; }
 };
 
-/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) - c(x)).
+/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) - c(x)) and
+/// sqrt(w_j), so that the product of the three Grams is the site's whole term.
 template <class T>
-PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double>& c) {
+PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double>& c,
+                        const std::vector<double>& weight) {
   PackedSide<T> P;
   const index_t N = F.chain->n_sites;
   P.n = F.n;
@@ -37,7 +39,7 @@ PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double
     T* base = P.buf.data();
     pack_rows<T>(
         F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
-        [&](index_t x) { return tile::row_weight(F.log(j, x, l), c[x]); },
+        [&](index_t x) { return std::sqrt(weight[j]) * tile::row_weight(F.log(j, x, l), c[x]); },
         base + P.off_u[j]);
     pack_rows<T>(
         F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; },
@@ -69,12 +71,12 @@ struct NtkTarget {
 };
 
 template <class T>
-void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vector<double>& weight,
+void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
                const std::vector<char>& use_site, const NtkTarget<T>& tgt, index_t tile) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int MR = S::MR, NV = S::NV, NR = S::NR, L = S::L;
-  const index_t N = static_cast<index_t>(weight.size());
+  const index_t N = static_cast<index_t>(use_site.size());
   // A tile never needs to exceed the data; per-thread tile buffers are allocated here, outside
   // the parallel region, so that a failed allocation surfaces as an exception (MemoryError).
   const index_t tb = round_up(std::min(std::max<index_t>(tile, 1), std::max(s1.n, s2.n)), S::PAD);
@@ -128,7 +130,6 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
           if (per_site) flush(j);
           continue;
         }
-        const T w = static_cast<T>(weight[j]);
         const index_t d = s1.d, da = s1.da[j], db = s1.db[j];
         const T *u1 = s1.u(j), *a1 = s1.a(j), *b1 = s1.b(j);
         const T *u2 = s2.u(j), *a2 = s2.a(j), *b2 = s2.b(j);
@@ -145,7 +146,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
             for (int r = 0; r < MR; ++r) {
               T* row = buf.data() + (p + r) * tb + q;
               for (int v = 0; v < NV; ++v)
-                S::store(row + v * L, S::load(row + v * L) + tile::site_term(w, h[r][v], g[r][v]));
+                S::store(row + v * L, S::load(row + v * L) + tile::site_term(h[r][v], g[r][v]));
             }
           }
         }
@@ -198,29 +199,29 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
 
   if (!full) {  // sum over outputs l of Theta_ll
     for (index_t l = 0; l < C; ++l) {
-      PackedSide<T> p1 = pack_side<T>(F1, l, c1);
+      PackedSide<T> p1 = pack_side<T>(F1, l, c1, weight);
       PackedSide<T> p2storage;
-      if (!sym) p2storage = pack_side<T>(F2, l, c2);
+      if (!sym) p2storage = pack_side<T>(F2, l, c2, weight);
       tgt.out = out;
       tgt.mirror = sym ? out : nullptr;
       tgt.upper_only = sym;
       tgt.accumulate = l > 0;
-      ntk_tiles<T>(p1, sym ? p1 : p2storage, weight, all, tgt, opt.tile);
+      ntk_tiles<T>(p1, sym ? p1 : p2storage, all, tgt, opt.tile);
     }
   } else {
     std::vector<PackedSide<T>> p2all;
-    for (index_t l2 = 0; l2 < C && !sym; ++l2) p2all.push_back(pack_side<T>(F2, l2, c2));
+    for (index_t l2 = 0; l2 < C && !sym; ++l2) p2all.push_back(pack_side<T>(F2, l2, c2, weight));
     for (index_t l1 = 0; l1 < C; ++l1) {
-      PackedSide<T> p1 = pack_side<T>(F1, l1, c1);
+      PackedSide<T> p1 = pack_side<T>(F1, l1, c1, weight);
       for (index_t l2 = sym ? l1 : 0; l2 < C; ++l2) {
         PackedSide<T> p2sym;
-        if (sym && l2 != l1) p2sym = pack_side<T>(F1, l2, c1);
+        if (sym && l2 != l1) p2sym = pack_side<T>(F1, l2, c1, weight);
         const PackedSide<T>& p2 = sym ? (l2 == l1 ? p1 : p2sym) : p2all[l2];
         tgt.out = out + l1 * C + l2;
         // Symmetric data: Theta_{l2 l1}(x', x) = Theta_{l1 l2}(x, x').
         tgt.mirror = sym ? out + l2 * C + l1 : nullptr;
         tgt.upper_only = sym && l1 == l2;
-        ntk_tiles<T>(p1, p2, weight, l1 == l2 ? all : no_label, tgt, opt.tile);
+        ntk_tiles<T>(p1, p2, l1 == l2 ? all : no_label, tgt, opt.tile);
       }
     }
   }
