@@ -104,14 +104,17 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
       const index_t i0 = tiles[t].first * tb, k0 = tiles[t].second * tb;
       const index_t mi = std::min(tb, s1.n - i0), mk = std::min(tb, s2.n - k0);
       const index_t pi = round_up(mi, S::PAD), pk = round_up(mk, S::PAD);
-      const bool mirror_tile = tgt.mirror && !(tgt.upper_only && i0 == k0);
+      // A diagonal tile of a symmetric call computes its upper micro-tiles only and reads its
+      // lower half from them when it is written.
+      const bool diag = tgt.upper_only && i0 == k0;
+      const bool mirror_tile = tgt.mirror && !diag;
       std::fill(buf.begin(), buf.end(), T(0));
       auto flush = [&](index_t j) {
         T* o = tgt.out + j * tgt.site_stride;
         T* m = tgt.mirror ? tgt.mirror + j * tgt.site_stride : nullptr;
         for (index_t i = 0; i < mi; ++i)
           for (index_t k = 0; k < mk; ++k) {
-            T v = buf[i * tb + k];
+            T v = (diag && k < i) ? buf[k * tb + i] : buf[i * tb + k];
             if (tgt.log1) {
               const index_t a = i0 + i, b = k0 + k;
               v *= static_cast<T>(tile::pair_scale(tgt.log1[a], tgt.exp1[a], tgt.log2[b], tgt.exp2[b], tgt.split));
@@ -135,6 +138,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
         const T *u2 = s2.u(j), *a2 = s2.a(j), *b2 = s2.b(j);
         for (index_t p = 0; p < pi; p += MR) {
           for (index_t q = 0; q < pk; q += NR) {
+            if (diag && q + NR <= p) continue;  // strictly below the diagonal
             vec g[MR][NV], h[MR][NV];
             micro_gemm<T>(panel_row<T>(a1, i0 + p, da), panel_row<T>(a2, k0 + q, da), da, g);
             if (db) {
