@@ -30,7 +30,7 @@ py::tuple forward_py(const py::list& cores, const carray<double>& scales, const 
 }
 
 template <class T>
-void ntk_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
+bool ntk_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
             const std::string& boundary, index_t output_site, const carray<T>& phi1, const py::object& phi2,
             carray<T> out, carray<double> log1, carray<double> log2, bool full_outputs, bool per_site,
             bool normalized, index_t tile) {
@@ -56,7 +56,7 @@ void ntk_py(const py::list& cores, const carray<double>& scales, const carray<do
   opt.tile = tile;
   const double* lr = site_lr.data();
   py::gil_scoped_release nogil;
-  ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2);
+  return ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2);
 }
 
 template <class T>

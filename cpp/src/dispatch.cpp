@@ -13,7 +13,7 @@ namespace mpsntk {
   template <class T>                                                                                \
   void forward_impl(const ChainView<T>&, const FeatureView<T>&, T*, double*);                       \
   template <class T>                                                                                \
-  void ntk_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
+  bool ntk_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
                 const double*, T*, double*, double*);                                               \
   void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*);   \
   void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*); \
@@ -125,7 +125,7 @@ void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, dou
 }
 
 template <class T>
-void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+bool ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
          const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
   check_features(ch, phi1, "phi1");
   if (phi2) check_features(ch, *phi2, "phi2");
@@ -184,7 +184,7 @@ void doubled_right_environments(const ChainView<T>& ch, const double* w,
 
 #define MPSNTK_PUBLIC(T)                                                                            \
   template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                \
-  template void ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
+  template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
                        const NtkOptions&, const double*, T*, double*, double*);                     \
   template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*);            \
   template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*);            \

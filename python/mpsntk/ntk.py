@@ -127,7 +127,7 @@ def ntk(
     if out is not None:
         out = _check_out(out, shape, mps.dtype, xp=xp)
     if xp is np:
-        out, log1, log2 = _host_ntk(
+        out, log1, log2, finite = _host_ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile
         )
     else:  # pragma: no cover - needs a GPU
@@ -136,11 +136,12 @@ def ntk(
         out, log1, log2 = _device.ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized
         )
+        finite = normalized or bool(xp.all(xp.isfinite(out)))
     if outputs == "mean" and mps.n_outputs > 1:
         out /= mps.n_outputs
     if normalized:
         return out, log1, log2
-    if not bool(xp.all(xp.isfinite(out))):
+    if not finite:
         raise FloatingPointError(
             "the NTK overflows the range of " + mps.dtype.name + "; use normalized=True"
         )
@@ -168,7 +169,7 @@ def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, 
     log1 = np.empty(n1)
     log2 = np.empty(n2)
     cores, scales, boundary, osite = mps._engine_args()
-    _core.ntk(
+    finite = _core.ntk(  # the engine checks every entry as it writes it
         cores,
         scales,
         site_lr,
@@ -184,7 +185,7 @@ def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, 
         normalized,
         tile,
     )
-    return out, log1, log2
+    return out, log1, log2, finite
 
 
 def ntk_vp(mps, phi, v, *, site_weights=None):

@@ -26,9 +26,10 @@ void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, 
 /// @param phi2 nullptr for Theta(X1, X1) (symmetric path: each off-diagonal tile once).
 /// @param out (n1, n2), (n1, n2, C, C) or with a leading n_sites axis (per_site).
 /// @param log1, log2 per-sample log-scales c (always written).
+/// @return whether every entry written is finite (false: overflow, use normalized).
 /// @throws std::invalid_argument on inconsistent shapes.
 template <class T>
-void ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+bool ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
          const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2);
 
 /// @brief grads[j] (shaped like core j) = J_j^T cotangent; cotangent is (n, C).

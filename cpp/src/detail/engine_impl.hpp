@@ -2,6 +2,7 @@
 // defines MPSNTK_ISA_NS, MPSNTK_VBYTES (vector bytes), MPSNTK_MR (micro-tile rows) and MPSNTK_NV (vectors per micro-tile row), then
 // includes this file; dispatch.cpp routes each public call to the best compiled set.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -27,7 +28,7 @@ namespace MPSNTK_ISA_NS {
 
 #define MPSNTK_INSTANTIATE(T)                                                                        \
   template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);          \
-  template void ntk_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,     \
+  template bool ntk_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,     \
                             const NtkOptions&, const double*, T*, double*, double*);               \
   void vjp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* g) {    \
     vjp_from_factors<T>(compute_factors<T>(ch, phi), cot, g);                                     \

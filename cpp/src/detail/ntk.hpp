@@ -62,6 +62,7 @@ struct NtkTarget {
   index_t ld_row = 0, ld_col = 1, site_stride = 0;
   T* mirror = nullptr;
   bool upper_only = false;
+  std::atomic<bool>* finite = nullptr;  ///< cleared when a written entry is not finite
   bool accumulate = false;        ///< add to the output (later outputs l of a trace) or assign
   const double* log1 = nullptr;   ///< with log1/log2: write exp(c_i + c_k) Theta~ (else Theta~)
   const double* log2 = nullptr;
@@ -109,6 +110,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
       const bool diag = tgt.upper_only && i0 == k0;
       const bool mirror_tile = tgt.mirror && !diag;
       std::fill(buf.begin(), buf.end(), T(0));
+      bool all_finite = true;
       auto flush = [&](index_t j) {
         T* o = tgt.out + j * tgt.site_stride;
         T* m = tgt.mirror ? tgt.mirror + j * tgt.site_stride : nullptr;
@@ -121,12 +123,14 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
             }
             T& dst = o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col];
             dst = tgt.accumulate ? dst + v : v;
+            all_finite = all_finite && std::isfinite(dst);
             if (mirror_tile) {
               T& md = m[(k0 + k) * tgt.ld_row + (i0 + i) * tgt.ld_col];
               md = tgt.accumulate ? md + v : v;
             }
           }
         std::fill(buf.begin(), buf.end(), T(0));
+        if (!all_finite) tgt.finite->store(false, std::memory_order_relaxed);
       };
       for (index_t j = 0; j < N; ++j) {
         if (!use_site[j]) {  // its (zero) entries still have to be written
@@ -163,7 +167,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
 
 /// The NTK of one or two batches (contract of mpsntk::ntk in engine.hpp).
 template <class T>
-void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
               const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
   const index_t N = ch.n_sites, C = ch.n_outputs;
   const bool sym = phi2 == nullptr;
@@ -191,6 +195,8 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   for (index_t i = 0; i < n1; ++i) e1[i] = std::exp(log1[i]);
   for (index_t k = 0; k < n2; ++k) e2[k] = std::exp(log2[k]);
   NtkTarget<T> tgt;
+  std::atomic<bool> finite{true};
+  tgt.finite = &finite;
   if (!opt.normalized) {
     tgt.log1 = log1, tgt.log2 = log2, tgt.exp1 = e1.data(), tgt.exp2 = e2.data();
     tgt.split = split;
@@ -229,4 +235,5 @@ void ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
       }
     }
   }
+  return finite.load();
 }
