@@ -15,9 +15,12 @@
 
 #include "mpsntk/engine.hpp"
 #include "mpsntk/tile_math.hpp"
+#include "detail/buffer.hpp"
 
 namespace mpsntk {
 namespace MPSNTK_ISA_NS {
+
+using detail::buffer;
 
 #include "detail/micro.hpp"
 #include "detail/environments.hpp"

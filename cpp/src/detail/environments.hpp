@@ -10,9 +10,22 @@
 template <class T>
 struct Environments {
   index_t n = 0, h = 1;
-  std::vector<buffer<T>> left, right;
+  buffer<T> left_store, right_store;  ///< the slots of each side, back to back (one allocation)
+  std::vector<T*> left, right;         ///< slot s, pointing into the stores
   std::vector<std::vector<double>> left_log, right_log;
+
+  Environments() = default;
+  Environments(Environments&&) = default;  // moving the stores keeps the slot pointers valid
+  Environments& operator=(Environments&&) = default;
+  Environments(const Environments&) = delete;
+  Environments& operator=(const Environments&) = delete;
 };
+
+/// Size of slot s of one side: n rows (x, l) with l < mult(s), h channels of bond[s] values.
+template <class T>
+index_t slot_size(const ChainView<T>& ch, index_t n, index_t s, bool left) {
+  return n * (left ? ch.left_mult(s) : ch.right_mult(s)) * ch.channels() * ch.bond[s];
+}
 
 /// Normalise each group of `group` values by a power of two near its largest magnitude.
 template <class T>
@@ -36,7 +49,7 @@ void normalise_groups(index_t n_groups, index_t group, T* v, double* log_scale) 
 template <class T>
 void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right,
                    index_t n, index_t h, index_t mult_in, const T* vin, const double* log_in,
-                   buffer<T>& vout, std::vector<double>& log_out) {
+                   T* out, std::vector<double>& log_out) {
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
@@ -72,8 +85,7 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
       for (index_t i = 0; i < din; ++i) dst[(s * din + i) * L] = ph[s] * v[i];
   }
 
-  vout.resize(n * mult_out * h * dout);  // every entry is stored by the GEMM below
-  T* out = vout.data();
+  // out holds n * mult_out * h * dout values; every entry is stored by the GEMM below.
   if (fan == 1) {
     gemm_packed<T>(M, ncols, K, apack.data(), bpack.data(),
                    [&](index_t r, index_t col, T v) { out[r * dout + col] = v; });
@@ -91,15 +103,16 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
 
 /// Identity boundary slot: for each sample, h channels e_alpha of length h (h = 1: the scalar 1).
 template <class T>
-void identity_slot(index_t n, index_t h, buffer<T>& v, std::vector<double>& lg) {
-  v.assign(n * h * h, T(0));
+void identity_slot(index_t n, index_t h, T* v, std::vector<double>& lg) {
+  std::fill(v, v + n * h * h, T(0));
   for (index_t x = 0; x < n; ++x)
     for (index_t a = 0; a < h; ++a) v[(x * h + a) * h + a] = T(1);
   lg.assign(n, 0.0);
 }
 
-/// Compute the left slots 0..N (if want_left, all of them; forward needs only slot N but the
-/// sweep passes through all) and the right slots 1..N (if want_right).
+/// Compute the left slots 0..N (if want_left) and the right slots 1..N (if want_right).  With
+/// keep_all = false only the last left slot is kept (the forward pass): the sweep alternates
+/// between two slot-sized buffers.
 template <class T>
 Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi,
                                      bool want_left, bool want_right, bool keep_all = true) {
@@ -107,25 +120,41 @@ Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T
   const index_t N = ch.n_sites;
   env.n = phi.n_samples;
   env.h = ch.channels();
+  // Slot offsets in a store; without keep_all, slots alternate between two halves.
+  auto layout = [&](bool left, index_t first, std::vector<index_t>& off) {
+    off.assign(N + 1, 0);
+    index_t total = 0, largest = 0;
+    for (index_t s = first; s <= N; ++s) largest = std::max(largest, slot_size(ch, env.n, s, left));
+    for (index_t s = first; s <= N; ++s) {
+      off[s] = keep_all ? total : (s % 2) * largest;
+      total += slot_size(ch, env.n, s, left);
+    }
+    return keep_all ? total : 2 * largest;
+  };
+  std::vector<index_t> off;
   if (want_left) {
-    env.left.resize(N + 1);
+    env.left_store.resize(layout(true, 0, off));
+    env.left.assign(N + 1, nullptr);
     env.left_log.resize(N + 1);
+    for (index_t s = 0; s <= N; ++s) env.left[s] = env.left_store.data() + off[s];
     identity_slot<T>(env.n, env.h, env.left[0], env.left_log[0]);
     for (index_t j = 0; j < N; ++j) {
-      transfer_step<T>(ch, phi, j, true, env.n, env.h, ch.left_mult(j), env.left[j].data(),
+      transfer_step<T>(ch, phi, j, true, env.n, env.h, ch.left_mult(j), env.left[j],
                        env.left_log[j].data(), env.left[j + 1], env.left_log[j + 1]);
       if (!keep_all) {
-        buffer<T>().swap(env.left[j]);
+        env.left[j] = nullptr;  // overwritten two steps on
         std::vector<double>().swap(env.left_log[j]);
       }
     }
   }
   if (want_right) {
-    env.right.resize(N + 1);
+    env.right_store.resize(layout(false, 1, off));
+    env.right.assign(N + 1, nullptr);
     env.right_log.resize(N + 1);
+    for (index_t s = 1; s <= N; ++s) env.right[s] = env.right_store.data() + off[s];
     identity_slot<T>(env.n, env.h, env.right[N], env.right_log[N]);
     for (index_t j = N - 1; j >= 1; --j)
-      transfer_step<T>(ch, phi, j, false, env.n, env.h, ch.right_mult(j + 1), env.right[j + 1].data(),
+      transfer_step<T>(ch, phi, j, false, env.n, env.h, ch.right_mult(j + 1), env.right[j + 1],
                        env.right_log[j + 1].data(), env.right[j], env.right_log[j]);
   }
   return env;

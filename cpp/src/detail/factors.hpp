@@ -62,11 +62,11 @@ Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi) {
   if (ch.boundary == Boundary::open) {
     for (index_t j = 0; j < N; ++j) {
       auto& s = F.site[j];
-      s.a = F.env.left[j].data();
+      s.a = F.env.left[j];
       s.da = ch.bond[j];
       s.mult_a = ch.left_mult(j);
       s.log_a = F.env.left_log[j].data();
-      s.b = F.env.right[j + 1].data();
+      s.b = F.env.right[j + 1];
       s.db = ch.bond[j + 1];
       s.mult_b = ch.right_mult(j + 1);
       s.log_b = F.env.right_log[j + 1].data();
@@ -85,8 +85,8 @@ Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi) {
     auto& lg = F.open_log[j];
     E.assign(n * m * Dl * Dr, T(0));
     lg.assign(n * m, 0.0);
-    const T* P = F.env.left[j].data();
-    const T* S = F.env.right[j + 1].data();
+    const T* P = F.env.left[j];
+    const T* S = F.env.right[j + 1];
 #pragma omp parallel for schedule(static) if (n * m * h * Dl * Dr > 65536)
     for (index_t x = 0; x < n; ++x)
       for (index_t l = 0; l < m; ++l) {
@@ -109,7 +109,6 @@ Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi) {
     s.log_a = lg.data();
   }
   // The prefix/suffix matrices are no longer needed.
-  F.env.left.clear();
-  F.env.right.clear();
+  F.env = Environments<T>();
   return F;
 }

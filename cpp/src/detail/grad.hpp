@@ -6,7 +6,7 @@ void forward_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa
   const Environments<T> env = compute_environments<T>(ch, phi, true, false, /*keep_all=*/false);
   const index_t N = ch.n_sites, C = ch.n_outputs, h = env.h, n = env.n;
   const index_t m = ch.left_mult(N);  // == C when there is an output site
-  const T* v = env.left[N].data();
+  const T* v = env.left[N];
   for (index_t x = 0; x < n; ++x)
     for (index_t l = 0; l < C; ++l) {
       const index_t r = x * m + (m > 1 ? l : 0);

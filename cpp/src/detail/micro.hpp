@@ -1,26 +1,3 @@
-/// std::vector storage whose elements start uninitialised: the engine's big buffers are always
-/// written before they are read, and zeroing them would cost a full extra pass over memory.
-template <class T>
-struct uninit_allocator : std::allocator<T> {
-  template <class U>
-  struct rebind {
-    using other = uninit_allocator<U>;
-  };
-  uninit_allocator() = default;
-  template <class U>
-  uninit_allocator(const uninit_allocator<U>&) noexcept {}
-  template <class U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;
-  }
-  template <class U, class... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
-template <class T>
-using buffer = std::vector<T, uninit_allocator<T>>;
-
 // Register-blocked micro-kernels and panel packing, compiled once per instruction set.
 // Included by engine_*.cpp inside namespace mpsntk::MPSNTK_ISA_NS with MPSNTK_VBYTES and
 // MPSNTK_MR defined. Every operand lives in "panels": groups of L = VBYTES/sizeof(T) rows,
