@@ -21,10 +21,13 @@ struct Environments {
   Environments& operator=(const Environments&) = delete;
 };
 
-/// Size of slot s of one side: n rows (x, l) with l < mult(s), h channels of bond[s] values.
+/// Size of slot s of one side: rows (x, l, alpha) with l < mult(s) and alpha < h, of bond[s]
+/// values each, padded with zero rows to a multiple of the panel padding so that a slot can be
+/// rewritten in place as packed panels (make_panels in ntk.hpp).
 template <class T>
 index_t slot_size(const ChainView<T>& ch, index_t n, index_t s, bool left) {
-  return n * (left ? ch.left_mult(s) : ch.right_mult(s)) * ch.channels() * ch.bond[s];
+  const index_t rows = n * (left ? ch.left_mult(s) : ch.right_mult(s)) * ch.channels();
+  return round_up(rows, Simd<T>::PAD) * ch.bond[s];
 }
 
 /// Normalise each group of `group` values by a power of two near its largest magnitude.
@@ -85,7 +88,10 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
       for (index_t i = 0; i < din; ++i) dst[(s * din + i) * L] = ph[s] * v[i];
   }
 
-  // out holds n * mult_out * h * dout values; every entry is stored by the GEMM below.
+  // out holds M' = n * mult_out * h rows of dout values (every entry is stored by the GEMM
+  // below) and zero rows up to round_up(M', PAD).
+  const index_t rows_out = n * mult_out * h;
+  std::fill(out + rows_out * dout, out + round_up(rows_out, Simd<T>::PAD) * dout, T(0));
   if (fan == 1) {
     gemm_packed<T>(M, ncols, K, apack.data(), bpack.data(),
                    [&](index_t r, index_t col, T v) { out[r * dout + col] = v; });
@@ -104,7 +110,7 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
 /// Identity boundary slot: for each sample, h channels e_alpha of length h (h = 1: the scalar 1).
 template <class T>
 void identity_slot(index_t n, index_t h, T* v, std::vector<double>& lg) {
-  std::fill(v, v + n * h * h, T(0));
+  std::fill(v, v + round_up(n * h, Simd<T>::PAD) * h, T(0));
   for (index_t x = 0; x < n; ++x)
     for (index_t a = 0; a < h; ++a) v[(x * h + a) * h + a] = T(1);
   lg.assign(n, 0.0);

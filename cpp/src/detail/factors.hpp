@@ -12,6 +12,7 @@ struct SiteFactor {
   const T* b = nullptr;  // nullptr when db == 0
   index_t db = 0, mult_b = 1;
   const double* log_b = nullptr;
+  bool a_panels = false, b_panels = false;  ///< rewritten as packed panels (see make_panels)
 };
 
 template <class T>

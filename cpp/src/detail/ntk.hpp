@@ -3,15 +3,48 @@
 // one output tile at a time, with the three Gram products of a micro-tile computed in registers
 // and multiplied straight into the tile; the per-site n1 x n2 terms never exist in memory.
 
-/// The factors of one batch for one output l, packed in panels, site after site.
+/// Rewrite, in place, the environment slots of an open chain that do not depend on the output
+/// l as packed panels (each block of L rows, row-major, becomes [k][lane]; slots are padded to
+/// whole panels), so that the NTK reads them without a second copy of every environment.
+/// Afterwards a_row/b_row of those sites are no longer valid: only pack_side reads them.
+template <class T>
+void make_panels(Factors<T>& F) {
+  if (F.chain->boundary != Boundary::open) return;
+  constexpr int L = Simd<T>::L;
+  const index_t N = F.chain->n_sites, panels = round_up(F.n, Simd<T>::PAD) / L;
+  auto convert = [&](const T* slot, index_t dim, std::vector<T>& tmp) {
+    T* v = const_cast<T*>(slot);  // the environments own the slots; Factors views them
+    tmp.resize(L * dim);
+    for (index_t p = 0; p < panels; ++p) {
+      T* blk = v + p * L * dim;
+      std::copy(blk, blk + L * dim, tmp.begin());
+      for (index_t r = 0; r < L; ++r)
+        for (index_t k = 0; k < dim; ++k) blk[k * L + r] = tmp[r * dim + k];
+    }
+  };
+#pragma omp parallel if (F.n * N > 4096)
+  {
+    std::vector<T> tmp;
+#pragma omp for schedule(dynamic)
+    for (index_t j = 0; j < N; ++j) {
+      auto& s = F.site[j];
+      if (s.mult_a == 1 && s.da > 1) convert(s.a, s.da, tmp);
+      if (s.mult_b == 1 && s.db > 1) convert(s.b, s.db, tmp);
+      s.a_panels = s.mult_a == 1;  // a single column is the same in both layouts
+      s.b_panels = s.mult_b == 1;
+    }
+  }
+}
+
+/// The factors of one batch for one output l as packed panels, site by site.  The u rows are
+/// packed here; a and b point at the environments where make_panels converted them, and are
+/// packed here otherwise (rows that depend on l, periodic chains).
 template <class T>
 struct PackedSide {
-  index_t n = 0, npad = 0, d = 0;
-  std::vector<index_t> off_u, off_a, off_b, da, db;
-  buffer<T> buf;
-  const T* u(index_t j) const { return buf.data() + off_u[j]; }
-  const T* a(index_t j) const { return buf.data() + off_a[j]; }
-  const T* b(index_t j) const { return db[j] ? buf.data() + off_b[j] : nullptr; }
+  index_t n = 0, d = 0;
+  std::vector<index_t> da, db;
+  std::vector<const T*> u, a, b;  ///< b[j] == nullptr when db == 0
+  buffer<T> own;
 };
 
 /// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) - c(x)) and
@@ -20,34 +53,42 @@ template <class T>
 PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double>& c,
                         const std::vector<double>& weight) {
   PackedSide<T> P;
-  const index_t N = F.chain->n_sites;
+  const index_t N = F.chain->n_sites, npad = round_up(F.n, Simd<T>::PAD);
   P.n = F.n;
-  P.npad = round_up(F.n, Simd<T>::PAD);
   P.d = F.chain->phys_dim;
-  P.off_u.resize(N), P.off_a.resize(N), P.off_b.resize(N), P.da.resize(N), P.db.resize(N);
+  P.da.resize(N), P.db.resize(N), P.u.resize(N), P.a.resize(N), P.b.resize(N);
+  std::vector<index_t> off_u(N), off_a(N, -1), off_b(N, -1);
   index_t total = 0;
   for (index_t j = 0; j < N; ++j) {
-    P.da[j] = F.site[j].da;
-    P.db[j] = F.site[j].db;
-    P.off_u[j] = total, total += P.npad * P.d;
-    P.off_a[j] = total, total += P.npad * P.da[j];
-    P.off_b[j] = total, total += P.npad * P.db[j];
+    const auto& s = F.site[j];
+    P.da[j] = s.da;
+    P.db[j] = s.db;
+    off_u[j] = total, total += npad * P.d;
+    if (!s.a_panels) off_a[j] = total, total += npad * s.da;
+    if (s.db && !s.b_panels) off_b[j] = total, total += npad * s.db;
   }
-  P.buf.resize(total);
+  P.own.resize(total);
+  T* base = P.own.data();
+  for (index_t j = 0; j < N; ++j) {
+    const auto& s = F.site[j];
+    P.u[j] = base + off_u[j];
+    P.a[j] = s.a_panels ? s.a : base + off_a[j];
+    P.b[j] = !s.db ? nullptr : s.b_panels ? s.b : base + off_b[j];
+  }
 #pragma omp parallel for schedule(dynamic) if (total > 65536)
   for (index_t j = 0; j < N; ++j) {
-    T* base = P.buf.data();
     pack_rows<T>(
         F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
         [&](index_t x) { return std::sqrt(weight[j]) * tile::row_weight(F.log(j, x, l), c[x]); },
-        base + P.off_u[j]);
-    pack_rows<T>(
-        F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; },
-        base + P.off_a[j]);
-    if (P.db[j])
+        base + off_u[j]);
+    if (off_a[j] >= 0)
+      pack_rows<T>(
+          F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; },
+          base + off_a[j]);
+    if (off_b[j] >= 0)
       pack_rows<T>(
           F.n, P.db[j], [&](index_t x) { return F.b_row(j, x, l); }, [](index_t) { return 1.0; },
-          base + P.off_b[j]);
+          base + off_b[j]);
   }
   return P;
 }
@@ -138,8 +179,8 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
           continue;
         }
         const index_t d = s1.d, da = s1.da[j], db = s1.db[j];
-        const T *u1 = s1.u(j), *a1 = s1.a(j), *b1 = s1.b(j);
-        const T *u2 = s2.u(j), *a2 = s2.a(j), *b2 = s2.b(j);
+        const T *u1 = s1.u[j], *a1 = s1.a[j], *b1 = s1.b[j];
+        const T *u2 = s2.u[j], *a2 = s2.a[j], *b2 = s2.b[j];
         // Column micro-panels outer: the larger (NR-row) operand stays in L1 while the MR-row
         // panels stream from L2, as in a GEMM's register kernel.
         for (index_t q = 0; q < pk; q += NR) {
@@ -176,6 +217,8 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   Factors<T> F1 = compute_factors<T>(ch, phi1);
   Factors<T> F2storage;
   if (!sym) F2storage = compute_factors<T>(ch, *phi2);
+  make_panels(F1);
+  if (!sym) make_panels(F2storage);
   Factors<T>& F2 = sym ? F1 : F2storage;
   const index_t n1 = F1.n, n2 = F2.n;
   const std::vector<double> c1 = F1.sample_log_scale();
