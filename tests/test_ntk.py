@@ -113,6 +113,44 @@ def test_out_argument_and_memmap(tmp_path):
     assert relerr(np.load(tmp_path / "theta.npy"), want) < 1e-15
 
 
+@pytest.mark.parametrize(
+    "bonds, boundary, osite, nout, n",
+    [
+        ((1, 24, 24, 24, 24, 1), "open", 2, 3, 150),
+        ((10, 20, 20, 20, 10), "periodic", None, 1, 300),
+    ],
+)
+def test_batches_large_enough_for_parallel_sample_blocks(bonds, boundary, osite, nout, n):
+    """Batches big enough that the environment sweep splits into sample blocks across threads
+    (and NTK rows into several tiles): every routine still agrees with the oracles, and with a
+    single thread to the last bits that the summation order allows."""
+    rng = np.random.default_rng(11)
+    mps = random_model(rng, bonds, phys_dim=3, boundary=boundary, output_site=osite, n_outputs=nout)
+    phi = random_features(rng, n, mps.n_sites, 3)
+    cot = rng.standard_normal((n, nout)) if nout > 1 else rng.standard_normal(n)
+    want_f = ref.forward(mps, phi)
+    want_k = ref.ntk(mps, phi, outputs="full")
+    want_g = ref.vjp(mps, phi, cot)
+    threads = mn.get_num_threads()
+    results = {}
+    try:
+        for t in (1, 2):
+            mn.set_num_threads(t)
+            got_f = mps.forward(phi)
+            got_k = mn.ntk(mps, phi, outputs="full", tile=64)
+            got_g = mn.vjp(mps, phi, cot)
+            assert relerr(got_f, want_f) < 1e-12
+            assert relerr(got_k, want_k) < 1e-12
+            for g, w in zip(got_g, want_g):
+                assert relerr(g, w) < 1e-12
+            results[t] = (got_f, got_k)
+    finally:
+        mn.set_num_threads(threads)
+    # Each sample's environments are computed by one thread in one order: identical results.
+    assert np.array_equal(results[1][0], results[2][0])
+    assert np.array_equal(results[1][1], results[2][1])
+
+
 def test_long_chain_normalized_form():
     """1000 sites: Theta = exp(c_i + c_k) Theta~ stays representable in float64."""
     rng = np.random.default_rng(6)
