@@ -181,11 +181,9 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
         const index_t d = s1.d, da = s1.da[j], db = s1.db[j];
         const T *u1 = s1.u[j], *a1 = s1.a[j], *b1 = s1.b[j];
         const T *u2 = s2.u[j], *a2 = s2.a[j], *b2 = s2.b[j];
-        // Column micro-panels outer: the larger (NR-row) operand stays in L1 while the MR-row
-        // panels stream from L2, as in a GEMM's register kernel.
-        for (index_t q = 0; q < pk; q += NR) {
-          for (index_t p = 0; p < pi; p += MR) {
-            if (diag && q + NR <= p) break;  // strictly below the diagonal
+        for (index_t p = 0; p < pi; p += MR) {
+          for (index_t q = 0; q < pk; q += NR) {
+            if (diag && q + NR <= p) continue;  // strictly below the diagonal
             vec g[MR][NV], h[MR][NV];
             micro_gemm<T>(panel_row<T>(a1, i0 + p, da), panel_row<T>(a2, k0 + q, da), da, g);
             if (db) {
