@@ -65,7 +65,7 @@ def ntk(
     outputs="trace",
     normalized=False,
     out=None,
-    tile=128,
+    tile=None,
     site_weights=None,
 ):
     """Empirical NTK ``Theta(X1, X2)`` with respect to the trainable cores.
@@ -93,8 +93,10 @@ def ntk(
     out : ndarray, optional
         Preallocated C-contiguous output of the result's shape and dtype (a ``numpy.memmap``
         works: the kernel is written tile by tile).
-    tile : int
-        Output tile edge (rounded up to the engine's micro-tile); memory per thread ``tile^2``.
+    tile : int, optional
+        Output tile edge of the CPU engine (rounded up to its micro-tile); each thread holds a
+        ``tile^2`` buffer. Default: the largest of 512, 256, 128, 64 that still gives every
+        thread several tiles (larger tiles re-read the packed environments less often).
     site_weights : float or array of shape (n_sites,), optional
         Override the per-site weights ``lambda_j`` (default ``scales_j^2 * site_lr_j``).
 
@@ -116,7 +118,8 @@ def ntk(
     per_site = _check_bool(per_site, "per_site")
     normalized = _check_bool(normalized, "normalized")
     outputs = _check_choice(outputs, "outputs", _OUTPUTS)
-    tile = _check_int(tile, "tile", 1)
+    if tile is not None:
+        tile = _check_int(tile, "tile", 1)
     site_lr = _site_lr(mps, site_weights)
     n1 = phi1.shape[0]
     n2 = n1 if phi2 is None else phi2.shape[0]
@@ -148,14 +151,28 @@ def ntk(
     return out
 
 
+def _default_tile(n1, n2, symmetric, threads):
+    """Largest tile edge in 512, 256, 128, 64 that leaves at least 4 tiles per thread."""
+    tile = 512
+    while tile > 64:
+        t1, t2 = -(-n1 // tile), -(-n2 // tile)
+        if (t1 * (t1 + 1) // 2 if symmetric else t1 * t2) >= 4 * threads:
+            break
+        tile //= 2
+    return tile
+
+
 def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile):
     """The C++ engine's NTK, with the memory checks of the host."""
     n1 = phi1.shape[0]
     n2 = n1 if phi2 is None else phi2.shape[0]
     work = environment_bytes(mps, n1 + (0 if phi2 is None else n2))
+    threads = _core.get_num_threads()
+    if tile is None:
+        tile = _default_tile(n1, n2, phi2 is None, threads)
     # A tile larger than the kernel is one tile; each engine thread holds a (tile + 64)^2 buffer.
     tile = min(tile, max(n1, n2))
-    work += _core.get_num_threads() * (tile + 64) ** 2 * mps.dtype.itemsize
+    work += threads * (tile + 64) ** 2 * mps.dtype.itemsize
     if out is None:
         nbytes = int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize
         _check_fits(
