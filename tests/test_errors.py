@@ -313,7 +313,6 @@ def test_ntk_rejects_bad_phi2(model, phi, make, exc, match):
         ({"tile": 16.0}, TypeError, r"tile must be an integer >= 1"),
         ({"tile": "16"}, TypeError, r"tile must be an integer >= 1"),
         ({"tile": True}, TypeError, r"tile must be an integer >= 1"),
-        ({"tile": None}, TypeError, r"tile must be an integer >= 1"),
         ({"site_weights": [1.0, 2.0]}, ValueError, r"site_weights must be .*shape"),
         ({"site_weights": -1.0}, ValueError, r"site_weights must be >= 0"),
         ({"site_weights": np.nan}, ValueError, r"site_weights must be finite"),

@@ -97,6 +97,21 @@ def test_output_site_term_is_diagonal_in_outputs():
     assert np.max(np.abs(per)) > 0.0
 
 
+def test_default_tile_is_chosen_per_problem_and_equals_explicit_tiles():
+    """tile=None (the default) picks 512..64 from the sizes and threads; the kernel is the same."""
+    from mpsntk.ntk import _default_tile
+
+    assert _default_tile(4096, 4096, True, 2) == 512  # 36 upper tiles for 2 threads
+    assert _default_tile(1024, 1024, True, 2) == 256  # 512 would leave 3 tiles
+    assert _default_tile(1024, 1024, True, 64) == 64  # never below 64
+    assert _default_tile(300, 2000, False, 2) == 256  # 2 x 8 tiles
+    rng = np.random.default_rng(12)
+    mps = _model(rng, MODELS[2])
+    phi = random_features(rng, 700, mps.n_sites, 3)
+    want = mn.ntk(mps, phi, outputs="full", tile=48)
+    assert relerr(mn.ntk(mps, phi, outputs="full"), want) < 1e-13
+
+
 def test_out_argument_and_memmap(tmp_path):
     rng = np.random.default_rng(5)
     mps = _model(rng, MODELS[0])
