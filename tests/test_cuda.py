@@ -101,6 +101,36 @@ def test_non_default_stream_and_no_host_round_trip():
     assert relerr(got.get(), mn.ntk(host, phi.get())) < 1e-12
 
 
+class _DLPackOnly:
+    """A device array that speaks only DLPack (as JAX arrays do)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+
+def test_dlpack_and_foreign_cuda_arrays():
+    _, host, dev = _pair(MODELS[2], np.float64, seed=4)
+    phi = random_features(np.random.default_rng(8), 40, host.n_sites, 3)
+    want = mn.ntk(host, phi)
+    got = mn.ntk(dev, _DLPackOnly(cp.asarray(phi)))
+    assert isinstance(got, cp.ndarray) and relerr(got.get(), want) < 1e-12
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        t = torch.as_tensor(phi, device="cuda")
+        assert relerr(mn.ntk(dev, t).get(), want) < 1e-12
+    jax = pytest.importorskip("jax")
+    if any(d.platform == "gpu" for d in jax.devices()):
+        jax.config.update("jax_enable_x64", True)
+        x = jax.device_put(phi, jax.devices("gpu")[0])
+        assert relerr(mn.ntk(dev, x).get(), want) < 1e-12
+
+
 def test_mixed_devices_are_refused():
     _, host, dev = _pair(MODELS[0], np.float64)
     phi = random_features(np.random.default_rng(6), 5, host.n_sites, 3)

@@ -28,6 +28,33 @@ class FakeDeviceArray:
         }
 
 
+class FakeDLPackDeviceArray:
+    """A DLPack-only CUDA array (as JAX gives): ``__dlpack__`` and ``__dlpack_device__``."""
+
+    def __init__(self, shape=(3, N_SITES, 2), device_type=2):
+        self.shape = shape
+        self._device_type = device_type
+
+    def __dlpack_device__(self):
+        return (self._device_type, 0)
+
+    def __dlpack__(self, stream=None):  # never reached without a GPU
+        raise AssertionError("a device array was read on the host")
+
+
+class HostDLPackArray:
+    """A host array that speaks only DLPack (no ``__array__``)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+
 def ones(*shape, dtype=np.float64):
     return np.ones(shape, dtype=dtype)
 
@@ -558,6 +585,30 @@ def test_device_array_without_cuda(model, phi):
     with pytest.raises(mn.CudaUnavailableError, match=re.escape(reason)):
         model.forward(dev)
     assert issubclass(mn.CudaUnavailableError, RuntimeError)
+
+
+@needs_no_cuda
+@pytest.mark.parametrize("device_type", [2, 13])  # kDLCUDA, kDLCUDAManaged
+def test_dlpack_device_arrays_are_device_arrays(model, phi, device_type):
+    dev = FakeDLPackDeviceArray(device_type=device_type)
+    assert mn._backend.is_device_array(dev)
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi1 are CUDA arrays"):
+        mn.ntk(model, dev)
+    with pytest.raises(mn.CudaUnavailableError, match=r"phi are CUDA arrays"):
+        model.forward(dev)
+    with pytest.raises(TypeError, match=r"phi2 live on a CUDA device but the other arguments"):
+        mn.ntk(model, phi, dev)
+    # A DLPack producer on the host (kDLCPU) is a host array.
+    assert not mn._backend.is_device_array(FakeDLPackDeviceArray(device_type=1))
+
+
+def test_host_dlpack_arrays_are_read_without_copies(model, phi):
+    wrapped = HostDLPackArray(phi)
+    assert not mn._backend.is_device_array(wrapped)
+    view = mn._backend.as_array(wrapped, np)
+    assert np.shares_memory(view, phi)
+    assert np.array_equal(model.forward(wrapped), model.forward(phi))
+    assert np.array_equal(mn.ntk(model, wrapped), mn.ntk(model, phi))
 
 
 def test_device_array_mixed_with_host_array(model, phi):

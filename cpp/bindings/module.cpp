@@ -6,6 +6,7 @@
 #endif
 
 #include "convert.hpp"
+#include "mpsntk/mma_tile.hpp"
 
 namespace py = pybind11;
 using namespace mpsntk;
@@ -207,6 +208,49 @@ py::dict build_info() {
   return d;
 }
 
+/// The CUDA NTK kernel's thread-to-tile maps (mma_tile.hpp), as index arrays, so that the tests
+/// can replay them against the PTX definition of each mma instruction.
+template <class Mma>
+py::dict mma_map() {
+  using W = tile::WarpTile<Mma>;
+  constexpr int warps = tile::kBlockThreads / tile::kWarpSize, lanes = tile::kWarpSize;
+  carray<int> a({warps, lanes, W::MI, Mma::A_REGS, 2}), b({warps, lanes, W::NI, Mma::B_REGS, 2}),
+      acc({warps, lanes, W::ACC, 2});
+  auto A = a.mutable_unchecked<5>();
+  auto B = b.mutable_unchecked<5>();
+  auto C = acc.mutable_unchecked<4>();
+  for (int w = 0; w < warps; ++w)
+    for (int l = 0; l < lanes; ++l) {
+      for (int mi = 0; mi < W::MI; ++mi)
+        for (int r = 0; r < Mma::A_REGS; ++r)
+          A(w, l, mi, r, 0) = W::a_row(w, l, mi, r), A(w, l, mi, r, 1) = Mma::a_k(l, r);
+      for (int ni = 0; ni < W::NI; ++ni)
+        for (int r = 0; r < Mma::B_REGS; ++r)
+          B(w, l, ni, r, 0) = W::b_col(w, l, ni, r), B(w, l, ni, r, 1) = Mma::b_k(l, r);
+      for (int e = 0; e < W::ACC; ++e) C(w, l, e, 0) = W::acc_row(w, l, e), C(w, l, e, 1) = W::acc_col(w, l, e);
+    }
+  py::dict d;
+  d["m"] = Mma::M, d["n"] = Mma::N, d["k"] = Mma::K, d["mi"] = W::MI, d["ni"] = W::NI;
+  d["a"] = a, d["b"] = b, d["acc"] = acc;
+  return d;
+}
+
+py::dict mma_tile_map(const std::string& kind) {
+  if (kind == "f64") return mma_map<tile::MmaF64>();
+  if (kind == "tf32") return mma_map<tile::MmaTf32>();
+  if (kind == "simt") {
+    carray<int> acc({tile::kBlockThreads, tile::SimtTile::ACC, 2});
+    auto C = acc.mutable_unchecked<3>();
+    for (int t = 0; t < tile::kBlockThreads; ++t)
+      for (int e = 0; e < tile::SimtTile::ACC; ++e)
+        C(t, e, 0) = tile::SimtTile::acc_row(t, e), C(t, e, 1) = tile::SimtTile::acc_col(t, e);
+    py::dict d;
+    d["acc"] = acc;
+    return d;
+  }
+  throw py::value_error("kind must be 'f64', 'tf32' or 'simt'; got '" + kind + "'");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -217,6 +261,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_isas", &available_isas);
   m.def("current_isa", &current_isa);
   m.def("set_isa", &set_isa, py::arg("name"));
+  m.def("mma_tile_map", &mma_tile_map, py::arg("kind"));
   m.def("get_num_threads", []() {
 #ifdef _OPENMP
     return omp_get_max_threads();

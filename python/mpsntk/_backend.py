@@ -15,6 +15,7 @@ __all__ = [
     "CudaError",
     "CudaUnavailableError",
     "array_module",
+    "as_array",
     "build_info",
     "cuda_available",
     "is_device_array",
@@ -78,9 +79,40 @@ def build_info() -> dict:
     return info
 
 
+# DLPack device types of CUDA memory: kDLCUDA, kDLCUDAManaged.
+_DLPACK_CUDA = (2, 13)
+
+
+def _dlpack_device_type(a):
+    try:
+        return int(a.__dlpack_device__()[0])
+    except Exception:  # a broken or foreign protocol implementation: not a device array
+        return None
+
+
 def is_device_array(a) -> bool:
-    """True for arrays that live on a CUDA device (``__cuda_array_interface__``)."""
-    return hasattr(a, "__cuda_array_interface__")
+    """True for arrays on a CUDA device: ``__cuda_array_interface__`` (CuPy, PyTorch, Numba)
+    or DLPack with a CUDA device (JAX and any other DLPack producer)."""
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    return hasattr(a, "__dlpack_device__") and _dlpack_device_type(a) in _DLPACK_CUDA
+
+
+def as_array(a, xp):
+    """``a`` as an array of ``xp`` (NumPy or CuPy) without copying where it is already one.
+
+    CUDA arrays are viewed by CuPy, through ``__cuda_array_interface__`` or else DLPack; host
+    objects that speak only DLPack are viewed by NumPy the same way.
+    """
+    if isinstance(a, xp.ndarray):
+        return a
+    if xp is np:
+        if hasattr(a, "__dlpack__") and not hasattr(a, "__array__"):
+            return np.from_dlpack(a)
+        return np.asarray(a)
+    if hasattr(a, "__cuda_array_interface__"):  # pragma: no cover - needs a GPU
+        return xp.asarray(a)
+    return xp.from_dlpack(a)  # pragma: no cover - needs a GPU
 
 
 def array_module(*arrays, names):

@@ -12,6 +12,8 @@ import numbers
 
 import numpy as np
 
+from ._backend import as_array
+
 _FEATURE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -96,7 +98,7 @@ def _as_phi(phi, name="phi", xp=np):
     Returns the features as an array of ``xp`` (NumPy, or CuPy for device features) of their
     own floating dtype (float32 or float64); integer, complex and other dtypes are rejected.
     """
-    arr = xp.asarray(phi)
+    arr = as_array(phi, xp)
     if arr.dtype not in _FEATURE_DTYPES:
         raise TypeError(
             f"{name} must be a float32 or float64 array of shape "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._backend import array_module, require_host
+from ._backend import array_module, as_array, require_host
 from ._validate import _check_fits
 from .ntk import _as_vector_block, _check_mps
 
@@ -99,7 +99,7 @@ def jvp(mps, phi, tangents):
         )
     ts = []
     for j, (t, c) in enumerate(zip(tangents, mps.cores)):
-        t = xp.asarray(t)
+        t = as_array(t, xp)
         if t.shape != c.shape:
             raise ValueError(f"tangents[{j}] must have shape {c.shape}; got {t.shape}")
         if t.dtype != mps.dtype:

@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from . import _core
-from ._backend import array_module
+from ._backend import array_module, as_array
 from ._validate import (
     _FEATURE_DTYPES,
     _as_phi,
@@ -109,8 +109,7 @@ class MPS:
         self.output_site = output_site
         arrays = []
         for j, core in enumerate(cores):
-            if not isinstance(core, xp.ndarray):
-                core = xp.asarray(core)  # zero-copy for other CUDA arrays (torch, numba)
+            core = as_array(core, xp)  # zero-copy for other CUDA arrays (torch, numba, JAX)
             if core.dtype not in _FEATURE_DTYPES:
                 raise TypeError(f"cores[{j}] must be float32 or float64; got dtype {core.dtype}")
             arrays.append(core)

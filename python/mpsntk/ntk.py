@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._backend import array_module
+from ._backend import array_module, as_array
 from ._validate import (
     _as_site_vector,
     _check_bool,
@@ -245,7 +245,7 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
 
 def _as_vector_block(mps, v, n, name):
     """Validate a right-hand side of shape (n,) / (n, k) (scalar) or (n, C) / (n, C, k)."""
-    v = mps.xp.asarray(v)
+    v = as_array(v, mps.xp)
     if v.dtype != mps.dtype:
         raise TypeError(f"{name} must have the model's dtype {mps.dtype}; got {v.dtype}")
     if mps.output_site is None:

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 
 from . import born
+from ._backend import as_array
 from ._validate import (
     _check_choice,
     _check_int,
@@ -115,7 +116,7 @@ def _check_targets(kind, mps, phi, y, name):
         return None
     if y is None:
         raise ValueError(f"{name} is required for loss={kind!r}")
-    y = mps.xp.asarray(y)
+    y = as_array(y, mps.xp)
     if kind == "mse":
         want = (n,) if mps.output_site is None else (n, mps.n_outputs)
         if y.shape != want:

@@ -1,0 +1,78 @@
+/// @file mma_tile.hpp
+/// @brief Which entries of the CUDA NTK kernel's 64 x 64 output tile each thread owns, for the
+/// SIMT path and for the tensor-core (mma.sync) paths.  `__host__ __device__`: the kernel uses
+/// these maps for every load and store, and the CPU test-suite replays them against an
+/// emulation of the PTX mma semantics (mpsntk._core.mma_tile_map).
+#pragma once
+
+#include "mpsntk/common.hpp"
+
+namespace mpsntk::tile {
+
+constexpr int kBlockTile = 64;     ///< output tile edge of one thread block
+constexpr int kBlockThreads = 256; ///< threads per block (8 warps)
+constexpr int kWarpSize = 32;
+
+/// Fragments of mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 (FP64 tensor cores, sm_80+),
+/// as the PTX ISA defines them, with g = lane / 4 and t = lane % 4: A (8 x 4, row-major) holds
+/// A[g][t], B (4 x 8, column-major) holds B[t][g], C/D (8 x 8) hold C[g][2t + r], r = 0, 1.
+struct MmaF64 {
+  static constexpr int M = 8, N = 8, K = 4, A_REGS = 1, B_REGS = 1, C_REGS = 2;
+  MPSNTK_HD static int a_row(int lane, int) { return lane >> 2; }
+  MPSNTK_HD static int a_k(int lane, int) { return lane & 3; }
+  MPSNTK_HD static int b_k(int lane, int) { return lane & 3; }
+  MPSNTK_HD static int b_col(int lane, int) { return lane >> 2; }
+  MPSNTK_HD static int c_row(int lane, int) { return lane >> 2; }
+  MPSNTK_HD static int c_col(int lane, int r) { return 2 * (lane & 3) + r; }
+};
+
+/// Fragments of mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (TF32 tensor cores, sm_80+):
+/// A (16 x 8) holds A[g + 8 (r & 1)][t + 4 (r >> 1)], r < 4; B (8 x 8) holds B[t + 4r][g],
+/// r < 2; C/D (16 x 8) hold C[g + 8 (r >> 1)][2t + (r & 1)], r < 4.
+struct MmaTf32 {
+  static constexpr int M = 16, N = 8, K = 8, A_REGS = 4, B_REGS = 2, C_REGS = 4;
+  MPSNTK_HD static int a_row(int lane, int r) { return (lane >> 2) + 8 * (r & 1); }
+  MPSNTK_HD static int a_k(int lane, int r) { return (lane & 3) + 4 * (r >> 1); }
+  MPSNTK_HD static int b_k(int lane, int r) { return (lane & 3) + 4 * r; }
+  MPSNTK_HD static int b_col(int lane, int) { return lane >> 2; }
+  MPSNTK_HD static int c_row(int lane, int r) { return (lane >> 2) + 8 * (r >> 1); }
+  MPSNTK_HD static int c_col(int lane, int r) { return 2 * (lane & 3) + (r & 1); }
+};
+
+/// Tensor-core tiling of the block tile: the 8 warps form a 2 x 4 grid of 32 x 16 warp tiles,
+/// each covered by MI x NI mma blocks.  Every thread owns ACC = 16 accumulators, as on the
+/// SIMT path, so the kernel's epilogue is the same for all paths.
+template <class Mma>
+struct WarpTile {
+  static constexpr int ROWS = 32, COLS = 16;
+  static constexpr int MI = ROWS / Mma::M, NI = COLS / Mma::N;
+  static constexpr int ACC = MI * NI * Mma::C_REGS;
+  static_assert(ACC == 16, "every path owns 16 accumulators per thread");
+  MPSNTK_HD static int row0(int warp) { return (warp >> 2) * ROWS; }
+  MPSNTK_HD static int col0(int warp) { return (warp & 3) * COLS; }
+  /// Tile row of A register r of mma block mi; its depth is Mma::a_k(lane, r).
+  MPSNTK_HD static int a_row(int warp, int lane, int mi, int r) {
+    return row0(warp) + mi * Mma::M + Mma::a_row(lane, r);
+  }
+  /// Tile column of B register r of mma block ni; its depth is Mma::b_k(lane, r).
+  MPSNTK_HD static int b_col(int warp, int lane, int ni, int r) {
+    return col0(warp) + ni * Mma::N + Mma::b_col(lane, r);
+  }
+  /// Tile row / column of accumulator e = (mi * NI + ni) * C_REGS + r.
+  MPSNTK_HD static int acc_row(int warp, int lane, int e) {
+    return row0(warp) + (e / Mma::C_REGS / NI) * Mma::M + Mma::c_row(lane, e % Mma::C_REGS);
+  }
+  MPSNTK_HD static int acc_col(int warp, int lane, int e) {
+    return col0(warp) + (e / Mma::C_REGS % NI) * Mma::N + Mma::c_col(lane, e % Mma::C_REGS);
+  }
+};
+
+/// SIMT tiling: thread (ty, tx) = (thread / 16, thread % 16) owns rows ty + 16i, columns
+/// tx + 16j; accumulator e = 4i + j.
+struct SimtTile {
+  static constexpr int ACC = 16;
+  MPSNTK_HD static int acc_row(int thread, int e) { return thread / 16 + 16 * (e / 4); }
+  MPSNTK_HD static int acc_col(int thread, int e) { return thread % 16 + 16 * (e % 4); }
+};
+
+}  // namespace mpsntk::tile

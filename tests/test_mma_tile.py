@@ -1,0 +1,100 @@
+"""The CUDA NTK kernel's thread-to-tile maps (cpp/include/mpsntk/mma_tile.hpp), replayed on the
+CPU against the PTX ISA's definition of each mma instruction.
+
+The kernel stages a depth chunk of the two row blocks in shared memory as ``As[k][row]`` and
+``Bs[k][col]`` and accumulates ``G = As^T Bs`` (a 64 x 64 Gram block).  Each thread loads its
+fragment registers from the positions the maps give, the warps issue mma instructions, and each
+accumulator is written to the tile entry the map gives.  Here the mma instructions are emulated
+from the PTX fragment tables (written out below, independently of the C++ header); the
+assembled tile must equal ``As^T Bs``.  A map that loads the wrong element, covers a tile entry
+twice or stores an accumulator in the wrong place fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpsntk import _core
+
+TILE, WARPS, LANES, DEPTH = 64, 8, 32, 16
+
+
+def _ptx_fragments(kind):
+    """PTX ISA fragment tables, g = lane // 4, t = lane % 4: (row, k) of each A register,
+    (k, col) of each B register, (row, col) of each C register, per lane."""
+    lanes = np.arange(LANES)
+    g, t = lanes // 4, lanes % 4
+    if kind == "f64":  # mma.m8n8k4.row.col.f64
+        a = [(g, t)]
+        b = [(t, g)]
+        c = [(g, 2 * t), (g, 2 * t + 1)]
+        shape = (8, 8, 4)
+    else:  # mma.m16n8k8.row.col.f32.tf32.tf32.f32
+        a = [(g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)]
+        b = [(t, g), (t + 4, g)]
+        c = [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)]
+        shape = (16, 8, 8)
+    return a, b, c, shape
+
+
+def _emulate_mma(kind, a_regs, b_regs):
+    """D = A B for one warp from per-lane registers a_regs (32, A_REGS), b_regs (32, B_REGS),
+    returned as per-lane accumulators (32, C_REGS)."""
+    a_tab, b_tab, c_tab, (m, n, k) = _ptx_fragments(kind)
+    A = np.full((m, k), np.nan)
+    B = np.full((k, n), np.nan)
+    for r, (rows, ks) in enumerate(a_tab):
+        A[rows, ks] = a_regs[:, r]
+    for r, (ks, cols) in enumerate(b_tab):
+        B[ks, cols] = b_regs[:, r]
+    assert not np.isnan(A).any() and not np.isnan(B).any()  # the PTX tables cover A and B
+    D = A @ B
+    return np.stack([D[rows, cols] for rows, cols in c_tab], axis=1)
+
+
+@pytest.mark.parametrize("kind", ["f64", "tf32"])
+def test_tensor_core_maps_assemble_the_gram_block(kind):
+    mp = _core.mma_tile_map(kind)
+    m, n, k, mi_count, ni_count = mp["m"], mp["n"], mp["k"], mp["mi"], mp["ni"]
+    a_map, b_map, acc_map = mp["a"], mp["b"], mp["acc"]
+    assert mi_count * m * 2 == TILE and ni_count * n * 4 == TILE  # 2 x 4 warps of 32 x 16
+    rng = np.random.default_rng(0)
+    As = rng.standard_normal((DEPTH, TILE))
+    Bs = rng.standard_normal((DEPTH, TILE))
+    tile = np.zeros((TILE, TILE))
+    written = np.zeros((TILE, TILE), dtype=int)
+    for w in range(WARPS):
+        acc = np.zeros((LANES, mi_count, ni_count, acc_map.shape[2] // (mi_count * ni_count)))
+        for k0 in range(0, DEPTH, k):
+            for mi in range(mi_count):
+                rows, ks = a_map[w, :, mi, :, 0], a_map[w, :, mi, :, 1]
+                a_regs = As[k0 + ks, rows]
+                for ni in range(ni_count):
+                    cols, kb = b_map[w, :, ni, :, 0], b_map[w, :, ni, :, 1]
+                    b_regs = Bs[k0 + kb, cols]
+                    acc[:, mi, ni, :] += _emulate_mma(kind, a_regs, b_regs)
+        acc = acc.reshape(LANES, -1)  # accumulator e = (mi * NI + ni) * C_REGS + r
+        for lane in range(LANES):
+            rows, cols = acc_map[w, lane, :, 0], acc_map[w, lane, :, 1]
+            np.add.at(tile, (rows, cols), acc[lane])
+            np.add.at(written, (rows, cols), 1)
+    assert np.all(written == 1)  # every tile entry owned by exactly one accumulator
+    np.testing.assert_allclose(tile, As.T @ Bs, rtol=1e-13, atol=1e-13)
+
+
+def test_simt_map_covers_the_tile_once():
+    acc = _core.mma_tile_map("simt")["acc"]
+    written = np.zeros((TILE, TILE), dtype=int)
+    np.add.at(written, (acc[..., 0].ravel(), acc[..., 1].ravel()), 1)
+    assert np.all(written == 1)
+    # thread t owns rows t // 16 + 16 i and columns t % 16 + 16 j (the kernel's tile_product)
+    t = np.arange(256)[:, None]
+    e = np.arange(16)[None, :]
+    assert np.array_equal(acc[..., 0], t // 16 + 16 * (e // 4))
+    assert np.array_equal(acc[..., 1], t % 16 + 16 * (e % 4))
+
+
+def test_unknown_map_kind_is_rejected():
+    with pytest.raises(ValueError, match="kind must be 'f64', 'tf32' or 'simt'"):
+        _core.mma_tile_map("fp8")
