@@ -101,6 +101,30 @@ def test_non_default_stream_and_no_host_round_trip():
     assert relerr(got.get(), mn.ntk(host, phi.get())) < 1e-12
 
 
+@pytest.mark.parametrize("spec", [MODELS[0], MODELS[2], MODELS[4]])
+def test_float64_tensor_cores_match_fma_path(spec, monkeypatch):
+    """float64 runs on the FP64 tensor cores (DMMA); MPSNTK_CUDA_SIMT=1 selects plain FMAs.
+    Both are IEEE double arithmetic: each agrees with the host engine at the float64 contract."""
+    rng, host, dev = _pair(spec, np.float64, seed=9)
+    phi = random_features(rng, 131, host.n_sites, 3)
+    want = mn.ntk(host, phi, outputs="full")
+    dmma = mn.ntk(dev, cp.asarray(phi), outputs="full").get()
+    monkeypatch.setenv("MPSNTK_CUDA_SIMT", "1")
+    simt = mn.ntk(dev, cp.asarray(phi), outputs="full").get()
+    assert relerr(dmma, want) < 1e-12 and relerr(simt, want) < 1e-12
+
+
+def test_tf32_is_an_explicit_opt_in():
+    rng, host, dev = _pair(MODELS[2], np.float32, seed=10)
+    phi = random_features(rng, 100, host.n_sites, 3, np.float32)
+    host64 = host.with_cores([c.astype(np.float64) for c in host.cores])
+    exact = mn.ntk(host64, phi.astype(np.float64))
+    fp32 = mn.ntk(dev, cp.asarray(phi)).get()
+    tf32 = mn.ntk(dev, cp.asarray(phi), precision="tf32").get()
+    assert relerr(fp32, exact) < 1e-5
+    assert 1e-6 < relerr(tf32, exact) < 1e-2  # TF32 rounding is visible, and bounded
+
+
 class _DLPackOnly:
     """A device array that speaks only DLPack (as JAX arrays do)."""
 

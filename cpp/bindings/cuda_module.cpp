@@ -1,6 +1,8 @@
 // The _cuda extension: the CUDA engine exposed to python/mpsntk/_device.py.  Device arrays
 // arrive as raw pointers and shapes taken from __cuda_array_interface__ by the Python layer,
 // which also validates them and allocates every output and workspace with CuPy.
+#include <type_traits>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -87,9 +89,10 @@ void register_dtype(py::module_& m, const std::string& sfx) {
         [](const Ptrs& c, const Shapes& s, const Scales& sc, const Scales& lr, const std::string& bc, index_t os,
            std::uintptr_t phi1, const std::vector<index_t>& s1, std::uintptr_t phi2, const std::vector<index_t>& s2,
            std::uintptr_t out, std::uintptr_t log1, std::uintptr_t log2, bool full, bool per_site,
-           bool normalized, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
+           bool normalized, bool tf32, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
           const auto ch = device_chain<T>(c, s, sc, bc, os);
           MPSNTK_EXPECTS(lr.ndim() == 1 && lr.shape(0) == ch.n_sites, "site_lr: need one per site");
+          MPSNTK_EXPECTS(!tf32 || std::is_same_v<T, float>, "precision='tf32' needs float32");
           const auto f1 = device_features<T>(phi1, s1);
           FeatureView<T> f2;
           if (phi2) f2 = device_features<T>(phi2, s2);
@@ -97,6 +100,7 @@ void register_dtype(py::module_& m, const std::string& sfx) {
           opt.full_outputs = full;
           opt.per_site = per_site;
           opt.normalized = normalized;
+          opt.tf32 = tf32;
           const double* rates = lr.data();
           py::gil_scoped_release nogil;
           mc::ntk<T>(ch, f1, phi2 ? &f2 : nullptr, opt, rates, ptr<T>(out), ptr<double>(log1), ptr<double>(log2),

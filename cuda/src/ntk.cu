@@ -1,7 +1,12 @@
 // Fused NTK kernel: one 64 x 64 output tile per block, accumulated over sites in registers:
 //   Theta~[i, k] += w_j * (u_i.u_k) * (a_i.a_k) * (b_i.b_k) * rw_i * rw_k
-// with the three Grams of each site computed through shared memory; the per-site n1 x n2 terms
+// with the three Grams of each site staged through shared memory and multiplied by the path the
+// dtype selects (FMAs, FP64 tensor cores, or opt-in TF32; kernels.cuh); the per-site n1 x n2 terms
 // never reach global memory.  Symmetric calls launch only tiles on or above the diagonal.
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
 #include "mpsntk/cuda/kernels.cuh"
 
 namespace mpsntk::cuda {
@@ -27,14 +32,13 @@ struct NtkLaunch {
   bool upper_only, normalized;
 };
 
-/// g[r][c] = sum_k rows1[ty+16r][k] * rows2[tx+16c][k] for the block's 64 x 64 pairs.
-template <class T>
-__device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t K, T (&g)[4][4],
-                           T (&As)[kDepth][kTile + 1], T (&Bs)[kDepth][kTile + 1]) {
+/// g[e] = sum_k rows1[row(e)][k] * rows2[col(e)][k] for the block's 64 x 64 pairs, entries as
+/// the path assigns them to this thread.
+template <class T, class Path>
+__device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t K, T (&g)[kAcc],
+                           Staged<T>& As, Staged<T>& Bs) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) g[i][j] = T(0);
+  for (int e = 0; e < kAcc; ++e) g[e] = T(0);
   for (index_t k0 = 0; k0 < K; k0 += kDepth) {
     for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
       const int rr = e / kDepth, kk = e % kDepth;
@@ -43,7 +47,7 @@ __device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t
       Bs[kk][rr] = (rows2[rr] && k < K) ? rows2[rr][k] : T(0);
     }
     __syncthreads();
-    tile_product<T>(As, Bs, g);
+    Path::product(As, Bs, g);
     __syncthreads();
   }
 }
@@ -62,10 +66,9 @@ __device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, 
   w[t] = ok ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
 }
 
-template <class T>
+template <class T, class Path>
 __global__ void __launch_bounds__(kThreads) ntk_kernel(NtkLaunch<T> p) {
-  __shared__ T As[kDepth][kTile + 1];
-  __shared__ T Bs[kDepth][kTile + 1];
+  __shared__ Staged<T> As, Bs;
   __shared__ const T* ra[kTile];
   __shared__ const T* rb[kTile];
   __shared__ const T* ru[kTile];
@@ -85,29 +88,26 @@ __global__ void __launch_bounds__(kThreads) ntk_kernel(NtkLaunch<T> p) {
     kb = blockIdx.x;
   }
   const index_t i0 = ib * kTile, k0 = kb * kTile;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const bool traced = p.l1 < 0;
   const bool per_site = p.site_stride != 0;
-  T acc[4][4] = {};
+  T acc[kAcc] = {};
 
   auto write = [&](index_t j) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const index_t i = i0 + ty + 16 * r, k = k0 + tx + 16 * c;
-        if (i >= p.s1.n || k >= p.s2.n) continue;
-        T v = acc[r][c];
-        if (!p.normalized) {
-          const double c1 = p.s1.c[i], c2 = p.s2.c[k];
-          const double l1 = (c1 > -INFINITY && c1 < INFINITY) ? c1 : 0.0;
-          const double l2 = (c2 > -INFINITY && c2 < INFINITY) ? c2 : 0.0;
-          v *= static_cast<T>(tile::pair_scale(l1, 0.0, l2, 0.0, false));
-        }
-        p.out[j * p.site_stride + i * p.ld_row + k * p.ld_col] = v;
-        if (p.mirror && !(p.upper_only && ib == kb)) p.mirror[j * p.site_stride + k * p.ld_row + i * p.ld_col] = v;
-        acc[r][c] = T(0);
+    for (int e = 0; e < kAcc; ++e) {
+      const index_t i = i0 + Path::row(e), k = k0 + Path::col(e);
+      if (i >= p.s1.n || k >= p.s2.n) continue;
+      T v = acc[e];
+      if (!p.normalized) {
+        const double c1 = p.s1.c[i], c2 = p.s2.c[k];
+        const double l1 = (c1 > -INFINITY && c1 < INFINITY) ? c1 : 0.0;
+        const double l2 = (c2 > -INFINITY && c2 < INFINITY) ? c2 : 0.0;
+        v *= static_cast<T>(tile::pair_scale(l1, 0.0, l2, 0.0, false));
       }
+      p.out[j * p.site_stride + i * p.ld_row + k * p.ld_col] = v;
+      if (p.mirror && !(p.upper_only && ib == kb)) p.mirror[j * p.site_stride + k * p.ld_row + i * p.ld_col] = v;
+      acc[e] = T(0);
+    }
   };
 
   for (index_t j = 0; j < p.n_sites; ++j) {
@@ -125,22 +125,17 @@ __global__ void __launch_bounds__(kThreads) ntk_kernel(NtkLaunch<T> p) {
       else if (threadIdx.x < 2 * kTile)
         load_rows<T>(p.s2, f2, k0, threadIdx.x - kTile, j, l2, p.n_sites, p.d, ca, cb, cu, cw);
       __syncthreads();
-      T ga[4][4], gb[4][4], gu[4][4];
-      block_gram<T>(ra, ca, f1.da, ga, As, Bs);
+      T ga[kAcc], gb[kAcc], gu[kAcc];
+      block_gram<T, Path>(ra, ca, f1.da, ga, As, Bs);
       if (f1.db) {
-        block_gram<T>(rb, cb, f1.db, gb, As, Bs);
+        block_gram<T, Path>(rb, cb, f1.db, gb, As, Bs);
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) ga[r][c] *= gb[r][c];
+        for (int e = 0; e < kAcc; ++e) ga[e] *= gb[e];
       }
-      block_gram<T>(ru, cu, p.d, gu, As, Bs);
+      block_gram<T, Path>(ru, cu, p.d, gu, As, Bs);
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          acc[r][c] += tile::site_term(gu[r][c], ga[r][c]) *
-                       static_cast<T>(rw[ty + 16 * r] * cw[tx + 16 * c]);
+      for (int e = 0; e < kAcc; ++e)
+        acc[e] += tile::site_term(gu[e], ga[e]) * static_cast<T>(rw[Path::row(e)] * cw[Path::col(e)]);
     }
     if (per_site) write(j);
   }
@@ -158,6 +153,23 @@ __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sit
     for (index_t l = 0; l < n_outputs; ++l) m = fmax(m, FactorRows<T>::log(sites[j], x, l));
   c[x] = m;
   log_out[x] = (m > -INFINITY && m < INFINITY) ? m : 0.0;
+}
+
+template <class T>
+using NtkKernel = void (*)(NtkLaunch<T>);
+
+/// float64: FP64 tensor cores (DMMA, IEEE double arithmetic); MPSNTK_CUDA_SIMT=1 selects the
+/// plain-FMA kernel instead (a diagnostic switch, and the reference the GPU tests compare).
+/// float32: FP32 FMAs, or TF32 tensor cores when asked for (opt.tf32).
+template <class T>
+NtkKernel<T> ntk_kernel_for(const NtkOptions& opt) {
+  const char* simt = std::getenv("MPSNTK_CUDA_SIMT");
+  const bool force_simt = simt && simt[0] && std::string(simt) != "0";
+  if constexpr (std::is_same_v<T, double>) {
+    return force_simt ? ntk_kernel<double, SimtPath<double>> : ntk_kernel<double, DmmaPath>;
+  } else {
+    return opt.tf32 ? ntk_kernel<float, Tf32Path> : ntk_kernel<float, SimtPath<float>>;
+  }
 }
 
 template <class T>
@@ -222,6 +234,7 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   L.site_stride = opt.per_site ? n1 * n2 * cc : 0;
   L.normalized = opt.normalized;
   const index_t t1 = (n1 + kTile - 1) / kTile, t2 = (n2 + kTile - 1) / kTile;
+  const NtkKernel<T> kernel = ntk_kernel_for<T>(opt);
   L.tiles2 = t2;
   auto launch = [&](index_t l1, index_t l2, bool upper, T* mirror, index_t offset) {
     L.l1 = l1;
@@ -230,9 +243,9 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
     L.out = out + offset;
     L.mirror = mirror;
     if (upper) {
-      ntk_kernel<T><<<static_cast<unsigned>(t1 * (t1 + 1) / 2), kThreads, 0, stream>>>(L);
+      kernel<<<static_cast<unsigned>(t1 * (t1 + 1) / 2), kThreads, 0, stream>>>(L);
     } else {
-      ntk_kernel<T><<<dim3(static_cast<unsigned>(t2), static_cast<unsigned>(t1)), kThreads, 0, stream>>>(L);
+      kernel<<<dim3(static_cast<unsigned>(t2), static_cast<unsigned>(t1)), kThreads, 0, stream>>>(L);
     }
     MPSNTK_CUDA_CHECK_LAUNCH("ntk_kernel");
   };

@@ -63,7 +63,7 @@ def forward(mps, phi):
     return mant, lg
 
 
-def ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized):
+def ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tf32):
     chain = _chain(mps)
     n1 = phi1.shape[0]
     n2 = 0 if phi2 is None else phi2.shape[0]
@@ -94,6 +94,7 @@ def ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized):
         full,
         per_site,
         normalized,
+        tf32,
         _ptr(ws),
         ws.nbytes,
         _stream(),

@@ -27,6 +27,7 @@ from .mps import MPS
 __all__ = ["ntk", "ntk_vp"]
 
 _OUTPUTS = ("trace", "mean", "full")
+_PRECISIONS = ("highest", "tf32")
 
 
 def _check_mps(mps):
@@ -67,6 +68,7 @@ def ntk(
     out=None,
     tile=None,
     site_weights=None,
+    precision="highest",
 ):
     """Empirical NTK ``Theta(X1, X2)`` with respect to the trainable cores.
 
@@ -99,6 +101,11 @@ def ntk(
         thread several tiles (larger tiles re-read the packed environments less often).
     site_weights : float or array of shape (n_sites,), optional
         Override the per-site weights ``lambda_j`` (default ``scales_j^2 * site_lr_j``).
+    precision : {"highest", "tf32"}
+        "highest" (default): every product in the model's dtype (float64 runs on the GPU's
+        FP64 tensor cores, which compute in IEEE double). "tf32": an opt-in fast path for
+        float32 models on a CUDA device, whose Gram products round their inputs to TF32 (10-bit
+        mantissa; accumulation stays float32), so entries carry relative errors of about 1e-3.
 
     Returns
     -------
@@ -120,6 +127,14 @@ def ntk(
     outputs = _check_choice(outputs, "outputs", _OUTPUTS)
     if tile is not None:
         tile = _check_int(tile, "tile", 1)
+    precision = _check_choice(precision, "precision", _PRECISIONS)
+    tf32 = precision == "tf32"
+    if tf32 and (xp is np or mps.dtype != np.float32):
+        raise ValueError(
+            "precision='tf32' needs a float32 model on a CUDA device (TF32 is a tensor-core "
+            f"format); got a {mps.dtype.name} model on "
+            + ("the host" if xp is np else "a CUDA device")
+        )
     site_lr = _site_lr(mps, site_weights)
     n1 = phi1.shape[0]
     n2 = n1 if phi2 is None else phi2.shape[0]
@@ -137,7 +152,7 @@ def ntk(
         from . import _device
 
         out, log1, log2 = _device.ntk(
-            mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized
+            mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tf32
         )
         finite = normalized or bool(xp.all(xp.isfinite(out)))
     if outputs == "mean" and mps.n_outputs > 1:

@@ -16,6 +16,7 @@ struct NtkOptions {
   bool per_site = false;      ///< one kernel per site: leading axis n_sites
   bool normalized = false;    ///< return Theta~ with Theta = exp(c_i + c_k) Theta~
   index_t tile = 128;         ///< output tile edge (rounded up to the micro-tile)
+  bool tf32 = false;          ///< CUDA, float32 only: TF32 tensor cores for the Grams (opt-in)
 };
 
 /// @brief f(x) as mantissa (n, C) and natural-log scale (n, C): f = mantissa * exp(log_scale).

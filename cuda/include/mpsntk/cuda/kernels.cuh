@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mpsntk/cuda/check.cuh"
+#include "mpsntk/mma_tile.hpp"
 #include "mpsntk/tile_math.hpp"
 
 namespace mpsntk::cuda {
@@ -38,37 +39,96 @@ inline unsigned blocks_for(index_t n, int threads) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
-// functors and each result handed to store(r, c, value).  64 x 64 tiles, 256 threads, each
-// owning a 4 x 4 register block; K is staged through shared memory 16 at a time.
-constexpr int kTile = 64, kDepth = 16, kThreads = 256;
+// 64 x 64 tiles, 256 threads, K staged through shared memory 16 at a time as As[k][row] and
+// Bs[k][col].  A "path" says how a staged chunk is multiplied into each thread's 16
+// accumulators and which tile entries they are (mpsntk/mma_tile.hpp): plain FMAs (SIMT), FP64
+// tensor cores (DMMA), or TF32 tensor cores with FP32 accumulation (opt-in only).
+constexpr int kTile = tile::kBlockTile, kDepth = 16, kThreads = tile::kBlockThreads;
+constexpr int kAcc = 16;
+static_assert(kTile == 64 && kThreads == 256, "the tile maps assume 64 x 64 tiles of 256 threads");
 
-/// acc[i][j] += sum_kk As[kk][ty + 16 i] * Bs[kk][tx + 16 j]: one staged depth chunk of a
-/// 64 x 64 tile, each of the 256 threads owning a 4 x 4 register block.
 template <class T>
-__device__ __forceinline__ void tile_product(const T (&As)[kDepth][kTile + 1], const T (&Bs)[kDepth][kTile + 1],
-                                             T (&acc)[4][4]) {
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+using Staged = T[kDepth][kTile + 1];
+
+/// SIMT: thread (ty, tx) owns rows ty + 16 i and columns tx + 16 j (accumulator 4 i + j).
+template <class T>
+struct SimtPath {
+  static __device__ __forceinline__ int row(int e) { return tile::SimtTile::acc_row(threadIdx.x, e); }
+  static __device__ __forceinline__ int col(int e) { return tile::SimtTile::acc_col(threadIdx.x, e); }
+  static __device__ __forceinline__ void product(const Staged<T>& As, const Staged<T>& Bs, T (&acc)[kAcc]) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
-  for (int kk = 0; kk < kDepth; ++kk) {
-    T a[4], b[4];
+    for (int kk = 0; kk < kDepth; ++kk) {
+      T a[4], b[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        for (int j = 0; j < 4; ++j) acc[4 * i + j] += a[i] * b[j];
+    }
   }
+};
+
+/// D += A B on the tensor cores, fragments as in mma_tile.hpp.
+__device__ __forceinline__ void mma(double* c, const double (&a)[1], const double (&b)[1]) {
+  asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0,%1}, {%2}, {%3}, {%0,%1};\n"
+               : "+d"(c[0]), "+d"(c[1])
+               : "d"(a[0]), "d"(b[0]));
+}
+__device__ __forceinline__ void mma(float* c, const float (&a)[4], const float (&b)[2]) {
+  unsigned ra[4], rb[2];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(ra[r]) : "f"(a[r]));
+#pragma unroll
+  for (int r = 0; r < 2; ++r) asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(rb[r]) : "f"(b[r]));
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(ra[0]), "r"(ra[1]), "r"(ra[2]), "r"(ra[3]), "r"(rb[0]), "r"(rb[1]));
 }
 
+/// Tensor cores: warp w owns a 32 x 16 warp tile of MI x NI mma blocks (tile::WarpTile).
+template <class T, class Mma>
+struct MmaPath {
+  using W = tile::WarpTile<Mma>;
+  static __device__ __forceinline__ int warp() { return threadIdx.x / tile::kWarpSize; }
+  static __device__ __forceinline__ int lane() { return threadIdx.x % tile::kWarpSize; }
+  static __device__ __forceinline__ int row(int e) { return W::acc_row(warp(), lane(), e); }
+  static __device__ __forceinline__ int col(int e) { return W::acc_col(warp(), lane(), e); }
+  static __device__ __forceinline__ void product(const Staged<T>& As, const Staged<T>& Bs, T (&acc)[kAcc]) {
+    const int w = warp(), l = lane();
+#pragma unroll
+    for (int k0 = 0; k0 < kDepth; k0 += Mma::K) {
+      T a[W::MI][Mma::A_REGS], b[W::NI][Mma::B_REGS];
+#pragma unroll
+      for (int mi = 0; mi < W::MI; ++mi)
+#pragma unroll
+        for (int r = 0; r < Mma::A_REGS; ++r) a[mi][r] = As[k0 + Mma::a_k(l, r)][W::a_row(w, l, mi, r)];
+#pragma unroll
+      for (int ni = 0; ni < W::NI; ++ni)
+#pragma unroll
+        for (int r = 0; r < Mma::B_REGS; ++r) b[ni][r] = Bs[k0 + Mma::b_k(l, r)][W::b_col(w, l, ni, r)];
+#pragma unroll
+      for (int mi = 0; mi < W::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < W::NI; ++ni) mma(acc + (mi * W::NI + ni) * Mma::C_REGS, a[mi], b[ni]);
+    }
+  }
+};
+using DmmaPath = MmaPath<double, tile::MmaF64>;
+using Tf32Path = MmaPath<float, tile::MmaTf32>;
+
+// ------------------------------------------------------------------------------------------
+// Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
+// functors and each result handed to store(r, c, value) (the environment sweeps; SIMT).
 template <class T, class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la,
                                                         LoadB lb, Store st) {
-  __shared__ T As[kDepth][kTile + 1];
-  __shared__ T Bs[kDepth][kTile + 1];
+  __shared__ Staged<T> As, Bs;
   const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  T acc[4][4] = {};
+  T acc[kAcc] = {};
   for (index_t k0 = 0; k0 < K; k0 += kDepth) {
     for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
       const int rr = e / kDepth, kk = e % kDepth;
@@ -77,16 +137,14 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, in
       Bs[kk][rr] = (c < N && k < K) ? lb(k, c) : T(0);
     }
     __syncthreads();
-    tile_product<T>(As, Bs, acc);
+    SimtPath<T>::product(As, Bs, acc);
     __syncthreads();
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const index_t r = r0 + ty + 16 * i, c = c0 + tx + 16 * j;
-      if (r < M && c < N) st(r, c, acc[i][j]);
-    }
+  for (int e = 0; e < kAcc; ++e) {
+    const index_t r = r0 + SimtPath<T>::row(e), c = c0 + SimtPath<T>::col(e);
+    if (r < M && c < N) st(r, c, acc[e]);
+  }
 }
 
 template <class T, class LoadA, class LoadB, class Store>
