@@ -153,17 +153,19 @@ def test_sgd_probe_logging_and_callbacks():
 
 
 def test_digits_classification_loss_decreases():
-    """load_digits pooled 2x2 to 4x4 = 16 sites (64-site chains need far smaller steps)."""
+    """load_digits pooled 2x2 to 4x4 = 16 sites (64-site chains need far smaller steps).
+    eta = 1 still has a catapult (the loss spikes near step 100 and recovers); at eta = 2 the
+    recovery by step 200 depends on the last bits of the gradient's summation order."""
     pytest.importorskip("sklearn")
     data = mn.datasets.load_digits(n_train=300, n_test=100, pool=2, seed=0)
     phi = mn.features.trig(data.x_train)
     mps = mn.MPS.random(16, 8, n_outputs=10, seed=0)
-    res = train(mps, phi, data.y_train, loss="cross_entropy", learning_rate=2.0, n_steps=200,
+    res = train(mps, phi, data.y_train, loss="cross_entropy", learning_rate=1.0, n_steps=200,
                 log_every=50)
     acc = np.mean(np.argmax(res.mps(phi), 1) == data.y_train)
     test_acc = np.mean(np.argmax(res.mps(mn.features.trig(data.x_test)), 1) == data.y_test)
     assert res.loss[0] > 2.0 and res.loss[-1] < 0.1, res.loss
-    assert acc > 0.95 and test_acc > 0.6, (acc, test_acc)
+    assert acc > 0.95 and test_acc > 0.7, (acc, test_acc)
 
 
 def test_bars_and_stripes_nll_decreases_toward_ln30():

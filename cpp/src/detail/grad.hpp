@@ -17,9 +17,6 @@ void forward_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa
     }
 }
 
-/// Row blocks used by the rank-k updates of vjp/jvp (rows of one block share loads of G / T).
-constexpr index_t kRowBlock = 8;
-
 /// Number of outputs l whose factors must be visited at site j (1 when nothing depends on l).
 template <class T>
 index_t outputs_at(const Factors<T>& F, index_t j) {
@@ -28,38 +25,29 @@ index_t outputs_at(const Factors<T>& F, index_t j) {
 }
 
 /// G_j (+)= sum_{x,l} wt(x,l) * u (x) a (x) b, accumulated in the core layout [l?][s][a][b].
-/// wt(x, l) already includes the cotangent, c_j and the row's scale.
+/// wt(x, l) already includes the cotangent, c_j and the row's scale.  One GEMM per output:
+/// (K = d * da rows of coefficients) x (db rows of b), both packed over blocks of samples.
 template <class T, class WeightFn>
 void vjp_site(const Factors<T>& F, index_t j, WeightFn wt, T* G) {
   const auto& s = F.site[j];
   const index_t d = F.chain->phys_dim, da = s.da, db = std::max<index_t>(s.db, 1);
   const index_t K = d * da, nl = outputs_at(F, j), n = F.n;
   const bool label = j == F.chain->output_site;
-  std::vector<T> coef(kRowBlock * K);
-  const T* rows_b[kRowBlock];
-  const T one = T(1);
+  const index_t chunk = std::min<index_t>(n, 512);  // samples per packed depth block
+  buffer<T> pa(round_up(K, Simd<T>::PAD) * chunk), pb(round_up(db, Simd<T>::PAD) * chunk);
+  std::vector<T> w(chunk);
   for (index_t l = 0; l < nl; ++l) {
     T* g = G + (label ? l * K * db : 0);
-    for (index_t x0 = 0; x0 < n; x0 += kRowBlock) {
-      const index_t nb = std::min(kRowBlock, n - x0);
-      for (index_t r = 0; r < nb; ++r) {
-        const index_t x = x0 + r;
-        const T w = static_cast<T>(wt(x, l));
-        const T* u = F.u_row(j, x);
-        const T* a = F.a_row(j, x, l);
-        for (index_t si = 0; si < d; ++si)
-          for (index_t ai = 0; ai < da; ++ai) coef[r * K + si * da + ai] = w * u[si] * a[ai];
-        rows_b[r] = s.db ? F.b_row(j, x, l) : &one;
-      }
-      for (index_t k = 0; k < K; ++k) {
-        T* gk = g + k * db;
-        for (index_t r = 0; r < nb; ++r) {
-          const T cr = coef[r * K + k];
-          const T* br = rows_b[r];
-#pragma omp simd
-          for (index_t b = 0; b < db; ++b) gk[b] += cr * br[b];
-        }
-      }
+    for (index_t x0 = 0; x0 < n; x0 += chunk) {
+      const index_t m = std::min(chunk, n - x0);
+      for (index_t x = 0; x < m; ++x) w[x] = static_cast<T>(wt(x0 + x, l));
+      pack_elems<T>(K, m, [&](index_t k, index_t x) {
+        return w[x] * F.u_row(j, x0 + x)[k / da] * F.a_row(j, x0 + x, l)[k % da];
+      }, pa.data());
+      pack_elems<T>(db, m, [&](index_t b, index_t x) {
+        return s.db ? F.b_row(j, x0 + x, l)[b] : T(1);
+      }, pb.data());
+      gemm_packed<T>(K, db, m, pa.data(), pb.data(), [&](index_t r, index_t c, T v) { g[r * db + c] += v; });
     }
   }
 }
@@ -82,47 +70,53 @@ void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads) {
   }
 }
 
-/// out (n, C) = J . tangents.
+/// out (n, C) = J . tangents.  Per site and output, (u (x) a) of a block of samples times the
+/// tangent core (K x db) is one packed GEMM; each product row is then dotted with b.
 template <class T>
 void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out) {
   const ChainView<T>& ch = *F.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
-#pragma omp parallel if (n * d * F.site[N / 2].da > 4096)
+  // Tangent cores as packed B operands: db rows of depth K, per site and visited output.
+  std::vector<std::vector<buffer<T>>> packed(N);
+#pragma omp parallel for schedule(dynamic) if (N > 1 && n * d * F.site[N / 2].da > 4096)
+  for (index_t j = 0; j < N; ++j) {
+    const auto& s = F.site[j];
+    const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da, nl = outputs_at(F, j);
+    const bool label = j == ch.output_site;
+    packed[j].resize(nl);
+    for (index_t l = 0; l < nl; ++l) {
+      const T* Tj = tangents[j] + (label ? l * K * db : 0);
+      packed[j][l].resize(round_up(db, Simd<T>::PAD) * K);
+      pack_elems<T>(db, K, [&](index_t b, index_t k) { return Tj[k * db + b]; }, packed[j][l].data());
+    }
+  }
+  const index_t chunk = 64;  // samples per block (rows of the packed A operand)
+#pragma omp parallel if (n > chunk && n * d * F.site[N / 2].da > 4096)
   {
-    std::vector<T> t;
+    buffer<T> pa;
     std::vector<double> acc;
-#pragma omp for schedule(static)
-    for (index_t x0 = 0; x0 < n; x0 += kRowBlock) {
-      const index_t nb = std::min(kRowBlock, n - x0);
-      acc.assign(nb * C, 0.0);
+    std::vector<T> dot;
+#pragma omp for schedule(dynamic)
+    for (index_t x0 = 0; x0 < n; x0 += chunk) {
+      const index_t m = std::min(chunk, n - x0);
+      acc.assign(m * C, 0.0);
       for (index_t j = 0; j < N; ++j) {
         const auto& s = F.site[j];
         const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da;
-        const bool label = j == ch.output_site;
-        const index_t nl = outputs_at(F, j);
-        for (index_t l = 0; l < nl; ++l) {
-          const T* Tj = tangents[j] + (label ? l * K * db : 0);
-          t.assign(nb * db, T(0));
-          for (index_t si = 0; si < d; ++si)
-            for (index_t ai = 0; ai < da; ++ai) {
-              const T* trow = Tj + (si * da + ai) * db;
-              for (index_t r = 0; r < nb; ++r) {
-                const T cr = F.u_row(j, x0 + r)[si] * F.a_row(j, x0 + r, l)[ai];
-                T* tr = t.data() + r * db;
-#pragma omp simd
-                for (index_t b = 0; b < db; ++b) tr[b] += cr * trow[b];
-              }
-            }
-          for (index_t r = 0; r < nb; ++r) {
-            const T* bv = F.b_row(j, x0 + r, l);
-            T dot = 0;
-            for (index_t b = 0; b < db; ++b) dot += t[r * db + b] * (bv ? bv[b] : T(1));
-            const double sc = row_scale(F, j, x0 + r, l) * dot;
-            acc[r * C + l] += sc;  // nl == C whenever C > 1 (one side always carries l)
-          }
+        pa.resize(round_up(m, Simd<T>::PAD) * K);
+        for (index_t l = 0; l < outputs_at(F, j); ++l) {
+          pack_elems<T>(m, K, [&](index_t r, index_t k) {
+            return F.u_row(j, x0 + r)[k / da] * F.a_row(j, x0 + r, l)[k % da];
+          }, pa.data());
+          dot.assign(m, T(0));
+          gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(), [&](index_t r, index_t c, T v) {
+            dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1));
+          });
+          // nl == C whenever C > 1 (one side always carries l)
+          for (index_t r = 0; r < m; ++r) acc[r * C + l] += row_scale(F, j, x0 + r, l) * dot[r];
         }
       }
-      for (index_t r = 0; r < nb; ++r)
+      for (index_t r = 0; r < m; ++r)
         for (index_t l = 0; l < C; ++l) out[(x0 + r) * C + l] = static_cast<T>(acc[r * C + l]);
     }
   }
