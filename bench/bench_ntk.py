@@ -61,7 +61,8 @@ import sys
 import tempfile
 import time
 
-PEERS = ("numpy", "torch", "jax")
+PEERS = ("numpy", "torch", "jax")           # --device cpu
+GPU_PEERS = ("cupy", "torch", "jax")        # --device gpu (bench/gpu_peers.py)
 DTYPES = ("float64", "float32")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -71,7 +72,16 @@ JACOBIAN_NOTE = {
     "numpy": "independent NumPy Jacobian (environments by matmul), then J @ J.T",
     "torch": "torch.func.vmap(jacrev(f)) over the cores, then sum_j J_j @ J_j.T",
     "jax": "jax.jit(vmap(jacrev(f))) over the cores, then sum_j J_j @ J_j.T (jitted)",
+    "cupy": "structured formula with cuBLAS: environments by matmul, per-site Gram matrices",
 }
+
+
+def peer_work_gb(tool, n_samples, n_sites, bond_dim, dtype):
+    """Largest array a peer builds, in GB: the dense Jacobian, or for the structured CuPy peer
+    its n x n kernel plus three per-site Gram matrices."""
+    if tool == "cupy":
+        return 4 * n_samples**2 * (8 if dtype == "float64" else 4) / 1e9
+    return jacobian_gb(n_samples, n_sites, bond_dim, dtype)
 
 
 # --------------------------------------------------------------------------- problem sizes
@@ -314,23 +324,11 @@ def _jax_ntk_fn(mps, phi):
 
 
 def _mpsntk_fn(mps, phi, device, n_threads):
-    """``mpsntk.ntk(mps, phi)`` on the host engine, or on the GPU with CuPy arrays."""
+    """``mpsntk.ntk(mps, phi)`` on the host engine (the GPU builders are in gpu_peers.py)."""
     import mpsntk as mn
 
     mn.set_num_threads(n_threads)
-    if device == "cpu":
-        return lambda: mn.ntk(mps, phi)
-    import cupy
-
-    mps_d = mps.to_device()
-    phi_d = cupy.asarray(phi)
-
-    def run():
-        theta = mn.ntk(mps_d, phi_d)
-        cupy.cuda.get_current_stream().synchronize()
-        return cupy.asnumpy(theta)
-
-    return run
+    return lambda: mn.ntk(mps, phi)
 
 
 def _compare_to_file(theta, path):
@@ -372,7 +370,12 @@ def _measure(tool, cfg, opts):
 
     mps, phi = _problem(cfg)
     n_threads = opts["n_threads"]
-    if tool == "mpsntk":
+    gpu_peak = None
+    if opts["device"] == "gpu":
+        import gpu_peers
+
+        fn, gpu_peak = gpu_peers.BUILDERS[tool](mps, phi)
+    elif tool == "mpsntk":
         fn = _mpsntk_fn(mps, phi, opts["device"], n_threads)
     elif tool == "numpy":
         fn = _numpy_ntk_fn(mps, phi)
@@ -429,6 +432,9 @@ def _measure(tool, cfg, opts):
         times.append(time.perf_counter() - t0)
     res["peak_rss_mb"] = _peak_rss(method) - baseline
     res["rss_method"] = method
+    if gpu_peak is not None:
+        peak = gpu_peak()
+        res["gpu_peak_mb"] = None if peak is None else peak / 2**20
     if not times:
         times = [first]
         res["note"] = ("no timed call fit in 80% of --timeout after the warm-up: the time is "
@@ -590,11 +596,19 @@ def summarize(records):
     groups = {}
     for rec in records:
         groups.setdefault(_config_key(rec), []).append(rec)
-    lines = [
-        "| config (dtype, n_samples, n_sites, bond_dim) | mpsntk s | GFLOP/s "
-        "(structured, n(n+1)/2 pairs) | % of NumPy GEMM | best peer | peer s | speedup |",
-        "|---|---:|---:|---:|---|---:|---:|",
-    ]
+    gpu = bool(records) and all(r.get("device") == "gpu" for r in records)
+    if gpu:  # rates against the card's spec-sheet peak, and the GPU memory each tool used
+        lines = [
+            "| config (dtype, n_samples, n_sites, bond_dim) | mpsntk s | TFLOP/s (structured) "
+            "| % of card peak | mpsntk GPU MB | best peer | peer s | speedup |",
+            "|---|---:|---:|---:|---:|---|---:|---:|",
+        ]
+    else:
+        lines = [
+            "| config (dtype, n_samples, n_sites, bond_dim) | mpsntk s | GFLOP/s "
+            "(structured, n(n+1)/2 pairs) | % of NumPy GEMM | best peer | peer s | speedup |",
+            "|---|---:|---:|---:|---|---:|---:|",
+        ]
     for key in sorted(groups):
         recs = groups[key]
         ok = {r["tool"]: r for r in recs if r["status"] == "ok"}
@@ -615,7 +629,7 @@ def summarize(records):
             config += " (--native-blas)"
         if ref is None or ref["status"] != "ok":
             status = "—" if ref is None else ref["status"]
-            lines.append(f"| {config} | {status} | — | — | — | — | — |")
+            lines.append(f"| {config} | {status} | — | — | {'— | ' if gpu else ''}— | — | — |")
             continue
         timed_out = [r for r in peers if r["status"] == "timeout"]
         if best is not None:
@@ -630,9 +644,17 @@ def summarize(records):
             others = sorted({f"{r['tool']}: {r['status']}" for r in peers
                              if r["status"] != "skipped"})
             if skipped and skipped[0].get("jacobian_gb") is not None:
-                others.insert(0, f"skipped (J would need {skipped[0]['jacobian_gb']:.1f} GB)")
+                others.insert(0, f"skipped (would need {skipped[0]['jacobian_gb']:.1f} GB)")
             peer_col = "; ".join(others) if others else "not run"
             peer_s, speed = "—", "—"
+        if gpu:
+            frac, mem = ref.get("frac_of_peak"), ref.get("gpu_peak_mb")
+            lines.append(
+                f"| {config} | {_fmt_s(ref['median_s'])} | {ref['gflops'] / 1e3:.2f} | "
+                f"{'—' if frac is None else f'{100 * frac:.0f}%'} | "
+                f"{'—' if mem is None else f'{mem:.0f}'} | {peer_col} | {peer_s} | {speed} |"
+            )
+            continue
         frac = ref.get("frac_of_gemm")
         lines.append(
             f"| {config} | {_fmt_s(ref['median_s'])} | {ref['gflops']:.1f} | "
@@ -651,8 +673,9 @@ def _parse(argv):
     p.add_argument("--n-sites", type=int, nargs="+", default=[16, 64])
     p.add_argument("--bond-dim", type=int, nargs="+", default=[8, 32, 64])
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
-    p.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
-                   help="peers to run on the same data (none: mpsntk only)")
+    p.add_argument("--peers", nargs="*", choices=sorted(set(PEERS + GPU_PEERS)), default=None,
+                   help="peers to run on the same data (none: mpsntk only); default "
+                        f"{' '.join(PEERS)} on cpu, {' '.join(GPU_PEERS)} on gpu")
     p.add_argument("--repeats", type=int, default=3, help="timed calls (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     p.add_argument("--min-time", type=float, default=1.0,
@@ -660,10 +683,11 @@ def _parse(argv):
                         "to this many seconds")
     p.add_argument("--gemm-repeats", type=int, default=7,
                    help="timed 2048x2048 matmuls for NumPy's GEMM rate")
-    p.add_argument("--out", default="bench/results/ntk_cpu.jsonl", help="JSON-lines output")
+    p.add_argument("--out", default=None,
+                   help="JSON-lines output (default bench/results/ntk_{cpu,gpu}.jsonl)")
     p.add_argument("--append", action="store_true", help="append to --out instead of replacing")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                   help="gpu needs mpsntk's CUDA engine (peers run on cpu only)")
+                   help="gpu: mpsntk's CUDA engine and the GPU peers on one card")
     p.add_argument("--peer-max-gb", type=float, default=6.0,
                    help="skip a peer when its dense Jacobian (n * n_params * itemsize) exceeds "
                         "this many GB")
@@ -685,6 +709,15 @@ def _parse(argv):
             p.error(f"--{name.replace('_', '-')} values must be >= 1")
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         p.error("--repeats and --threads must be >= 1 and --warmup >= 0")
+    allowed = GPU_PEERS if args.device == "gpu" else PEERS
+    if args.peers is None:
+        args.peers = list(allowed)
+    wrong = [t for t in args.peers if t not in allowed]
+    if wrong:
+        p.error(f"--peers {' '.join(wrong)}: not a {args.device} peer (choose from "
+                f"{', '.join(allowed)})")
+    if args.out is None:
+        args.out = f"bench/results/ntk_{args.device}.jsonl"
     return args
 
 
@@ -709,6 +742,10 @@ def _run_config(cfg, tools, args, gemm, common, ref_path, missing):
             "min_time": args.min_time, "n_threads": args.threads, "device": args.device}
     records = []
     ref_ok = False
+    # mpsntk's kernel is saved for the agreement checks only when some peer will run.
+    need_ref = any(t not in missing
+                   and peer_work_gb(t, n_samples, n_sites, bond_dim, dtype) <= args.peer_max_gb
+                   for t in tools if t != "mpsntk")
     for tool in tools:
         rec = dict(common, tool=tool, dtype=dtype, n_samples=n_samples, n_sites=n_sites,
                    bond_dim=bond_dim, n_params=n_params(n_sites, bond_dim), flops=flops,
@@ -717,16 +754,17 @@ def _run_config(cfg, tools, args, gemm, common, ref_path, missing):
                    max_rel_diff=None, n_threads=None, note=None)
         if tool != "mpsntk":
             rec["method"] = JACOBIAN_NOTE[tool]
-            rec["jacobian_gb"] = jacobian_gb(n_samples, n_sites, bond_dim, dtype)
+            rec["jacobian_gb"] = peer_work_gb(tool, n_samples, n_sites, bond_dim, dtype)
         if tool == "mpsntk":
-            res = run_child(tool, (cfg, dict(opts, save_path=ref_path)), args.timeout)
+            res = run_child(tool, (cfg, dict(opts, save_path=ref_path if need_ref else None)),
+                            args.timeout)
             ref_ok = res["status"] == "ok" and os.path.exists(ref_path)
         elif tool in missing:
             res = {"status": "skipped", "note": f"skipped: {tool} is not installed"}
         elif rec["jacobian_gb"] > args.peer_max_gb:
             res = {"status": "skipped",
                    "note": f"skipped: would need {rec['jacobian_gb']:.1f} GB "
-                           f"(dense Jacobian > --peer-max-gb {args.peer_max_gb:g})"}
+                           f"(largest array > --peer-max-gb {args.peer_max_gb:g})"}
         elif not ref_ok:
             res = {"status": "skipped", "note": "skipped: no mpsntk kernel to check against"}
         else:
@@ -734,6 +772,9 @@ def _run_config(cfg, tools, args, gemm, common, ref_path, missing):
         rec.update(res)
         if rec["status"] == "ok":
             rec["gflops"] = flops / rec["median_s"] / 1e9
+            peak = (common.get("card_peak_tflops") or {}).get(dtype)
+            if args.device == "gpu" and peak:
+                rec["frac_of_peak"] = rec["gflops"] / 1e3 / peak
         records.append(rec)
     if os.path.exists(ref_path):
         os.remove(ref_path)
@@ -794,9 +835,7 @@ def main(argv=None):
           f"native_blas={args.native_blas}", file=sys.stderr)
     gemm_start = _measure_gemm(args, "start")
 
-    peers = [] if args.device == "gpu" else list(dict.fromkeys(args.peers))
-    if args.device == "gpu" and args.peers:
-        print("# peers run on cpu only; --device gpu times mpsntk alone", file=sys.stderr)
+    peers = list(dict.fromkeys(args.peers))
     missing = {t for t in peers if importlib.util.find_spec(t) is None}
     common = {
         "device": args.device,
@@ -811,6 +850,15 @@ def main(argv=None):
         "timeout_s": args.timeout,
         "load_avg_start": os.getloadavg()[0],
     }
+    if args.device == "gpu":
+        import cupy
+        import gpu_peers
+
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        common["gpu"] = name.decode() if isinstance(name, bytes) else name
+        common["card_peak_tflops"] = gpu_peers.card_peaks(common["gpu"])
+        print(f"# GPU: {common['gpu']}; spec-sheet peak TFLOP/s: {common['card_peak_tflops']}",
+              file=sys.stderr)
     configs = list(itertools.product(args.dtype, args.n_sites, args.bond_dim, args.n_samples))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp_out = args.out + ".tmp"
