@@ -92,7 +92,7 @@ void register_dtype(py::module_& m, const std::string& sfx) {
            bool normalized, bool tf32, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
           const auto ch = device_chain<T>(c, s, sc, bc, os);
           MPSNTK_EXPECTS(lr.ndim() == 1 && lr.shape(0) == ch.n_sites, "site_lr: need one per site");
-          MPSNTK_EXPECTS(!tf32 || std::is_same_v<T, float>, "precision='tf32' needs float32");
+          MPSNTK_EXPECTS(!tf32 || (std::is_same_v<T, float>), "precision='tf32' needs float32");
           const auto f1 = device_features<T>(phi1, s1);
           FeatureView<T> f2;
           if (phi2) f2 = device_features<T>(phi2, s2);
