@@ -130,11 +130,11 @@ void identity_slot(index_t n, index_t h, T* v, double* lg) {
   std::fill(lg, lg + n, 0.0);
 }
 
-/// Compute the left slots 0..N (if want_left) and the right slots 1..N (if want_right).  With
-/// keep_all = false only the last left slot is kept (the forward pass): each block of samples
-/// alternates between two small buffers on its way along the chain.  Samples are independent, so each thread sweeps whole
-/// blocks of samples through the chain: one parallel region, and a block's rows stay in cache
-/// from one site to the next.
+/// Compute the left slots 0..N (if want_left) and the right slots 1..N (if want_right).
+/// Samples are independent, so each thread sweeps whole blocks of samples along the chain: one
+/// parallel region, and a block's rows stay in cache from one site to the next.  With keep_all
+/// = false only the last left slot is kept (the forward pass): each block alternates between
+/// two small buffers on its way.
 template <class T>
 Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi,
                                      bool want_left, bool want_right, bool keep_all = true) {

@@ -12,8 +12,7 @@ void make_panels(Factors<T>& F) {
   if (F.chain->boundary != Boundary::open) return;
   constexpr int L = Simd<T>::L;
   const index_t N = F.chain->n_sites, panels = round_up(F.n, Simd<T>::PAD) / L;
-  auto convert = [&](const T* slot, index_t dim, std::vector<T>& tmp) {
-    T* v = const_cast<T*>(slot);  // the environments own the slots; Factors views them
+  auto convert = [&](T* v, index_t dim, std::vector<T>& tmp) {
     tmp.resize(L * dim);
     for (index_t p = 0; p < panels; ++p) {
       T* blk = v + p * L * dim;
@@ -27,9 +26,9 @@ void make_panels(Factors<T>& F) {
     std::vector<T> tmp;
 #pragma omp for schedule(dynamic)
     for (index_t j = 0; j < N; ++j) {
-      auto& s = F.site[j];
-      if (s.mult_a == 1 && s.da > 1) convert(s.a, s.da, tmp);
-      if (s.mult_b == 1 && s.db > 1) convert(s.b, s.db, tmp);
+      auto& s = F.site[j];  // open chains: s.a is left slot j, s.b right slot j + 1
+      if (s.mult_a == 1 && s.da > 1) convert(F.env.left[j], s.da, tmp);
+      if (s.mult_b == 1 && s.db > 1) convert(F.env.right[j + 1], s.db, tmp);
       s.a_panels = s.mult_a == 1;  // a single column is the same in both layouts
       s.b_panels = s.mult_b == 1;
     }
