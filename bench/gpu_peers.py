@@ -6,9 +6,10 @@
 * ``torch``: ``torch.func.vmap(jacrev(f))`` on CUDA tensors, then ``sum_j J_j J_j^T``;
 * ``jax``: ``jit(vmap(jacrev(f)))`` on the GPU backend, then ``sum_j J_j J_j^T``.
 
-Each builder returns ``(run, peak)``: ``run()`` computes the kernel, synchronises and returns
-it as a NumPy array; ``peak()`` is the tool's peak GPU memory in bytes since the builder
-returned (CuPy pool, ``torch.cuda.max_memory_allocated``, XLA's ``peak_bytes_in_use``).
+Each builder returns ``(run, to_host, peak)``: ``run()`` computes the kernel and synchronises
+(the timed part: the result stays on the card), ``to_host(result)`` copies it to a NumPy array
+(for the agreement check only), ``peak()`` is the tool's peak GPU memory in bytes since the
+builder returned (CuPy pool, ``torch.cuda.max_memory_allocated``, XLA's ``peak_bytes_in_use``).
 ``structured_ntk`` is written for any array module, so it runs (and is checked) with NumPy too.
 """
 
@@ -86,11 +87,11 @@ def cupy_fn(mps, phi):
     def run():
         theta = structured_ntk(cupy, cores, scales, rates, phi_d)
         cupy.cuda.get_current_stream().synchronize()
-        return cupy.asnumpy(theta)
+        return theta
 
     pool.free_all_blocks()
     base = pool.total_bytes()
-    return run, lambda: pool.total_bytes() - base
+    return run, cupy.asnumpy, lambda: pool.total_bytes() - base
 
 
 def mpsntk_fn(mps, phi):
@@ -106,11 +107,11 @@ def mpsntk_fn(mps, phi):
     def run():
         theta = mn.ntk(mps_d, phi_d)
         cupy.cuda.get_current_stream().synchronize()
-        return cupy.asnumpy(theta)
+        return theta
 
     pool.free_all_blocks()
     base = pool.total_bytes()  # the model and features stay: count what the call adds
-    return run, lambda: pool.total_bytes() - base
+    return run, cupy.asnumpy, lambda: pool.total_bytes() - base
 
 
 def _f_and_rates(mps, lib):
@@ -146,11 +147,11 @@ def torch_fn(mps, phi):
                 term = flat @ flat.T * rate
                 theta = term if theta is None else theta.add_(term)
         torch.cuda.synchronize()
-        return theta.cpu().numpy()
+        return theta
 
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    return run, lambda: torch.cuda.max_memory_allocated() - base
+    return run, lambda t: t.cpu().numpy(), lambda: torch.cuda.max_memory_allocated() - base
 
 
 def jax_fn(mps, phi):
@@ -178,13 +179,13 @@ def jax_fn(mps, phi):
         return theta
 
     def run():
-        return np.asarray(ntk(cores, phi_j).block_until_ready())
+        return ntk(cores, phi_j).block_until_ready()
 
     def peak():
         stats = gpu.memory_stats() or {}
         return stats.get("peak_bytes_in_use")
 
-    return run, peak
+    return run, np.asarray, peak
 
 
 BUILDERS = {"mpsntk": mpsntk_fn, "cupy": cupy_fn, "torch": torch_fn, "jax": jax_fn}
