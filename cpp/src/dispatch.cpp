@@ -23,18 +23,14 @@ namespace mpsntk {
   void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*); \
   template <class T>                                                                                \
   void jacobian_impl(const ChainView<T>&, const FeatureView<T>&, T*);                              \
+  template <class T>                                                                                \
+  double log_partition_impl(const ChainView<T>&, const double*, T* const*);                        \
+  template <class T>                                                                                \
+  void doubled_right_impl(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,   \
+                          std::vector<double>&);                                                    \
   }
 
 MPSNTK_DECLARE_ISA(isa_generic)
-
-// Born-machine contractions are small dense loops: one portable build serves every CPU.
-namespace isa_generic {
-template <class T>
-double log_partition_impl(const ChainView<T>&, const double*, T* const*);
-template <class T>
-void doubled_right_impl(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,
-                        std::vector<double>&);
-}  // namespace isa_generic
 #if defined(MPSNTK_X86_DISPATCH)
 MPSNTK_DECLARE_ISA(isa_avx2)
 MPSNTK_DECLARE_ISA(isa_avx512)
@@ -172,14 +168,14 @@ void check_born(const ChainView<T>& ch, const double* w) {
 template <class T>
 double log_partition(const ChainView<T>& ch, const double* w, T* const* grads) {
   check_born(ch, w);
-  return isa_generic::log_partition_impl<T>(ch, w, grads);
+  MPSNTK_ROUTE(log_partition_impl<T>(ch, w, grads))
 }
 
 template <class T>
 void doubled_right_environments(const ChainView<T>& ch, const double* w,
                                 std::vector<std::vector<double>>& slots, std::vector<double>& log_scale) {
   check_born(ch, w);
-  isa_generic::doubled_right_impl<T>(ch, w, slots, log_scale);
+  MPSNTK_ROUTE(doubled_right_impl<T>(ch, w, slots, log_scale))
 }
 
 #define MPSNTK_PUBLIC(T)                                                                            \
