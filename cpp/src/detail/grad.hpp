@@ -24,6 +24,36 @@ index_t outputs_at(const Factors<T>& F, index_t j) {
   return (s.mult_a > 1 || s.mult_b > 1 || j == F.chain->output_site) ? F.n_outputs() : 1;
 }
 
+/// Khatri-Rao rows coef(x) * u (x) a (K = d * da values) of the samples x0 .. x0 + m - 1 at site
+/// j, output l, written into a packed operand: one row per sample (depth K) when
+/// samples_as_rows, else one row per k (depth m).  Padding rows are zeroed.
+template <class T, class Coef>
+void pack_khatri_rao(const Factors<T>& F, index_t j, index_t l, index_t x0, index_t m, Coef coef,
+                     bool samples_as_rows, T* dst) {
+  constexpr int L = Simd<T>::L;
+  const index_t d = F.chain->phys_dim, da = F.site[j].da, K = d * da;
+  const index_t rows = samples_as_rows ? m : K, depth = samples_as_rows ? K : m;
+  for (index_t r = rows; r < round_up(rows, Simd<T>::PAD); ++r) {
+    T* o = dst + panel_offset<T>(r, depth) + r % L;
+    for (index_t k = 0; k < depth; ++k) o[k * L] = T(0);
+  }
+  for (index_t x = 0; x < m; ++x) {
+    const T* u = F.u_row(j, x0 + x);
+    const T* a = F.a_row(j, x0 + x, l);
+    const T c = static_cast<T>(coef(x));
+    for (index_t s = 0; s < d; ++s) {
+      const T cs = c * u[s];
+      for (index_t i = 0; i < da; ++i) {
+        const index_t k = s * da + i;
+        if (samples_as_rows)
+          dst[panel_offset<T>(x, K) + x % L + k * L] = cs * a[i];
+        else
+          dst[panel_offset<T>(k, m) + k % L + x * L] = cs * a[i];
+      }
+    }
+  }
+}
+
 /// G_j (+)= sum_{x,l} wt(x,l) * u (x) a (x) b, accumulated in the core layout [l?][s][a][b].
 /// wt(x, l) already includes the cotangent, c_j and the row's scale.  One GEMM per output:
 /// (K = d * da rows of coefficients) x (db rows of b), both packed over blocks of samples.
@@ -35,15 +65,11 @@ void vjp_site(const Factors<T>& F, index_t j, WeightFn wt, T* G) {
   const bool label = j == F.chain->output_site;
   const index_t chunk = std::min<index_t>(n, 512);  // samples per packed depth block
   buffer<T> pa(round_up(K, Simd<T>::PAD) * chunk), pb(round_up(db, Simd<T>::PAD) * chunk);
-  std::vector<T> w(chunk);
   for (index_t l = 0; l < nl; ++l) {
     T* g = G + (label ? l * K * db : 0);
     for (index_t x0 = 0; x0 < n; x0 += chunk) {
       const index_t m = std::min(chunk, n - x0);
-      for (index_t x = 0; x < m; ++x) w[x] = static_cast<T>(wt(x0 + x, l));
-      pack_elems<T>(K, m, [&](index_t k, index_t x) {
-        return w[x] * F.u_row(j, x0 + x)[k / da] * F.a_row(j, x0 + x, l)[k % da];
-      }, pa.data());
+      pack_khatri_rao<T>(F, j, l, x0, m, [&](index_t x) { return wt(x0 + x, l); }, false, pa.data());
       pack_elems<T>(db, m, [&](index_t b, index_t x) {
         return s.db ? F.b_row(j, x0 + x, l)[b] : T(1);
       }, pb.data());
@@ -105,9 +131,7 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out) {
         const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da;
         pa.resize(round_up(m, Simd<T>::PAD) * K);
         for (index_t l = 0; l < outputs_at(F, j); ++l) {
-          pack_elems<T>(m, K, [&](index_t r, index_t k) {
-            return F.u_row(j, x0 + r)[k / da] * F.a_row(j, x0 + r, l)[k % da];
-          }, pa.data());
+          pack_khatri_rao<T>(F, j, l, x0, m, [](index_t) { return 1.0; }, true, pa.data());
           dot.assign(m, T(0));
           gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(), [&](index_t r, index_t c, T v) {
             dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1));
