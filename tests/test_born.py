@@ -33,9 +33,17 @@ def test_log_partition_equals_enumeration(boundary, bonds, phys_dim):
     assert np.allclose(p, f**2 / np.sum(f**2), rtol=1e-11, atol=0)
 
 
-@pytest.mark.parametrize("boundary", ["open", "periodic"])
-def test_log_partition_gradient(boundary):
-    mps = mn.MPS.random(4, 3, boundary=boundary, seed=4)
+@pytest.mark.parametrize(
+    "boundary,bonds",
+    [
+        ("open", 3),
+        ("periodic", 3),
+        ("open", [1, 200, 150, 90, 1]),  # large enough for the threaded GEMMs
+        ("periodic", [10, 12, 9, 11, 10]),  # 100 channels: the channel-parallel path
+    ],
+)
+def test_log_partition_gradient(boundary, bonds):
+    mps = mn.MPS.random(4, bonds, boundary=boundary, seed=4)
     logz, grads = born.log_partition_grad(mps, 0.7)
     # d log Z / dW = (2/Z) sum_x Psi(x) dPsi(x)/dW, with the dense oracle Jacobian.
     x, f = _brute(mps, 0.7)

@@ -12,34 +12,49 @@ struct DoubledEnvironments {
   std::vector<double> left_log, right_log;
 };
 
-/// out = sum_s w_s op(A_s)^T E op(A_s) for one channel, op = identity (left) or transpose (right).
+/// Core s of site j as a packed operand with rows o < dout and depth i < din: A(i, o) with A
+/// read as (din x dout), i.e. A_s going right and A_s^T going left.  The same panels serve as
+/// the right operand of E_c A and the left operand of A^T (E_c A).
 template <class T>
-void doubled_step(const T* core, double c, index_t d, index_t Dl, index_t Dr, const double* w,
-                  bool to_right, const double* E, double* out, std::vector<double>& tmp) {
+buffer<double> pack_core_columns(const T* A, index_t Dl, index_t Dr, bool to_right) {
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
-  std::fill(out, out + dout * dout, 0.0);
-  tmp.assign(din * dout, 0.0);
-  const double c2 = c * c;
+  buffer<double> p(round_up(dout, Simd<double>::PAD) * din);
+  pack_elems<double>(dout, din, [&](index_t o, index_t i) {
+    return static_cast<double>(to_right ? A[i * Dr + o] : A[o * Dr + i]);
+  }, p.data());
+  return p;
+}
+
+/// out_c = sum_s w_s c^2 op(A_s)^T E_c op(A_s) for the h channels c (D x D matrices, row-major),
+/// op = identity (left) or transpose (right): two register-blocked GEMMs per channel and s,
+/// channels in parallel.
+template <class T>
+void doubled_step(const T* core, double c, index_t d, index_t Dl, index_t Dr, const double* w, bool to_right,
+                  index_t h, const double* E, double* out) {
+  constexpr int L = Simd<double>::L;
+  const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
+  std::fill(out, out + h * dout * dout, 0.0);
   for (index_t s = 0; s < d; ++s) {
-    const T* A = core + s * Dl * Dr;
-    auto a = [&](index_t i, index_t o) -> double {  // A as (din x dout)
-      return to_right ? A[i * Dr + o] : A[o * Dr + i];
-    };
-    // tmp = E * A  (din x dout), then out += w c^2 A^T tmp
-    std::fill(tmp.begin(), tmp.end(), 0.0);
-    for (index_t i = 0; i < din; ++i)
-      for (index_t k = 0; k < din; ++k) {
-        const double e = E[i * din + k];
-        if (e == 0.0) continue;
-        for (index_t o = 0; o < dout; ++o) tmp[i * dout + o] += e * a(k, o);
+    const buffer<double> ap = pack_core_columns(core + s * Dl * Dr, Dl, Dr, to_right);
+    const double ws = w[s] * c * c;
+#pragma omp parallel if (h > 1 && h * din * din * dout > 65536)
+    {
+      buffer<double> ep(round_up(din, Simd<double>::PAD) * din);
+      buffer<double> tp(round_up(dout, Simd<double>::PAD) * din, 0.0);  // padding rows stay 0
+#pragma omp for schedule(static)
+      for (index_t ch = 0; ch < h; ++ch) {
+        const double* Ec = E + ch * din * din;
+        double* oc = out + ch * dout * dout;
+        pack_rows<double>(din, din, [&](index_t i) { return Ec + i * din; }, [](index_t) { return 1.0; },
+                          ep.data());
+        // (E_c A)[i][o], stored as the packed operand with rows o and depth i
+        gemm_packed<double>(din, dout, din, ep.data(), ap.data(), [&](index_t i, index_t o, double v) {
+          tp[panel_offset<double>(o, din) + o % L + i * L] = v;
+        });
+        gemm_packed<double>(dout, dout, din, ap.data(), tp.data(),
+                            [&](index_t o, index_t o2, double v) { oc[o * dout + o2] += ws * v; });
       }
-    const double ws = w[s] * c2;
-    for (index_t i = 0; i < din; ++i)
-      for (index_t o = 0; o < dout; ++o) {
-        const double ai = ws * a(i, o);
-        if (ai == 0.0) continue;
-        for (index_t o2 = 0; o2 < dout; ++o2) out[o * dout + o2] += ai * tmp[i * dout + o2];
-      }
+    }
   }
 }
 
@@ -73,15 +88,9 @@ DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double
     identity(env.left[0]);
     for (index_t j = 0; j < N; ++j) {
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
-      env.left[j + 1].assign(h * Dr * Dr, 0.0);
-#pragma omp parallel if (h * Dl * Dr * Dr > 65536)
-      {
-        std::vector<double> tmp;
-#pragma omp for schedule(static)
-        for (index_t c = 0; c < h; ++c)
-          doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, true, env.left[j].data() + c * Dl * Dl,
-                          env.left[j + 1].data() + c * Dr * Dr, tmp);
-      }
+      env.left[j + 1].resize(h * Dr * Dr);
+      doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, true, h, env.left[j].data(),
+                      env.left[j + 1].data());
       env.left_log[j + 1] = env.left_log[j];
       normalise_slot(env.left[j + 1], env.left_log[j + 1]);
     }
@@ -92,15 +101,9 @@ DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double
     identity(env.right[N]);
     for (index_t j = N - 1; j >= 0; --j) {
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
-      env.right[j].assign(h * Dl * Dl, 0.0);
-#pragma omp parallel if (h * Dl * Dr * Dr > 65536)
-      {
-        std::vector<double> tmp;
-#pragma omp for schedule(static)
-        for (index_t c = 0; c < h; ++c)
-          doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, false, env.right[j + 1].data() + c * Dr * Dr,
-                          env.right[j].data() + c * Dl * Dl, tmp);
-      }
+      env.right[j].resize(h * Dl * Dl);
+      doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, false, h, env.right[j + 1].data(),
+                      env.right[j].data());
       env.right_log[j] = env.right_log[j + 1];
       normalise_slot(env.right[j], env.right_log[j]);
     }
@@ -127,37 +130,58 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
   const double logz = std::log(ztr) + env.left_log[N];
   if (!want_grad) return logz;
   // dZ/dA_j[s] = 2 w_s sum_channels P_c A_s S_c^T; periodic channels pair (a,a') of the prefix
-  // with (a,a') of the suffix (the trace).
-#pragma omp parallel for schedule(dynamic) if (h * ch.bond[1] * ch.bond[1] * ch.bond[1] * N > 65536)
+  // with (a,a') of the suffix (the trace).  Per channel two GEMMs, channels in parallel; each
+  // thread sums its own channels and the partial sums are added in thread order.
+  constexpr int L = Simd<double>::L;
+  int threads = 1;
+#ifdef _OPENMP
+  threads = omp_get_max_threads();
+#endif
   for (index_t j = 0; j < N; ++j) {
     const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
     const double rel = std::exp(env.left_log[j] + env.right_log[j + 1] - logz);
     const double c = ch.scales[j];
-    std::vector<double> tmp(Dl * Dr);
+    const bool parallel = h > 1 && h * Dl * Dr * (Dl + Dr) > 65536;
     for (index_t s = 0; s < d; ++s) {
       const T* A = ch.cores[j] + s * Dl * Dr;
-      T* g = grads[j] + s * Dl * Dr;
-      std::vector<double> acc(Dl * Dr, 0.0);
-      for (index_t cch = 0; cch < h; ++cch) {
-        const double* P = env.left[j].data() + cch * Dl * Dl;
-        const double* S = env.right[j + 1].data() + cch * Dr * Dr;
-        std::fill(tmp.begin(), tmp.end(), 0.0);  // tmp = P A  (Dl x Dr)
-        for (index_t a = 0; a < Dl; ++a)
-          for (index_t k = 0; k < Dl; ++k) {
-            const double p = P[a * Dl + k];
-            if (p == 0.0) continue;
-            for (index_t b = 0; b < Dr; ++b) tmp[a * Dr + b] += p * A[k * Dr + b];
-          }
-        for (index_t a = 0; a < Dl; ++a)  // acc += tmp S^T
-          for (index_t b = 0; b < Dr; ++b) {
-            double v = 0;
-            for (index_t k = 0; k < Dr; ++k) v += tmp[a * Dr + k] * S[b * Dr + k];
-            acc[a * Dr + b] += v;
-          }
+      // A as the right operand of P_c A: rows b, depth k
+      buffer<double> ap(round_up(Dr, Simd<double>::PAD) * Dl);
+      pack_elems<double>(Dr, Dl, [&](index_t b, index_t k) { return static_cast<double>(A[k * Dr + b]); },
+                         ap.data());
+      std::vector<std::vector<double>> partial(parallel ? threads : 1, std::vector<double>(Dl * Dr, 0.0));
+#pragma omp parallel num_threads(threads) if (parallel)
+      {
+#ifdef _OPENMP
+        std::vector<double>& acc = partial[parallel ? omp_get_thread_num() : 0];
+#else
+        std::vector<double>& acc = partial[0];
+#endif
+        buffer<double> pp(round_up(Dl, Simd<double>::PAD) * Dl), sp(round_up(Dr, Simd<double>::PAD) * Dr);
+        buffer<double> tp(round_up(Dl, Simd<double>::PAD) * Dr, 0.0);  // padding rows stay 0
+#pragma omp for schedule(static)
+        for (index_t cch = 0; cch < h; ++cch) {
+          const double* P = env.left[j].data() + cch * Dl * Dl;
+          const double* S = env.right[j + 1].data() + cch * Dr * Dr;
+          pack_rows<double>(Dl, Dl, [&](index_t a) { return P + a * Dl; }, [](index_t) { return 1.0; },
+                            pp.data());
+          pack_rows<double>(Dr, Dr, [&](index_t b) { return S + b * Dr; }, [](index_t) { return 1.0; },
+                            sp.data());
+          // (P_c A)[a][k] as the packed operand with rows a and depth k, then acc += (P_c A) S_c^T
+          gemm_packed<double>(Dl, Dr, Dl, pp.data(), ap.data(), [&](index_t a, index_t k, double v) {
+            tp[panel_offset<double>(a, Dr) + a % L + k * L] = v;
+          });
+          gemm_packed<double>(Dl, Dr, Dr, tp.data(), sp.data(),
+                              [&](index_t a, index_t b, double v) { acc[a * Dr + b] += v; });
+        }
       }
       // d log Z / dW = c * dZ/dA / Z; dZ/dA_s = 2 w_s c (P (cA_s) S^T) with A = c W.
       const double f = 2.0 * w[s] * c * c * rel;
-      for (index_t e = 0; e < Dl * Dr; ++e) g[e] = static_cast<T>(f * acc[e]);
+      T* g = grads[j] + s * Dl * Dr;
+      for (index_t e = 0; e < Dl * Dr; ++e) {
+        double v = 0;
+        for (const auto& part : partial) v += part[e];
+        g[e] = static_cast<T>(f * v);
+      }
     }
   }
   return logz;
