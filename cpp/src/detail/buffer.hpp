@@ -8,6 +8,8 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#elif defined(_WIN32)
+#include <malloc.h>
 #endif
 
 namespace mpsntk {
@@ -37,7 +39,11 @@ struct uninit_allocator {
     const std::size_t bytes = n * sizeof(T);
     if (bytes < huge_threshold) return static_cast<T*>(::operator new(bytes));
     const std::size_t rounded = (bytes + huge_page - 1) / huge_page * huge_page;
+#if defined(_WIN32)
+    void* p = _aligned_malloc(rounded, huge_page);
+#else
     void* p = std::aligned_alloc(huge_page, rounded);
+#endif
     if (!p) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure leaves ordinary pages
@@ -48,7 +54,11 @@ struct uninit_allocator {
     if (n * sizeof(T) < huge_threshold)
       ::operator delete(p);
     else
+#if defined(_WIN32)
+      _aligned_free(p);
+#else
       std::free(p);
+#endif
   }
   template <class U>
   void construct(U* p) noexcept {
