@@ -22,12 +22,13 @@ struct Environments {
 };
 
 /// Size of slot s of one side: rows (x, l, alpha) with l < mult(s) and alpha < h, of bond[s]
-/// values each, padded with zero rows to a multiple of the panel padding so that a slot can be
-/// rewritten in place as packed panels (make_panels in ntk.hpp).
+/// values each, padded with zero samples to a multiple of the panel padding so that a slot, or
+/// its (l, alpha) rows of a sample taken as one row, can be rewritten in place as packed panels
+/// (fold_outputs and make_panels in ntk.hpp).
 template <class T>
 index_t slot_size(const ChainView<T>& ch, index_t n, index_t s, bool left) {
-  const index_t rows = n * (left ? ch.left_mult(s) : ch.right_mult(s)) * ch.channels();
-  return round_up(rows, Simd<T>::PAD) * ch.bond[s];
+  const index_t per_x = (left ? ch.left_mult(s) : ch.right_mult(s)) * ch.channels();
+  return round_up(n, Simd<T>::PAD) * per_x * ch.bond[s];
 }
 
 /// Normalise each group of `group` values by a power of two near its largest magnitude.

@@ -3,6 +3,43 @@
 // one output tile at a time, with the three Gram products of a micro-tile computed in registers
 // and multiplied straight into the tile; the per-site n1 x n2 terms never exist in memory.
 
+/// Multi-output traces in one pass.  sum_l Theta_ll sums, over l, site terms (u.u')(a.a')(b.b')
+/// in which at most one of a, b depends on l, and its (x, l) rows are contiguous per sample.
+/// Each (x, l) row is rescaled in place by exp(log(x, l) - max_l log(x, l)) and a sample's C
+/// rows are read as one row of C * dim values: their Gram is the sum over l.  The label site's
+/// factors do not depend on l; its trace is C times its term (the caller scales its weight).
+template <class T>
+void fold_outputs(Factors<T>& F) {
+  const index_t C = F.n_outputs(), n = F.n, N = F.chain->n_sites;
+  if (C == 1) return;
+  auto fold = [&](T* v, double* lg, index_t dim) {
+    for (index_t x = 0; x < n; ++x) {  // increasing x: lg[x] is written after it is read
+      double m = -std::numeric_limits<double>::infinity();
+      for (index_t l = 0; l < C; ++l) m = std::max(m, lg[x * C + l]);
+      for (index_t l = 0; l < C; ++l) {
+        const T f = static_cast<T>(std::exp(lg[x * C + l] - m));
+        T* row = v + (x * C + l) * dim;
+        for (index_t k = 0; k < dim; ++k) row[k] *= f;
+      }
+      lg[x] = m;
+    }
+  };
+  const bool open = F.chain->boundary == Boundary::open;
+#pragma omp parallel for schedule(dynamic) if (n * N > 4096)
+  for (index_t j = 0; j < N; ++j) {
+    auto& s = F.site[j];
+    if (s.mult_a > 1) {  // open: left slot j; periodic: the open environment E_j
+      fold(open ? F.env.left[j] : F.open_env[j].data(),
+           open ? F.env.left_log[j].data() : F.open_log[j].data(), s.da);
+      s.mult_a = 1, s.da *= C;
+    }
+    if (s.mult_b > 1) {  // open chains only: right slot j + 1
+      fold(F.env.right[j + 1], F.env.right_log[j + 1].data(), s.db);
+      s.mult_b = 1, s.db *= C;
+    }
+  }
+}
+
 /// Rewrite, in place, the environment slots of an open chain that do not depend on the output
 /// l as packed panels (each block of L rows, row-major, becomes [k][lane]; slots are padded to
 /// whole panels), so that the NTK reads them without a second copy of every environment.
@@ -103,7 +140,6 @@ struct NtkTarget {
   T* mirror = nullptr;
   bool upper_only = false;
   std::atomic<bool>* finite = nullptr;  ///< cleared when a written entry is not finite
-  bool accumulate = false;        ///< add to the output (later outputs l of a trace) or assign
   const double* log1 = nullptr;   ///< with log1/log2: write exp(c_i + c_k) Theta~ (else Theta~)
   const double* log2 = nullptr;
   const double* exp1 = nullptr;   ///< exp(c_i), exp(c_k), used when `split` (all c moderate)
@@ -162,11 +198,11 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
               v *= static_cast<T>(tile::pair_scale(tgt.log1[a], tgt.exp1[a], tgt.log2[b], tgt.exp2[b], tgt.split));
             }
             T& dst = o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col];
-            dst = tgt.accumulate ? dst + v : v;
+            dst = v;
             all_finite = all_finite && std::isfinite(dst);
             if (mirror_tile) {
               T& md = m[(k0 + k) * tgt.ld_row + (i0 + i) * tgt.ld_col];
-              md = tgt.accumulate ? md + v : v;
+              md = v;
             }
           }
         std::fill(buf.begin(), buf.end(), T(0));
@@ -211,9 +247,14 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
               const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
   const index_t N = ch.n_sites, C = ch.n_outputs;
   const bool sym = phi2 == nullptr;
+  const bool full = opt.full_outputs && C > 1;
   Factors<T> F1 = compute_factors<T>(ch, phi1);
   Factors<T> F2storage;
   if (!sym) F2storage = compute_factors<T>(ch, *phi2);
+  if (!full) {  // traced outputs: one pass over the sites
+    fold_outputs(F1);
+    if (!sym) fold_outputs(F2storage);
+  }
   make_panels(F1);
   if (!sym) make_panels(F2storage);
   Factors<T>& F2 = sym ? F1 : F2storage;
@@ -222,8 +263,8 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   const std::vector<double> c2 = sym ? c1 : F2.sample_log_scale();
   std::vector<double> weight(N);
   for (index_t j = 0; j < N; ++j) weight[j] = ch.scales[j] * ch.scales[j] * site_lr[j];
+  if (!full && ch.output_site >= 0) weight[ch.output_site] *= C;  // its trace: C equal terms
 
-  const bool full = opt.full_outputs && C > 1;
   const index_t cc = full ? C * C : 1;
   const index_t block = n1 * n2 * cc;
   for (index_t x = 0; x < n1; ++x) log1[x] = std::isfinite(c1[x]) ? c1[x] : 0.0;
@@ -249,17 +290,14 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   std::vector<char> all(N, 1), no_label(N, 1);
   if (ch.output_site >= 0) no_label[ch.output_site] = 0;
 
-  if (!full) {  // sum over outputs l of Theta_ll
-    for (index_t l = 0; l < C; ++l) {
-      PackedSide<T> p1 = pack_side<T>(F1, l, c1, weight);
-      PackedSide<T> p2storage;
-      if (!sym) p2storage = pack_side<T>(F2, l, c2, weight);
-      tgt.out = out;
-      tgt.mirror = sym ? out : nullptr;
-      tgt.upper_only = sym;
-      tgt.accumulate = l > 0;
-      ntk_tiles<T>(p1, sym ? p1 : p2storage, all, tgt, opt.tile);
-    }
+  if (!full) {  // sum over outputs l of Theta_ll, folded into the factors
+    PackedSide<T> p1 = pack_side<T>(F1, 0, c1, weight);
+    PackedSide<T> p2storage;
+    if (!sym) p2storage = pack_side<T>(F2, 0, c2, weight);
+    tgt.out = out;
+    tgt.mirror = sym ? out : nullptr;
+    tgt.upper_only = sym;
+    ntk_tiles<T>(p1, sym ? p1 : p2storage, all, tgt, opt.tile);
   } else {
     std::vector<PackedSide<T>> p2all;
     for (index_t l2 = 0; l2 < C && !sym; ++l2) p2all.push_back(pack_side<T>(F2, l2, c2, weight));
