@@ -5,7 +5,9 @@ and right environments ``L_j``, ``R_j``; periodic chains use ``<E_j, E_j'>_F`` w
 environment ``E_j`` (theory section 2).  The C++ engine contracts the environments once per batch
 (``O(n_samples n_sites d D^2)``, periodic ``O(n_samples n_sites D^3)``) and accumulates the Gram
 sums tile by tile (``O(n1 n2 n_sites (d + 2D))``); extra memory is the environments plus one
-tile per thread.
+tile per thread.  Multi-output models traced over their C outputs (the default) take one pass:
+the output-dependent environment of each site enters as one row of ``C D`` values per sample
+(``O(n1 n2 n_sites (d + D + C D))``); ``outputs="full"`` takes one pass per output pair.
 """
 
 from __future__ import annotations
