@@ -56,7 +56,7 @@ def environment_bytes(mps, n_samples):
     else:
         h = int(D[0])
         per = int(np.sum(D[:-1] * D[1:] + h * (D[:-1] + D[1:]) + mps.phys_dim))
-    return 2 * n_samples * per * C * item  # raw environments plus packed panels
+    return 2 * n_samples * per * C * item  # environments plus packed copies: an upper bound
 
 
 def ntk(
