@@ -62,7 +62,7 @@ import tempfile
 import time
 
 PEERS = ("numpy", "torch", "jax")           # --device cpu
-GPU_PEERS = ("cupy", "torch", "jax")        # --device gpu (bench/gpu_peers.py)
+GPU_PEERS = ("cupy", "torch", "jax")        # --device gpu (bench/peers.py)
 DTYPES = ("float64", "float32")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -251,80 +251,25 @@ def _numpy_ntk_fn(mps, phi):
 
 
 def _torch_ntk_fn(mps, phi, n_threads):
-    """``vmap(jacrev(f))`` over the cores with torch.func, then ``sum_j J_j J_j^T``."""
+    """``vmap(jacrev(f))`` over the cores with torch.func on the CPU (peers.torch_fn)."""
+    import peers
     import torch
-    from torch.func import jacrev, vmap
 
     torch.set_num_threads(n_threads)
-    cores = tuple(torch.from_numpy(c) for c in mps.cores)
-    scales = [float(c) for c in mps.scales]
-    rates = [float(r) for r in mps.site_lr]
-    phi_t = torch.from_numpy(phi)
-    n = phi.shape[0]
-
-    def f(cores, phi_x):
-        v = torch.ones(1, dtype=phi_x.dtype)
-        for j, core in enumerate(cores):
-            v = v @ torch.einsum("s,sab->ab", phi_x[j], scales[j] * core)
-        return v[0]
-
-    jac_fn = vmap(jacrev(f), in_dims=(None, 0))
-
-    def run():
-        with torch.no_grad():
-            jacs = jac_fn(cores, phi_t)
-            theta = None
-            for rate, jac in zip(rates, jacs):
-                flat = jac.reshape(n, -1)
-                term = flat @ flat.T
-                if rate != 1.0:
-                    term = term * rate
-                theta = term if theta is None else theta.add_(term)
-        return theta.numpy()
-
-    return run
+    run, to_host, _ = peers.torch_fn(mps, phi, device="cpu")
+    return lambda: to_host(run())
 
 
 def _jax_ntk_fn(mps, phi):
-    """``jit(vmap(jacrev(f)))`` over the cores, then ``sum_j J_j J_j^T`` (jitted)."""
-    import jax
+    """``jit(vmap(jacrev(f)))`` over the cores on JAX's CPU backend (peers.jax_fn)."""
+    import peers
 
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-    import numpy as np
-
-    cores = tuple(jnp.asarray(c) for c in mps.cores)
-    scales = [float(c) for c in mps.scales]
-    rates = [float(r) for r in mps.site_lr]
-    phi_j = jnp.asarray(phi)
-    n = phi.shape[0]
-
-    def f(cores, phi_x):
-        v = jnp.ones((1,), dtype=phi_x.dtype)
-        for j, core in enumerate(cores):
-            v = v @ jnp.einsum("s,sab->ab", phi_x[j], scales[j] * core)
-        return v[0]
-
-    @jax.jit
-    def ntk(cores, phi):
-        jacs = jax.vmap(jax.jacrev(f), in_axes=(None, 0))(cores, phi)
-        theta = None
-        for rate, jac in zip(rates, jacs):
-            flat = jac.reshape(n, -1)
-            term = flat @ flat.T
-            if rate != 1.0:
-                term = term * rate
-            theta = term if theta is None else theta + term
-        return theta
-
-    def run():
-        return np.asarray(ntk(cores, phi_j).block_until_ready())
-
-    return run
+    run, to_host, _ = peers.jax_fn(mps, phi, platform="cpu")
+    return lambda: to_host(run())
 
 
 def _mpsntk_fn(mps, phi, device, n_threads):
-    """``mpsntk.ntk(mps, phi)`` on the host engine (the GPU builders are in gpu_peers.py)."""
+    """``mpsntk.ntk(mps, phi)`` on the host engine (the GPU builders are in peers.py)."""
     import mpsntk as mn
 
     mn.set_num_threads(n_threads)
@@ -373,9 +318,9 @@ def _measure(tool, cfg, opts):
     gpu_peak = None
     to_host = np.asarray
     if opts["device"] == "gpu":  # timed calls leave the kernel on the card
-        import gpu_peers
+        import peers
 
-        fn, to_host, gpu_peak = gpu_peers.BUILDERS[tool](mps, phi)
+        fn, to_host, gpu_peak = peers.BUILDERS[tool](mps, phi)
     elif tool == "mpsntk":
         fn = _mpsntk_fn(mps, phi, opts["device"], n_threads)
     elif tool == "numpy":
@@ -854,11 +799,11 @@ def main(argv=None):
     }
     if args.device == "gpu":
         import cupy
-        import gpu_peers
+        import peers
 
         name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
         common["gpu"] = name.decode() if isinstance(name, bytes) else name
-        common["card_peak_tflops"] = gpu_peers.card_peaks(common["gpu"])
+        common["card_peak_tflops"] = peers.card_peaks(common["gpu"])
         print(f"# GPU: {common['gpu']}; spec-sheet peak TFLOP/s: {common['card_peak_tflops']}",
               file=sys.stderr)
     configs = list(itertools.product(args.dtype, args.n_sites, args.bond_dim, args.n_samples))

@@ -1,4 +1,5 @@
-"""GPU peers of ``bench_ntk.py --device gpu``: the same NTK on the same card, computed by
+"""Peers of ``bench_ntk.py``.  torch.func and JAX run on the CPU or the GPU; on the GPU
+(``--device gpu``) the same NTK is computed on the same card by
 
 * ``cupy``: the structured formula of mpsntk with cuBLAS doing the work: environments by
   batched matmuls, then ``Theta = sum_j w_j (U_j U_j^T) * (L_j L_j^T) * (R_j R_j^T)`` with one
@@ -9,7 +10,8 @@
 Each builder returns ``(run, to_host, peak)``: ``run()`` computes the kernel and synchronises
 (the timed part: the result stays on the card), ``to_host(result)`` copies it to a NumPy array
 (for the agreement check only), ``peak()`` is the tool's peak GPU memory in bytes since the
-builder returned (CuPy pool, ``torch.cuda.max_memory_allocated``, XLA's ``peak_bytes_in_use``).
+builder returned (CuPy pool, ``torch.cuda.max_memory_allocated``, XLA's ``peak_bytes_in_use``;
+None on the CPU).
 ``structured_ntk`` is written for any array module, so it runs (and is checked) with NumPy too.
 """
 
@@ -126,12 +128,13 @@ def _f_and_rates(mps, lib):
     return f, [float(r) for r in mps.site_lr]
 
 
-def torch_fn(mps, phi):
-    """``vmap(jacrev(f))`` with torch.func on CUDA tensors."""
+def torch_fn(mps, phi, device="cuda"):
+    """``vmap(jacrev(f))`` with torch.func on ``device`` tensors, then ``sum_j J_j J_j^T``."""
     import torch
     from torch.func import jacrev, vmap
 
-    dev = torch.device("cuda")
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
     cores = tuple(torch.as_tensor(c, device=dev) for c in mps.cores)
     phi_t = torch.as_tensor(phi, device=dev)
     f, rates = _f_and_rates(mps, torch)
@@ -146,23 +149,26 @@ def torch_fn(mps, phi):
                 flat = jac.reshape(n, -1)
                 term = flat @ flat.T * rate
                 theta = term if theta is None else theta.add_(term)
-        torch.cuda.synchronize()
+        if gpu:
+            torch.cuda.synchronize()
         return theta
 
+    if not gpu:
+        return run, lambda t: t.numpy(), None
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     return run, lambda t: t.cpu().numpy(), lambda: torch.cuda.max_memory_allocated() - base
 
 
-def jax_fn(mps, phi):
-    """``jit(vmap(jacrev(f)))`` on JAX's GPU backend."""
+def jax_fn(mps, phi, platform="gpu"):
+    """``jit(vmap(jacrev(f)))`` on JAX's ``platform`` backend, then ``sum_j J_j J_j^T``."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import numpy as np
 
-    gpu = jax.devices("gpu")[0]
+    gpu = jax.devices(platform)[0]
     cores = tuple(jax.device_put(c, gpu) for c in mps.cores)
     phi_j = jax.device_put(phi, gpu)
     f, rates = _f_and_rates(mps, jnp)
@@ -185,7 +191,7 @@ def jax_fn(mps, phi):
         stats = gpu.memory_stats() or {}
         return stats.get("peak_bytes_in_use")
 
-    return run, np.asarray, peak
+    return run, np.asarray, peak if platform == "gpu" else None
 
 
 BUILDERS = {"mpsntk": mpsntk_fn, "cupy": cupy_fn, "torch": torch_fn, "jax": jax_fn}
