@@ -1,6 +1,8 @@
 // The _cuda extension: the CUDA engine exposed to python/mpsntk/_device.py.  Device arrays
 // arrive as raw pointers and shapes taken from __cuda_array_interface__ by the Python layer,
 // which also validates them and allocates every output and workspace with CuPy.
+// Built a second time as _cuda_sim (MPSNTK_CUDA_SIM): the same kernels on the SIMT simulator
+// of cuda/sim, where "device" pointers are host pointers (NumPy arrays).
 #include <type_traits>
 
 #include <pybind11/numpy.h>
@@ -10,6 +12,12 @@
 #include <cstdint>
 
 #include "mpsntk/cuda/engine.hpp"
+#ifdef MPSNTK_CUDA_SIM
+#include "mpsntk/cuda/sim.hpp"
+#define MPSNTK_CUDA_MODULE _cuda_sim
+#else
+#define MPSNTK_CUDA_MODULE _cuda
+#endif
 
 namespace py = pybind11;
 using namespace mpsntk;
@@ -149,8 +157,37 @@ void register_dtype(py::module_& m, const std::string& sfx) {
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
+PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
   m.doc() = "mpsntk CUDA engine: environments, fused NTK tiles, vjp/jvp/ntk_vp, forward";
+#ifdef MPSNTK_CUDA_SIM
+  m.def("set_schedule", [](const std::string& s) {
+    MPSNTK_EXPECTS(s == "forward" || s == "reverse", "schedule must be 'forward' or 'reverse'");
+    mc::sim::set_schedule(s == "forward" ? mc::sim::Schedule::forward : mc::sim::Schedule::reverse);
+  });
+  namespace st = mc::sim::selftest;
+  m.def("selftest_mma", [](const std::string& kind, py::array a, py::array b, py::array c) {
+    const bool f64 = kind == "f64";
+    const py::ssize_t M = f64 ? 8 : 16, N = 8, K = f64 ? 4 : 8;
+    const auto want = f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+    auto ok = [&](const py::array& x, py::ssize_t r, py::ssize_t cols) {
+      return x.dtype().is(want) && x.ndim() == 2 && x.shape(0) == r && x.shape(1) == cols &&
+             (x.flags() & py::array::c_style);
+    };
+    MPSNTK_EXPECTS(ok(a, M, K) && ok(b, K, N) && ok(c, M, N) && c.writeable(),
+                   "selftest_mma: A (M, K), B (K, N), writable C (M, N), C-contiguous, of the kind's dtype");
+    st::mma(kind, a.data(), b.data(), c.mutable_data());
+  });
+  m.def("selftest_shared_exchange", [](int tag, bool sync) {
+    py::array_t<int> out(256);
+    st::shared_exchange(tag, sync, out.mutable_data());
+    return out;
+  });
+  m.def("selftest_fault", &st::fault);
+  m.def("selftest_launch", [](std::vector<unsigned> g, unsigned threads) {
+    MPSNTK_EXPECTS(g.size() == 3, "grid: three dimensions");
+    st::empty_launch(dim3(g[0], g[1], g[2]), dim3(threads));
+  });
+#endif
   register_dtype<float>(m, "_float32");
   register_dtype<double>(m, "_float64");
   m.def("device_count", &mc::device_count);

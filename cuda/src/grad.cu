@@ -141,8 +141,7 @@ void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
                 const T* const* tangents, T* scratch, T* out, index_t k, index_t col, cudaStream_t stream) {
   const index_t n = phi.n_samples, C = ch.n_outputs;
   const FactorRows<T> rows{phi.data, ch.n_sites, ch.phys_dim};
-  zero_column_kernel<T><<<blocks_for(n * C, 256), 256, 0, stream>>>(out, n * C, k, col);
-  MPSNTK_CUDA_CHECK_LAUNCH("zero_column_kernel");
+  launch("zero_column_kernel", blocks_for(n * C, 256), 256, stream, zero_column_kernel<T>, out, n * C, k, col);
   for (index_t j = 0; j < ch.n_sites; ++j) {
     const SiteFactorDev<T>& f = F.host_sites[j];
     const index_t db = std::max<index_t>(f.db, 1), K = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
@@ -151,8 +150,8 @@ void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
       JvpRows<T> la{rows, f, j, l};
       DenseOperand<T> lb{tangents[j] + (label ? l * K * db : 0), db};
       gemm<T>(n, db, K, la, lb, RowStore<T>{scratch, db}, stream);
-      jvp_dot_kernel<T><<<blocks_for(n, 128), 128, 0, stream>>>(scratch, db, f, l, n, C, k, col, out);
-      MPSNTK_CUDA_CHECK_LAUNCH("jvp_dot_kernel");
+      launch("jvp_dot_kernel", blocks_for(n, 128), 128, stream, jvp_dot_kernel<T>, scratch, db, f, l, n, C, k,
+             col, out);
     }
   }
 }
@@ -174,9 +173,8 @@ void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mant, double*
   auto env = plan_environments<T>(ch, phi.n_samples, true, false, arena);
   compute_environments<T>(ch, phi, env, stream);
   const index_t N = ch.n_sites, n = phi.n_samples, C = ch.n_outputs;
-  trace_kernel<T><<<blocks_for(n * C, 256), 256, 0, stream>>>(env.left[N], env.left_log[N], n, C, ch.left_mult(N),
-                                                               env.h, mant, log_scale);
-  MPSNTK_CUDA_CHECK_LAUNCH("trace_kernel");
+  launch("trace_kernel", blocks_for(n * C, 256), 256, stream, trace_kernel<T>, env.left[N], env.left_log[N], n, C,
+         ch.left_mult(N), env.h, mant, log_scale);
 }
 
 template <class T>

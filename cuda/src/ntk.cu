@@ -66,8 +66,10 @@ __device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, 
   w[t] = ok ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
 }
 
+// Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the
+// float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
-__global__ void __launch_bounds__(kThreads) ntk_kernel(NtkLaunch<T> p) {
+__global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
   __shared__ Staged<T> As, Bs;
   __shared__ const T* ra[kTile];
   __shared__ const T* rb[kTile];
@@ -209,13 +211,12 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   Arena arena{static_cast<char*>(workspace), 0, bytes};
   NtkPlan<T> P = plan<T>(ch, n1, sym ? 0 : n2, arena);
   build_factors<T>(ch, phi1, P.f1, site_lr, stream);
-  sample_scale_kernel<T><<<blocks_for(n1, 128), 128, 0, stream>>>(P.f1.sites, ch.n_sites, ch.n_outputs, n1, P.c1, log1);
-  MPSNTK_CUDA_CHECK_LAUNCH("sample_scale_kernel");
+  launch("sample_scale_kernel", blocks_for(n1, 128), 128, stream, sample_scale_kernel<T>, P.f1.sites, ch.n_sites,
+         ch.n_outputs, n1, P.c1, log1);
   if (!sym) {
     build_factors<T>(ch, *phi2, P.f2, site_lr, stream);
-    sample_scale_kernel<T><<<blocks_for(n2, 128), 128, 0, stream>>>(P.f2.sites, ch.n_sites, ch.n_outputs, n2, P.c2,
-                                                                     log2);
-    MPSNTK_CUDA_CHECK_LAUNCH("sample_scale_kernel");
+    launch("sample_scale_kernel", blocks_for(n2, 128), 128, stream, sample_scale_kernel<T>, P.f2.sites, ch.n_sites,
+           ch.n_outputs, n2, P.c2, log2);
   } else {
     MPSNTK_CUDA_TRY(cudaMemcpyAsync(log2, log1, n1 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
   }
@@ -236,27 +237,24 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   const index_t t1 = (n1 + kTile - 1) / kTile, t2 = (n2 + kTile - 1) / kTile;
   const NtkKernel<T> kernel = ntk_kernel_for<T>(opt);
   L.tiles2 = t2;
-  auto launch = [&](index_t l1, index_t l2, bool upper, T* mirror, index_t offset) {
+  auto run = [&](index_t l1, index_t l2, bool upper, T* mirror, index_t offset) {
     L.l1 = l1;
     L.l2 = l2;
     L.upper_only = upper;
     L.out = out + offset;
     L.mirror = mirror;
-    if (upper) {
-      kernel<<<static_cast<unsigned>(t1 * (t1 + 1) / 2), kThreads, 0, stream>>>(L);
-    } else {
-      kernel<<<dim3(static_cast<unsigned>(t2), static_cast<unsigned>(t1)), kThreads, 0, stream>>>(L);
-    }
-    MPSNTK_CUDA_CHECK_LAUNCH("ntk_kernel");
+    const dim3 grid = upper ? dim3(static_cast<unsigned>(t1 * (t1 + 1) / 2))
+                            : dim3(static_cast<unsigned>(t2), static_cast<unsigned>(t1));
+    launch("ntk_kernel", grid, kThreads, stream, kernel, L);
   };
   if (!full) {
-    launch(-1, -1, sym, sym ? out : nullptr, 0);
+    run(-1, -1, sym, sym ? out : nullptr, 0);
   } else {
     for (index_t l1 = 0; l1 < C; ++l1)
       for (index_t l2 = sym ? l1 : 0; l2 < C; ++l2) {
         // Symmetric data: Theta_{l2 l1}(x', x) = Theta_{l1 l2}(x, x'), written by the mirror.
         T* mirror = sym ? out + l2 * C + l1 : nullptr;
-        launch(l1, l2, sym && l1 == l2, mirror, l1 * C + l2);
+        run(l1, l2, sym && l1 == l2, mirror, l1 * C + l2);
       }
   }
 }

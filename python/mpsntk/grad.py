@@ -67,7 +67,7 @@ def vjp(mps, phi, cotangent):
     if xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        return _device.vjp(mps, phi, cot)
+        return _device.gpu().vjp(mps, phi, cot)
     grads = [np.empty_like(c) for c in mps.cores]
     _core.vjp(*mps._engine_args(), phi, cot, grads)
     return grads
@@ -110,7 +110,7 @@ def jvp(mps, phi, tangents):
     if xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        out = _device.jvp(mps, phi, ts)
+        out = _device.gpu().jvp(mps, phi, ts)
         return out[:, 0] if mps.output_site is None else out
     out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
     _core.jvp(*mps._engine_args(), phi, ts, out)

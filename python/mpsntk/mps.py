@@ -400,7 +400,7 @@ class MPS:
             return _core.forward(*self._engine_args(), phi)
         from . import _device  # pragma: no cover - needs a GPU
 
-        return _device.forward(self, phi)  # pragma: no cover - needs a GPU
+        return _device.gpu().forward(self, phi)  # pragma: no cover - needs a GPU
 
     def _squeeze_outputs(self, a):
         return a[:, 0] if self.output_site is None else a

@@ -153,7 +153,7 @@ def ntk(
     else:  # pragma: no cover - needs a GPU
         from . import _device
 
-        out, log1, log2 = _device.ntk(
+        out, log1, log2 = _device.gpu().ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tf32
         )
         finite = normalized or bool(xp.all(xp.isfinite(out)))
@@ -251,7 +251,7 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
     if xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        return _device.ntk_vp(mps, phi, _site_lr(mps, site_weights), flat).reshape(v.shape)
+        return _device.gpu().ntk_vp(mps, phi, _site_lr(mps, site_weights), flat).reshape(v.shape)
     res = np.empty_like(flat)
     cores, scales, boundary, osite = mps._engine_args()
     _core.ntk_vp(

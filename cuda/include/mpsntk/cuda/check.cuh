@@ -1,7 +1,12 @@
-// Error checking for CUDA calls and kernel launches (device code only; see engine.hpp).
+// The CUDA runtime as the engine's sources see it (the real one under nvcc, the SIMT simulator
+// of sim.hpp under a host compiler with MPSNTK_CUDA_SIM), error checking, and kernel launches.
 #pragma once
 
+#ifdef MPSNTK_CUDA_SIM
+#include "mpsntk/cuda/sim.hpp"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <string>
 
@@ -23,5 +28,21 @@ namespace mpsntk::cuda {
     if (mpsntk_err_ != cudaSuccess) ::mpsntk::cuda::throw_cuda(mpsntk_err_, #call, __FILE__, __LINE__); \
   } while (0)
 
-/// Check the launch that just happened (configuration errors surface here).
-#define MPSNTK_CUDA_CHECK_LAUNCH(name) MPSNTK_CUDA_TRY(cudaGetLastError())
+namespace mpsntk::cuda {
+
+/// kernel<<<grid, block, 0, stream>>>(args...), then check the launch (configuration errors
+/// surface here).  On the simulator the kernel runs to completion before this returns.
+template <class... Params, class... Args>
+void launch(const char* name, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...),
+            const Args&... args) {
+#ifdef MPSNTK_CUDA_SIM
+  (void)stream;
+  sim::launch(name, grid, block, [&] { kernel(static_cast<Params>(args)...); });
+#else
+  kernel<<<grid, block, 0, stream>>>(static_cast<Params>(args)...);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw_cuda(err, name, __FILE__, __LINE__);
+#endif
+}
+
+}  // namespace mpsntk::cuda

@@ -4,8 +4,6 @@
 // The element arithmetic comes from mpsntk/tile_math.hpp, shared with the CPU engine.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -71,6 +69,10 @@ struct SimtPath {
 };
 
 /// D += A B on the tensor cores, fragments as in mma_tile.hpp.
+#ifdef MPSNTK_CUDA_SIM
+__device__ inline void mma(double* c, const double (&a)[1], const double (&b)[1]) { sim::mma_m8n8k4_f64(c, a, b); }
+__device__ inline void mma(float* c, const float (&a)[4], const float (&b)[2]) { sim::mma_m16n8k8_tf32(c, a, b); }
+#else
 __device__ __forceinline__ void mma(double* c, const double (&a)[1], const double (&b)[1]) {
   asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0,%1}, {%2}, {%3}, {%0,%1};\n"
                : "+d"(c[0]), "+d"(c[1])
@@ -88,6 +90,7 @@ __device__ __forceinline__ void mma(float* c, const float (&a)[4], const float (
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(ra[0]), "r"(ra[1]), "r"(ra[2]), "r"(ra[3]), "r"(rb[0]), "r"(rb[1]));
 }
+#endif
 
 /// Tensor cores: warp w owns a 32 x 16 warp tile of MI x NI mma blocks (tile::WarpTile).
 template <class T, class Mma>
@@ -151,8 +154,7 @@ template <class T, class LoadA, class LoadB, class Store>
 void gemm(index_t M, index_t N, index_t K, LoadA la, LoadB lb, Store st, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
   const dim3 grid(blocks_for(N, kTile), blocks_for(M, kTile));
-  gemm_kernel<T><<<grid, kThreads, 0, stream>>>(M, N, K, la, lb, st);
-  MPSNTK_CUDA_CHECK_LAUNCH("gemm_kernel");
+  launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, LoadA, LoadB, Store>, M, N, K, la, lb, st);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ __global__ void normalise_kernel(T* v, double* lg, index_t group) {
   for (index_t i = threadIdx.x; i < group; i += blockDim.x) m = fmax(m, fabs(static_cast<double>(p[i])));
   red[threadIdx.x] = m;
   __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
+  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
     if (threadIdx.x < s) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + s]);
     __syncthreads();
   }
@@ -272,10 +274,10 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
   // fan = 1 keeps rows as they are: ScatterStore with h = 1, fan = 1 is out[r][o].
   ScatterStore<T> st{vout, fan == 1 ? 1 : h, fan, dout};
   gemm<T>(M, fan * dout, d * din, la, lb, st, stream);
-  fan_logs_kernel<<<blocks_for(n * mult_in * fan, 256), 256, 0, stream>>>(log_in, log_out, n, mult_in, fan);
-  MPSNTK_CUDA_CHECK_LAUNCH("fan_logs_kernel");
-  normalise_kernel<T><<<static_cast<unsigned>(n * mult_in * fan), 128, 0, stream>>>(vout, log_out, h * dout);
-  MPSNTK_CUDA_CHECK_LAUNCH("normalise_kernel");
+  launch("fan_logs_kernel", blocks_for(n * mult_in * fan, 256), 256, stream, fan_logs_kernel, log_in, log_out, n,
+         mult_in, fan);
+  launch("normalise_kernel", static_cast<unsigned>(n * mult_in * fan), 128, stream, normalise_kernel<T>, vout, log_out,
+         h * dout);
 }
 
 template <class T>
@@ -283,15 +285,15 @@ void compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi, Dev
                           cudaStream_t stream) {
   const index_t N = ch.n_sites, n = env.n, h = env.h;
   if (!env.left.empty()) {
-    identity_slot_kernel<T><<<blocks_for(n * h * h, 256), 256, 0, stream>>>(env.left[0], env.left_log[0], n, h);
-    MPSNTK_CUDA_CHECK_LAUNCH("identity_slot_kernel");
+    launch("identity_slot_kernel", blocks_for(n * h * h, 256), 256, stream, identity_slot_kernel<T>, env.left[0],
+           env.left_log[0], n, h);
     for (index_t j = 0; j < N; ++j)
       transfer_step<T>(ch, phi, j, true, n, h, ch.left_mult(j), env.left[j], env.left_log[j], env.left[j + 1],
                        env.left_log[j + 1], stream);
   }
   if (!env.right.empty()) {
-    identity_slot_kernel<T><<<blocks_for(n * h * h, 256), 256, 0, stream>>>(env.right[N], env.right_log[N], n, h);
-    MPSNTK_CUDA_CHECK_LAUNCH("identity_slot_kernel");
+    launch("identity_slot_kernel", blocks_for(n * h * h, 256), 256, stream, identity_slot_kernel<T>, env.right[N],
+           env.right_log[N], n, h);
     for (index_t j = N - 1; j >= 1; --j)
       transfer_step<T>(ch, phi, j, false, n, h, ch.right_mult(j + 1), env.right[j + 1], env.right_log[j + 1],
                        env.right[j], env.right_log[j], stream);
@@ -391,10 +393,9 @@ void build_factors(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceFact
     } else {
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
       const index_t mp = ch.left_mult(j), ms = ch.right_mult(j + 1);
-      open_env_kernel<T><<<blocks_for(n * std::max(mp, ms) * Dl * Dr, 256), 256, 0, stream>>>(
+      launch("open_env_kernel", blocks_for(n * std::max(mp, ms) * Dl * Dr, 256), 256, stream, open_env_kernel<T>,
           F.env.left[j], F.env.left_log[j], mp, F.env.right[j + 1], F.env.right_log[j + 1], ms, h, Dl, Dr, n,
           F.open_env[j], F.open_log[j]);
-      MPSNTK_CUDA_CHECK_LAUNCH("open_env_kernel");
       s.a = F.open_env[j], s.da = Dl * Dr, s.mult_a = std::max(mp, ms), s.log_a = F.open_log[j];
       s.b = nullptr, s.db = 0, s.mult_b = 1, s.log_b = nullptr;
     }

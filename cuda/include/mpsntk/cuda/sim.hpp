@@ -1,0 +1,103 @@
+/// @file sim.hpp
+/// @brief SIMT simulator: the part of the CUDA programming model that the engine's kernels use,
+/// for a host C++ compiler, so that the same kernel sources (cuda/src/*.cu) run on the CPU.
+///
+/// Every simulated thread is a fiber with its own stack; a block's fibers run one at a time
+/// until they finish or wait at a barrier (__syncthreads, or the warp-wide exchange of an
+/// mma.sync), so barriers have their real meaning and a divergent barrier is reported as a
+/// deadlock instead of hanging.  Blocks run one after another, which is what makes
+/// `__shared__` (a thread_local static here) block-shared.  The tensor-core instructions are
+/// modelled from the PTX ISA's fragment tables (written out in sim.cpp, independently of
+/// mpsntk/mma_tile.hpp, which the kernels use to place their operands).  The order in which
+/// blocks and threads run can be reversed (set_schedule): a kernel without data races gives
+/// bit-identical results under both orders.
+///
+/// Not modelled: timing, memory spaces (device pointers are host pointers), streams (work runs
+/// when launched), and the hardware's summation order inside an mma.
+#pragma once
+
+#include <math.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <string>
+
+#include "mpsntk/cuda/engine.hpp"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace mpsntk::cuda::sim {
+
+/// Built-in variables of the running simulated thread.
+struct ThreadContext {
+  uint3 thread_idx, block_idx;
+  dim3 block_dim, grid_dim;
+};
+const ThreadContext& context();
+
+/// __syncthreads(): every live thread of the block arrives before any continues.
+void syncthreads();
+
+/// mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64: c += A B over the warp's fragments.
+void mma_m8n8k4_f64(double* c, const double* a, const double* b);
+/// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with cvt.rna.tf32.f32 operands.
+void mma_m16n8k8_tf32(float* c, const float* a, const float* b);
+
+/// Run body() as every thread of every block of the grid; throws CudaError like a failed launch
+/// (invalid configuration) or a failed kernel (deadlock at a barrier, malformed mma).
+void launch(const char* name, dim3 grid, dim3 block, const std::function<void()>& body);
+
+enum class Schedule { forward, reverse };
+/// Order in which blocks, and threads within a block, are run (per host thread).
+void set_schedule(Schedule s);
+Schedule schedule();
+
+/// Kernels that check the simulator itself (cuda/sim/selftest.cpp).
+namespace selftest {
+/// One warp's mma.sync on row-major A (M x K), B (K x N), C (M x N), fragments loaded with the
+/// maps of mpsntk/mma_tile.hpp; returns D in C.  kind: "f64" (m8n8k4) or "tf32" (m16n8k8).
+void mma(const std::string& kind, const void* a, const void* b, void* c);
+/// 256 threads write s[t] = tag * 1000 + t to shared memory and read s[(t + 1) % 256] into
+/// out[t], with or without the __syncthreads() in between (without it: a data race).
+void shared_exchange(int tag, bool sync, int* out);
+/// Kernels that must fail: "divergent" (a barrier only some threads reach), "deadlock" (lanes
+/// waiting at __syncthreads() and in mma.sync at once).
+void fault(const std::string& kind);
+/// An empty kernel on the given launch configuration.
+void empty_launch(dim3 grid, dim3 block);
+}  // namespace selftest
+
+}  // namespace mpsntk::cuda::sim
+
+#define threadIdx (::mpsntk::cuda::sim::context().thread_idx)
+#define blockIdx (::mpsntk::cuda::sim::context().block_idx)
+#define blockDim (::mpsntk::cuda::sim::context().block_dim)
+#define gridDim (::mpsntk::cuda::sim::context().grid_dim)
+#define __syncthreads() ::mpsntk::cuda::sim::syncthreads()
+
+// ---- the runtime API calls the engine's host code makes (memory is host memory here)
+using cudaStream_t = struct CUstream_sim*;
+enum cudaError_t { cudaSuccess = 0 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToDevice = 3 };
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  if (bytes) std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline const char* cudaGetErrorName(cudaError_t) { return "cudaSuccess"; }
+inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
