@@ -11,6 +11,10 @@ the kernels for data races.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -52,13 +56,6 @@ def sim_ntk(mps, phi1, phi2=None, outputs="trace", per_site=False, normalized=Fa
     out, log1, log2 = SIM.ntk(mps, phi1, phi2, _site_lr(mps, None), shape, None, full, per_site,
                               normalized, tf32)
     return (out, log1, log2) if normalized else out
-
-
-@pytest.fixture
-def reverse_schedule():
-    SIM.module.set_schedule("reverse")
-    yield
-    SIM.module.set_schedule("forward")
 
 
 @pytest.mark.parametrize("spec", MODELS)
@@ -142,7 +139,7 @@ def test_forward_vjp_jvp_ntk_vp(spec, dtype):
 
 
 @pytest.mark.parametrize("spec", [MODELS[2], MODELS[4]])
-def test_reversed_schedule_changes_no_bit(spec, monkeypatch):
+def test_other_schedules_change_no_bit(spec, monkeypatch):
     """A race between threads (or blocks) would make the result depend on their order."""
     rng, mps = _model(spec, np.float64, seed=5)
     phi1 = random_features(rng, 70, mps.n_sites, 3)
@@ -161,20 +158,20 @@ def test_reversed_schedule_changes_no_bit(spec, monkeypatch):
             SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v),
         ]
 
-    monkeypatch.setenv("MPSNTK_CUDA_SIMT", "0")
-    forward = everything()
-    monkeypatch.setenv("MPSNTK_CUDA_SIMT", "1")
-    forward.append(sim_ntk(mps, phi1, phi2))
-    SIM.module.set_schedule("reverse")
-    try:
+    def both_paths():
         monkeypatch.setenv("MPSNTK_CUDA_SIMT", "0")
-        reverse = everything()
+        results = everything()
         monkeypatch.setenv("MPSNTK_CUDA_SIMT", "1")
-        reverse.append(sim_ntk(mps, phi1, phi2))
+        return results + [sim_ntk(mps, phi1, phi2)]
+
+    forward = both_paths()
+    try:
+        for schedule in ("reverse", "shuffled"):
+            SIM.module.set_schedule(schedule, seed=11)
+            for a, b in zip(forward, both_paths()):
+                assert np.array_equal(a, b), schedule
     finally:
         SIM.module.set_schedule("forward")
-    for a, b in zip(forward, reverse):
-        assert np.array_equal(a, b)
 
 
 # ---------------------------------------------------------------- the simulator itself
@@ -231,6 +228,16 @@ def test_reversed_schedule_exposes_a_missing_barrier():
 def test_barrier_faults_are_cuda_errors(kind, message):
     with pytest.raises(mn.CudaError, match=message):
         SIM.module.selftest_fault(kind)
+
+
+def test_shared_memory_overflow_traps():
+    """The simulator is compiled with array-bounds traps: an index past a __shared__ array
+    kills the process (here a child process) instead of reading a neighbour's data."""
+    code = "from mpsntk import _device; _device.simulator().module.selftest_fault({!r})"
+    bad = subprocess.run([sys.executable, "-c", code.format("bounds")], capture_output=True)
+    assert bad.returncode == -signal.SIGILL
+    ok = subprocess.run([sys.executable, "-c", code.format("deadlock")], capture_output=True)
+    assert ok.returncode == 1 and b"CudaError: deadlock_kernel: deadlock" in ok.stderr
 
 
 @pytest.mark.parametrize("grid,threads", [((0, 1, 1), 32), ((1, 1, 1), 2048), ((1, 70000, 1), 32)])

@@ -160,10 +160,15 @@ void register_dtype(py::module_& m, const std::string& sfx) {
 PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
   m.doc() = "mpsntk CUDA engine: environments, fused NTK tiles, vjp/jvp/ntk_vp, forward";
 #ifdef MPSNTK_CUDA_SIM
-  m.def("set_schedule", [](const std::string& s) {
-    MPSNTK_EXPECTS(s == "forward" || s == "reverse", "schedule must be 'forward' or 'reverse'");
-    mc::sim::set_schedule(s == "forward" ? mc::sim::Schedule::forward : mc::sim::Schedule::reverse);
-  });
+  m.def(
+      "set_schedule",
+      [](const std::string& s, std::uint64_t seed) {
+        using S = mc::sim::Schedule;
+        MPSNTK_EXPECTS(s == "forward" || s == "reverse" || s == "shuffled",
+                       "schedule must be 'forward', 'reverse' or 'shuffled'; got '" + s + "'");
+        mc::sim::set_schedule(s == "forward" ? S::forward : s == "reverse" ? S::reverse : S::shuffled, seed);
+      },
+      py::arg("schedule"), py::arg("seed") = 0);
   namespace st = mc::sim::selftest;
   m.def("selftest_mma", [](const std::string& kind, py::array a, py::array b, py::array c) {
     const bool f64 = kind == "f64";

@@ -41,6 +41,12 @@ __global__ void deadlock_kernel() {
   mma_m8n8k4_f64(c, a, b);
 }
 
+__global__ void bounds_kernel() {
+  __shared__ volatile int s[64];
+  s[threadIdx.x] = 1;  // launched with 65 threads
+  (void)s;
+}
+
 __global__ void empty_kernel() {}
 
 }  // namespace
@@ -60,11 +66,14 @@ void shared_exchange(int tag, bool sync, int* out) {
 }
 
 void fault(const std::string& kind) {
-  MPSNTK_EXPECTS(kind == "divergent" || kind == "deadlock", "kind must be 'divergent' or 'deadlock'");
+  MPSNTK_EXPECTS(kind == "divergent" || kind == "deadlock" || kind == "bounds",
+                 "kind must be 'divergent', 'deadlock' or 'bounds'");
   if (kind == "divergent")
     cuda::launch("divergent_kernel", 2, 64, nullptr, divergent_kernel);
-  else
+  else if (kind == "deadlock")
     cuda::launch("deadlock_kernel", 1, 64, nullptr, deadlock_kernel);
+  else
+    cuda::launch("bounds_kernel", 1, 65, nullptr, bounds_kernel);
 }
 
 void empty_launch(dim3 grid, dim3 block) { cuda::launch("empty_kernel", grid, block, nullptr, empty_kernel); }

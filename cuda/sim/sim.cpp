@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__linux__) && !defined(MPSNTK_SIM_UCONTEXT)
@@ -156,6 +158,7 @@ struct Block {
 
 thread_local Block* g_block = nullptr;
 thread_local Schedule g_schedule = Schedule::forward;
+thread_local std::mt19937_64 g_rng;
 thread_local std::vector<std::unique_ptr<char[]>> g_stacks;
 
 Fiber& self() { return g_block->fibers[g_block->current]; }
@@ -240,7 +243,7 @@ void mma(const double* a_regs, const double* b_regs, double* d) {
   }
 }
 
-void run_block(Block& B, unsigned threads, const std::vector<int>& order) {
+void run_block(Block& B, unsigned threads, const std::vector<std::uint64_t>& order) {
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = B.fibers[t];
     f.wait = Wait::none;
@@ -251,9 +254,9 @@ void run_block(Block& B, unsigned threads, const std::vector<int>& order) {
   B.live = static_cast<int>(threads), B.finished = 0, B.arrived = 0;
   while (B.live > 0 && B.error.empty()) {
     bool ran = false;
-    for (int t : order) {
+    for (std::uint64_t t : order) {
       if (B.fibers[t].wait != Wait::none) continue;
-      B.current = t;
+      B.current = static_cast<int>(t);
       switch_context(B.main, B.fibers[t].ctx);
       ran = true;
       if (!B.error.empty()) break;
@@ -267,9 +270,12 @@ void run_block(Block& B, unsigned threads, const std::vector<int>& order) {
   }
 }
 
-std::vector<int> run_order(int count) {
-  std::vector<int> order(count);
-  for (int i = 0; i < count; ++i) order[i] = g_schedule == Schedule::forward ? i : count - 1 - i;
+/// The order of `count` blocks or threads under the current schedule.
+std::vector<std::uint64_t> run_order(std::uint64_t count) {
+  std::vector<std::uint64_t> order(count);
+  std::iota(order.begin(), order.end(), std::uint64_t(0));
+  if (g_schedule == Schedule::reverse) std::reverse(order.begin(), order.end());
+  if (g_schedule == Schedule::shuffled) std::shuffle(order.begin(), order.end(), g_rng);
   return order;
 }
 
@@ -325,9 +331,9 @@ void launch(const char* name, dim3 grid, dim3 block, const std::function<void()>
     B.warps[w].size = static_cast<int>(std::min<std::uint64_t>(kWarp, threads - w * kWarp));
   g_block = &B;
   const std::uint64_t blocks = std::uint64_t(grid.x) * grid.y * grid.z;
-  const std::vector<int> order = run_order(static_cast<int>(threads));
+  const std::vector<std::uint64_t> block_order = run_order(blocks), order = run_order(threads);
   for (std::uint64_t i = 0; i < blocks && B.error.empty(); ++i) {
-    const std::uint64_t b = g_schedule == Schedule::forward ? i : blocks - 1 - i;
+    const std::uint64_t b = block_order[i];
     const uint3 bidx{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                      static_cast<unsigned>(b / grid.x / grid.y)};
     for (unsigned t = 0; t < threads; ++t) B.fibers[t].tc = ThreadContext{{t, 0, 0}, bidx, block, grid};
@@ -337,8 +343,10 @@ void launch(const char* name, dim3 grid, dim3 block, const std::function<void()>
   if (!B.error.empty()) throw CudaError(B.error);
 }
 
-void set_schedule(Schedule s) { g_schedule = s; }
-Schedule schedule() { return g_schedule; }
+void set_schedule(Schedule s, std::uint64_t seed) {
+  g_schedule = s;
+  g_rng.seed(seed);
+}
 
 }  // namespace sim
 }  // namespace mpsntk::cuda

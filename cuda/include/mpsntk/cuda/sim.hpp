@@ -9,8 +9,10 @@
 /// `__shared__` (a thread_local static here) block-shared.  The tensor-core instructions are
 /// modelled from the PTX ISA's fragment tables (written out in sim.cpp, independently of
 /// mpsntk/mma_tile.hpp, which the kernels use to place their operands).  The order in which
-/// blocks and threads run can be reversed (set_schedule): a kernel without data races gives
-/// bit-identical results under both orders.
+/// blocks and threads run can be reversed or shuffled (set_schedule): a kernel without data
+/// races gives bit-identical results under every order.  Fixed-size arrays (shared memory,
+/// per-thread registers) are bounds-checked where the compiler supports it (-fsanitize=bounds,
+/// trapping).
 ///
 /// Not modelled: timing, memory spaces (device pointers are host pointers), streams (work runs
 /// when launched), and the hardware's summation order inside an mma.
@@ -20,6 +22,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -62,10 +65,10 @@ void mma_m16n8k8_tf32(float* c, const float* a, const float* b);
 /// (invalid configuration) or a failed kernel (deadlock at a barrier, malformed mma).
 void launch(const char* name, dim3 grid, dim3 block, const std::function<void()>& body);
 
-enum class Schedule { forward, reverse };
-/// Order in which blocks, and threads within a block, are run (per host thread).
-void set_schedule(Schedule s);
-Schedule schedule();
+enum class Schedule { forward, reverse, shuffled };
+/// Order in which blocks, and threads within a block, are run (per host thread); `shuffled`
+/// draws a fresh random order for every launch from a generator seeded here.
+void set_schedule(Schedule s, std::uint64_t seed = 0);
 
 /// Kernels that check the simulator itself (cuda/sim/selftest.cpp).
 namespace selftest {
@@ -76,7 +79,8 @@ void mma(const std::string& kind, const void* a, const void* b, void* c);
 /// out[t], with or without the __syncthreads() in between (without it: a data race).
 void shared_exchange(int tag, bool sync, int* out);
 /// Kernels that must fail: "divergent" (a barrier only some threads reach), "deadlock" (lanes
-/// waiting at __syncthreads() and in mma.sync at once).
+/// waiting at __syncthreads() and in mma.sync at once), "bounds" (a shared-memory index past
+/// the end: the simulator is compiled with array-bounds traps, so this kills the process).
 void fault(const std::string& kind);
 /// An empty kernel on the given launch configuration.
 void empty_launch(dim3 grid, dim3 block);
