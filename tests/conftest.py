@@ -1,5 +1,6 @@
 """Shared fixtures: engine instruction sets, tolerances per dtype, and small random models.
-GPU tests live in test_cuda.py and skip themselves where no CUDA device is usable."""
+The CUDA engine's tests live in test_cuda.py: on a GPU when one is usable, else on the SIMT
+simulator (test_cuda_sim.py tests the simulator itself)."""
 
 from __future__ import annotations
 

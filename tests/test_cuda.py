@@ -1,9 +1,14 @@
-"""The CUDA engine against the CPU engine and the dense oracles (skipped without a GPU).
+"""The CUDA engine against the CPU engine and the dense oracles, through the public API.
 
 Every device routine is compared at the accuracy contract (1e-12 relative in float64, 1e-5 in
 float32) on odd sizes (sample counts that are not multiples of the 64-row tile, bond dimensions
 that are not powers of two, D = 1 ends), periodic chains, multi-output models, and a non-default
 CuPy stream.
+
+With a usable GPU the tests run there, on CuPy arrays.  Without one they run on the SIMT
+simulator (``_cuda_sim``: the same CUDA kernels compiled for the host) with a NumPy-backed
+stand-in for CuPy (sim_cupy.py), which exercises everything but the CUDA runtime itself:
+kernels, launches, workspaces, array routing and the device paths of the Python layer.
 """
 
 from __future__ import annotations
@@ -14,12 +19,28 @@ import pytest
 import mpsntk as mn
 from mpsntk import _reference as ref
 
+import sim_cupy
 from conftest import RTOL, random_features, random_model, relerr
 
-if not mn.cuda_available():
-    pytest.skip(f"CUDA engine unavailable: {mn.build_info()['cuda_reason']}",
+ON_GPU = mn.cuda_available()
+if ON_GPU:  # pragma: no cover - needs a GPU
+    cp = pytest.importorskip("cupy")
+elif sim_cupy.available():
+    cp = sim_cupy
+else:  # pragma: no cover - the simulator is built on POSIX systems
+    pytest.skip(f"CUDA engine unavailable: {mn.build_info()['cuda_reason']}; no simulator",
                 allow_module_level=True)
-cp = pytest.importorskip("cupy")  # pragma: no cover - the rest needs a GPU
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _engine():
+    """The real CUDA engine on a GPU, else the simulator behind the CuPy stand-in."""
+    if ON_GPU:  # pragma: no cover - needs a GPU
+        yield
+    else:
+        with sim_cupy.installed():
+            yield
+
 
 MODELS = [
     ((1, 3, 5, 7, 2, 1), "open", None, 1),
@@ -138,21 +159,31 @@ class _DLPackOnly:
         return self._a.__dlpack__(**kwargs)
 
 
-def test_dlpack_and_foreign_cuda_arrays():
+def test_dlpack_only_device_arrays():
+    _, host, dev = _pair(MODELS[2], np.float64, seed=4)
+    phi = random_features(np.random.default_rng(8), 40, host.n_sites, 3)
+    got = mn.ntk(dev, _DLPackOnly(cp.asarray(phi)))
+    assert isinstance(got, cp.ndarray) and relerr(got.get(), mn.ntk(host, phi)) < 1e-12
+
+
+@pytest.mark.skipif(not ON_GPU, reason="PyTorch and JAX device arrays need a GPU")
+@pytest.mark.parametrize("library", ["torch", "jax"])
+def test_torch_and_jax_device_arrays(library):  # pragma: no cover - needs a GPU
     _, host, dev = _pair(MODELS[2], np.float64, seed=4)
     phi = random_features(np.random.default_rng(8), 40, host.n_sites, 3)
     want = mn.ntk(host, phi)
-    got = mn.ntk(dev, _DLPackOnly(cp.asarray(phi)))
-    assert isinstance(got, cp.ndarray) and relerr(got.get(), want) < 1e-12
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        t = torch.as_tensor(phi, device="cuda")
-        assert relerr(mn.ntk(dev, t).get(), want) < 1e-12
-    jax = pytest.importorskip("jax")
-    if any(d.platform == "gpu" for d in jax.devices()):
-        jax.config.update("jax_enable_x64", True)
-        x = jax.device_put(phi, jax.devices("gpu")[0])
-        assert relerr(mn.ntk(dev, x).get(), want) < 1e-12
+    lib = pytest.importorskip(library)
+    if library == "torch":
+        if not lib.cuda.is_available():
+            pytest.skip("PyTorch without CUDA")
+        x = lib.as_tensor(phi, device="cuda")
+    else:
+        gpus = [d for d in lib.devices() if d.platform == "gpu"]
+        if not gpus:
+            pytest.skip("JAX without a GPU backend")
+        lib.config.update("jax_enable_x64", True)
+        x = lib.device_put(phi, gpus[0])
+    assert relerr(mn.ntk(dev, x).get(), want) < 1e-12
 
 
 def test_mixed_devices_are_refused():
