@@ -197,6 +197,13 @@ def test_mixed_devices_are_refused():
         mn.ntk(dev, cp.asarray(phi), phi)
 
 
+def test_out_of_device_memory_is_a_python_error():
+    _, host, dev = _pair(MODELS[0], np.float64)
+    phi = cp.asarray(random_features(np.random.default_rng(2), 2**20, host.n_sites, 3))
+    with pytest.raises(ValueError, match="GiB of GPU memory is free"):
+        mn.ntk(dev, phi)  # an 8 TiB kernel: refused before anything is allocated
+
+
 def test_training_stays_on_the_device():
     rng = np.random.default_rng(7)
     host = mn.MPS.random(6, 8, seed=3)

@@ -21,6 +21,7 @@ import mpsntk as mn
 from mpsntk import _device
 from mpsntk.ntk import _site_lr
 
+import sim_cupy
 from conftest import random_features, random_model
 
 SIM = _device.simulator()
@@ -84,6 +85,25 @@ def test_other_schedules_change_no_bit(spec, monkeypatch):
                 assert np.array_equal(a, b), schedule
     finally:
         SIM.module.set_schedule("forward")
+
+
+def test_work_goes_to_the_current_cupy_stream():
+    rng, host = _model(MODELS[0], np.float64, seed=6)
+    phi = random_features(rng, 20, host.n_sites, 3)
+    cot = rng.standard_normal((20, host.n_outputs))
+    with sim_cupy.installed():
+        cp = sim_cupy
+        mps, x = host.to_device(), cp.asarray(phi)
+        SIM.module.streams_used()  # forget earlier work
+        mn.ntk(mps, x)
+        assert SIM.module.streams_used() == [0]  # the default stream
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            mn.ntk(mps, x, x[:7])
+            mps(x)
+            mn.vjp(mps, x, cp.asarray(cot))
+            mn.ntk_vp(mps, x, cp.asarray(cot))
+        assert stream.ptr != 0 and SIM.module.streams_used() == [stream.ptr]
 
 
 # ---------------------------------------------------------------- the simulator itself

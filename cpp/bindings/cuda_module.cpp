@@ -169,6 +169,7 @@ PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
         mc::sim::set_schedule(s == "forward" ? S::forward : s == "reverse" ? S::reverse : S::shuffled, seed);
       },
       py::arg("schedule"), py::arg("seed") = 0);
+  m.def("streams_used", &mc::sim::streams_used);
   namespace st = mc::sim::selftest;
   m.def("selftest_mma", [](const std::string& kind, py::array a, py::array b, py::array c) {
     const bool f64 = kind == "f64";

@@ -7,6 +7,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__linux__) && !defined(MPSNTK_SIM_UCONTEXT)
@@ -159,6 +160,7 @@ struct Block {
 thread_local Block* g_block = nullptr;
 thread_local Schedule g_schedule = Schedule::forward;
 thread_local std::mt19937_64 g_rng;
+thread_local std::vector<std::uintptr_t> g_streams;
 thread_local std::vector<std::unique_ptr<char[]>> g_stacks;
 
 Fiber& self() { return g_block->fibers[g_block->current]; }
@@ -313,7 +315,15 @@ void mma_m16n8k8_tf32(float* c, const float* a, const float* b) {
   for (int r = 0; r < 4; ++r) c[r] = static_cast<float>(d[r]);
 }
 
-void launch(const char* name, dim3 grid, dim3 block, const std::function<void()>& body) {
+void record_stream(const void* stream) {
+  const auto h = reinterpret_cast<std::uintptr_t>(stream);
+  if (std::find(g_streams.begin(), g_streams.end(), h) == g_streams.end()) g_streams.push_back(h);
+}
+
+std::vector<std::uintptr_t> streams_used() { return std::exchange(g_streams, {}); }
+
+void launch(const char* name, dim3 grid, dim3 block, const void* stream, const std::function<void()>& body) {
+  record_stream(stream);
   const std::uint64_t threads = std::uint64_t(block.x) * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) launch_error(name, "empty grid");
   if (grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) launch_error(name, "grid too large");

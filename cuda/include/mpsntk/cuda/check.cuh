@@ -36,8 +36,7 @@ template <class... Params, class... Args>
 void launch(const char* name, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...),
             const Args&... args) {
 #ifdef MPSNTK_CUDA_SIM
-  (void)stream;
-  sim::launch(name, grid, block, [&] { kernel(static_cast<Params>(args)...); });
+  sim::launch(name, grid, block, stream, [&] { kernel(static_cast<Params>(args)...); });
 #else
   kernel<<<grid, block, 0, stream>>>(static_cast<Params>(args)...);
   const cudaError_t err = cudaGetLastError();

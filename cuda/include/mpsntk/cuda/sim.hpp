@@ -26,6 +26,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "mpsntk/cuda/engine.hpp"
 
@@ -62,8 +63,14 @@ void mma_m8n8k4_f64(double* c, const double* a, const double* b);
 void mma_m16n8k8_tf32(float* c, const float* a, const float* b);
 
 /// Run body() as every thread of every block of the grid; throws CudaError like a failed launch
-/// (invalid configuration) or a failed kernel (deadlock at a barrier, malformed mma).
-void launch(const char* name, dim3 grid, dim3 block, const std::function<void()>& body);
+/// (invalid configuration) or a failed kernel (deadlock at a barrier, malformed mma).  The
+/// stream is only recorded (see streams_used).
+void launch(const char* name, dim3 grid, dim3 block, const void* stream, const std::function<void()>& body);
+
+/// The distinct stream handles that launches and copies were queued on since the last call
+/// (per host thread), so that tests can check which stream the engine uses.
+std::vector<std::uintptr_t> streams_used();
+void record_stream(const void* stream);
 
 enum class Schedule { forward, reverse, shuffled };
 /// Order in which blocks, and threads within a block, are run (per host thread); `shuffled`
@@ -98,7 +105,9 @@ void empty_launch(dim3 grid, dim3 block);
 using cudaStream_t = struct CUstream_sim*;
 enum cudaError_t { cudaSuccess = 0 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToDevice = 3 };
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind, cudaStream_t) {
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind,
+                                   cudaStream_t stream) {
+  ::mpsntk::cuda::sim::record_stream(stream);
   if (bytes) std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
