@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA engine, in stages that each fit a 10-minute command on a lent
+# machine (which already has nvcc, CuPy, PyTorch and JAX; no network).  Logs and JSON lines go
+# to $OUT if set, else bench/results/gpu/.  Run the stages in order on the same machine:
+#
+#   bash bench/gpu_session.sh setup    # install, card and build facts, ptxas report, GPU tests
+#   bash bench/gpu_session.sh targets  # the issue's targets: N=4096 n=64 D=64 against every
+#                                      # peer, DMMA vs FMA path, N=65536 float32 in one call
+#   bash bench/gpu_session.sh sweep    # N = 1024..16384, D = 8..128, both dtypes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-bench/results/gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+bench() { python bench/bench_ntk.py --device gpu --n-sites 64 "$@"; }
+
+case "${1:-}" in
+  setup)
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv \
+      | tee "$out/card.txt"
+    python -m pip install --quiet --no-build-isolation --no-deps . 2>&1 | tail -3
+    python -c "import mpsntk, json; print(json.dumps(mpsntk.build_info(), indent=1))" \
+      | tee "$out/build_info.txt"
+    # registers and spills of every kernel on the card's architecture
+    arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+    for f in ntk grad; do
+      nvcc -std=c++17 -arch="sm_$arch" -Icuda/include -Icpp/include -Xptxas -v -c \
+        "cuda/src/$f.cu" -o /dev/null 2>&1 | grep -E "Compiling entry|spill|Used" || true
+    done > "$out/ptxas.txt"
+    grep -c "0 bytes spill stores" "$out/ptxas.txt" || true
+    python -m pytest -q tests/test_cuda.py tests/test_cuda_sim.py tests/test_ntk.py 2>&1 \
+      | tee "$out/tests.txt"
+    ;;
+  targets)
+    bench --n-samples 4096 --bond-dim 64 --dtype float64 float32 --peer-max-gb 40 \
+      --timeout 240 --out "$out/targets.jsonl"
+    MPSNTK_CUDA_SIMT=1 bench --n-samples 4096 --bond-dim 64 --dtype float64 --peers \
+      --out "$out/simt.jsonl"
+    bench --n-samples 65536 --bond-dim 64 --dtype float32 --peers --timeout 300 \
+      --out "$out/large.jsonl"
+    ;;
+  sweep)
+    bench --n-samples 1024 4096 16384 --bond-dim 8 32 64 128 --dtype float64 float32 \
+      --peer-max-gb 40 --timeout 120 --repeats 2 --out "$out/sweep.jsonl"
+    ;;
+  *)
+    echo "usage: bash bench/gpu_session.sh {setup|targets|sweep}" >&2
+    exit 2
+    ;;
+esac
