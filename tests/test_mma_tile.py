@@ -1,13 +1,15 @@
 """The CUDA NTK kernel's thread-to-tile maps (cpp/include/mpsntk/mma_tile.hpp), replayed on the
 CPU against the PTX ISA's definition of each mma instruction.
 
-The kernel stages a depth chunk of the two row blocks in shared memory as ``As[k][row]`` and
-``Bs[k][col]`` and accumulates ``G = As^T Bs`` (a 64 x 64 Gram block).  Each thread loads its
+The kernel stages a depth chunk of the two row blocks in shared memory (``As[k][row]`` and
+``Bs[k][col]`` below; the layout in shared memory is each path's ``stage`` map) and accumulates
+``G = As^T Bs`` (a 64 x 64 Gram block).  Each thread loads its
 fragment registers from the positions the maps give, the warps issue mma instructions, and each
 accumulator is written to the tile entry the map gives.  Here the mma instructions are emulated
 from the PTX fragment tables (written out below, independently of the C++ header); the
 assembled tile must equal ``As^T Bs``.  A map that loads the wrong element, covers a tile entry
-twice or stores an accumulator in the wrong place fails.
+twice or stores an accumulator in the wrong place fails.  The shared-memory layouts are checked
+for bank conflicts with the usual model of 32 four-byte banks.
 """
 
 from __future__ import annotations
@@ -93,6 +95,72 @@ def test_simt_map_covers_the_tile_once():
     e = np.arange(16)[None, :]
     assert np.array_equal(acc[..., 0], t // 16 + 16 * (e // 4))
     assert np.array_equal(acc[..., 1], t % 16 + 16 * (e % 4))
+
+
+def _wavefronts(offsets, element_bytes):
+    """Shared-memory wavefronts of one warp-wide access to the given element offsets: 32 banks
+    of 4-byte words, distinct words of one bank served one per wavefront, equal words broadcast."""
+    words = {w for o in np.ravel(offsets) for w in
+             range(int(o) * element_bytes // 4, (int(o) + 1) * element_bytes // 4)}
+    per_bank = np.bincount([w % 32 for w in words], minlength=32)
+    return int(per_bank.max())
+
+
+def _fewest(offsets, element_bytes):
+    return -(-len(set(np.ravel(offsets).tolist())) * element_bytes // 128)
+
+
+def _staging_stores(stage, element_bytes):
+    """Wavefronts of every warp's staging store: element e = (row e // 16, depth e % 16)."""
+    out = []
+    for e0 in range(0, TILE * DEPTH, LANES):
+        e = np.arange(e0, e0 + LANES)
+        out.append(_wavefronts(stage[e // DEPTH, e % DEPTH], element_bytes))
+    return out
+
+
+def _fragment_loads(mp, stage):
+    """(wavefronts, fewest) of every fragment load of the tensor-core product."""
+    out = []
+    for w in range(WARPS):
+        for k0 in range(0, DEPTH, mp["k"]):
+            for frag in (mp["a"], mp["b"]):
+                for blk in range(frag.shape[2]):
+                    for r in range(frag.shape[3]):
+                        offs = stage[frag[w, :, blk, r, 0], k0 + frag[w, :, blk, r, 1]]
+                        out.append((_wavefronts(offs, mp["element_bytes"]),
+                                    _fewest(offs, mp["element_bytes"])))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["f64", "tf32"])
+def test_tensor_core_staging_is_free_of_bank_conflicts(kind):
+    """Row-major chunks padded by 16 bytes: every fragment load takes the fewest wavefronts,
+    every staging store at most two (a warp stores 32 elements of two rows)."""
+    mp = _core.mma_tile_map(kind)
+    stage, eb = mp["stage"], mp["element_bytes"]
+    assert len(set(stage.ravel().tolist())) == TILE * DEPTH  # a layout: one slot per element
+    loads = _fragment_loads(mp, stage)
+    assert all(got == fewest for got, fewest in loads)
+    assert max(_staging_stores(stage, eb)) <= 2
+    # the depth-major layout of the SIMT path would double (f64) or quadruple (tf32) the loads
+    depth_major = _core.mma_tile_map("simt")["stage"]
+    worse = _fragment_loads(mp, depth_major)
+    assert sum(w for w, _ in worse) == (2 if kind == "f64" else 4) * sum(w for w, _ in loads)
+
+
+@pytest.mark.parametrize("element_bytes", [4, 8])
+def test_simt_staging_is_free_of_bank_conflicts(element_bytes):
+    stage = _core.mma_tile_map("simt")["stage"]
+    assert len(set(stage.ravel().tolist())) == TILE * DEPTH
+    for w in range(WARPS):
+        t = np.arange(w * LANES, (w + 1) * LANES)
+        ty, tx = t // 16, t % 16
+        for kk in range(DEPTH):
+            for i in range(4):  # the product reads rows ty + 16 i and columns tx + 16 i
+                for offs in (stage[ty + 16 * i, kk], stage[tx + 16 * i, kk]):
+                    assert _wavefronts(offs, element_bytes) == _fewest(offs, element_bytes)
+    assert max(_staging_stores(stage, element_bytes)) <= 2
 
 
 def test_unknown_map_kind_is_rejected():

@@ -208,6 +208,16 @@ py::dict build_info() {
   return d;
 }
 
+/// Element offset of (row, k) in a staged chunk, for every row and depth.
+template <class Layout>
+carray<int> stage_map() {
+  carray<int> st({tile::kBlockTile, tile::kStageDepth});
+  auto S = st.mutable_unchecked<2>();
+  for (int r = 0; r < tile::kBlockTile; ++r)
+    for (int k = 0; k < tile::kStageDepth; ++k) S(r, k) = Layout::stage(r, k);
+  return st;
+}
+
 /// The CUDA NTK kernel's thread-to-tile maps (mma_tile.hpp), as index arrays, so that the tests
 /// can replay them against the PTX definition of each mma instruction.
 template <class Mma>
@@ -232,6 +242,7 @@ py::dict mma_map() {
   py::dict d;
   d["m"] = Mma::M, d["n"] = Mma::N, d["k"] = Mma::K, d["mi"] = W::MI, d["ni"] = W::NI;
   d["a"] = a, d["b"] = b, d["acc"] = acc;
+  d["stage"] = stage_map<W>(), d["element_bytes"] = static_cast<int>(sizeof(typename Mma::Element));
   return d;
 }
 
@@ -246,6 +257,7 @@ py::dict mma_tile_map(const std::string& kind) {
         C(t, e, 0) = tile::SimtTile::acc_row(t, e), C(t, e, 1) = tile::SimtTile::acc_col(t, e);
     py::dict d;
     d["acc"] = acc;
+    d["stage"] = stage_map<tile::SimtTile>();
     return d;
   }
   throw py::value_error("kind must be 'f64', 'tf32' or 'simt'; got '" + kind + "'");

@@ -36,15 +36,15 @@ struct NtkLaunch {
 /// the path assigns them to this thread.
 template <class T, class Path>
 __device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t K, T (&g)[kAcc],
-                           Staged<T>& As, Staged<T>& Bs) {
+                           typename Path::Stage& As, typename Path::Stage& Bs) {
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) g[e] = T(0);
   for (index_t k0 = 0; k0 < K; k0 += kDepth) {
     for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
       const int rr = e / kDepth, kk = e % kDepth;
       const index_t k = k0 + kk;
-      As[kk][rr] = (rows1[rr] && k < K) ? rows1[rr][k] : T(0);
-      Bs[kk][rr] = (rows2[rr] && k < K) ? rows2[rr][k] : T(0);
+      As[Path::Layout::stage(rr, kk)] = (rows1[rr] && k < K) ? rows1[rr][k] : T(0);
+      Bs[Path::Layout::stage(rr, kk)] = (rows2[rr] && k < K) ? rows2[rr][k] : T(0);
     }
     __syncthreads();
     Path::product(As, Bs, g);
@@ -70,7 +70,7 @@ __device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, 
 // float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
 __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
-  __shared__ Staged<T> As, Bs;
+  __shared__ typename Path::Stage As, Bs;
   __shared__ const T* ra[kTile];
   __shared__ const T* rb[kTile];
   __shared__ const T* ru[kTile];

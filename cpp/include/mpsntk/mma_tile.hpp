@@ -12,11 +12,13 @@ namespace mpsntk::tile {
 constexpr int kBlockTile = 64;     ///< output tile edge of one thread block
 constexpr int kBlockThreads = 256; ///< threads per block (8 warps)
 constexpr int kWarpSize = 32;
+constexpr int kStageDepth = 16;    ///< depth of the chunk of both row blocks staged in shared memory
 
 /// Fragments of mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 (FP64 tensor cores, sm_80+),
 /// as the PTX ISA defines them, with g = lane / 4 and t = lane % 4: A (8 x 4, row-major) holds
 /// A[g][t], B (4 x 8, column-major) holds B[t][g], C/D (8 x 8) hold C[g][2t + r], r = 0, 1.
 struct MmaF64 {
+  using Element = double;
   static constexpr int M = 8, N = 8, K = 4, A_REGS = 1, B_REGS = 1, C_REGS = 2;
   MPSNTK_HD static int a_row(int lane, int) { return lane >> 2; }
   MPSNTK_HD static int a_k(int lane, int) { return lane & 3; }
@@ -30,6 +32,7 @@ struct MmaF64 {
 /// A (16 x 8) holds A[g + 8 (r & 1)][t + 4 (r >> 1)], r < 4; B (8 x 8) holds B[t + 4r][g],
 /// r < 2; C/D (16 x 8) hold C[g + 8 (r >> 1)][2t + (r & 1)], r < 4.
 struct MmaTf32 {
+  using Element = float;  // TF32 operands travel as FP32 registers
   static constexpr int M = 16, N = 8, K = 8, A_REGS = 4, B_REGS = 2, C_REGS = 4;
   MPSNTK_HD static int a_row(int lane, int r) { return (lane >> 2) + 8 * (r & 1); }
   MPSNTK_HD static int a_k(int lane, int r) { return (lane & 3) + 4 * (r >> 1); }
@@ -42,12 +45,19 @@ struct MmaTf32 {
 /// Tensor-core tiling of the block tile: the 8 warps form a 2 x 4 grid of 32 x 16 warp tiles,
 /// each covered by MI x NI mma blocks.  Every thread owns ACC = 16 accumulators, as on the
 /// SIMT path, so the kernel's epilogue is the same for all paths.
+///
+/// Staged chunks are row-major (element (row, k) at stage(row, k)) with rows padded by 16
+/// bytes: a fragment load (rows g, depths t) then touches every bank equally, and so does the
+/// staging store (16 consecutive depths of two rows): both take the fewest wavefronts.
 template <class Mma>
 struct WarpTile {
   static constexpr int ROWS = 32, COLS = 16;
   static constexpr int MI = ROWS / Mma::M, NI = COLS / Mma::N;
   static constexpr int ACC = MI * NI * Mma::C_REGS;
   static_assert(ACC == 16, "every path owns 16 accumulators per thread");
+  static constexpr int STAGE_LD = kStageDepth + 16 / static_cast<int>(sizeof(typename Mma::Element));
+  static constexpr int STAGE_SIZE = kBlockTile * STAGE_LD;
+  MPSNTK_HD static int stage(int row, int k) { return row * STAGE_LD + k; }
   MPSNTK_HD static int row0(int warp) { return (warp >> 2) * ROWS; }
   MPSNTK_HD static int col0(int warp) { return (warp & 3) * COLS; }
   /// Tile row of A register r of mma block mi; its depth is Mma::a_k(lane, r).
@@ -68,9 +78,12 @@ struct WarpTile {
 };
 
 /// SIMT tiling: thread (ty, tx) = (thread / 16, thread % 16) owns rows ty + 16i, columns
-/// tx + 16j; accumulator e = 4i + j.
+/// tx + 16j; accumulator e = 4i + j.  Staged chunks are depth-major with rows of 65: the
+/// product reads 16 consecutive rows at one depth, the staging store 16 depths of two rows.
 struct SimtTile {
   static constexpr int ACC = 16;
+  static constexpr int STAGE_SIZE = kStageDepth * (kBlockTile + 1);
+  MPSNTK_HD static int stage(int row, int k) { return k * (kBlockTile + 1) + row; }
   MPSNTK_HD static int acc_row(int thread, int e) { return thread / 16 + 16 * (e / 4); }
   MPSNTK_HD static int acc_col(int thread, int e) { return thread % 16 + 16 * (e % 4); }
 };

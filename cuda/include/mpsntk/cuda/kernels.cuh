@@ -37,29 +37,29 @@ inline unsigned blocks_for(index_t n, int threads) {
 }
 
 // ------------------------------------------------------------------------------------------
-// 64 x 64 tiles, 256 threads, K staged through shared memory 16 at a time as As[k][row] and
-// Bs[k][col].  A "path" says how a staged chunk is multiplied into each thread's 16
+// 64 x 64 tiles, 256 threads, K staged through shared memory 16 at a time (the A and B rows of
+// the tile, in the path's layout).  A "path" says how a staged chunk is multiplied into each
+// thread's 16
 // accumulators and which tile entries they are (mpsntk/mma_tile.hpp): plain FMAs (SIMT), FP64
 // tensor cores (DMMA), or TF32 tensor cores with FP32 accumulation (opt-in only).
-constexpr int kTile = tile::kBlockTile, kDepth = 16, kThreads = tile::kBlockThreads;
+constexpr int kTile = tile::kBlockTile, kDepth = tile::kStageDepth, kThreads = tile::kBlockThreads;
 constexpr int kAcc = 16;
 static_assert(kTile == 64 && kThreads == 256, "the tile maps assume 64 x 64 tiles of 256 threads");
-
-template <class T>
-using Staged = T[kDepth][kTile + 1];
 
 /// SIMT: thread (ty, tx) owns rows ty + 16 i and columns tx + 16 j (accumulator 4 i + j).
 template <class T>
 struct SimtPath {
+  using Layout = tile::SimtTile;
+  using Stage = T[Layout::STAGE_SIZE];
   static __device__ __forceinline__ int row(int e) { return tile::SimtTile::acc_row(threadIdx.x, e); }
   static __device__ __forceinline__ int col(int e) { return tile::SimtTile::acc_col(threadIdx.x, e); }
-  static __device__ __forceinline__ void product(const Staged<T>& As, const Staged<T>& Bs, T (&acc)[kAcc]) {
+  static __device__ __forceinline__ void product(const Stage& As, const Stage& Bs, T (&acc)[kAcc]) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
     for (int kk = 0; kk < kDepth; ++kk) {
       T a[4], b[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
+      for (int i = 0; i < 4; ++i) a[i] = As[Layout::stage(ty + 16 * i, kk)], b[i] = Bs[Layout::stage(tx + 16 * i, kk)];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -96,11 +96,13 @@ __device__ __forceinline__ void mma(float* c, const float (&a)[4], const float (
 template <class T, class Mma>
 struct MmaPath {
   using W = tile::WarpTile<Mma>;
+  using Layout = W;
+  using Stage = T[W::STAGE_SIZE];
   static __device__ __forceinline__ int warp() { return threadIdx.x / tile::kWarpSize; }
   static __device__ __forceinline__ int lane() { return threadIdx.x % tile::kWarpSize; }
   static __device__ __forceinline__ int row(int e) { return W::acc_row(warp(), lane(), e); }
   static __device__ __forceinline__ int col(int e) { return W::acc_col(warp(), lane(), e); }
-  static __device__ __forceinline__ void product(const Staged<T>& As, const Staged<T>& Bs, T (&acc)[kAcc]) {
+  static __device__ __forceinline__ void product(const Stage& As, const Stage& Bs, T (&acc)[kAcc]) {
     const int w = warp(), l = lane();
 #pragma unroll
     for (int k0 = 0; k0 < kDepth; k0 += Mma::K) {
@@ -108,11 +110,11 @@ struct MmaPath {
 #pragma unroll
       for (int mi = 0; mi < W::MI; ++mi)
 #pragma unroll
-        for (int r = 0; r < Mma::A_REGS; ++r) a[mi][r] = As[k0 + Mma::a_k(l, r)][W::a_row(w, l, mi, r)];
+        for (int r = 0; r < Mma::A_REGS; ++r) a[mi][r] = As[W::stage(W::a_row(w, l, mi, r), k0 + Mma::a_k(l, r))];
 #pragma unroll
       for (int ni = 0; ni < W::NI; ++ni)
 #pragma unroll
-        for (int r = 0; r < Mma::B_REGS; ++r) b[ni][r] = Bs[k0 + Mma::b_k(l, r)][W::b_col(w, l, ni, r)];
+        for (int r = 0; r < Mma::B_REGS; ++r) b[ni][r] = Bs[W::stage(W::b_col(w, l, ni, r), k0 + Mma::b_k(l, r))];
 #pragma unroll
       for (int mi = 0; mi < W::MI; ++mi)
 #pragma unroll
@@ -129,23 +131,24 @@ using Tf32Path = MmaPath<float, tile::MmaTf32>;
 template <class T, class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la,
                                                         LoadB lb, Store st) {
-  __shared__ Staged<T> As, Bs;
+  using P = SimtPath<T>;
+  __shared__ typename P::Stage As, Bs;
   const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
   T acc[kAcc] = {};
   for (index_t k0 = 0; k0 < K; k0 += kDepth) {
     for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
       const int rr = e / kDepth, kk = e % kDepth;
       const index_t r = r0 + rr, c = c0 + rr, k = k0 + kk;
-      As[kk][rr] = (r < M && k < K) ? la(r, k) : T(0);
-      Bs[kk][rr] = (c < N && k < K) ? lb(k, c) : T(0);
+      As[P::Layout::stage(rr, kk)] = (r < M && k < K) ? la(r, k) : T(0);
+      Bs[P::Layout::stage(rr, kk)] = (c < N && k < K) ? lb(k, c) : T(0);
     }
     __syncthreads();
-    SimtPath<T>::product(As, Bs, acc);
+    P::product(As, Bs, acc);
     __syncthreads();
   }
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) {
-    const index_t r = r0 + SimtPath<T>::row(e), c = c0 + SimtPath<T>::col(e);
+    const index_t r = r0 + P::row(e), c = c0 + P::col(e);
     if (r < M && c < N) st(r, c, acc[e]);
   }
 }
