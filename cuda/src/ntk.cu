@@ -1,8 +1,10 @@
 // Fused NTK kernel: one 64 x 64 output tile per block, accumulated over sites in registers:
 //   Theta~[i, k] += w_j * (u_i.u_k) * (a_i.a_k) * (b_i.b_k) * rw_i * rw_k
-// with the three Grams of each site staged through shared memory and multiplied by the path the
-// dtype selects (FMAs, FP64 tensor cores, or opt-in TF32; kernels.cuh); the per-site n1 x n2 terms
-// never reach global memory.  Symmetric calls launch only tiles on or above the diagonal.
+// with the depth chunks of the three Grams of each site streamed through double-buffered shared
+// memory (the next chunk's loads in flight during the current product) and multiplied by the
+// path the dtype selects (FMAs, FP64 tensor cores, or opt-in TF32; kernels.cuh); the per-site
+// n1 x n2 terms never reach global memory.  Symmetric calls launch only tiles on or above the
+// diagonal.
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -32,52 +34,99 @@ struct NtkLaunch {
   bool upper_only, normalized;
 };
 
-/// g[e] = sum_k rows1[row(e)][k] * rows2[col(e)][k] for the block's 64 x 64 pairs, entries as
-/// the path assigns them to this thread.
-template <class T, class Path>
-__device__ void block_gram(const T* const* rows1, const T* const* rows2, index_t K, T (&g)[kAcc],
-                           typename Path::Stage& As, typename Path::Stage& Bs) {
-#pragma unroll
-  for (int e = 0; e < kAcc; ++e) g[e] = T(0);
-  for (index_t k0 = 0; k0 < K; k0 += kDepth) {
-    for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
-      const int rr = e / kDepth, kk = e % kDepth;
-      const index_t k = k0 + kk;
-      As[Path::Layout::stage(rr, kk)] = (rows1[rr] && k < K) ? rows1[rr][k] : T(0);
-      Bs[Path::Layout::stage(rr, kk)] = (rows2[rr] && k < K) ? rows2[rr][k] : T(0);
-    }
-    __syncthreads();
-    Path::product(As, Bs, g);
-    __syncthreads();
-  }
-}
+/// Row tables of one (site, output) in shared memory: the factor rows a, b, u of the tile's 64
+/// rows (side 0) and 64 columns (side 1), and the row weights.
+template <class T>
+struct RowTables {
+  const T* a[2][kTile];
+  const T* b[2][kTile];
+  const T* u[2][kTile];
+  double w[2][kTile];
+};
 
-/// Row tables of one side of the tile for site j and output l: factor rows and row weights.
+/// Fill entry t of one side of the row tables for site j and output l.
 template <class T>
 __device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, index_t x0, int t, index_t j,
-                          index_t l, index_t n_sites, index_t d, const T** a, const T** b, const T** u,
-                          double* w) {
+                          index_t l, index_t n_sites, index_t d, RowTables<T>& R, int s) {
   const index_t x = x0 + t;
   const bool ok = x < side.n;
-  a[t] = ok ? FactorRows<T>::a(f, x, l) : nullptr;
-  b[t] = ok ? FactorRows<T>::b(f, x, l) : nullptr;
-  u[t] = ok ? side.phi + (x * n_sites + j) * d : nullptr;
+  R.a[s][t] = ok ? FactorRows<T>::a(f, x, l) : nullptr;
+  R.b[s][t] = ok ? FactorRows<T>::b(f, x, l) : nullptr;
+  R.u[s][t] = ok ? side.phi + (x * n_sites + j) * d : nullptr;
   // sqrt(w_j) on both sides makes site_term the whole weighted term (as in the CPU packing).
-  w[t] = ok ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
+  R.w[s][t] = ok ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
+}
+
+/// acc += (u.u') (a.a') (b.b') w w' for the tile entries this thread owns: one (site, output)
+/// term.  The depth chunks of the three Grams (a; b if the factor has one; u) form one stream
+/// through two shared-memory buffers: the global loads of the next chunk are issued before the
+/// product of the current one and stored after it, with one barrier per chunk.
+template <class T, class Path>
+__device__ void add_site_term(const RowTables<T>& R, index_t da, index_t db, index_t d, T (&acc)[kAcc],
+                              typename Path::Stage (&As)[2], typename Path::Stage (&Bs)[2]) {
+  constexpr int kPer = kTile * kDepth / kThreads;  // elements of each operand a thread stages
+  static_assert(kPer * kThreads == kTile * kDepth, "whole chunks per thread");
+  auto depth = [&](int g) { return g == 0 ? da : g == 1 ? db : d; };
+  auto rows = [&](int g, int s) -> const T* const* { return g == 0 ? R.a[s] : g == 1 ? R.b[s] : R.u[s]; };
+  T va[kPer], vb[kPer];
+  auto fetch = [&](int g, index_t k0) {
+    const T* const* r1 = rows(g, 0);
+    const T* const* r2 = rows(g, 1);
+    const index_t K = depth(g);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = threadIdx.x + i * kThreads, rr = e / kDepth;
+      const index_t k = k0 + e % kDepth;
+      va[i] = (r1[rr] && k < K) ? r1[rr][k] : T(0);
+      vb[i] = (r2[rr] && k < K) ? r2[rr][k] : T(0);
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = threadIdx.x + i * kThreads, at = Path::Layout::stage(e / kDepth, e % kDepth);
+      As[buf][at] = va[i];
+      Bs[buf][at] = vb[i];
+    }
+  };
+  T cur[kAcc], gab[kAcc];
+#pragma unroll
+  for (int e = 0; e < kAcc; ++e) cur[e] = T(0);
+  int g = 0, buf = 0;
+  index_t k0 = 0;
+  fetch(0, 0);
+  store(0);
+  __syncthreads();
+  while (g < 3) {
+    int gn = g;  // the chunk after (g, k0)
+    index_t kn = k0 + kDepth;
+    while (gn < 3 && kn >= depth(gn)) ++gn, kn = 0;
+    if (gn < 3) fetch(gn, kn);
+    Path::product(As[buf], Bs[buf], cur);
+    if (gn < 3) store(buf ^ 1);
+    __syncthreads();
+    if (gn != g) {  // Gram g is complete
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e) {
+        if (g == 0)
+          gab[e] = cur[e];
+        else if (g == 1)
+          gab[e] *= cur[e];
+        else
+          acc[e] += tile::site_term(cur[e], gab[e]) * static_cast<T>(R.w[0][Path::row(e)] * R.w[1][Path::col(e)]);
+        cur[e] = T(0);
+      }
+    }
+    g = gn, k0 = kn, buf ^= 1;
+  }
 }
 
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the
 // float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
 __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
-  __shared__ typename Path::Stage As, Bs;
-  __shared__ const T* ra[kTile];
-  __shared__ const T* rb[kTile];
-  __shared__ const T* ru[kTile];
-  __shared__ const T* ca[kTile];
-  __shared__ const T* cb[kTile];
-  __shared__ const T* cu[kTile];
-  __shared__ double rw[kTile], cw[kTile];
+  __shared__ typename Path::Stage As[2], Bs[2];
+  __shared__ RowTables<T> rows;
 
   index_t ib, kb;
   if (p.upper_only) {  // decode the upper-triangular tile index
@@ -123,21 +172,11 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
       const index_t l1 = traced ? l : p.l1, l2 = traced ? l : p.l2;
       __syncthreads();  // previous readers of the row tables are done
       if (threadIdx.x < kTile)
-        load_rows<T>(p.s1, f1, i0, threadIdx.x, j, l1, p.n_sites, p.d, ra, rb, ru, rw);
+        load_rows<T>(p.s1, f1, i0, threadIdx.x, j, l1, p.n_sites, p.d, rows, 0);
       else if (threadIdx.x < 2 * kTile)
-        load_rows<T>(p.s2, f2, k0, threadIdx.x - kTile, j, l2, p.n_sites, p.d, ca, cb, cu, cw);
+        load_rows<T>(p.s2, f2, k0, threadIdx.x - kTile, j, l2, p.n_sites, p.d, rows, 1);
       __syncthreads();
-      T ga[kAcc], gb[kAcc], gu[kAcc];
-      block_gram<T, Path>(ra, ca, f1.da, ga, As, Bs);
-      if (f1.db) {
-        block_gram<T, Path>(rb, cb, f1.db, gb, As, Bs);
-#pragma unroll
-        for (int e = 0; e < kAcc; ++e) ga[e] *= gb[e];
-      }
-      block_gram<T, Path>(ru, cu, p.d, gu, As, Bs);
-#pragma unroll
-      for (int e = 0; e < kAcc; ++e)
-        acc[e] += tile::site_term(gu[e], ga[e]) * static_cast<T>(rw[Path::row(e)] * cw[Path::col(e)]);
+      add_site_term<T, Path>(rows, f1.da, f1.db, p.d, acc, As, Bs);
     }
     if (per_site) write(j);
   }
