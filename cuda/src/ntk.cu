@@ -58,67 +58,38 @@ __device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, 
 }
 
 /// acc += (u.u') (a.a') (b.b') w w' for the tile entries this thread owns: one (site, output)
-/// term.  The depth chunks of the three Grams (a; b if the factor has one; u) form one stream
-/// through two shared-memory buffers: the global loads of the next chunk are issued before the
-/// product of the current one and stored after it, with one barrier per chunk.
+/// term.  The depth chunks of the three Grams (a; b if the factor has one; u) form one chunk
+/// stream, so the loads of each Gram's first chunk overlap the product of the previous Gram.
 template <class T, class Path>
 __device__ void add_site_term(const RowTables<T>& R, index_t da, index_t db, index_t d, T (&acc)[kAcc],
                               typename Path::Stage (&As)[2], typename Path::Stage (&Bs)[2]) {
-  constexpr int kPer = kTile * kDepth / kThreads;  // elements of each operand a thread stages
-  static_assert(kPer * kThreads == kTile * kDepth, "whole chunks per thread");
-  auto depth = [&](int g) { return g == 0 ? da : g == 1 ? db : d; };
-  auto rows = [&](int g, int s) -> const T* const* { return g == 0 ? R.a[s] : g == 1 ? R.b[s] : R.u[s]; };
-  T va[kPer], vb[kPer];
-  auto fetch = [&](int g, index_t k0) {
-    const T* const* r1 = rows(g, 0);
-    const T* const* r2 = rows(g, 1);
-    const index_t K = depth(g);
+  const int end_a = chunks(da), end_b = end_a + chunks(db), end_u = end_b + chunks(d);
+  auto load = [&](int c, int rr, int kk, T& a, T& b) {
+    const bool in_a = c < end_a, in_b = !in_a && c < end_b;
+    const T* const* rows = in_a ? R.a[0] : in_b ? R.b[0] : R.u[0];
+    const T* const* cols = in_a ? R.a[1] : in_b ? R.b[1] : R.u[1];
+    const index_t k = static_cast<index_t>(c - (in_a ? 0 : in_b ? end_a : end_b)) * kDepth + kk;
+    const index_t K = in_a ? da : in_b ? db : d;
+    a = (rows[rr] && k < K) ? rows[rr][k] : T(0);
+    b = (cols[rr] && k < K) ? cols[rr][k] : T(0);
+  };
+  T gram[kAcc], gab[kAcc];
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = threadIdx.x + i * kThreads, rr = e / kDepth;
-      const index_t k = k0 + e % kDepth;
-      va[i] = (r1[rr] && k < K) ? r1[rr][k] : T(0);
-      vb[i] = (r2[rr] && k < K) ? r2[rr][k] : T(0);
+  for (int e = 0; e < kAcc; ++e) gram[e] = T(0);
+  auto done = [&](int c) {  // at the end of a Gram: fold it in and start the next from zero
+    if (c + 1 != end_a && c + 1 != end_b && c + 1 != end_u) return;
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) {
+      if (c + 1 == end_a)
+        gab[e] = gram[e];
+      else if (c + 1 == end_b)
+        gab[e] *= gram[e];
+      else
+        acc[e] += tile::site_term(gram[e], gab[e]) * static_cast<T>(R.w[0][Path::row(e)] * R.w[1][Path::col(e)]);
+      gram[e] = T(0);
     }
   };
-  auto store = [&](int buf) {
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = threadIdx.x + i * kThreads, at = Path::Layout::stage(e / kDepth, e % kDepth);
-      As[buf][at] = va[i];
-      Bs[buf][at] = vb[i];
-    }
-  };
-  T cur[kAcc], gab[kAcc];
-#pragma unroll
-  for (int e = 0; e < kAcc; ++e) cur[e] = T(0);
-  int g = 0, buf = 0;
-  index_t k0 = 0;
-  fetch(0, 0);
-  store(0);
-  __syncthreads();
-  while (g < 3) {
-    int gn = g;  // the chunk after (g, k0)
-    index_t kn = k0 + kDepth;
-    while (gn < 3 && kn >= depth(gn)) ++gn, kn = 0;
-    if (gn < 3) fetch(gn, kn);
-    Path::product(As[buf], Bs[buf], cur);
-    if (gn < 3) store(buf ^ 1);
-    __syncthreads();
-    if (gn != g) {  // Gram g is complete
-#pragma unroll
-      for (int e = 0; e < kAcc; ++e) {
-        if (g == 0)
-          gab[e] = cur[e];
-        else if (g == 1)
-          gab[e] *= cur[e];
-        else
-          acc[e] += tile::site_term(cur[e], gab[e]) * static_cast<T>(R.w[0][Path::row(e)] * R.w[1][Path::col(e)]);
-        cur[e] = T(0);
-      }
-    }
-    g = gn, k0 = kn, buf ^= 1;
-  }
+  chunk_stream<Path>(end_u, load, done, gram, As, Bs);
 }
 
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the

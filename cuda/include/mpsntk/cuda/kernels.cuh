@@ -126,26 +126,62 @@ using DmmaPath = MmaPath<double, tile::MmaF64>;
 using Tf32Path = MmaPath<float, tile::MmaTf32>;
 
 // ------------------------------------------------------------------------------------------
+/// Multiplies a stream of depth chunks into this thread's accumulators through two shared-memory
+/// buffers: the global loads of chunk c + 1 are issued before the product of chunk c and stored
+/// after it, one barrier per chunk.  load(c, rr, kk, a, b) gives depth kk of chunk c of tile row
+/// rr (a) and tile column rr (b); done(c) follows chunk c's product (at the same point in every
+/// thread, so it may read shared memory written before the stream).
+template <class Path, class T, class Load, class Done>
+__device__ void chunk_stream(int n_chunks, Load load, Done done, T (&acc)[kAcc], typename Path::Stage (&As)[2],
+                             typename Path::Stage (&Bs)[2]) {
+  constexpr int kPer = kTile * kDepth / kThreads;  // elements of each operand a thread stages
+  static_assert(kPer * kThreads == kTile * kDepth, "whole chunks per thread");
+  T va[kPer], vb[kPer];
+  auto fetch = [&](int c) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = threadIdx.x + i * kThreads;
+      load(c, e / kDepth, e % kDepth, va[i], vb[i]);
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = threadIdx.x + i * kThreads, at = Path::Layout::stage(e / kDepth, e % kDepth);
+      As[buf][at] = va[i];
+      Bs[buf][at] = vb[i];
+    }
+  };
+  fetch(0);
+  store(0);
+  __syncthreads();
+  for (int c = 0; c < n_chunks; ++c) {
+    const bool more = c + 1 < n_chunks;
+    if (more) fetch(c + 1);
+    Path::product(As[c % 2], Bs[c % 2], acc);
+    if (more) store((c + 1) % 2);
+    __syncthreads();
+    done(c);
+  }
+}
+
+__device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
+
 // Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
 // functors and each result handed to store(r, c, value) (the environment sweeps; SIMT).
 template <class T, class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la,
                                                         LoadB lb, Store st) {
   using P = SimtPath<T>;
-  __shared__ typename P::Stage As, Bs;
+  __shared__ typename P::Stage As[2], Bs[2];
   const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
   T acc[kAcc] = {};
-  for (index_t k0 = 0; k0 < K; k0 += kDepth) {
-    for (int e = threadIdx.x; e < kTile * kDepth; e += kThreads) {
-      const int rr = e / kDepth, kk = e % kDepth;
-      const index_t r = r0 + rr, c = c0 + rr, k = k0 + kk;
-      As[P::Layout::stage(rr, kk)] = (r < M && k < K) ? la(r, k) : T(0);
-      Bs[P::Layout::stage(rr, kk)] = (c < N && k < K) ? lb(k, c) : T(0);
-    }
-    __syncthreads();
-    P::product(As, Bs, acc);
-    __syncthreads();
-  }
+  auto load = [&](int ch, int rr, int kk, T& a, T& b) {
+    const index_t r = r0 + rr, c = c0 + rr, k = static_cast<index_t>(ch) * kDepth + kk;
+    a = (r < M && k < K) ? la(r, k) : T(0);
+    b = (c < N && k < K) ? lb(k, c) : T(0);
+  };
+  chunk_stream<P>(chunks(K), load, [](int) {}, acc, As, Bs);
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) {
     const index_t r = r0 + P::row(e), c = c0 + P::col(e);
