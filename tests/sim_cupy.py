@@ -122,8 +122,25 @@ cuda = types.SimpleNamespace(
 )
 
 
+def asnumpy(a):
+    return np.array(np.asarray(a), copy=True)
+
+
+class _MemoryPool:
+    """CuPy's pool interface; the stand-in allocates from the host heap and pools nothing."""
+
+    def free_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+
 def get_default_memory_pool():
-    return types.SimpleNamespace(free_bytes=lambda: 0)
+    return _MemoryPool()
 
 
 def __getattr__(name):  # everything else: NumPy's function, returning device arrays

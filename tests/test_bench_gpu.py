@@ -1,0 +1,56 @@
+"""The GPU benchmark's measuring code (bench/bench_ntk.py --device gpu, bench/peers.py), run
+in-process on the SIMT simulator behind the CuPy stand-in: the builders of mpsntk's engine and
+of the CuPy/cuBLAS peer, the agreement check between them and the timing loop.  (Timings of the
+simulator mean nothing; this checks that the code a GPU session will run works.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mpsntk as mn
+
+import sim_cupy
+from conftest import relerr
+
+if not sim_cupy.available():  # pragma: no cover - the simulator is built on POSIX systems
+    pytest.skip("mpsntk was built without the SIMT simulator", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_ntk  # noqa: E402
+import peers  # noqa: E402
+
+CFG = {"dtype": "float64", "n_sites": 6, "bond_dim": 5, "n_samples": 70, "seed": 0}
+OPTS = {"repeats": 2, "warmup": 1, "timeout": 60, "min_time": 0.0, "n_threads": 1,
+        "device": "gpu"}
+
+
+@pytest.fixture(autouse=True)
+def _simulated_gpu():
+    with sim_cupy.installed():
+        yield
+
+
+@pytest.mark.parametrize("tool", ["mpsntk", "cupy"])
+def test_gpu_builders_compute_the_kernel(tool):
+    mps, phi = bench_ntk._problem(CFG)
+    run, to_host, peak = peers.BUILDERS[tool](mps, phi)
+    theta = run()
+    assert isinstance(theta, sim_cupy.ndarray)  # left on the "card" by the timed call
+    assert relerr(to_host(theta), mn.ntk(mps, phi)) < 1e-12
+    assert peak() >= 0
+
+
+def test_gpu_measurement_checks_the_peer_against_mpsntk(tmp_path):
+    ref = str(tmp_path / "theta.bin")
+    res = bench_ntk._measure("mpsntk", CFG, dict(OPTS, save_path=ref))
+    assert res["status"] == "ok" and len(res["times"]) >= 2 and res["gpu_peak_mb"] is not None
+    peer = bench_ntk._measure("cupy", CFG, dict(OPTS, ref_path=ref))
+    assert peer["status"] == "ok" and peer["max_rel_diff"] < 1e-12
+    # a peer that disagrees is reported, not timed
+    np.fromfile(ref, dtype=np.float64).__mul__(1.01).tofile(ref)
+    bad = bench_ntk._measure("cupy", CFG, dict(OPTS, ref_path=ref))
+    assert bad["status"] == "mismatch" and "median_s" not in bad
