@@ -153,7 +153,7 @@ struct Block {
   Context main;
   int current = -1, live = 0, finished = 0, arrived = 0;
   const std::function<void()>* body = nullptr;
-  const char* kernel = "";
+  std::string kernel;  // "file:line: name" of the launch
   std::string error;
 };
 
@@ -169,7 +169,7 @@ Fiber& self() { return g_block->fibers[g_block->current]; }
 [[noreturn]] void fail(const std::string& what) {
   Block& B = *g_block;
   if (B.error.empty())
-    B.error = std::string(B.kernel) + ": thread " + std::to_string(self().tc.thread_idx.x) + " of block (" +
+    B.error = B.kernel + ": thread " + std::to_string(self().tc.thread_idx.x) + " of block (" +
               std::to_string(self().tc.block_idx.x) + ", " + std::to_string(self().tc.block_idx.y) + "): " + what;
   self().wait = Wait::done;
   switch_context(self().ctx, B.main);  // never resumed
@@ -266,7 +266,7 @@ void run_block(Block& B, unsigned threads, const std::vector<std::uint64_t>& ord
     if (!ran && B.error.empty()) {
       int at_block = 0, at_warp = 0;
       for (auto& f : B.fibers) at_block += f.wait == Wait::block, at_warp += f.wait == Wait::warp;
-      B.error = std::string(B.kernel) + ": deadlock: " + std::to_string(at_block) +
+      B.error = B.kernel + ": deadlock: " + std::to_string(at_block) +
                 " threads wait at __syncthreads() and " + std::to_string(at_warp) + " in mma.sync";
     }
   }
@@ -281,8 +281,8 @@ std::vector<std::uint64_t> run_order(std::uint64_t count) {
   return order;
 }
 
-[[noreturn]] void launch_error(const char* kernel, const std::string& what) {
-  throw CudaError(std::string(kernel) + ": cudaErrorInvalidConfiguration (" + what + ")");
+[[noreturn]] void launch_error(const std::string& kernel, const std::string& what) {
+  throw CudaError(kernel + ": cudaErrorInvalidConfiguration (" + what + ")");
 }
 
 }  // namespace
@@ -322,14 +322,16 @@ void record_stream(const void* stream) {
 
 std::vector<std::uintptr_t> streams_used() { return std::exchange(g_streams, {}); }
 
-void launch(const char* name, dim3 grid, dim3 block, const void* stream, const std::function<void()>& body) {
+void launch(const char* kernel_name, const std::string& where, dim3 grid, dim3 block, const void* stream,
+            const std::function<void()>& body) {
   record_stream(stream);
+  const std::string name = where + ": " + kernel_name;
   const std::uint64_t threads = std::uint64_t(block.x) * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) launch_error(name, "empty grid");
   if (grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) launch_error(name, "grid too large");
   if (threads == 0 || threads > kMaxThreads || block.z > 64) launch_error(name, "bad block size");
   if (block.y != 1 || block.z != 1) launch_error(name, "the simulator runs one-dimensional blocks only");
-  if (g_block) throw CudaError(std::string(name) + ": launched from inside a simulated kernel");
+  if (g_block) throw CudaError(name + ": launched from inside a simulated kernel");
   while (g_stacks.size() < threads) g_stacks.emplace_back(new char[kStackBytes]);
 
   Block B;

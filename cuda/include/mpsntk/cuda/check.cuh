@@ -30,17 +30,28 @@ namespace mpsntk::cuda {
 
 namespace mpsntk::cuda {
 
+/// A kernel's name and the place it is launched from: a string literal converts to it, and the
+/// file and line are those of the launch() call (so errors name the call site).
+struct LaunchSite {
+  const char* kernel;
+  const char* file;
+  int line;
+  LaunchSite(const char* name, const char* f = __builtin_FILE(), int l = __builtin_LINE())
+      : kernel(name), file(f), line(l) {}
+};
+
 /// kernel<<<grid, block, 0, stream>>>(args...), then check the launch (configuration errors
 /// surface here).  On the simulator the kernel runs to completion before this returns.
 template <class... Params, class... Args>
-void launch(const char* name, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...),
+void launch(LaunchSite at, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...),
             const Args&... args) {
 #ifdef MPSNTK_CUDA_SIM
-  sim::launch(name, grid, block, stream, [&] { kernel(static_cast<Params>(args)...); });
+  sim::launch(at.kernel, std::string(at.file) + ":" + std::to_string(at.line), grid, block, stream,
+              [&] { kernel(static_cast<Params>(args)...); });
 #else
   kernel<<<grid, block, 0, stream>>>(static_cast<Params>(args)...);
   const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw_cuda(err, name, __FILE__, __LINE__);
+  if (err != cudaSuccess) throw_cuda(err, at.kernel, at.file, at.line);
 #endif
 }
 

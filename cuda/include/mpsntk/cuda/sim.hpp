@@ -62,10 +62,11 @@ void mma_m8n8k4_f64(double* c, const double* a, const double* b);
 /// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with cvt.rna.tf32.f32 operands.
 void mma_m16n8k8_tf32(float* c, const float* a, const float* b);
 
-/// Run body() as every thread of every block of the grid; throws CudaError like a failed launch
-/// (invalid configuration) or a failed kernel (deadlock at a barrier, malformed mma).  The
-/// stream is only recorded (see streams_used).
-void launch(const char* name, dim3 grid, dim3 block, const void* stream, const std::function<void()>& body);
+/// Run body() as every thread of every block of the grid; throws CudaError ("where: name: ...")
+/// like a failed launch (invalid configuration) or a failed kernel (deadlock at a barrier,
+/// malformed mma).  The stream is only recorded (see streams_used).
+void launch(const char* name, const std::string& where, dim3 grid, dim3 block, const void* stream,
+            const std::function<void()>& body);
 
 /// The distinct stream handles that launches and copies were queued on since the last call
 /// (per host thread), so that tests can check which stream the engine uses.
