@@ -185,11 +185,13 @@ void release(Wait which, int warp) {
 
 void fiber_entry() {
   Block& B = *g_block;
+  std::string thrown;  // leave the handler before abandoning this stack
   try {
     (*B.body)();
   } catch (const std::exception& e) {
-    fail(std::string("exception: ") + e.what());
+    thrown = e.what();
   }
+  if (!thrown.empty()) fail("exception: " + thrown);
   Fiber& f = self();
   f.wait = Wait::done;
   --B.live, ++B.finished;
