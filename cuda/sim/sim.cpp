@@ -1,5 +1,8 @@
 // SIMT simulator (mpsntk/cuda/sim.hpp): fibers per simulated thread, block and warp barriers,
 // and a model of the two tensor-core instructions the kernels issue.
+#if !defined(_XOPEN_SOURCE) && defined(__APPLE__)
+#define _XOPEN_SOURCE 700  // macOS declares the ucontext routines only with it
+#endif
 #include "mpsntk/cuda/sim.hpp"
 
 #include <algorithm>
