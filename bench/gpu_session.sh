@@ -5,7 +5,8 @@
 #
 #   bash bench/gpu_session.sh setup    # install, card and build facts, ptxas report, GPU tests
 #   bash bench/gpu_session.sh targets  # the issue's targets: N=4096 n=64 D=64 against every
-#                                      # peer, DMMA vs FMA path, N=65536 float32 in one call
+#                                      # peer, the DMMA shapes and the FMA path, N=65536
+#                                      # float32 in one call
 #   bash bench/gpu_session.sh sweep    # N = 1024..16384, D = 8..128, both dtypes
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,8 @@ case "${1:-}" in
   targets)
     bench --n-samples 4096 --bond-dim 64 --dtype float64 float32 --peer-max-gb 40 \
       --timeout 240 --out "$out/targets.jsonl"
+    MPSNTK_CUDA_DMMA=m8n8k4 bench --n-samples 4096 --bond-dim 64 --dtype float64 --peers \
+      --out "$out/dmma_m8n8k4.jsonl"
     MPSNTK_CUDA_SIMT=1 bench --n-samples 4096 --bond-dim 64 --dtype float64 --peers \
       --out "$out/simt.jsonl"
     bench --n-samples 65536 --bond-dim 64 --dtype float32 --peers --timeout 300 \

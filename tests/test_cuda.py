@@ -124,15 +124,26 @@ def test_non_default_stream_and_no_host_round_trip():
 
 @pytest.mark.parametrize("spec", [MODELS[0], MODELS[2], MODELS[4]])
 def test_float64_tensor_cores_match_fma_path(spec, monkeypatch):
-    """float64 runs on the FP64 tensor cores (DMMA); MPSNTK_CUDA_SIMT=1 selects plain FMAs.
-    Both are IEEE double arithmetic: each agrees with the host engine at the float64 contract."""
+    """float64 runs on the FP64 tensor cores (DMMA: the m16n8k8 shape on sm_90 and newer,
+    m8n8k4 before; MPSNTK_CUDA_DMMA=m8n8k4 forces the latter); MPSNTK_CUDA_SIMT=1 selects plain
+    FMAs.  All are IEEE double arithmetic: each agrees with the host at the float64 contract."""
     rng, host, dev = _pair(spec, np.float64, seed=9)
     phi = random_features(rng, 131, host.n_sites, 3)
     want = mn.ntk(host, phi, outputs="full")
     dmma = mn.ntk(dev, cp.asarray(phi), outputs="full").get()
+    monkeypatch.setenv("MPSNTK_CUDA_DMMA", "m8n8k4")
+    dmma_m8n8k4 = mn.ntk(dev, cp.asarray(phi), outputs="full").get()
     monkeypatch.setenv("MPSNTK_CUDA_SIMT", "1")
     simt = mn.ntk(dev, cp.asarray(phi), outputs="full").get()
-    assert relerr(dmma, want) < 1e-12 and relerr(simt, want) < 1e-12
+    for got in (dmma, dmma_m8n8k4, simt):
+        assert relerr(got, want) < 1e-12
+
+
+def test_unknown_tensor_core_shape_is_refused(monkeypatch):
+    _, host, dev = _pair(MODELS[0], np.float64)
+    monkeypatch.setenv("MPSNTK_CUDA_DMMA", "m8n8k16")
+    with pytest.raises(ValueError, match="MPSNTK_CUDA_DMMA must be 'm8n8k4' or 'm16n8k8'"):
+        mn.ntk(dev, cp.asarray(random_features(np.random.default_rng(1), 5, host.n_sites, 3)))
 
 
 def test_tf32_is_an_explicit_opt_in():

@@ -71,17 +71,21 @@ def test_other_schedules_change_no_bit(spec, monkeypatch):
             SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v),
         ]
 
-    def both_paths():
+    def all_paths():  # DMMA m16n8k8 (the simulated card is an sm_90 part), m8n8k4, FMAs
         monkeypatch.setenv("MPSNTK_CUDA_SIMT", "0")
+        monkeypatch.delenv("MPSNTK_CUDA_DMMA", raising=False)
         results = everything()
+        monkeypatch.setenv("MPSNTK_CUDA_DMMA", "m8n8k4")
+        results.append(sim_ntk(mps, phi1, phi2))
         monkeypatch.setenv("MPSNTK_CUDA_SIMT", "1")
         return results + [sim_ntk(mps, phi1, phi2)]
 
-    forward = both_paths()
+    forward = all_paths()
+    assert not np.array_equal(forward[-2], forward[-1])  # the switches select other kernels
     try:
         for schedule in ("reverse", "shuffled"):
             SIM.module.set_schedule(schedule, seed=11)
-            for a, b in zip(forward, both_paths()):
+            for a, b in zip(forward, all_paths()):
                 assert np.array_equal(a, b), schedule
     finally:
         SIM.module.set_schedule("forward")
@@ -117,11 +121,12 @@ def _tf32(x):
     return (sign | mag).astype(np.uint32).view(np.float32)
 
 
-def test_fp64_mma_model_is_the_matrix_product():
+@pytest.mark.parametrize("kind,m,k", [("f64", 8, 4), ("f64_sm90", 16, 8)])
+def test_fp64_mma_models_are_the_matrix_product(kind, m, k):
     rng = np.random.default_rng(0)
-    a, b, c = rng.standard_normal((8, 4)), rng.standard_normal((4, 8)), rng.standard_normal((8, 8))
+    a, b, c = rng.standard_normal((m, k)), rng.standard_normal((k, 8)), rng.standard_normal((m, 8))
     d = c.copy()
-    SIM.module.selftest_mma("f64", a, b, d)
+    SIM.module.selftest_mma(kind, a, b, d)
     assert np.allclose(d, c + a @ b, rtol=0, atol=1e-14)
 
 

@@ -32,7 +32,7 @@ def _ptx_fragments(kind):
         b = [(t, g)]
         c = [(g, 2 * t), (g, 2 * t + 1)]
         shape = (8, 8, 4)
-    else:  # mma.m16n8k8.row.col.f32.tf32.tf32.f32
+    else:  # mma.m16n8k8.row.col: .f32.tf32.tf32.f32 and (sm_90) .f64 share the layout
         a = [(g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)]
         b = [(t, g), (t + 4, g)]
         c = [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)]
@@ -55,7 +55,7 @@ def _emulate_mma(kind, a_regs, b_regs):
     return np.stack([D[rows, cols] for rows, cols in c_tab], axis=1)
 
 
-@pytest.mark.parametrize("kind", ["f64", "tf32"])
+@pytest.mark.parametrize("kind", ["f64", "f64_sm90", "tf32"])
 def test_tensor_core_maps_assemble_the_gram_block(kind):
     mp = _core.mma_tile_map(kind)
     m, n, k, mi_count, ni_count = mp["m"], mp["n"], mp["k"], mp["mi"], mp["ni"]
@@ -133,7 +133,7 @@ def _fragment_loads(mp, stage):
     return out
 
 
-@pytest.mark.parametrize("kind", ["f64", "tf32"])
+@pytest.mark.parametrize("kind", ["f64", "f64_sm90", "tf32"])
 def test_tensor_core_staging_is_free_of_bank_conflicts(kind):
     """Row-major chunks padded by 16 bytes: every fragment load takes the fewest wavefronts,
     every staging store at most two (a warp stores 32 elements of two rows)."""
@@ -146,7 +146,7 @@ def test_tensor_core_staging_is_free_of_bank_conflicts(kind):
     # the depth-major layout of the SIMT path would double (f64) or quadruple (tf32) the loads
     depth_major = _core.mma_tile_map("simt")["stage"]
     worse = _fragment_loads(mp, depth_major)
-    assert sum(w for w, _ in worse) == (2 if kind == "f64" else 4) * sum(w for w, _ in loads)
+    assert sum(w for w, _ in worse) == (2 if eb == 8 else 4) * sum(w for w, _ in loads)
 
 
 @pytest.mark.parametrize("element_bytes", [4, 8])
@@ -164,5 +164,5 @@ def test_simt_staging_is_free_of_bank_conflicts(element_bytes):
 
 
 def test_unknown_map_kind_is_rejected():
-    with pytest.raises(ValueError, match="kind must be 'f64', 'tf32' or 'simt'"):
+    with pytest.raises(ValueError, match="kind must be 'f64', 'f64_sm90', 'tf32' or 'simt'"):
         _core.mma_tile_map("fp8")

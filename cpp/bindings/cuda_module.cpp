@@ -172,9 +172,9 @@ PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
   m.def("streams_used", &mc::sim::streams_used);
   namespace st = mc::sim::selftest;
   m.def("selftest_mma", [](const std::string& kind, py::array a, py::array b, py::array c) {
-    const bool f64 = kind == "f64";
-    const py::ssize_t M = f64 ? 8 : 16, N = 8, K = f64 ? 4 : 8;
-    const auto want = f64 ? py::dtype::of<double>() : py::dtype::of<float>();
+    const bool m8 = kind == "f64";
+    const py::ssize_t M = m8 ? 8 : 16, N = 8, K = m8 ? 4 : 8;
+    const auto want = kind == "tf32" ? py::dtype::of<float>() : py::dtype::of<double>();
     auto ok = [&](const py::array& x, py::ssize_t r, py::ssize_t cols) {
       return x.dtype().is(want) && x.ndim() == 2 && x.shape(0) == r && x.shape(1) == cols &&
              (x.flags() & py::array::c_style);

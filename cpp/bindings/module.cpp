@@ -248,6 +248,7 @@ py::dict mma_map() {
 
 py::dict mma_tile_map(const std::string& kind) {
   if (kind == "f64") return mma_map<tile::MmaF64>();
+  if (kind == "f64_sm90") return mma_map<tile::MmaF64Sm90>();
   if (kind == "tf32") return mma_map<tile::MmaTf32>();
   if (kind == "simt") {
     carray<int> acc({tile::kBlockThreads, tile::SimtTile::ACC, 2});
@@ -260,7 +261,7 @@ py::dict mma_tile_map(const std::string& kind) {
     d["stage"] = stage_map<tile::SimtTile>();
     return d;
   }
-  throw py::value_error("kind must be 'f64', 'tf32' or 'simt'; got '" + kind + "'");
+  throw py::value_error("kind must be 'f64', 'f64_sm90', 'tf32' or 'simt'; got '" + kind + "'");
 }
 
 }  // namespace

@@ -9,8 +9,17 @@
 namespace mpsntk::cuda::sim::selftest {
 namespace {
 
-void mma_op(double* c, const double* a, const double* b) { mma_m8n8k4_f64(c, a, b); }
-void mma_op(float* c, const float* a, const float* b) { mma_m16n8k8_tf32(c, a, b); }
+template <class Mma>
+void mma_op(double* c, const double* a, const double* b) {
+  if constexpr (Mma::M == 8)
+    mma_m8n8k4_f64(c, a, b);
+  else
+    mma_m16n8k8_f64(c, a, b);
+}
+template <class Mma>
+void mma_op(float* c, const float* a, const float* b) {
+  mma_m16n8k8_tf32(c, a, b);
+}
 
 template <class T, class Mma>
 __global__ void mma_kernel(const T* A, const T* B, T* C) {
@@ -19,7 +28,7 @@ __global__ void mma_kernel(const T* A, const T* B, T* C) {
   for (int r = 0; r < Mma::A_REGS; ++r) a[r] = A[Mma::a_row(lane, r) * Mma::K + Mma::a_k(lane, r)];
   for (int r = 0; r < Mma::B_REGS; ++r) b[r] = B[Mma::b_k(lane, r) * Mma::N + Mma::b_col(lane, r)];
   for (int r = 0; r < Mma::C_REGS; ++r) c[r] = C[Mma::c_row(lane, r) * Mma::N + Mma::c_col(lane, r)];
-  mma_op(c, a, b);
+  mma_op<Mma>(c, a, b);
   __syncthreads();  // every lane has read C before any writes D
   for (int r = 0; r < Mma::C_REGS; ++r) C[Mma::c_row(lane, r) * Mma::N + Mma::c_col(lane, r)] = c[r];
 }
@@ -52,9 +61,13 @@ __global__ void empty_kernel() {}
 }  // namespace
 
 void mma(const std::string& kind, const void* a, const void* b, void* c) {
-  MPSNTK_EXPECTS(kind == "f64" || kind == "tf32", "kind must be 'f64' or 'tf32'");
+  MPSNTK_EXPECTS(kind == "f64" || kind == "f64_sm90" || kind == "tf32",
+                 "kind must be 'f64', 'f64_sm90' or 'tf32'");
   if (kind == "f64")
     cuda::launch("mma_kernel", 1, 32, nullptr, mma_kernel<double, tile::MmaF64>, static_cast<const double*>(a),
+           static_cast<const double*>(b), static_cast<double*>(c));
+  else if (kind == "f64_sm90")
+    cuda::launch("mma_kernel", 1, 32, nullptr, mma_kernel<double, tile::MmaF64Sm90>, static_cast<const double*>(a),
            static_cast<const double*>(b), static_cast<double*>(c));
   else
     cuda::launch("mma_kernel", 1, 32, nullptr, mma_kernel<float, tile::MmaTf32>, static_cast<const float*>(a),

@@ -77,11 +77,17 @@ struct M8n8k4F64 {  // A 8 x 4 row-major, B 4 x 8 column-major, C/D 8 x 8
   static Element b(int lane, int) { return {lane % 4, lane / 4}; }
   static Element c(int lane, int r) { return {lane / 4, 2 * (lane % 4) + r}; }
 };
-struct M16n8k8Tf32 {  // A 16 x 8, B 8 x 8, C/D 16 x 8
-  static constexpr int M = 16, N = 8, K = 8, A = 4, B = 2, C = 4, id = 2;
+struct M16n8k8 {  // A 16 x 8, B 8 x 8, C/D 16 x 8 (.tf32 and .f64 alike)
+  static constexpr int M = 16, N = 8, K = 8, A = 4, B = 2, C = 4;
   static Element a(int lane, int r) { return {lane / 4 + (r == 1 || r == 3 ? 8 : 0), lane % 4 + (r >= 2 ? 4 : 0)}; }
   static Element b(int lane, int r) { return {lane % 4 + (r == 1 ? 4 : 0), lane / 4}; }
   static Element c(int lane, int r) { return {lane / 4 + (r >= 2 ? 8 : 0), 2 * (lane % 4) + r % 2}; }
+};
+struct M16n8k8F64 : M16n8k8 {
+  static constexpr int id = 2;
+};
+struct M16n8k8Tf32 : M16n8k8 {
+  static constexpr int id = 3;
 };
 
 /// cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest with ties away from zero.
@@ -310,6 +316,12 @@ void mma_m8n8k4_f64(double* c, const double* a, const double* b) {
   double d[2] = {c[0], c[1]};
   mma<M8n8k4F64>(a, b, d);
   c[0] = d[0], c[1] = d[1];
+}
+
+void mma_m16n8k8_f64(double* c, const double* a, const double* b) {
+  double d[4] = {c[0], c[1], c[2], c[3]};
+  mma<M16n8k8F64>(a, b, d);
+  for (int r = 0; r < 4; ++r) c[r] = d[r];
 }
 
 void mma_m16n8k8_tf32(float* c, const float* a, const float* b) {

@@ -170,15 +170,23 @@ __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sit
 template <class T>
 using NtkKernel = void (*)(NtkLaunch<T>);
 
-/// float64: FP64 tensor cores (DMMA, IEEE double arithmetic); MPSNTK_CUDA_SIMT=1 selects the
-/// plain-FMA kernel instead (a diagnostic switch, and the reference the GPU tests compare).
+/// float64: FP64 tensor cores (DMMA, IEEE double arithmetic) with Hopper's m16n8k8 shape on
+/// sm_90 and newer, the m8n8k4 shape before.  Diagnostic switches (and what the GPU tests
+/// compare): MPSNTK_CUDA_DMMA=m8n8k4 or m16n8k8 forces a shape, MPSNTK_CUDA_SIMT=1 plain FMAs.
 /// float32: FP32 FMAs, or TF32 tensor cores when asked for (opt.tf32).
 template <class T>
 NtkKernel<T> ntk_kernel_for(const NtkOptions& opt) {
   const char* simt = std::getenv("MPSNTK_CUDA_SIMT");
   const bool force_simt = simt && simt[0] && std::string(simt) != "0";
   if constexpr (std::is_same_v<T, double>) {
-    return force_simt ? ntk_kernel<double, SimtPath<double>> : ntk_kernel<double, DmmaPath>;
+    if (force_simt) return ntk_kernel<double, SimtPath<double>>;
+    const int major = device_major();
+    const char* env = std::getenv("MPSNTK_CUDA_DMMA");
+    const std::string shape = env && env[0] ? env : (major >= 9 ? "m16n8k8" : "m8n8k4");
+    MPSNTK_EXPECTS(shape == "m8n8k4" || shape == "m16n8k8",
+                   "MPSNTK_CUDA_DMMA must be 'm8n8k4' or 'm16n8k8'; got '" + shape + "'");
+    MPSNTK_EXPECTS(shape == "m8n8k4" || major >= 9, "MPSNTK_CUDA_DMMA=m16n8k8 needs an sm_90 or newer GPU");
+    return shape == "m16n8k8" ? ntk_kernel<double, DmmaSm90Path> : ntk_kernel<double, DmmaPath>;
   } else {
     return opt.tf32 ? ntk_kernel<float, Tf32Path> : ntk_kernel<float, SimtPath<float>>;
   }

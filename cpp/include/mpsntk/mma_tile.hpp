@@ -28,11 +28,13 @@ struct MmaF64 {
   MPSNTK_HD static int c_col(int lane, int r) { return 2 * (lane & 3) + r; }
 };
 
-/// Fragments of mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (TF32 tensor cores, sm_80+):
-/// A (16 x 8) holds A[g + 8 (r & 1)][t + 4 (r >> 1)], r < 4; B (8 x 8) holds B[t + 4r][g],
-/// r < 2; C/D (16 x 8) hold C[g + 8 (r >> 1)][2t + (r & 1)], r < 4.
-struct MmaTf32 {
-  using Element = float;  // TF32 operands travel as FP32 registers
+/// Fragments of mma.sync.aligned.m16n8k8.row.col with TF32 operands (FP32 registers, FP32
+/// accumulators; sm_80+) or with f64 operands and accumulators (sm_90+, Hopper's FP64 shapes),
+/// which the PTX ISA lays out alike: A (16 x 8) holds A[g + 8 (r & 1)][t + 4 (r >> 1)], r < 4;
+/// B (8 x 8) holds B[t + 4r][g], r < 2; C/D (16 x 8) hold C[g + 8 (r >> 1)][2t + (r & 1)], r < 4.
+template <class E>
+struct MmaM16n8k8 {
+  using Element = E;
   static constexpr int M = 16, N = 8, K = 8, A_REGS = 4, B_REGS = 2, C_REGS = 4;
   MPSNTK_HD static int a_row(int lane, int r) { return (lane >> 2) + 8 * (r & 1); }
   MPSNTK_HD static int a_k(int lane, int r) { return (lane & 3) + 4 * (r >> 1); }
@@ -41,6 +43,8 @@ struct MmaTf32 {
   MPSNTK_HD static int c_row(int lane, int r) { return (lane >> 2) + 8 * (r >> 1); }
   MPSNTK_HD static int c_col(int lane, int r) { return 2 * (lane & 3) + (r & 1); }
 };
+using MmaTf32 = MmaM16n8k8<float>;      ///< m16n8k8.f32.tf32.tf32.f32
+using MmaF64Sm90 = MmaM16n8k8<double>;  ///< m16n8k8.f64.f64.f64.f64
 
 /// Tensor-core tiling of the block tile: the 8 warps form a 2 x 4 grid of 32 x 16 warp tiles,
 /// each covered by MI x NI mma blocks.  Every thread owns ACC = 16 accumulators, as on the

@@ -53,10 +53,12 @@ struct SimtPath {
   using Stage = T[Layout::STAGE_SIZE];
   static __device__ __forceinline__ int row(int e) { return tile::SimtTile::acc_row(threadIdx.x, e); }
   static __device__ __forceinline__ int col(int e) { return tile::SimtTile::acc_col(threadIdx.x, e); }
+  /// acc += the product of depths [K0, K1) of the staged chunk.
+  template <int K0, int K1>
   static __device__ __forceinline__ void product(const Stage& As, const Stage& Bs, T (&acc)[kAcc]) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
-    for (int kk = 0; kk < kDepth; ++kk) {
+    for (int kk = K0; kk < K1; ++kk) {
       T a[4], b[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) a[i] = As[Layout::stage(ty + 16 * i, kk)], b[i] = Bs[Layout::stage(tx + 16 * i, kk)];
@@ -71,12 +73,23 @@ struct SimtPath {
 /// D += A B on the tensor cores, fragments as in mma_tile.hpp.
 #ifdef MPSNTK_CUDA_SIM
 __device__ inline void mma(double* c, const double (&a)[1], const double (&b)[1]) { sim::mma_m8n8k4_f64(c, a, b); }
+__device__ inline void mma(double* c, const double (&a)[4], const double (&b)[2]) { sim::mma_m16n8k8_f64(c, a, b); }
 __device__ inline void mma(float* c, const float (&a)[4], const float (&b)[2]) { sim::mma_m16n8k8_tf32(c, a, b); }
 #else
 __device__ __forceinline__ void mma(double* c, const double (&a)[1], const double (&b)[1]) {
   asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0,%1}, {%2}, {%3}, {%0,%1};\n"
                : "+d"(c[0]), "+d"(c[1])
                : "d"(a[0]), "d"(b[0]));
+}
+__device__ __forceinline__ void mma(double* c, const double (&a)[4], const double (&b)[2]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f64.f64.f64.f64 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
+      : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(b[0]), "d"(b[1]));
+#else
+  __trap();  // an sm_90 instruction: the host launches this path only on sm_90 and newer
+#endif
 }
 __device__ __forceinline__ void mma(float* c, const float (&a)[4], const float (&b)[2]) {
   unsigned ra[4], rb[2];
@@ -102,64 +115,82 @@ struct MmaPath {
   static __device__ __forceinline__ int lane() { return threadIdx.x % tile::kWarpSize; }
   static __device__ __forceinline__ int row(int e) { return W::acc_row(warp(), lane(), e); }
   static __device__ __forceinline__ int col(int e) { return W::acc_col(warp(), lane(), e); }
+  /// acc += the product of depths [K0, K1) of the staged chunk (whole mma depth steps).
+  template <int K0, int K1>
   static __device__ __forceinline__ void product(const Stage& As, const Stage& Bs, T (&acc)[kAcc]) {
+    static_assert(K0 % Mma::K == 0 && K1 % Mma::K == 0, "whole mma depth steps");
     const int w = warp(), l = lane();
 #pragma unroll
-    for (int k0 = 0; k0 < kDepth; k0 += Mma::K) {
-      T a[W::MI][Mma::A_REGS], b[W::NI][Mma::B_REGS];
-#pragma unroll
-      for (int mi = 0; mi < W::MI; ++mi)
-#pragma unroll
-        for (int r = 0; r < Mma::A_REGS; ++r) a[mi][r] = As[W::stage(W::a_row(w, l, mi, r), k0 + Mma::a_k(l, r))];
+    for (int k0 = K0; k0 < K1; k0 += Mma::K) {
+      T b[W::NI][Mma::B_REGS];  // all B fragments of this depth step, then one A row block at a time
 #pragma unroll
       for (int ni = 0; ni < W::NI; ++ni)
 #pragma unroll
         for (int r = 0; r < Mma::B_REGS; ++r) b[ni][r] = Bs[W::stage(W::b_col(w, l, ni, r), k0 + Mma::b_k(l, r))];
 #pragma unroll
-      for (int mi = 0; mi < W::MI; ++mi)
+      for (int mi = 0; mi < W::MI; ++mi) {
+        T a[Mma::A_REGS];
 #pragma unroll
-        for (int ni = 0; ni < W::NI; ++ni) mma(acc + (mi * W::NI + ni) * Mma::C_REGS, a[mi], b[ni]);
+        for (int r = 0; r < Mma::A_REGS; ++r) a[r] = As[W::stage(W::a_row(w, l, mi, r), k0 + Mma::a_k(l, r))];
+#pragma unroll
+        for (int ni = 0; ni < W::NI; ++ni) mma(acc + (mi * W::NI + ni) * Mma::C_REGS, a, b[ni]);
+      }
     }
   }
 };
-using DmmaPath = MmaPath<double, tile::MmaF64>;
+using DmmaPath = MmaPath<double, tile::MmaF64>;           // sm_80+
+using DmmaSm90Path = MmaPath<double, tile::MmaF64Sm90>;   // sm_90+
 using Tf32Path = MmaPath<float, tile::MmaTf32>;
+
+/// Compute capability (major) of the current device.
+inline int device_major() {
+  int dev = 0, major = 0;
+  MPSNTK_CUDA_TRY(cudaGetDevice(&dev));
+  MPSNTK_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major;
+}
 
 // ------------------------------------------------------------------------------------------
 /// Multiplies a stream of depth chunks into this thread's accumulators through two shared-memory
-/// buffers: the global loads of chunk c + 1 are issued before the product of chunk c and stored
-/// after it, one barrier per chunk.  load(c, rr, kk, a, b) gives depth kk of chunk c of tile row
-/// rr (a) and tile column rr (b); done(c) follows chunk c's product (at the same point in every
-/// thread, so it may read shared memory written before the stream).
+/// buffers: the global loads of chunk c + 1 are in flight during the product of chunk c, one
+/// barrier per chunk.  They are issued in two halves, each stored after half of the product, so
+/// that only half of them occupy registers at a time.  load(c, rr, kk, a, b) gives depth kk of
+/// chunk c of tile row rr (a) and tile column rr (b); done(c) follows chunk c's product (at the
+/// same point in every thread, so it may read shared memory written before the stream).
 template <class Path, class T, class Load, class Done>
 __device__ void chunk_stream(int n_chunks, Load load, Done done, T (&acc)[kAcc], typename Path::Stage (&As)[2],
                              typename Path::Stage (&Bs)[2]) {
-  constexpr int kPer = kTile * kDepth / kThreads;  // elements of each operand a thread stages
-  static_assert(kPer * kThreads == kTile * kDepth, "whole chunks per thread");
-  T va[kPer], vb[kPer];
-  auto fetch = [&](int c) {
+  constexpr int kPer = kTile * kDepth / kThreads, kHalf = kPer / 2;  // elements a thread stages
+  static_assert(kHalf * 2 * kThreads == kTile * kDepth, "whole chunks per thread, in halves");
+  T va[kHalf], vb[kHalf];
+  auto fetch = [&](int c, int half) {
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = threadIdx.x + i * kThreads;
+    for (int i = 0; i < kHalf; ++i) {
+      const int e = threadIdx.x + (half * kHalf + i) * kThreads;
       load(c, e / kDepth, e % kDepth, va[i], vb[i]);
     }
   };
-  auto store = [&](int buf) {
+  auto store = [&](int buf, int half) {
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = threadIdx.x + i * kThreads, at = Path::Layout::stage(e / kDepth, e % kDepth);
+    for (int i = 0; i < kHalf; ++i) {
+      const int e = threadIdx.x + (half * kHalf + i) * kThreads, at = Path::Layout::stage(e / kDepth, e % kDepth);
       As[buf][at] = va[i];
       Bs[buf][at] = vb[i];
     }
   };
-  fetch(0);
-  store(0);
+  fetch(0, 0);
+  store(0, 0);
+  fetch(0, 1);
+  store(0, 1);
   __syncthreads();
   for (int c = 0; c < n_chunks; ++c) {
+    const int buf = c % 2, next = 1 - buf;
     const bool more = c + 1 < n_chunks;
-    if (more) fetch(c + 1);
-    Path::product(As[c % 2], Bs[c % 2], acc);
-    if (more) store((c + 1) % 2);
+    if (more) fetch(c + 1, 0);
+    Path::template product<0, kDepth / 2>(As[buf], Bs[buf], acc);
+    if (more) store(next, 0), fetch(c + 1, 1);
+    Path::template product<kDepth / 2, kDepth>(As[buf], Bs[buf], acc);
+    if (more) store(next, 1);
     __syncthreads();
     done(c);
   }

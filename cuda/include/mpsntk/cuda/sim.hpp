@@ -59,6 +59,8 @@ void syncthreads();
 
 /// mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64: c += A B over the warp's fragments.
 void mma_m8n8k4_f64(double* c, const double* a, const double* b);
+/// mma.sync.aligned.m16n8k8.row.col.f64.f64.f64.f64 (sm_90).
+void mma_m16n8k8_f64(double* c, const double* a, const double* b);
 /// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with cvt.rna.tf32.f32 operands.
 void mma_m16n8k8_tf32(float* c, const float* a, const float* b);
 
@@ -81,7 +83,8 @@ void set_schedule(Schedule s, std::uint64_t seed = 0);
 /// Kernels that check the simulator itself (cuda/sim/selftest.cpp).
 namespace selftest {
 /// One warp's mma.sync on row-major A (M x K), B (K x N), C (M x N), fragments loaded with the
-/// maps of mpsntk/mma_tile.hpp; returns D in C.  kind: "f64" (m8n8k4) or "tf32" (m16n8k8).
+/// maps of mpsntk/mma_tile.hpp; returns D in C.  kind: "f64" (m8n8k4), "f64_sm90" (m16n8k8) or
+/// "tf32" (m16n8k8).
 void mma(const std::string& kind, const void* a, const void* b, void* c);
 /// 256 threads write s[t] = tag * 1000 + t to shared memory and read s[(t + 1) % 256] into
 /// out[t], with or without the __syncthreads() in between (without it: a data race).
@@ -113,5 +116,15 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes
   return cudaSuccess;
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75 };
+inline cudaError_t cudaGetDevice(int* dev) {
+  *dev = 0;
+  return cudaSuccess;
+}
+/// The simulated device is an sm_90 part: every instruction the kernels use exists on it.
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
+  *value = 9;
+  return cudaSuccess;
+}
 inline const char* cudaGetErrorName(cudaError_t) { return "cudaSuccess"; }
 inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
