@@ -41,7 +41,7 @@ def test_gpu_builders_compute_the_kernel(tool):
     theta = run()
     assert isinstance(theta, sim_cupy.ndarray)  # left on the "card" by the timed call
     assert relerr(to_host(theta), mn.ntk(mps, phi)) < 1e-12
-    assert peak() >= 0
+    peak()  # callable after a run (the stand-in pools nothing, so its value says nothing here)
 
 
 def test_gpu_measurement_checks_the_peer_against_mpsntk(tmp_path):
