@@ -37,8 +37,7 @@ T* ptr(std::uintptr_t p) {
 
 /// A chain whose cores live on the device: pointers and shapes from the Python layer.
 template <class T>
-ChainView<T> device_chain(const std::vector<std::uintptr_t>& core_ptrs,
-                          const std::vector<std::vector<index_t>>& shapes,
+ChainView<T> device_chain(const std::vector<std::uintptr_t>& core_ptrs, const std::vector<std::vector<index_t>>& shapes,
                           const py::array_t<double, py::array::c_style>& scales, const std::string& boundary,
                           index_t output_site) {
   ChainView<T> v;
@@ -80,24 +79,23 @@ void register_dtype(py::module_& m, const std::string& sfx) {
         [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os, index_t n) {
           return mc::forward_workspace_bytes<T>(device_chain<T>(c, s, sc, bc, os), n);
         });
-  m.def(("forward" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc,
-                                      index_t os, std::uintptr_t phi, const std::vector<index_t>& pshape,
-                                      std::uintptr_t mant, std::uintptr_t lg, std::uintptr_t ws, std::size_t wsb,
-                                      std::uintptr_t stream) {
-    const auto ch = device_chain<T>(c, s, sc, bc, os);
-    const auto f = device_features<T>(phi, pshape);
-    py::gil_scoped_release nogil;
-    mc::forward<T>(ch, f, ptr<T>(mant), ptr<double>(lg), ptr<void>(ws), wsb, stream);
-  });
-  m.def(("ntk_workspace_bytes" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc,
-                                                  const std::string& bc, index_t os, index_t n1, index_t n2) {
-    return mc::ntk_workspace_bytes<T>(device_chain<T>(c, s, sc, bc, os), n1, n2);
-  });
+  m.def(("forward" + sfx).c_str(),
+        [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os, std::uintptr_t phi,
+           const std::vector<index_t>& pshape, std::uintptr_t mant, std::uintptr_t lg, std::uintptr_t ws,
+           std::size_t wsb, std::uintptr_t stream) {
+          const auto ch = device_chain<T>(c, s, sc, bc, os);
+          const auto f = device_features<T>(phi, pshape);
+          py::gil_scoped_release nogil;
+          mc::forward<T>(ch, f, ptr<T>(mant), ptr<double>(lg), ptr<void>(ws), wsb, stream);
+        });
+  m.def(("ntk_workspace_bytes" + sfx).c_str(),
+        [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os, index_t n1,
+           index_t n2) { return mc::ntk_workspace_bytes<T>(device_chain<T>(c, s, sc, bc, os), n1, n2); });
   m.def(("ntk" + sfx).c_str(),
         [](const Ptrs& c, const Shapes& s, const Scales& sc, const Scales& lr, const std::string& bc, index_t os,
            std::uintptr_t phi1, const std::vector<index_t>& s1, std::uintptr_t phi2, const std::vector<index_t>& s2,
-           std::uintptr_t out, std::uintptr_t log1, std::uintptr_t log2, bool full, bool per_site,
-           bool normalized, bool tf32, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
+           std::uintptr_t out, std::uintptr_t log1, std::uintptr_t log2, bool full, bool per_site, bool normalized,
+           bool tf32, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
           const auto ch = device_chain<T>(c, s, sc, bc, os);
           MPSNTK_EXPECTS(lr.ndim() == 1 && lr.shape(0) == ch.n_sites, "site_lr: need one per site");
           MPSNTK_EXPECTS(!tf32 || (std::is_same_v<T, float>), "precision='tf32' needs float32");
@@ -118,10 +116,9 @@ void register_dtype(py::module_& m, const std::string& sfx) {
         [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os, index_t n) {
           return mc::grad_workspace_bytes<T>(device_chain<T>(c, s, sc, bc, os), n);
         });
-  m.def(("vjp" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc,
-                                  index_t os, std::uintptr_t phi, const std::vector<index_t>& pshape,
-                                  std::uintptr_t cot, const Ptrs& grads, std::uintptr_t ws, std::size_t wsb,
-                                  std::uintptr_t stream) {
+  m.def(("vjp" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os,
+                                  std::uintptr_t phi, const std::vector<index_t>& pshape, std::uintptr_t cot,
+                                  const Ptrs& grads, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
     const auto ch = device_chain<T>(c, s, sc, bc, os);
     const auto f = device_features<T>(phi, pshape);
     MPSNTK_EXPECTS(static_cast<index_t>(grads.size()) == ch.n_sites, "grads: need one array per core");
@@ -130,10 +127,9 @@ void register_dtype(py::module_& m, const std::string& sfx) {
     py::gil_scoped_release nogil;
     mc::vjp<T>(ch, f, ptr<const T>(cot), g.data(), ptr<void>(ws), wsb, stream);
   });
-  m.def(("jvp" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc,
-                                  index_t os, std::uintptr_t phi, const std::vector<index_t>& pshape,
-                                  const Ptrs& tangents, std::uintptr_t out, std::uintptr_t ws, std::size_t wsb,
-                                  std::uintptr_t stream) {
+  m.def(("jvp" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os,
+                                  std::uintptr_t phi, const std::vector<index_t>& pshape, const Ptrs& tangents,
+                                  std::uintptr_t out, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
     const auto ch = device_chain<T>(c, s, sc, bc, os);
     const auto f = device_features<T>(phi, pshape);
     MPSNTK_EXPECTS(static_cast<index_t>(tangents.size()) == ch.n_sites, "tangents: need one array per core");
@@ -142,17 +138,17 @@ void register_dtype(py::module_& m, const std::string& sfx) {
     py::gil_scoped_release nogil;
     mc::jvp<T>(ch, f, t.data(), ptr<T>(out), ptr<void>(ws), wsb, stream);
   });
-  m.def(("ntk_vp" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const Scales& lr,
-                                     const std::string& bc, index_t os, std::uintptr_t phi,
-                                     const std::vector<index_t>& pshape, std::uintptr_t v, index_t k,
-                                     std::uintptr_t out, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
-    const auto ch = device_chain<T>(c, s, sc, bc, os);
-    MPSNTK_EXPECTS(lr.ndim() == 1 && lr.shape(0) == ch.n_sites, "site_lr: need one per site");
-    const auto f = device_features<T>(phi, pshape);
-    const double* rates = lr.data();
-    py::gil_scoped_release nogil;
-    mc::ntk_vp<T>(ch, f, rates, ptr<const T>(v), k, ptr<T>(out), ptr<void>(ws), wsb, stream);
-  });
+  m.def(("ntk_vp" + sfx).c_str(),
+        [](const Ptrs& c, const Shapes& s, const Scales& sc, const Scales& lr, const std::string& bc, index_t os,
+           std::uintptr_t phi, const std::vector<index_t>& pshape, std::uintptr_t v, index_t k, std::uintptr_t out,
+           std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
+          const auto ch = device_chain<T>(c, s, sc, bc, os);
+          MPSNTK_EXPECTS(lr.ndim() == 1 && lr.shape(0) == ch.n_sites, "site_lr: need one per site");
+          const auto f = device_features<T>(phi, pshape);
+          const double* rates = lr.data();
+          py::gil_scoped_release nogil;
+          mc::ntk_vp<T>(ch, f, rates, ptr<const T>(v), k, ptr<T>(out), ptr<void>(ws), wsb, stream);
+        });
 }
 
 }  // namespace

@@ -33,8 +33,8 @@ py::tuple forward_py(const py::list& cores, const carray<double>& scales, const 
 template <class T>
 bool ntk_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
             const std::string& boundary, index_t output_site, const carray<T>& phi1, const py::object& phi2,
-            carray<T> out, carray<double> log1, carray<double> log2, bool full_outputs, bool per_site,
-            bool normalized, index_t tile) {
+            carray<T> out, carray<double> log1, carray<double> log2, bool full_outputs, bool per_site, bool normalized,
+            index_t tile) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto f1 = make_features<T>(phi1, "phi1");
   carray<T> p2arr;
@@ -73,8 +73,8 @@ std::vector<T*> core_like_outputs(const Chain<T>& ch, const py::list& arrays, co
 }
 
 template <class T>
-void vjp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
-            index_t output_site, const carray<T>& phi, const carray<T>& cot, const py::list& grads) {
+void vjp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
+            const carray<T>& phi, const carray<T>& cot, const py::list& grads) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   MPSNTK_EXPECTS(cot.size() == fv.n_samples * ch.view.n_outputs, "cotangent: expected (n_samples, n_outputs)");
@@ -85,8 +85,8 @@ void vjp_py(const py::list& cores, const carray<double>& scales, const std::stri
 }
 
 template <class T>
-void jvp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
-            index_t output_site, const carray<T>& phi, const py::list& tangents, carray<T> out) {
+void jvp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
+            const carray<T>& phi, const py::list& tangents, carray<T> out) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   std::vector<carray<T>> keep;
@@ -104,8 +104,8 @@ void jvp_py(const py::list& cores, const carray<double>& scales, const std::stri
 
 template <class T>
 void ntk_vp_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
-               const std::string& boundary, index_t output_site, const carray<T>& phi, const carray<T>& v,
-               index_t k, carray<T> out) {
+               const std::string& boundary, index_t output_site, const carray<T>& phi, const carray<T>& v, index_t k,
+               carray<T> out) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
@@ -118,8 +118,8 @@ void ntk_vp_py(const py::list& cores, const carray<double>& scales, const carray
 }
 
 template <class T>
-void jacobian_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
-                 index_t output_site, const carray<T>& phi, carray<T> out) {
+void jacobian_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
+                 const carray<T>& phi, carray<T> out) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   index_t P = 0;
@@ -168,12 +168,12 @@ template <class T>
 void register_dtype(py::module_& m) {
   // No array argument of type T here to steer overload resolution: one name per dtype.
   const std::string suffix = sizeof(T) == 8 ? "_float64" : "_float32";
-  m.def(("log_partition" + suffix).c_str(), &log_partition_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"),
-        py::arg("weights"), py::arg("grads"));
+  m.def(("log_partition" + suffix).c_str(), &log_partition_py<T>, py::arg("cores"), py::arg("scales"),
+        py::arg("boundary"), py::arg("weights"), py::arg("grads"));
   m.def(("doubled_right_environments" + suffix).c_str(), &doubled_right_py<T>, py::arg("cores"), py::arg("scales"),
         py::arg("boundary"), py::arg("weights"));
-  m.def("forward", &forward_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"),
-        py::arg("output_site"), py::arg("phi").noconvert());
+  m.def("forward", &forward_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
+        py::arg("phi").noconvert());
   m.def("ntk", &ntk_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"), py::arg("out").noconvert(),
         py::arg("log_scale1").noconvert(), py::arg("log_scale2").noconvert(), py::arg("full_outputs"),
@@ -185,8 +185,8 @@ void register_dtype(py::module_& m) {
   m.def("ntk_vp", &ntk_vp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
         py::arg("out").noconvert());
-  m.def("jacobian", &jacobian_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"),
-        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("out").noconvert());
+  m.def("jacobian", &jacobian_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
+        py::arg("phi").noconvert(), py::arg("out").noconvert());
 }
 
 py::dict build_info() {
@@ -282,10 +282,13 @@ PYBIND11_MODULE(_core, m) {
     return 1;
 #endif
   });
-  m.def("set_num_threads", [](int n) {
-    if (n < 1) throw py::value_error("mpsntk: n_threads must be >= 1");
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw py::value_error("mpsntk: n_threads must be >= 1");
 #ifdef _OPENMP
-    omp_set_num_threads(n);
+        omp_set_num_threads(n);
 #endif
-  }, py::arg("n_threads"));
+      },
+      py::arg("n_threads"));
 }

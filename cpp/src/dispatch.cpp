@@ -8,26 +8,26 @@
 
 namespace mpsntk {
 
-#define MPSNTK_DECLARE_ISA(NS)                                                                      \
-  namespace NS {                                                                                    \
-  template <class T>                                                                                \
-  void forward_impl(const ChainView<T>&, const FeatureView<T>&, T*, double*);                       \
-  template <class T>                                                                                \
-  bool ntk_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
-                const double*, T*, double*, double*);                                               \
-  void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*);   \
-  void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*); \
-  void jvp_impl(const ChainView<float>&, const FeatureView<float>&, const float* const*, float*);   \
-  void jvp_impl(const ChainView<double>&, const FeatureView<double>&, const double* const*, double*); \
-  template <class T>                                                                                \
-  void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*); \
-  template <class T>                                                                                \
-  void jacobian_impl(const ChainView<T>&, const FeatureView<T>&, T*);                              \
-  template <class T>                                                                                \
-  double log_partition_impl(const ChainView<T>&, const double*, T* const*);                        \
-  template <class T>                                                                                \
-  void doubled_right_impl(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,   \
-                          std::vector<double>&);                                                    \
+#define MPSNTK_DECLARE_ISA(NS)                                                                                       \
+  namespace NS {                                                                                                     \
+  template <class T>                                                                                                 \
+  void forward_impl(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                        \
+  template <class T>                                                                                                 \
+  bool ntk_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, const double*, \
+                T*, double*, double*);                                                                               \
+  void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*);                    \
+  void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*);                \
+  void jvp_impl(const ChainView<float>&, const FeatureView<float>&, const float* const*, float*);                    \
+  void jvp_impl(const ChainView<double>&, const FeatureView<double>&, const double* const*, double*);                \
+  template <class T>                                                                                                 \
+  void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*);                \
+  template <class T>                                                                                                 \
+  void jacobian_impl(const ChainView<T>&, const FeatureView<T>&, T*);                                                \
+  template <class T>                                                                                                 \
+  double log_partition_impl(const ChainView<T>&, const double*, T* const*);                                          \
+  template <class T>                                                                                                 \
+  void doubled_right_impl(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,                     \
+                          std::vector<double>&);                                                                     \
   }
 
 MPSNTK_DECLARE_ISA(isa_generic)
@@ -44,8 +44,8 @@ std::vector<Isa> compiled_supported() {
   std::vector<Isa> v;
 #if defined(MPSNTK_X86_DISPATCH)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("fma"))
     v.push_back(Isa::avx512);
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) v.push_back(Isa::avx2);
 #endif
@@ -55,9 +55,12 @@ std::vector<Isa> compiled_supported() {
 
 const char* name_of(Isa i) {
   switch (i) {
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
-    default: return "generic";
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx2:
+      return "avx2";
+    default:
+      return "generic";
   }
 }
 
@@ -94,11 +97,14 @@ void set_isa(const std::string& name) {
 }
 
 #if defined(MPSNTK_X86_DISPATCH)
-#define MPSNTK_ROUTE(CALL)                             \
-  switch (active().load()) {                           \
-    case Isa::avx512: return isa_avx512::CALL;         \
-    case Isa::avx2: return isa_avx2::CALL;             \
-    default: return isa_generic::CALL;                 \
+#define MPSNTK_ROUTE(CALL)      \
+  switch (active().load()) {    \
+    case Isa::avx512:           \
+      return isa_avx512::CALL;  \
+    case Isa::avx2:             \
+      return isa_avx2::CALL;    \
+    default:                    \
+      return isa_generic::CALL; \
   }
 #else
 #define MPSNTK_ROUTE(CALL) return isa_generic::CALL;
@@ -121,8 +127,8 @@ void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, dou
 }
 
 template <class T>
-bool ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
-         const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
+bool ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
+         const double* site_lr, T* out, double* log1, double* log2) {
   check_features(ch, phi1, "phi1");
   if (phi2) check_features(ch, *phi2, "phi2");
   MPSNTK_EXPECTS(opt.tile >= 1, "tile must be >= 1");
@@ -142,8 +148,7 @@ void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tang
 }
 
 template <class T>
-void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v,
-            index_t k, T* out) {
+void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out) {
   check_features(ch, phi, "phi");
   MPSNTK_EXPECTS(k >= 1, "v: need at least one column");
   MPSNTK_ROUTE(ntk_vp_impl<T>(ch, phi, site_lr, v, k, out))
@@ -172,24 +177,23 @@ double log_partition(const ChainView<T>& ch, const double* w, T* const* grads) {
 }
 
 template <class T>
-void doubled_right_environments(const ChainView<T>& ch, const double* w,
-                                std::vector<std::vector<double>>& slots, std::vector<double>& log_scale) {
+void doubled_right_environments(const ChainView<T>& ch, const double* w, std::vector<std::vector<double>>& slots,
+                                std::vector<double>& log_scale) {
   check_born(ch, w);
   MPSNTK_ROUTE(doubled_right_impl<T>(ch, w, slots, log_scale))
 }
 
-#define MPSNTK_PUBLIC(T)                                                                            \
-  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                \
-  template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
-                       const NtkOptions&, const double*, T*, double*, double*);                     \
-  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*);            \
-  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*);            \
-  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*,      \
-                          index_t, T*);                                                             \
-  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                      \
-  template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                 \
-  template void doubled_right_environments<T>(const ChainView<T>&, const double*,                  \
-                                              std::vector<std::vector<double>>&, std::vector<double>&);
+#define MPSNTK_PUBLIC(T)                                                                                             \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                 \
+  template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&,         \
+                       const double*, T*, double*, double*);                                                         \
+  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*);                             \
+  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*);                             \
+  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*);         \
+  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                         \
+  template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                                   \
+  template void doubled_right_environments<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&, \
+                                              std::vector<double>&);
 MPSNTK_PUBLIC(float)
 MPSNTK_PUBLIC(double)
 

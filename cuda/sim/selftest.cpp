@@ -61,17 +61,16 @@ __global__ void empty_kernel() {}
 }  // namespace
 
 void mma(const std::string& kind, const void* a, const void* b, void* c) {
-  MPSNTK_EXPECTS(kind == "f64" || kind == "f64_sm90" || kind == "tf32",
-                 "kind must be 'f64', 'f64_sm90' or 'tf32'");
+  MPSNTK_EXPECTS(kind == "f64" || kind == "f64_sm90" || kind == "tf32", "kind must be 'f64', 'f64_sm90' or 'tf32'");
   if (kind == "f64")
     cuda::launch("mma_kernel", 1, 32, nullptr, mma_kernel<double, tile::MmaF64>, static_cast<const double*>(a),
-           static_cast<const double*>(b), static_cast<double*>(c));
+                 static_cast<const double*>(b), static_cast<double*>(c));
   else if (kind == "f64_sm90")
     cuda::launch("mma_kernel", 1, 32, nullptr, mma_kernel<double, tile::MmaF64Sm90>, static_cast<const double*>(a),
-           static_cast<const double*>(b), static_cast<double*>(c));
+                 static_cast<const double*>(b), static_cast<double*>(c));
   else
     cuda::launch("mma_kernel", 1, 32, nullptr, mma_kernel<float, tile::MmaTf32>, static_cast<const float*>(a),
-           static_cast<const float*>(b), static_cast<float*>(c));
+                 static_cast<const float*>(b), static_cast<float*>(c));
 }
 
 void shared_exchange(int tag, bool sync, int* out) {

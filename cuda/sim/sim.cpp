@@ -109,9 +109,9 @@ struct Context {
 void make_context(Context& c, char* stack, std::size_t bytes, void (*entry)()) {
   auto top = reinterpret_cast<std::uintptr_t>(stack + bytes) & ~std::uintptr_t(15);
   auto* sp = reinterpret_cast<std::uint64_t*>(top);
-  *--sp = 0;                                        // entry's return address: it never returns
-  *--sp = reinterpret_cast<std::uint64_t>(entry);   // where mpsntk_sim_switch's ret goes
-  for (int r = 0; r < 6; ++r) *--sp = 0;            // rbp rbx r12 r13 r14 r15
+  *--sp = 0;                                       // entry's return address: it never returns
+  *--sp = reinterpret_cast<std::uint64_t>(entry);  // where mpsntk_sim_switch's ret goes
+  for (int r = 0; r < 6; ++r) *--sp = 0;           // rbp rbx r12 r13 r14 r15
   std::uint32_t mxcsr;
   std::uint16_t fpcw;
   asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(mxcsr), "=m"(fpcw));
@@ -277,8 +277,8 @@ void run_block(Block& B, unsigned threads, const std::vector<std::uint64_t>& ord
     if (!ran && B.error.empty()) {
       int at_block = 0, at_warp = 0;
       for (auto& f : B.fibers) at_block += f.wait == Wait::block, at_warp += f.wait == Wait::warp;
-      B.error = B.kernel + ": deadlock: " + std::to_string(at_block) +
-                " threads wait at __syncthreads() and " + std::to_string(at_warp) + " in mma.sync";
+      B.error = B.kernel + ": deadlock: " + std::to_string(at_block) + " threads wait at __syncthreads() and " +
+                std::to_string(at_warp) + " in mma.sync";
     }
   }
 }

@@ -84,8 +84,8 @@ struct RowStore {
 
 /// out(x, l) += c_j exp(log) * sum_b t(x, b) b_b(x, l), for the outputs ls..ls+count-1.
 template <class T>
-__global__ void jvp_dot_kernel(const T* t, index_t db, SiteFactorDev<T> f, index_t l, index_t n, index_t C,
-                               index_t k, index_t col, T* out) {
+__global__ void jvp_dot_kernel(const T* t, index_t db, SiteFactorDev<T> f, index_t l, index_t n, index_t C, index_t k,
+                               index_t col, T* out) {
   const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (x >= n) return;
   const T* bv = FactorRows<T>::b(f, x, l);
@@ -103,7 +103,7 @@ __global__ void zero_column_kernel(T* out, index_t count, index_t k, index_t col
 template <class T>
 struct GradPlan {
   DeviceFactors<T> f;
-  T* scratch = nullptr;  // n * max D (jvp intermediate)
+  T* scratch = nullptr;   // n * max D (jvp intermediate)
   std::vector<T*> grads;  // ntk_vp: gradient-shaped scratch
 };
 
@@ -119,8 +119,8 @@ GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n, Arena& arena) {
 }
 
 template <class T>
-void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* cot,
-                index_t k, index_t col, T* const* grads, const double* site_lr, cudaStream_t stream) {
+void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* cot, index_t k,
+                index_t col, T* const* grads, const double* site_lr, cudaStream_t stream) {
   const FactorRows<T> rows{phi.data, ch.n_sites, ch.phys_dim};
   for (index_t j = 0; j < ch.n_sites; ++j) {
     const SiteFactorDev<T>& f = F.host_sites[j];
@@ -137,8 +137,8 @@ void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
 }
 
 template <class T>
-void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F,
-                const T* const* tangents, T* scratch, T* out, index_t k, index_t col, cudaStream_t stream) {
+void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* const* tangents,
+                T* scratch, T* out, index_t k, index_t col, cudaStream_t stream) {
   const index_t n = phi.n_samples, C = ch.n_outputs;
   const FactorRows<T> rows{phi.data, ch.n_sites, ch.phys_dim};
   launch("zero_column_kernel", blocks_for(n * C, 256), 256, stream, zero_column_kernel<T>, out, n * C, k, col);
@@ -150,8 +150,8 @@ void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
       JvpRows<T> la{rows, f, j, l};
       DenseOperand<T> lb{tangents[j] + (label ? l * K * db : 0), db};
       gemm<T>(n, db, K, la, lb, RowStore<T>{scratch, db}, stream);
-      launch("jvp_dot_kernel", blocks_for(n, 128), 128, stream, jvp_dot_kernel<T>, scratch, db, f, l, n, C, k,
-             col, out);
+      launch("jvp_dot_kernel", blocks_for(n, 128), 128, stream, jvp_dot_kernel<T>, scratch, db, f, l, n, C, k, col,
+             out);
     }
   }
 }
@@ -166,8 +166,8 @@ std::size_t forward_workspace_bytes(const ChainView<T>& ch, index_t n) {
 }
 
 template <class T>
-void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mant, double* log_scale, void* ws,
-             std::size_t bytes, std::uintptr_t stream_handle) {
+void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mant, double* log_scale, void* ws, std::size_t bytes,
+             std::uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   Arena arena{static_cast<char*>(ws), 0, bytes};
   auto env = plan_environments<T>(ch, phi.n_samples, true, false, arena);
@@ -185,8 +185,8 @@ std::size_t grad_workspace_bytes(const ChainView<T>& ch, index_t n) {
 }
 
 template <class T>
-void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, void* ws,
-         std::size_t bytes, std::uintptr_t stream_handle) {
+void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, void* ws, std::size_t bytes,
+         std::uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   Arena arena{static_cast<char*>(ws), 0, bytes};
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
@@ -205,8 +205,8 @@ void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tang
 }
 
 template <class T>
-void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k,
-            T* out, void* ws, std::size_t bytes, std::uintptr_t stream_handle) {
+void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
+            void* ws, std::size_t bytes, std::uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   Arena arena{static_cast<char*>(ws), 0, bytes};
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
@@ -217,17 +217,17 @@ void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* sit
   }
 }
 
-#define MPSNTK_CUDA_GRAD(T)                                                                           \
-  template std::size_t forward_workspace_bytes<T>(const ChainView<T>&, index_t);                      \
-  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*, void*, std::size_t, \
-                           std::uintptr_t);                                                           \
-  template std::size_t grad_workspace_bytes<T>(const ChainView<T>&, index_t);                         \
-  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, void*,        \
-                       std::size_t, std::uintptr_t);                                                  \
-  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, void*,        \
-                       std::size_t, std::uintptr_t);                                                  \
-  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, \
-                          T*, void*, std::size_t, std::uintptr_t);
+#define MPSNTK_CUDA_GRAD(T)                                                                                        \
+  template std::size_t forward_workspace_bytes<T>(const ChainView<T>&, index_t);                                   \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*, void*, std::size_t,            \
+                           std::uintptr_t);                                                                        \
+  template std::size_t grad_workspace_bytes<T>(const ChainView<T>&, index_t);                                      \
+  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, void*, std::size_t,        \
+                       std::uintptr_t);                                                                            \
+  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, void*, std::size_t,        \
+                       std::uintptr_t);                                                                            \
+  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, void*, \
+                          std::size_t, std::uintptr_t);
 MPSNTK_CUDA_GRAD(float)
 MPSNTK_CUDA_GRAD(double)
 

@@ -30,7 +30,7 @@ struct NtkLaunch {
   T* out;
   T* mirror;
   index_t ld_row, ld_col, site_stride;
-  index_t tiles2;             // tiles along the columns
+  index_t tiles2;  // tiles along the columns
   bool upper_only, normalized;
 };
 
@@ -46,8 +46,8 @@ struct RowTables {
 
 /// Fill entry t of one side of the row tables for site j and output l.
 template <class T>
-__device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, index_t x0, int t, index_t j,
-                          index_t l, index_t n_sites, index_t d, RowTables<T>& R, int s) {
+__device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, index_t x0, int t, index_t j, index_t l,
+                          index_t n_sites, index_t d, RowTables<T>& R, int s) {
   const index_t x = x0 + t;
   const bool ok = x < side.n;
   R.a[s][t] = ok ? FactorRows<T>::a(f, x, l) : nullptr;
@@ -156,8 +156,8 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
 
 /// c(x) = max over sites and outputs of the factor log-scales (the CPU's sample_log_scale).
 template <class T>
-__global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sites, index_t n_outputs,
-                                    index_t n, double* c, double* log_out) {
+__global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sites, index_t n_outputs, index_t n,
+                                    double* c, double* log_out) {
   const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (x >= n) return;
   double m = -INFINITY;
@@ -277,11 +277,10 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   }
 }
 
-#define MPSNTK_CUDA_NTK(T)                                                                        \
-  template std::size_t ntk_workspace_bytes<T>(const ChainView<T>&, index_t, index_t);             \
-  template void ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,         \
-                       const NtkOptions&, const double*, T*, double*, double*, void*, std::size_t, \
-                       std::uintptr_t);
+#define MPSNTK_CUDA_NTK(T)                                                                                   \
+  template std::size_t ntk_workspace_bytes<T>(const ChainView<T>&, index_t, index_t);                        \
+  template void ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
+                       const double*, T*, double*, double*, void*, std::size_t, std::uintptr_t);
 MPSNTK_CUDA_NTK(float)
 MPSNTK_CUDA_NTK(double)
 

@@ -22,18 +22,16 @@ struct ChainView {
   index_t n_outputs = 1;
   index_t output_site = -1;  ///< -1: scalar output
   Boundary boundary = Boundary::open;
-  std::vector<index_t> bond;      ///< n_sites + 1 bond dimensions D_0..D_N
-  std::vector<const T*> cores;    ///< n_sites pointers
-  std::vector<double> scales;     ///< c_j, A_j = c_j W_j
+  std::vector<index_t> bond;    ///< n_sites + 1 bond dimensions D_0..D_N
+  std::vector<const T*> cores;  ///< n_sites pointers
+  std::vector<double> scales;   ///< c_j, A_j = c_j W_j
 
   /// @brief Number of outputs attached to left environments after site j / right ones before.
   index_t left_mult(index_t slot) const { return output_site >= 0 && slot > output_site ? n_outputs : 1; }
   index_t right_mult(index_t slot) const { return output_site >= 0 && slot <= output_site ? n_outputs : 1; }
   /// @brief Number of boundary channels: 1 for open chains, D_0 for periodic ones (trace).
   index_t channels() const { return boundary == Boundary::open ? 1 : bond[0]; }
-  index_t core_size(index_t j) const {
-    return (j == output_site ? n_outputs : 1) * phys_dim * bond[j] * bond[j + 1];
-  }
+  index_t core_size(index_t j) const { return (j == output_site ? n_outputs : 1) * phys_dim * bond[j] * bond[j + 1]; }
 
   /// @brief Structural checks shared by every entry point.
   void validate() const {

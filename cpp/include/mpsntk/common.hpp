@@ -17,9 +17,9 @@ namespace mpsntk {
 using index_t = std::int64_t;
 
 /// @brief Throw std::invalid_argument (ValueError in Python) with @p msg unless @p cond holds.
-#define MPSNTK_EXPECTS(cond, msg)                                                         \
-  do {                                                                                    \
-    if (!(cond)) throw std::invalid_argument(std::string("mpsntk: ") + (msg));            \
+#define MPSNTK_EXPECTS(cond, msg)                                              \
+  do {                                                                         \
+    if (!(cond)) throw std::invalid_argument(std::string("mpsntk: ") + (msg)); \
   } while (0)
 
 /// @brief Library version string (kept in sync with pyproject.toml by the build).

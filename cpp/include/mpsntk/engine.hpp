@@ -30,8 +30,8 @@ void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, 
 /// @return whether every entry written is finite (false: overflow, use normalized).
 /// @throws std::invalid_argument on inconsistent shapes.
 template <class T>
-bool ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
-         const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2);
+bool ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
+         const double* site_lr, T* out, double* log1, double* log2);
 
 /// @brief grads[j] (shaped like core j) = J_j^T cotangent; cotangent is (n, C).
 template <class T>
@@ -43,8 +43,7 @@ void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* t
 
 /// @brief out (n, C, k) = Theta(X, X) v for v (n, C, k), via J diag(site_lr) J^T v.
 template <class T>
-void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v,
-            index_t k, T* out);
+void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out);
 
 /// @brief Dense Jacobian (n, C, P), parameters ordered by site, each core in C order.
 template <class T>

@@ -9,10 +9,10 @@
 
 namespace mpsntk::tile {
 
-constexpr int kBlockTile = 64;     ///< output tile edge of one thread block
-constexpr int kBlockThreads = 256; ///< threads per block (8 warps)
+constexpr int kBlockTile = 64;      ///< output tile edge of one thread block
+constexpr int kBlockThreads = 256;  ///< threads per block (8 warps)
 constexpr int kWarpSize = 32;
-constexpr int kStageDepth = 16;    ///< depth of the chunk of both row blocks staged in shared memory
+constexpr int kStageDepth = 16;  ///< depth of the chunk of both row blocks staged in shared memory
 
 /// Fragments of mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 (FP64 tensor cores, sm_80+),
 /// as the PTX ISA defines them, with g = lane / 4 and t = lane % 4: A (8 x 4, row-major) holds

@@ -7,7 +7,7 @@
 
 template <class T>
 struct DoubledEnvironments {
-  index_t h = 1;                              // channels
+  index_t h = 1;                                 // channels
   std::vector<std::vector<double>> left, right;  // slot s: h matrices D_s x D_s (row-major)
   std::vector<double> left_log, right_log;
 };
@@ -19,9 +19,9 @@ template <class T>
 buffer<double> pack_core_columns(const T* A, index_t Dl, index_t Dr, bool to_right) {
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   buffer<double> p(round_up(dout, Simd<double>::PAD) * din);
-  pack_elems<double>(dout, din, [&](index_t o, index_t i) {
-    return static_cast<double>(to_right ? A[i * Dr + o] : A[o * Dr + i]);
-  }, p.data());
+  pack_elems<double>(
+      dout, din, [&](index_t o, index_t i) { return static_cast<double>(to_right ? A[i * Dr + o] : A[o * Dr + i]); },
+      p.data());
   return p;
 }
 
@@ -29,8 +29,8 @@ buffer<double> pack_core_columns(const T* A, index_t Dl, index_t Dr, bool to_rig
 /// op = identity (left) or transpose (right): two register-blocked GEMMs per channel and s,
 /// channels in parallel.
 template <class T>
-void doubled_step(const T* core, double c, index_t d, index_t Dl, index_t Dr, const double* w, bool to_right,
-                  index_t h, const double* E, double* out) {
+void doubled_step(const T* core, double c, index_t d, index_t Dl, index_t Dr, const double* w, bool to_right, index_t h,
+                  const double* E, double* out) {
   constexpr int L = Simd<double>::L;
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   std::fill(out, out + h * dout * dout, 0.0);
@@ -45,8 +45,7 @@ void doubled_step(const T* core, double c, index_t d, index_t Dl, index_t Dr, co
       for (index_t ch = 0; ch < h; ++ch) {
         const double* Ec = E + ch * din * din;
         double* oc = out + ch * dout * dout;
-        pack_rows<double>(din, din, [&](index_t i) { return Ec + i * din; }, [](index_t) { return 1.0; },
-                          ep.data());
+        pack_rows<double>(din, din, [&](index_t i) { return Ec + i * din; }, [](index_t) { return 1.0; }, ep.data());
         // (E_c A)[i][o], stored as the packed operand with rows o and depth i
         gemm_packed<double>(din, dout, din, ep.data(), ap.data(), [&](index_t i, index_t o, double v) {
           tp[panel_offset<double>(o, din) + o % L + i * L] = v;
@@ -70,15 +69,15 @@ inline void normalise_slot(std::vector<double>& v, double& lg) {
 }
 
 template <class T>
-DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double* w, bool want_left,
-                                            bool want_right) {
+DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double* w, bool want_left, bool want_right) {
   DoubledEnvironments<T> env;
   const index_t N = ch.n_sites, d = ch.phys_dim, D0 = ch.bond[0];
   env.h = ch.boundary == Boundary::open ? 1 : D0 * D0;
   const index_t h = env.h;
   auto identity = [&](std::vector<double>& v) {  // channel (a, a') holds e_a e_a'^T
     v.assign(h * D0 * D0, 0.0);
-    if (h == 1) v[0] = 1.0;
+    if (h == 1)
+      v[0] = 1.0;
     else
       for (index_t ch2 = 0; ch2 < h; ++ch2) v[ch2 * D0 * D0 + ch2] = 1.0;
   };
@@ -89,8 +88,7 @@ DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double
     for (index_t j = 0; j < N; ++j) {
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
       env.left[j + 1].resize(h * Dr * Dr);
-      doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, true, h, env.left[j].data(),
-                      env.left[j + 1].data());
+      doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, true, h, env.left[j].data(), env.left[j + 1].data());
       env.left_log[j + 1] = env.left_log[j];
       normalise_slot(env.left[j + 1], env.left_log[j + 1]);
     }
@@ -102,8 +100,7 @@ DoubledEnvironments<T> doubled_environments(const ChainView<T>& ch, const double
     for (index_t j = N - 1; j >= 0; --j) {
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
       env.right[j].resize(h * Dl * Dl);
-      doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, false, h, env.right[j + 1].data(),
-                      env.right[j].data());
+      doubled_step<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, false, h, env.right[j + 1].data(), env.right[j].data());
       env.right_log[j] = env.right_log[j + 1];
       normalise_slot(env.right[j], env.right_log[j]);
     }
@@ -146,8 +143,7 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
       const T* A = ch.cores[j] + s * Dl * Dr;
       // A as the right operand of P_c A: rows b, depth k
       buffer<double> ap(round_up(Dr, Simd<double>::PAD) * Dl);
-      pack_elems<double>(Dr, Dl, [&](index_t b, index_t k) { return static_cast<double>(A[k * Dr + b]); },
-                         ap.data());
+      pack_elems<double>(Dr, Dl, [&](index_t b, index_t k) { return static_cast<double>(A[k * Dr + b]); }, ap.data());
       std::vector<std::vector<double>> partial(parallel ? threads : 1, std::vector<double>(Dl * Dr, 0.0));
 #pragma omp parallel num_threads(threads) if (parallel)
       {
@@ -162,10 +158,8 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
         for (index_t cch = 0; cch < h; ++cch) {
           const double* P = env.left[j].data() + cch * Dl * Dl;
           const double* S = env.right[j + 1].data() + cch * Dr * Dr;
-          pack_rows<double>(Dl, Dl, [&](index_t a) { return P + a * Dl; }, [](index_t) { return 1.0; },
-                            pp.data());
-          pack_rows<double>(Dr, Dr, [&](index_t b) { return S + b * Dr; }, [](index_t) { return 1.0; },
-                            sp.data());
+          pack_rows<double>(Dl, Dl, [&](index_t a) { return P + a * Dl; }, [](index_t) { return 1.0; }, pp.data());
+          pack_rows<double>(Dr, Dr, [&](index_t b) { return S + b * Dr; }, [](index_t) { return 1.0; }, sp.data());
           // (P_c A)[a][k] as the packed operand with rows a and depth k, then acc += (P_c A) S_c^T
           gemm_packed<double>(Dl, Dr, Dl, pp.data(), ap.data(), [&](index_t a, index_t k, double v) {
             tp[panel_offset<double>(a, Dr) + a % L + k * L] = v;

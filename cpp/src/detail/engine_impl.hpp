@@ -1,6 +1,6 @@
 // The whole numerical engine, instantiated once per instruction set.  A translation unit
-// defines MPSNTK_ISA_NS, MPSNTK_VBYTES (vector bytes), MPSNTK_MR (micro-tile rows) and MPSNTK_NV (vectors per micro-tile row), then
-// includes this file; dispatch.cpp routes each public call to the best compiled set.
+// defines MPSNTK_ISA_NS, MPSNTK_VBYTES (vector bytes), MPSNTK_MR (micro-tile rows) and MPSNTK_NV (vectors per
+// micro-tile row), then includes this file; dispatch.cpp routes each public call to the best compiled set.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -29,22 +29,21 @@ using detail::buffer;
 #include "detail/grad.hpp"
 #include "detail/born.hpp"
 
-#define MPSNTK_INSTANTIATE(T)                                                                        \
-  template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);          \
-  template bool ntk_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,     \
-                            const NtkOptions&, const double*, T*, double*, double*);               \
-  void vjp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* g) {    \
-    vjp_from_factors<T>(compute_factors<T>(ch, phi), cot, g);                                     \
-  }                                                                                                \
-  void jvp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* t, T* out) {    \
-    jvp_from_factors<T>(compute_factors<T>(ch, phi), t, out);                                     \
-  }                                                                                                \
-  template void ntk_vp_impl<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, \
-                               index_t, T*);                                                       \
-  template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);                 \
-  template double log_partition_impl<T>(const ChainView<T>&, const double*, T* const*);            \
-  template void doubled_right_impl<T>(const ChainView<T>&, const double*,                          \
-                                      std::vector<std::vector<double>>&, std::vector<double>&);
+#define MPSNTK_INSTANTIATE(T)                                                                                     \
+  template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                         \
+  template bool ntk_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
+                            const double*, T*, double*, double*);                                                 \
+  void vjp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* g) {                   \
+    vjp_from_factors<T>(compute_factors<T>(ch, phi), cot, g);                                                     \
+  }                                                                                                               \
+  void jvp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* t, T* out) {                   \
+    jvp_from_factors<T>(compute_factors<T>(ch, phi), t, out);                                                     \
+  }                                                                                                               \
+  template void ntk_vp_impl<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*); \
+  template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                 \
+  template double log_partition_impl<T>(const ChainView<T>&, const double*, T* const*);                           \
+  template void doubled_right_impl<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,      \
+                                      std::vector<double>&);
 
 MPSNTK_INSTANTIATE(float)
 MPSNTK_INSTANTIATE(double)

@@ -11,7 +11,7 @@ template <class T>
 struct Environments {
   index_t n = 0, h = 1;
   buffer<T> left_store, right_store;  ///< the slots of each side, back to back (one allocation)
-  std::vector<T*> left, right;         ///< slot s, pointing into the stores
+  std::vector<T*> left, right;        ///< slot s, pointing into the stores
   std::vector<std::vector<double>> left_log, right_log;
 
   Environments() = default;
@@ -73,9 +73,9 @@ buffer<T> pack_core(const ChainView<T>& ch, index_t j, bool to_right) {
 /// vin, out, log_in, log_out point at the block's first row / group of their slots; `scratch`
 /// holds the packed Khatri-Rao rows.
 template <class T>
-void transfer_rows(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right,
-                   index_t h, index_t mult_in, const T* core_packed, index_t x0, index_t x1,
-                   const T* vin, const double* log_in, T* out, double* log_out, buffer<T>& scratch) {
+void transfer_rows(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right, index_t h,
+                   index_t mult_in, const T* core_packed, index_t x0, index_t x1, const T* vin, const double* log_in,
+                   T* out, double* log_out, buffer<T>& scratch) {
   using S = Simd<T>;
   constexpr int L = S::L;
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
@@ -137,8 +137,8 @@ void identity_slot(index_t n, index_t h, T* v, double* lg) {
 /// = false only the last left slot is kept (the forward pass): each block alternates between
 /// two small buffers on its way.
 template <class T>
-Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi,
-                                     bool want_left, bool want_right, bool keep_all = true) {
+Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi, bool want_left, bool want_right,
+                                     bool keep_all = true) {
   MPSNTK_EXPECTS(keep_all || !want_right, "compute_environments: keep_all = false is for the left sweep alone");
   Environments<T> env;
   const index_t N = ch.n_sites, n = phi.n_samples, h = ch.channels();
@@ -188,8 +188,7 @@ Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T
   threads = omp_get_max_threads();
 #endif
   index_t block = std::max<index_t>(1, 48 / max_rows_per_x);
-  while (block > 1 && (n + block - 1) / block < 4 * threads && block * max_rows_per_x > Simd<T>::MR)
-    block /= 2;
+  while (block > 1 && (n + block - 1) / block < 4 * threads && block * max_rows_per_x > Simd<T>::MR) block /= 2;
   const index_t n_blocks = (n + block - 1) / block;
   const double work = double(n) * N * ch.phys_dim * ch.bond[N / 2] * ch.bond[N / 2];
 #pragma omp parallel if (n_blocks > 1 && work > 1e6)
@@ -210,8 +209,7 @@ Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T
       auto row = [&](std::vector<T*>& slot, bool left, index_t s, index_t dim) -> T* {
         return slot[s] ? slot[s] + x0 * rows_of(left, s) * dim : inner[s % 2].data();
       };
-      auto grp = [&](std::vector<T*>& slot, std::vector<std::vector<double>>& lg, bool left,
-                     index_t s) -> double* {
+      auto grp = [&](std::vector<T*>& slot, std::vector<std::vector<double>>& lg, bool left, index_t s) -> double* {
         return slot[s] ? lg[s].data() + x0 * rows_of(left, s) / h : inner_log[s % 2].data();
       };
       for (index_t j = 0; want_left && j < N; ++j)

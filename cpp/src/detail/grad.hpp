@@ -28,8 +28,8 @@ index_t outputs_at(const Factors<T>& F, index_t j) {
 /// j, output l, written into a packed operand: one row per sample (depth K) when
 /// samples_as_rows, else one row per k (depth m).  Padding rows are zeroed.
 template <class T, class Coef>
-void pack_khatri_rao(const Factors<T>& F, index_t j, index_t l, index_t x0, index_t m, Coef coef,
-                     bool samples_as_rows, T* dst) {
+void pack_khatri_rao(const Factors<T>& F, index_t j, index_t l, index_t x0, index_t m, Coef coef, bool samples_as_rows,
+                     T* dst) {
   constexpr int L = Simd<T>::L;
   const index_t d = F.chain->phys_dim, da = F.site[j].da, K = d * da;
   const index_t rows = samples_as_rows ? m : K, depth = samples_as_rows ? K : m;
@@ -70,9 +70,7 @@ void vjp_site(const Factors<T>& F, index_t j, WeightFn wt, T* G) {
     for (index_t x0 = 0; x0 < n; x0 += chunk) {
       const index_t m = std::min(chunk, n - x0);
       pack_khatri_rao<T>(F, j, l, x0, m, [&](index_t x) { return wt(x0 + x, l); }, false, pa.data());
-      pack_elems<T>(db, m, [&](index_t b, index_t x) {
-        return s.db ? F.b_row(j, x0 + x, l)[b] : T(1);
-      }, pb.data());
+      pack_elems<T>(db, m, [&](index_t b, index_t x) { return s.db ? F.b_row(j, x0 + x, l)[b] : T(1); }, pb.data());
       gemm_packed<T>(K, db, m, pa.data(), pb.data(), [&](index_t r, index_t c, T v) { g[r * db + c] += v; });
     }
   }
@@ -91,8 +89,7 @@ void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads) {
 #pragma omp parallel for schedule(dynamic) if (F.n * F.chain->phys_dim * F.site[N / 2].da > 4096)
   for (index_t j = 0; j < N; ++j) {
     std::fill(grads[j], grads[j] + F.chain->core_size(j), T(0));
-    vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * row_scale(F, j, x, l); },
-                grads[j]);
+    vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * row_scale(F, j, x, l); }, grads[j]);
   }
 }
 
@@ -133,9 +130,8 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out) {
         for (index_t l = 0; l < outputs_at(F, j); ++l) {
           pack_khatri_rao<T>(F, j, l, x0, m, [](index_t) { return 1.0; }, true, pa.data());
           dot.assign(m, T(0));
-          gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(), [&](index_t r, index_t c, T v) {
-            dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1));
-          });
+          gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(),
+                         [&](index_t r, index_t c, T v) { dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1)); });
           // nl == C whenever C > 1 (one side always carries l)
           for (index_t r = 0; r < m; ++r) acc[r * C + l] += row_scale(F, j, x0 + r, l) * dot[r];
         }
@@ -148,8 +144,8 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out) {
 
 /// out (n, C, k) = Theta(X, X) v without forming Theta: J diag(site_lr) J^T v, column by column.
 template <class T>
-void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr,
-                 const T* v, index_t k, T* out) {
+void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k,
+                 T* out) {
   const Factors<T> F = compute_factors<T>(ch, phi);
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n;
   std::vector<std::vector<T>> g(N);
@@ -188,7 +184,6 @@ void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
         T* o = out + (x * C + l) * P + offset[j] + (j == ch.output_site ? l * d * da * db : 0);
         for (index_t si = 0; si < d; ++si)
           for (index_t ai = 0; ai < da; ++ai)
-            for (index_t bi = 0; bi < db; ++bi)
-              o[(si * da + ai) * db + bi] = sc * u[si] * a[ai] * (b ? b[bi] : T(1));
+            for (index_t bi = 0; bi < db; ++bi) o[(si * da + ai) * db + bi] = sc * u[si] * a[ai] * (b ? b[bi] : T(1));
       }
 }

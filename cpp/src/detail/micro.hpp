@@ -7,10 +7,10 @@ template <class T>
 struct Simd {
   typedef T vec __attribute__((vector_size(MPSNTK_VBYTES)));
   static constexpr int L = MPSNTK_VBYTES / sizeof(T);  ///< lanes (panel width)
-  static constexpr int NV = MPSNTK_NV;                  ///< vectors per micro-tile row
-  static constexpr int NR = NV * L;                     ///< micro-tile columns
-  static constexpr int MR = MPSNTK_MR;                  ///< micro-tile rows
-  static constexpr int PAD = (MR > NR ? MR : NR);       ///< row padding (multiple of MR, NR, L)
+  static constexpr int NV = MPSNTK_NV;                 ///< vectors per micro-tile row
+  static constexpr int NR = NV * L;                    ///< micro-tile columns
+  static constexpr int MR = MPSNTK_MR;                 ///< micro-tile rows
+  static constexpr int PAD = (MR > NR ? MR : NR);      ///< row padding (multiple of MR, NR, L)
   static_assert(PAD % MR == 0 && PAD % NR == 0, "tile shapes must nest");
 
   static inline vec load(const T* p) {
@@ -41,8 +41,7 @@ inline const T* panel_row(const T* base, index_t row, index_t K) {
 /// a, b come from panel_row() for the tile's first row / column; both have depth K.  Rows of
 /// one micro-tile are either inside one panel (MR <= L) or whole panels (MR a multiple of L).
 template <class T>
-__attribute__((always_inline)) inline void micro_gemm(const T* __restrict a, const T* __restrict b,
-                                                      index_t K,
+__attribute__((always_inline)) inline void micro_gemm(const T* __restrict a, const T* __restrict b, index_t K,
                                                       typename Simd<T>::vec (&acc)[Simd<T>::MR][Simd<T>::NV]) {
   using S = Simd<T>;
   using vec = typename S::vec;

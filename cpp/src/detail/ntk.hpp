@@ -29,8 +29,7 @@ void fold_outputs(Factors<T>& F) {
   for (index_t j = 0; j < N; ++j) {
     auto& s = F.site[j];
     if (s.mult_a > 1) {  // open: left slot j; periodic: the open environment E_j
-      fold(open ? F.env.left[j] : F.open_env[j].data(),
-           open ? F.env.left_log[j].data() : F.open_log[j].data(), s.da);
+      fold(open ? F.env.left[j] : F.open_env[j].data(), open ? F.env.left_log[j].data() : F.open_log[j].data(), s.da);
       s.mult_a = 1, s.da *= C;
     }
     if (s.mult_b > 1) {  // open chains only: right slot j + 1
@@ -115,16 +114,13 @@ PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double
   for (index_t j = 0; j < N; ++j) {
     pack_rows<T>(
         F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
-        [&](index_t x) { return std::sqrt(weight[j]) * tile::row_weight(F.log(j, x, l), c[x]); },
-        base + off_u[j]);
+        [&](index_t x) { return std::sqrt(weight[j]) * tile::row_weight(F.log(j, x, l), c[x]); }, base + off_u[j]);
     if (off_a[j] >= 0)
       pack_rows<T>(
-          F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; },
-          base + off_a[j]);
+          F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_a[j]);
     if (off_b[j] >= 0)
       pack_rows<T>(
-          F.n, P.db[j], [&](index_t x) { return F.b_row(j, x, l); }, [](index_t) { return 1.0; },
-          base + off_b[j]);
+          F.n, P.db[j], [&](index_t x) { return F.b_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_b[j]);
   }
   return P;
 }
@@ -140,16 +136,16 @@ struct NtkTarget {
   T* mirror = nullptr;
   bool upper_only = false;
   std::atomic<bool>* finite = nullptr;  ///< cleared when a written entry is not finite
-  const double* log1 = nullptr;   ///< with log1/log2: write exp(c_i + c_k) Theta~ (else Theta~)
+  const double* log1 = nullptr;         ///< with log1/log2: write exp(c_i + c_k) Theta~ (else Theta~)
   const double* log2 = nullptr;
-  const double* exp1 = nullptr;   ///< exp(c_i), exp(c_k), used when `split` (all c moderate)
+  const double* exp1 = nullptr;  ///< exp(c_i), exp(c_k), used when `split` (all c moderate)
   const double* exp2 = nullptr;
   bool split = false;
 };
 
 template <class T>
-void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
-               const std::vector<char>& use_site, const NtkTarget<T>& tgt, index_t tile) {
+void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vector<char>& use_site,
+               const NtkTarget<T>& tgt, index_t tile) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int MR = S::MR, NV = S::NV, NR = S::NR, L = S::L;
@@ -243,8 +239,8 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2,
 
 /// The NTK of one or two batches (contract of mpsntk::ntk in engine.hpp).
 template <class T>
-bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
-              const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2) {
+bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
+              const double* site_lr, T* out, double* log1, double* log2) {
   const index_t N = ch.n_sites, C = ch.n_outputs;
   const bool sym = phi2 == nullptr;
   const bool full = opt.full_outputs && C > 1;

@@ -15,16 +15,16 @@
 namespace mpsntk::cuda {
 
 [[noreturn]] inline void throw_cuda(cudaError_t err, const char* call, const char* file, int line) {
-  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + call + ": " +
-                  cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + cudaGetErrorName(err) + " (" +
+                  cudaGetErrorString(err) + ")");
 }
 
 }  // namespace mpsntk::cuda
 
 /// Run a CUDA runtime call and throw mpsntk::cuda::CudaError on failure.
-#define MPSNTK_CUDA_TRY(call)                                                           \
-  do {                                                                                  \
-    const cudaError_t mpsntk_err_ = (call);                                             \
+#define MPSNTK_CUDA_TRY(call)                                                                           \
+  do {                                                                                                  \
+    const cudaError_t mpsntk_err_ = (call);                                                             \
     if (mpsntk_err_ != cudaSuccess) ::mpsntk::cuda::throw_cuda(mpsntk_err_, #call, __FILE__, __LINE__); \
   } while (0)
 
@@ -43,13 +43,15 @@ struct LaunchSite {
 /// kernel<<<grid, block, 0, stream>>>(args...), then check the launch (configuration errors
 /// surface here).  On the simulator the kernel runs to completion before this returns.
 template <class... Params, class... Args>
-void launch(LaunchSite at, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...),
-            const Args&... args) {
+void launch(LaunchSite at, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...), const Args&... args) {
 #ifdef MPSNTK_CUDA_SIM
   sim::launch(at.kernel, std::string(at.file) + ":" + std::to_string(at.line), grid, block, stream,
               [&] { kernel(static_cast<Params>(args)...); });
 #else
+  // (in a header clang-format does not know the launch syntax)
+  // clang-format off
   kernel<<<grid, block, 0, stream>>>(static_cast<Params>(args)...);
+  // clang-format on
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw_cuda(err, at.kernel, at.file, at.line);
 #endif

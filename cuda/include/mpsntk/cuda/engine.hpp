@@ -35,8 +35,8 @@ std::vector<std::string> architectures();
 template <class T>
 std::size_t forward_workspace_bytes(const ChainView<T>& chain, index_t n_samples);
 template <class T>
-void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, double* log_scale,
-             void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, double* log_scale, void* workspace,
+             std::size_t workspace_bytes, std::uintptr_t stream);
 
 /// @brief Workspace of ntk(): environments of both batches (n2 = 0: symmetric call).
 template <class T>
@@ -44,23 +44,23 @@ std::size_t ntk_workspace_bytes(const ChainView<T>& chain, index_t n1, index_t n
 /// @brief Same contract as mpsntk::ntk (engine.hpp); out, log1, log2 are device pointers and
 /// site_lr a host array.
 template <class T>
-void ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
-         const NtkOptions& opt, const double* site_lr, T* out, double* log1, double* log2,
-         void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+void ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
+         const double* site_lr, T* out, double* log1, double* log2, void* workspace, std::size_t workspace_bytes,
+         std::uintptr_t stream);
 
 /// @brief Workspace of vjp / jvp / ntk_vp for n_samples samples.
 template <class T>
 std::size_t grad_workspace_bytes(const ChainView<T>& chain, index_t n_samples);
 template <class T>
-void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads,
-         void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads, void* workspace,
+         std::size_t workspace_bytes, std::uintptr_t stream);
 template <class T>
-void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out,
-         void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out, void* workspace,
+         std::size_t workspace_bytes, std::uintptr_t stream);
 /// @brief out (n, C, k) = Theta v; also needs grad-shaped scratch (n_params values) at the end
 /// of the workspace (included in grad_workspace_bytes).
 template <class T>
-void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v,
-            index_t k, T* out, void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
+            void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
 
 }  // namespace mpsntk::cuda

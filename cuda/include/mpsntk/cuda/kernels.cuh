@@ -138,8 +138,8 @@ struct MmaPath {
     }
   }
 };
-using DmmaPath = MmaPath<double, tile::MmaF64>;           // sm_80+
-using DmmaSm90Path = MmaPath<double, tile::MmaF64Sm90>;   // sm_90+
+using DmmaPath = MmaPath<double, tile::MmaF64>;          // sm_80+
+using DmmaSm90Path = MmaPath<double, tile::MmaF64Sm90>;  // sm_90+
 using Tf32Path = MmaPath<float, tile::MmaTf32>;
 
 /// Compute capability (major) of the current device.
@@ -201,8 +201,7 @@ __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 
 // Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
 // functors and each result handed to store(r, c, value) (the environment sweeps; SIMT).
 template <class T, class LoadA, class LoadB, class Store>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la,
-                                                        LoadB lb, Store st) {
+__global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la, LoadB lb, Store st) {
   using P = SimtPath<T>;
   __shared__ typename P::Stage As[2], Bs[2];
   const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
@@ -292,8 +291,7 @@ __global__ void normalise_kernel(T* v, double* lg, index_t group) {
     for (index_t i = threadIdx.x; i < group; i += blockDim.x) p[i] *= static_cast<T>(factor);
 }
 
-__global__ inline void fan_logs_kernel(const double* in, double* out, index_t n, index_t mult_in,
-                                       index_t fan) {
+__global__ inline void fan_logs_kernel(const double* in, double* out, index_t n, index_t mult_in, index_t fan) {
   const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   const index_t mult_out = mult_in * fan;
   if (i < n * mult_out) out[i] = in[(i / mult_out) * mult_in + (i % mult_out) / fan];
@@ -332,9 +330,8 @@ DeviceEnvironments<T> plan_environments(const ChainView<T>& ch, index_t n, bool 
 }
 
 template <class T>
-void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right, index_t n,
-                   index_t h, index_t mult_in, const T* vin, const double* log_in, T* vout, double* log_out,
-                   cudaStream_t stream) {
+void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right, index_t n, index_t h,
+                   index_t mult_in, const T* vin, const double* log_in, T* vout, double* log_out, cudaStream_t stream) {
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
@@ -404,8 +401,8 @@ struct FactorRows {  // the accessors of cpp/src/detail/factors.hpp, on the devi
 
 /// E_j^T[a][b] = sum_beta P_j[beta][a] S_{j+1}[beta][b] for every (x, l) row (periodic chains).
 template <class T>
-__global__ void open_env_kernel(const T* P, const double* logP, index_t mp, const T* S, const double* logS,
-                                index_t ms, index_t h, index_t Dl, index_t Dr, index_t n, T* E, double* logE) {
+__global__ void open_env_kernel(const T* P, const double* logP, index_t mp, const T* S, const double* logS, index_t ms,
+                                index_t h, index_t Dl, index_t Dr, index_t n, T* E, double* logE) {
   const index_t m = mp > ms ? mp : ms;
   const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (i >= n * m * Dl * Dr) return;
@@ -423,7 +420,7 @@ template <class T>
 struct DeviceFactors {
   DeviceEnvironments<T> env;
   std::vector<SiteFactorDev<T>> host_sites;  // filled by build_factors
-  SiteFactorDev<T>* sites = nullptr;          // device copy
+  SiteFactorDev<T>* sites = nullptr;         // device copy
   std::vector<T*> open_env;
   std::vector<double*> open_log;
 };
@@ -464,16 +461,16 @@ void build_factors(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceFact
       const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
       const index_t mp = ch.left_mult(j), ms = ch.right_mult(j + 1);
       launch("open_env_kernel", blocks_for(n * std::max(mp, ms) * Dl * Dr, 256), 256, stream, open_env_kernel<T>,
-          F.env.left[j], F.env.left_log[j], mp, F.env.right[j + 1], F.env.right_log[j + 1], ms, h, Dl, Dr, n,
-          F.open_env[j], F.open_log[j]);
+             F.env.left[j], F.env.left_log[j], mp, F.env.right[j + 1], F.env.right_log[j + 1], ms, h, Dl, Dr, n,
+             F.open_env[j], F.open_log[j]);
       s.a = F.open_env[j], s.da = Dl * Dr, s.mult_a = std::max(mp, ms), s.log_a = F.open_log[j];
       s.b = nullptr, s.db = 0, s.mult_b = 1, s.log_b = nullptr;
     }
   }
   // From pageable memory the copy is staged before cudaMemcpyAsync returns, so host_sites may
   // change afterwards; the kernels that read F.sites follow on the same stream.
-  MPSNTK_CUDA_TRY(cudaMemcpyAsync(F.sites, F.host_sites.data(), N * sizeof(SiteFactorDev<T>),
-                                  cudaMemcpyHostToDevice, stream));
+  MPSNTK_CUDA_TRY(
+      cudaMemcpyAsync(F.sites, F.host_sites.data(), N * sizeof(SiteFactorDev<T>), cudaMemcpyHostToDevice, stream));
 }
 
 }  // namespace mpsntk::cuda

@@ -109,8 +109,7 @@ void empty_launch(dim3 grid, dim3 block);
 using cudaStream_t = struct CUstream_sim*;
 enum cudaError_t { cudaSuccess = 0 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToDevice = 3 };
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind,
-                                   cudaStream_t stream) {
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind, cudaStream_t stream) {
   ::mpsntk::cuda::sim::record_stream(stream);
   if (bytes) std::memcpy(dst, src, bytes);
   return cudaSuccess;
