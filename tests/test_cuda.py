@@ -102,6 +102,21 @@ def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
     assert relerr(mn.ntk_vp(dev, dphi, cp.asarray(v)).get(), mn.ntk_vp(host, phi, v)) < tol
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grams_deeper_than_one_staged_chunk(dtype):
+    """Bond dimensions whose Grams span several 16-deep chunks, with partial last chunks."""
+    rng = np.random.default_rng(12)
+    tol = RTOL[np.dtype(dtype)]
+    for bonds, boundary in [((1, 17, 33, 40, 1), "open"), ((3, 20, 5, 3), "periodic")]:
+        host = random_model(rng, bonds, phys_dim=3, boundary=boundary, dtype=dtype)
+        dev = host.to_device()
+        phi1 = random_features(rng, 70, host.n_sites, 3, dtype)
+        phi2 = random_features(rng, 9, host.n_sites, 3, dtype)
+        assert relerr(mn.ntk(dev, cp.asarray(phi1)).get(), mn.ntk(host, phi1)) < tol
+        got = mn.ntk(dev, cp.asarray(phi1), cp.asarray(phi2)).get()
+        assert relerr(got, mn.ntk(host, phi1, phi2)) < tol
+
+
 def test_long_chain_normalized_on_device():
     host = mn.MPS.random(600, 4, sigma=2.0, seed=3)
     dev = host.to_device()

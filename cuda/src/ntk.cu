@@ -73,6 +73,9 @@ __device__ void add_site_term(const RowTables<T>& R, index_t da, index_t db, ind
     a = (rows[rr] && k < K) ? rows[rr][k] : T(0);
     b = (cols[rr] && k < K) ? cols[rr][k] : T(0);
   };
+  auto depth = [&](int c) {
+    return c < end_a ? chunk_depth(da, c) : c < end_b ? chunk_depth(db, c - end_a) : chunk_depth(d, c - end_b);
+  };
   T gram[kAcc], gab[kAcc];
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) gram[e] = T(0);
@@ -89,7 +92,7 @@ __device__ void add_site_term(const RowTables<T>& R, index_t da, index_t db, ind
       gram[e] = T(0);
     }
   };
-  chunk_stream<Path>(end_u, load, done, gram, As, Bs);
+  chunk_stream<Path>(end_u, load, depth, done, gram, As, Bs);
 }
 
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the

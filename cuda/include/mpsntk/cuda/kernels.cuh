@@ -155,11 +155,13 @@ inline int device_major() {
 /// buffers: the global loads of chunk c + 1 are in flight during the product of chunk c, one
 /// barrier per chunk.  They are issued in two halves, each stored after half of the product, so
 /// that only half of them occupy registers at a time.  load(c, rr, kk, a, b) gives depth kk of
-/// chunk c of tile row rr (a) and tile column rr (b); done(c) follows chunk c's product (at the
-/// same point in every thread, so it may read shared memory written before the stream).
-template <class Path, class T, class Load, class Done>
-__device__ void chunk_stream(int n_chunks, Load load, Done done, T (&acc)[kAcc], typename Path::Stage (&As)[2],
-                             typename Path::Stage (&Bs)[2]) {
+/// chunk c of tile row rr (a) and tile column rr (b), zero past the chunk's depth(c) valid
+/// depths (the upper half of the product is skipped when it holds only zeros); done(c) follows
+/// chunk c's product (at the same point in every thread, so it may read shared memory written
+/// before the stream).
+template <class Path, class T, class Load, class Depth, class Done>
+__device__ void chunk_stream(int n_chunks, Load load, Depth depth, Done done, T (&acc)[kAcc],
+                             typename Path::Stage (&As)[2], typename Path::Stage (&Bs)[2]) {
   constexpr int kPer = kTile * kDepth / kThreads, kHalf = kPer / 2;  // elements a thread stages
   static_assert(kHalf * 2 * kThreads == kTile * kDepth, "whole chunks per thread, in halves");
   T va[kHalf], vb[kHalf];
@@ -189,7 +191,7 @@ __device__ void chunk_stream(int n_chunks, Load load, Done done, T (&acc)[kAcc],
     if (more) fetch(c + 1, 0);
     Path::template product<0, kDepth / 2>(As[buf], Bs[buf], acc);
     if (more) store(next, 0), fetch(c + 1, 1);
-    Path::template product<kDepth / 2, kDepth>(As[buf], Bs[buf], acc);
+    if (depth(c) > kDepth / 2) Path::template product<kDepth / 2, kDepth>(As[buf], Bs[buf], acc);
     if (more) store(next, 1);
     __syncthreads();
     done(c);
@@ -197,6 +199,11 @@ __device__ void chunk_stream(int n_chunks, Load load, Done done, T (&acc)[kAcc],
 }
 
 __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
+/// Valid depths of chunk c of a product of depth K.
+__device__ inline int chunk_depth(index_t K, int c) {
+  const index_t left = K - static_cast<index_t>(c) * kDepth;
+  return static_cast<int>(left < kDepth ? left : kDepth);
+}
 
 // Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
 // functors and each result handed to store(r, c, value) (the environment sweeps; SIMT).
@@ -211,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, in
     a = (r < M && k < K) ? la(r, k) : T(0);
     b = (c < N && k < K) ? lb(k, c) : T(0);
   };
-  chunk_stream<P>(chunks(K), load, [](int) {}, acc, As, Bs);
+  chunk_stream<P>(chunks(K), load, [&](int ch) { return chunk_depth(K, ch); }, [](int) {}, acc, As, Bs);
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) {
     const index_t r = r0 + P::row(e), c = c0 + P::col(e);
