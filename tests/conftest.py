@@ -52,3 +52,17 @@ def random_model(
         site_lr=rng.uniform(0.5, 2.0, n_sites),
         output_site=output_site,
     )
+
+
+class DLPackOnly:
+    """An array that speaks only DLPack (no ``__array__``, no ``__cuda_array_interface__``),
+    as JAX arrays do; on the host or a device, wherever the wrapped array lives."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)

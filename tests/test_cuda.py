@@ -20,7 +20,7 @@ import mpsntk as mn
 from mpsntk import _reference as ref
 
 import sim_cupy
-from conftest import RTOL, random_features, random_model, relerr
+from conftest import RTOL, DLPackOnly, random_features, random_model, relerr
 
 ON_GPU = mn.cuda_available()
 if ON_GPU:  # pragma: no cover - needs a GPU
@@ -172,23 +172,10 @@ def test_tf32_is_an_explicit_opt_in():
     assert 1e-6 < relerr(tf32, exact) < 1e-2  # TF32 rounding is visible, and bounded
 
 
-class _DLPackOnly:
-    """A device array that speaks only DLPack (as JAX arrays do)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-    def __dlpack__(self, **kwargs):
-        return self._a.__dlpack__(**kwargs)
-
-
 def test_dlpack_only_device_arrays():
     _, host, dev = _pair(MODELS[2], np.float64, seed=4)
     phi = random_features(np.random.default_rng(8), 40, host.n_sites, 3)
-    got = mn.ntk(dev, _DLPackOnly(cp.asarray(phi)))
+    got = mn.ntk(dev, DLPackOnly(cp.asarray(phi)))
     assert isinstance(got, cp.ndarray) and relerr(got.get(), mn.ntk(host, phi)) < 1e-12
 
 

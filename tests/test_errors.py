@@ -12,6 +12,8 @@ import pytest
 import mpsntk as mn
 import mpsntk._validate as validate
 
+from conftest import DLPackOnly
+
 N_SITES = 4
 
 
@@ -40,19 +42,6 @@ class FakeDLPackDeviceArray:
 
     def __dlpack__(self, stream=None):  # never reached without a GPU
         raise AssertionError("a device array was read on the host")
-
-
-class HostDLPackArray:
-    """A host array that speaks only DLPack (no ``__array__``)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-    def __dlpack__(self, **kwargs):
-        return self._a.__dlpack__(**kwargs)
 
 
 def ones(*shape, dtype=np.float64):
@@ -606,7 +595,7 @@ def test_dlpack_device_arrays_are_device_arrays(model, phi, device_type):
 
 
 def test_host_dlpack_arrays_are_read_without_copies(model, phi):
-    wrapped = HostDLPackArray(phi)
+    wrapped = DLPackOnly(phi)
     assert not mn._backend.is_device_array(wrapped)
     view = mn._backend.as_array(wrapped, np)
     assert np.shares_memory(view, phi)

@@ -49,6 +49,7 @@ from ._validate import (
     _check_positive_float,
     _describe,
 )
+from .infinite import _site_rates
 
 __all__ = [
     "gradient_descent_mse",
@@ -735,12 +736,7 @@ def born_kappa_infinite(n_sites, rho=None, sigma=1.0, phi_norm2=0.5, parametriza
     _check_choice(parametrization, "parametrization", _PARAMETRIZATIONS)
     sigma = _as_site_vector(sigma, "sigma", n_sites, positive=True)
     phi_norm2 = _as_site_vector(phi_norm2, "phi_norm2", n_sites, positive=True)
-    if rho is not None:
-        rho = _as_site_vector(rho, "rho", n_sites, positive=False)
-    elif parametrization == "ntk":
-        rho = np.ones(n_sites)
-    else:
-        rho = sigma**-2
+    rho = _site_rates(rho, sigma, n_sites, parametrization)
     return float(np.sum(rho) * np.prod(sigma**2 * phi_norm2))
 
 

@@ -128,6 +128,13 @@ def nngp_infinite(phi1, phi2=None, *, sigma=1.0, log=False):
     return result.astype(out_dtype, copy=False)
 
 
+def _site_rates(rho, sigma, n_sites, parametrization):
+    """Per-site rates rho_j: validated if given, else 1 (NTK) or sigma_j^-2 (standard)."""
+    if rho is not None:
+        return _as_site_vector(rho, "rho", n_sites, positive=False)
+    return np.ones(n_sites) if parametrization == "ntk" else sigma**-2
+
+
 def _check_bond_dims(bond_dims, n_sites):
     """Validate a sequence of ``n_sites + 1`` positive integer bond dimensions."""
     if isinstance(bond_dims, (str, bytes)) or not hasattr(bond_dims, "__len__"):
@@ -236,12 +243,7 @@ def ntk_infinite(
     sigma = _as_site_vector(sigma, "sigma", n_sites, positive=True)
     if bond_dims is not None:
         _check_bond_dims(bond_dims, n_sites)
-    if rho is not None:
-        rho = _as_site_vector(rho, "rho", n_sites, positive=False)
-    elif parametrization == "ntk":
-        rho = np.ones(n_sites)
-    else:
-        rho = sigma**-2
+    rho = _site_rates(rho, sigma, n_sites, parametrization)
     weight = float(np.sum(rho))
     if n_outputs > 1 and outputs == "trace":
         weight *= n_outputs
