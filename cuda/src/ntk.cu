@@ -34,65 +34,105 @@ struct NtkLaunch {
   bool upper_only, normalized;
 };
 
-/// Row tables of one (site, output) in shared memory: the factor rows a, b, u of the tile's 64
-/// rows (side 0) and 64 columns (side 1), and the row weights.
+/// Shared tables of one (site, output) term: the operands of its three Grams (a, b, u) on each
+/// side of the tile (side 0: the tile's rows, side 1: its columns) and the row weights.  The
+/// factor rows of consecutive samples are equally spaced, so tile row t of Gram g on side s is
+/// rows[g][s] + t * stride[g][s] (no per-row pointers).
 template <class T>
-struct RowTables {
-  const T* a[2][kTile];
-  const T* b[2][kTile];
-  const T* u[2][kTile];
+struct SiteTables {
+  const T* rows[3][2];
+  index_t stride[3][2];
+  index_t depth[3];  // da, db (0: no b factor), d
   double w[2][kTile];
 };
 
-/// Fill entry t of one side of the row tables for site j and output l.
+/// Fill side s of the tables for site j and output l (tile rows from sample x0): entry t of the
+/// weights, and the operands when t == 0.
 template <class T>
-__device__ void load_rows(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, index_t x0, int t, index_t j, index_t l,
-                          index_t n_sites, index_t d, RowTables<T>& R, int s) {
+__device__ void load_side(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, index_t x0, int t, index_t j, index_t l,
+                          index_t n_sites, index_t d, SiteTables<T>& S, int s) {
   const index_t x = x0 + t;
-  const bool ok = x < side.n;
-  R.a[s][t] = ok ? FactorRows<T>::a(f, x, l) : nullptr;
-  R.b[s][t] = ok ? FactorRows<T>::b(f, x, l) : nullptr;
-  R.u[s][t] = ok ? side.phi + (x * n_sites + j) * d : nullptr;
   // sqrt(w_j) on both sides makes site_term the whole weighted term (as in the CPU packing).
-  R.w[s][t] = ok ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
+  S.w[s][t] = x < side.n ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
+  if (t != 0) return;
+  S.rows[0][s] = FactorRows<T>::a(f, x0, l);
+  S.stride[0][s] = f.mult_a * f.da;
+  S.rows[1][s] = FactorRows<T>::b(f, x0, l);
+  S.stride[1][s] = f.mult_b * f.db;
+  S.rows[2][s] = side.phi + (x0 * n_sites + j) * d;
+  S.stride[2][s] = n_sites * d;
+  if (s == 0) S.depth[0] = f.da, S.depth[1] = f.db, S.depth[2] = d;
+}
+
+/// The chunk source of one (site, output) term: the chunks of its Grams a, b (none when the
+/// factor has no b) and u, one after another.  Per side, a thread keeps the address of its slot
+/// 0 in the current chunk and the distance between its slots; a chunk advances it by kDepth, a
+/// new Gram reloads it from the tables.
+template <class T>
+struct TermSource {
+  const SiteTables<T>& S;
+  int end_a, end_b;  // first chunk of b, of u
+  unsigned rows_in;  // bit m: side 0's slot m row is inside the data; bit kSlots + m: side 1's
+  const T* at[2];    // slot 0 of the current chunk, each side
+  index_t step[2];   // elements from one slot to the next
+  int left = 0;      // depths of the current Gram from the current chunk's first on
+  __device__ int begin(int c) {
+    if (c != 0 && c != end_a && c != end_b) {
+      at[0] += kDepth, at[1] += kDepth, left -= kDepth;
+    } else {
+      const int g = c < end_a ? 0 : c < end_b ? 1 : 2;
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        at[s] = S.rows[g][s] + slot_row(0) * S.stride[g][s] + slot_depth();
+        step[s] = kSlotRows * S.stride[g][s];
+      }
+      left = static_cast<int>(S.depth[g]);
+    }
+    return left < kDepth ? left : kDepth;
+  }
+  __device__ void load(int m, T& a, T& b) const {
+    const bool in_depth = slot_depth() < left;
+    // Read-only for the kernel's lifetime: the non-coherent cache path.
+    a = (in_depth && (rows_in >> m & 1u)) ? __ldg(at[0] + m * step[0]) : T(0);
+    b = (in_depth && (rows_in >> (kSlots + m) & 1u)) ? __ldg(at[1] + m * step[1]) : T(0);
+  }
+};
+
+/// Bit m (side 0) and kSlots + m (side 1): this thread's slot m row is one of the valid rows.
+__device__ inline unsigned slot_rows_in(index_t valid0, index_t valid1) {
+  unsigned bits = 0;
+#pragma unroll
+  for (int m = 0; m < kSlots; ++m)
+    bits |= (slot_row(m) < valid0 ? 1u : 0u) << m | (slot_row(m) < valid1 ? 1u : 0u) << (kSlots + m);
+  return bits;
 }
 
 /// acc += (u.u') (a.a') (b.b') w w' for the tile entries this thread owns: one (site, output)
-/// term.  The depth chunks of the three Grams (a; b if the factor has one; u) form one chunk
-/// stream, so the loads of each Gram's first chunk overlap the product of the previous Gram.
+/// term.  The depth chunks of the three Grams form one chunk stream, so the loads of each Gram's
+/// first chunk overlap the product of the previous Gram.
 template <class T, class Path>
-__device__ void add_site_term(const RowTables<T>& R, index_t da, index_t db, index_t d, T (&acc)[kAcc],
-                              typename Path::Stage (&As)[2], typename Path::Stage (&Bs)[2]) {
-  const int end_a = chunks(da), end_b = end_a + chunks(db), end_u = end_b + chunks(d);
-  auto load = [&](int c, int rr, int kk, T& a, T& b) {
-    const bool in_a = c < end_a, in_b = !in_a && c < end_b;
-    const T* const* rows = in_a ? R.a[0] : in_b ? R.b[0] : R.u[0];
-    const T* const* cols = in_a ? R.a[1] : in_b ? R.b[1] : R.u[1];
-    const index_t k = static_cast<index_t>(c - (in_a ? 0 : in_b ? end_a : end_b)) * kDepth + kk;
-    const index_t K = in_a ? da : in_b ? db : d;
-    a = (rows[rr] && k < K) ? rows[rr][k] : T(0);
-    b = (cols[rr] && k < K) ? cols[rr][k] : T(0);
-  };
-  auto depth = [&](int c) {
-    return c < end_a ? chunk_depth(da, c) : c < end_b ? chunk_depth(db, c - end_a) : chunk_depth(d, c - end_b);
-  };
-  T gram[kAcc], gab[kAcc];
+__device__ void add_site_term(const SiteTables<T>& S, unsigned rows_in, T (&acc)[kAcc], typename Path::Stage (&As)[2],
+                              typename Path::Stage (&Bs)[2]) {
+  const int end_a = chunks(S.depth[0]), end_b = end_a + chunks(S.depth[1]), end_u = end_b + chunks(S.depth[2]);
+  TermSource<T> src{S, end_a, end_b, rows_in};
+  // Each Gram accumulates in sum; at the end of a and of b, prod *= sum.  (prod starts at one
+  // rather than taking a copy of sum: with a copy, ptxas keeps two register sets for sum and
+  // moves them every chunk.)
+  T sum[kAcc], prod[kAcc];
 #pragma unroll
-  for (int e = 0; e < kAcc; ++e) gram[e] = T(0);
-  auto done = [&](int c) {  // at the end of a Gram: fold it in and start the next from zero
+  for (int e = 0; e < kAcc; ++e) sum[e] = T(0), prod[e] = T(1);
+  auto done = [&](int c) {
     if (c + 1 != end_a && c + 1 != end_b && c + 1 != end_u) return;
+    if (c + 1 != end_u) {
 #pragma unroll
-    for (int e = 0; e < kAcc; ++e) {
-      if (c + 1 == end_a)
-        gab[e] = gram[e];
-      else if (c + 1 == end_b)
-        gab[e] *= gram[e];
-      else
-        acc[e] += tile::site_term(gram[e], gab[e]) * static_cast<T>(R.w[0][Path::row(e)] * R.w[1][Path::col(e)]);
-      gram[e] = T(0);
+      for (int e = 0; e < kAcc; ++e) prod[e] *= sum[e], sum[e] = T(0);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e)
+        acc[e] += tile::site_term(sum[e], prod[e]) * static_cast<T>(S.w[0][Path::row(e)] * S.w[1][Path::col(e)]);
     }
   };
-  chunk_stream<Path>(end_u, load, depth, done, gram, As, Bs);
+  chunk_stream<Path>(end_u, src, done, sum, As, Bs);
 }
 
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the
@@ -100,7 +140,7 @@ __device__ void add_site_term(const RowTables<T>& R, index_t da, index_t db, ind
 template <class T, class Path>
 __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
   __shared__ typename Path::Stage As[2], Bs[2];
-  __shared__ RowTables<T> rows;
+  __shared__ SiteTables<T> tables;
 
   index_t ib, kb;
   if (p.upper_only) {  // decode the upper-triangular tile index
@@ -116,6 +156,7 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
   const bool traced = p.l1 < 0;
   const bool per_site = p.site_stride != 0;
   T acc[kAcc] = {};
+  const unsigned rows_in = slot_rows_in(p.s1.n - i0, p.s2.n - k0);
 
   auto write = [&](index_t j) {
 #pragma unroll
@@ -144,13 +185,13 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
     const index_t lcount = traced ? p.n_outputs : 1;
     for (index_t l = 0; l < lcount; ++l) {
       const index_t l1 = traced ? l : p.l1, l2 = traced ? l : p.l2;
-      __syncthreads();  // previous readers of the row tables are done
+      __syncthreads();  // previous readers of the tables are done
       if (threadIdx.x < kTile)
-        load_rows<T>(p.s1, f1, i0, threadIdx.x, j, l1, p.n_sites, p.d, rows, 0);
+        load_side<T>(p.s1, f1, i0, threadIdx.x, j, l1, p.n_sites, p.d, tables, 0);
       else if (threadIdx.x < 2 * kTile)
-        load_rows<T>(p.s2, f2, k0, threadIdx.x - kTile, j, l2, p.n_sites, p.d, rows, 1);
+        load_side<T>(p.s2, f2, k0, threadIdx.x - kTile, j, l2, p.n_sites, p.d, tables, 1);
       __syncthreads();
-      add_site_term<T, Path>(rows, f1.da, f1.db, p.d, acc, As, Bs);
+      add_site_term<T, Path>(tables, rows_in, acc, As, Bs);
     }
     if (per_site) write(j);
   }

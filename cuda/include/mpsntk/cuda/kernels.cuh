@@ -151,59 +151,79 @@ inline int device_major() {
 }
 
 // ------------------------------------------------------------------------------------------
+/// Element slot m (0 <= m < kSlots) of a staged chunk, for this thread: tile row slot_row(m) at
+/// depth slot_depth() of the chunk.  A thread's slots share one depth and are kSlotRows rows
+/// apart, so a source can step from slot to slot with one address increment.
+constexpr int kSlots = kTile * kDepth / kThreads, kSlotRows = kThreads / kDepth;
+static_assert(kSlots % 2 == 0 && kSlots * kThreads == kTile * kDepth, "whole chunks per thread, in halves");
+__device__ __forceinline__ int slot_row(int m) { return static_cast<int>(threadIdx.x) / kDepth + m * kSlotRows; }
+__device__ __forceinline__ int slot_depth() { return static_cast<int>(threadIdx.x) % kDepth; }
+
 /// Multiplies a stream of depth chunks into this thread's accumulators through two shared-memory
 /// buffers: the global loads of chunk c + 1 are in flight during the product of chunk c, one
 /// barrier per chunk.  They are issued in two halves, each stored after half of the product, so
-/// that only half of them occupy registers at a time.  load(c, rr, kk, a, b) gives depth kk of
-/// chunk c of tile row rr (a) and tile column rr (b), zero past the chunk's depth(c) valid
-/// depths (the upper half of the product is skipped when it holds only zeros); done(c) follows
-/// chunk c's product (at the same point in every thread, so it may read shared memory written
-/// before the stream).
-template <class Path, class T, class Load, class Depth, class Done>
-__device__ void chunk_stream(int n_chunks, Load load, Depth depth, Done done, T (&acc)[kAcc],
-                             typename Path::Stage (&As)[2], typename Path::Stage (&Bs)[2]) {
-  constexpr int kPer = kTile * kDepth / kThreads, kHalf = kPer / 2;  // elements a thread stages
-  static_assert(kHalf * 2 * kThreads == kTile * kDepth, "whole chunks per thread, in halves");
+/// that only half of them occupy registers at a time.  The source gives the operands:
+/// src.begin(c) moves it to chunk c (called once per chunk, in order) and returns how many of
+/// the chunk's kDepth depths are valid (the upper half of the product is skipped when it holds
+/// only zeros); src.load(m, a, b) then gives slot m of the chunk's tile rows (a) and tile columns
+/// (b), zero past the valid depths.  done(c) follows chunk c's product (at the same point in
+/// every thread, so it may read shared memory written before the stream).
+template <class Path, class T, class Source, class Done>
+__device__ void chunk_stream(int n_chunks, Source& src, Done done, T (&acc)[kAcc], typename Path::Stage (&As)[2],
+                             typename Path::Stage (&Bs)[2]) {
+  constexpr int kHalf = kSlots / 2;
   T va[kHalf], vb[kHalf];
-  auto fetch = [&](int c, int half) {
+  auto fetch = [&](int half) {
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i) {
-      const int e = threadIdx.x + (half * kHalf + i) * kThreads;
-      load(c, e / kDepth, e % kDepth, va[i], vb[i]);
-    }
+    for (int i = 0; i < kHalf; ++i) src.load(half * kHalf + i, va[i], vb[i]);
   };
   auto store = [&](int buf, int half) {
 #pragma unroll
     for (int i = 0; i < kHalf; ++i) {
-      const int e = threadIdx.x + (half * kHalf + i) * kThreads, at = Path::Layout::stage(e / kDepth, e % kDepth);
+      const int at = Path::Layout::stage(slot_row(half * kHalf + i), slot_depth());
       As[buf][at] = va[i];
       Bs[buf][at] = vb[i];
     }
   };
-  fetch(0, 0);
+  int depth = src.begin(0);
+  fetch(0);
   store(0, 0);
-  fetch(0, 1);
+  fetch(1);
   store(0, 1);
   __syncthreads();
   for (int c = 0; c < n_chunks; ++c) {
     const int buf = c % 2, next = 1 - buf;
     const bool more = c + 1 < n_chunks;
-    if (more) fetch(c + 1, 0);
+    const int depth_next = more ? src.begin(c + 1) : 0;
+    if (more) fetch(0);
     Path::template product<0, kDepth / 2>(As[buf], Bs[buf], acc);
-    if (more) store(next, 0), fetch(c + 1, 1);
-    if (depth(c) > kDepth / 2) Path::template product<kDepth / 2, kDepth>(As[buf], Bs[buf], acc);
+    if (more) store(next, 0), fetch(1);
+    if (depth > kDepth / 2) Path::template product<kDepth / 2, kDepth>(As[buf], Bs[buf], acc);
     if (more) store(next, 1);
     __syncthreads();
     done(c);
+    depth = depth_next;
   }
 }
 
 __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
-/// Valid depths of chunk c of a product of depth K.
-__device__ inline int chunk_depth(index_t K, int c) {
-  const index_t left = K - static_cast<index_t>(c) * kDepth;
-  return static_cast<int>(left < kDepth ? left : kDepth);
-}
+
+/// The operands of the tiled GEMM below: A(r, k) and B(k, c) through functors, zero outside.
+template <class T, class LoadA, class LoadB>
+struct GemmSource {
+  LoadA la;
+  LoadB lb;
+  index_t r0, c0, M, N, K, k0 = 0;
+  __device__ int begin(int c) {
+    k0 = static_cast<index_t>(c) * kDepth;
+    return K - k0 < kDepth ? static_cast<int>(K - k0) : kDepth;
+  }
+  __device__ void load(int m, T& a, T& b) const {
+    const index_t r = r0 + slot_row(m), col = c0 + slot_row(m), k = k0 + slot_depth();
+    a = (r < M && k < K) ? la(r, k) : T(0);
+    b = (col < N && k < K) ? lb(k, col) : T(0);
+  }
+};
 
 // Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
 // functors and each result handed to store(r, c, value) (the environment sweeps; SIMT).
@@ -213,12 +233,8 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, in
   __shared__ typename P::Stage As[2], Bs[2];
   const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
   T acc[kAcc] = {};
-  auto load = [&](int ch, int rr, int kk, T& a, T& b) {
-    const index_t r = r0 + rr, c = c0 + rr, k = static_cast<index_t>(ch) * kDepth + kk;
-    a = (r < M && k < K) ? la(r, k) : T(0);
-    b = (c < N && k < K) ? lb(k, c) : T(0);
-  };
-  chunk_stream<P>(chunks(K), load, [&](int ch) { return chunk_depth(K, ch); }, [](int) {}, acc, As, Bs);
+  GemmSource<T, LoadA, LoadB> src{la, lb, r0, c0, M, N, K};
+  chunk_stream<P>(chunks(K), src, [](int) {}, acc, As, Bs);
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) {
     const index_t r = r0 + P::row(e), c = c0 + P::col(e);

@@ -104,6 +104,10 @@ void empty_launch(dim3 grid, dim3 block);
 #define blockDim (::mpsntk::cuda::sim::context().block_dim)
 #define gridDim (::mpsntk::cuda::sim::context().grid_dim)
 #define __syncthreads() ::mpsntk::cuda::sim::syncthreads()
+template <class T>
+inline T __ldg(const T* p) {  // read-only cache load: a plain load here
+  return *p;
+}
 
 // ---- the runtime API calls the engine's host code makes (memory is host memory here)
 using cudaStream_t = struct CUstream_sim*;
