@@ -208,33 +208,41 @@ __device__ void chunk_stream(int n_chunks, Source& src, Done done, T (&acc)[kAcc
 
 __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
 
-/// The operands of the tiled GEMM below: A(r, k) and B(k, c) through functors, zero outside.
+/// Operands of the tiled GEMM below given by functors: A(r, k) = la(r, k), B(k, c) = lb(k, c),
+/// zero outside M x K and K x N.  Operand types give the GEMM's K (chunks()) and, per block, a
+/// cursor: the chunk source of chunk_stream for the block's rows from r0 and columns from c0.
 template <class T, class LoadA, class LoadB>
-struct GemmSource {
+struct FunctorOperands {
   LoadA la;
   LoadB lb;
-  index_t r0, c0, M, N, K, k0 = 0;
-  __device__ int begin(int c) {
-    k0 = static_cast<index_t>(c) * kDepth;
-    return K - k0 < kDepth ? static_cast<int>(K - k0) : kDepth;
-  }
-  __device__ void load(int m, T& a, T& b) const {
-    const index_t r = r0 + slot_row(m), col = c0 + slot_row(m), k = k0 + slot_depth();
-    a = (r < M && k < K) ? la(r, k) : T(0);
-    b = (col < N && k < K) ? lb(k, col) : T(0);
-  }
+  index_t M, N, K;
+  struct Cursor {
+    const FunctorOperands& op;
+    index_t r0, c0, k0 = 0;
+    __device__ int begin(int c) {
+      k0 = static_cast<index_t>(c) * kDepth;
+      return op.K - k0 < kDepth ? static_cast<int>(op.K - k0) : kDepth;
+    }
+    __device__ void load(int m, T& a, T& b) const {
+      const index_t r = r0 + slot_row(m), col = c0 + slot_row(m), k = k0 + slot_depth();
+      a = (r < op.M && k < op.K) ? op.la(r, k) : T(0);
+      b = (col < op.N && k < op.K) ? op.lb(k, col) : T(0);
+    }
+  };
+  __device__ int chunks() const { return cuda::chunks(K); }
+  __device__ Cursor cursor(index_t r0, index_t c0) const { return {*this, r0, c0}; }
 };
 
-// Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B read through
-// functors and each result handed to store(r, c, value) (the environment sweeps; SIMT).
-template <class T, class LoadA, class LoadB, class Store>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, index_t K, LoadA la, LoadB lb, Store st) {
+// Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B from the operands and
+// each result handed to store(r, c, value) (environment sweeps, Jacobian products; SIMT).
+template <class T, class Operands, class Store>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, Operands op, Store st) {
   using P = SimtPath<T>;
   __shared__ typename P::Stage As[2], Bs[2];
   const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
   T acc[kAcc] = {};
-  GemmSource<T, LoadA, LoadB> src{la, lb, r0, c0, M, N, K};
-  chunk_stream<P>(chunks(K), src, [](int) {}, acc, As, Bs);
+  auto cursor = op.cursor(r0, c0);
+  chunk_stream<P>(op.chunks(), cursor, [](int) {}, acc, As, Bs);
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) {
     const index_t r = r0 + P::row(e), c = c0 + P::col(e);
@@ -242,36 +250,68 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, in
   }
 }
 
-template <class T, class LoadA, class LoadB, class Store>
-void gemm(index_t M, index_t N, index_t K, LoadA la, LoadB lb, Store st, cudaStream_t stream) {
+template <class T, class Operands, class Store>
+void gemm(index_t M, index_t N, const Operands& op, Store st, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
   const dim3 grid(blocks_for(N, kTile), blocks_for(M, kTile));
-  launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, LoadA, LoadB, Store>, M, N, K, la, lb, st);
+  launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Operands, Store>, M, N, op, st);
+}
+
+template <class T, class LoadA, class LoadB, class Store>
+void gemm(index_t M, index_t N, index_t K, LoadA la, LoadB lb, Store st, cudaStream_t stream) {
+  gemm<T>(M, N, FunctorOperands<T, LoadA, LoadB>{la, lb, M, N, K}, st, stream);
 }
 
 // ------------------------------------------------------------------------------------------
 // Environment sweeps (same layout and maths as cpp/src/detail/environments.hpp).
 
+/// Operands of one environment step (rows r = ((x * mult_in + l) * h + alpha), depths k = (s, i),
+/// columns (l', o)): A(r, k) = phi_s(x) v_in[r][i] (the Khatri-Rao product) and
+/// B(k, (l', o)) = c A_j[l', s, a, b] with (a, b) = (i, o) towards the right, (o, i) towards the
+/// left.  A thread's cursor keeps, per slot, where its row of A and its column of B start, and
+/// per chunk its depth (s, i): no index arithmetic per element beyond one offset.
 template <class T>
-struct KrOperand {  // row r = ((x * mult_in + l) * h + alpha), column k = (s, i): phi_s * v[r][i]
+struct TransferOperands {
   const T* phi;
-  index_t n_sites, d, site, per_x, din;
+  index_t n_sites, d, site, per_x;
   const T* vin;
-  __device__ T operator()(index_t r, index_t k) const {
-    return phi[((r / per_x) * n_sites + site) * d + k / din] * vin[r * din + k % din];
-  }
-};
-
-template <class T>
-struct CoreOperand {  // B[(s, i), (l, o)] = c * A[l, s, a, b] with (a, b) = (i, o) or (o, i)
+  index_t din;
   const T* core;
   T c;
-  index_t d, Dl, Dr, din, dout;
+  index_t Dl, Dr, dout;
   bool to_right;
-  __device__ T operator()(index_t k, index_t col) const {
-    const index_t l = col / dout, o = col % dout, s = k / din, i = k % din;
-    const index_t a = to_right ? i : o, b = to_right ? o : i;
-    return c * core[((l * d + s) * Dl + a) * Dr + b];
+  index_t M, N;
+  struct Cursor {
+    const TransferOperands& op;
+    const T* phi_row[kSlots];  // nullptr: row outside the data
+    const T* v_row[kSlots];
+    const T* core_col[kSlots];       // nullptr: column outside the data
+    index_t s = 0, i = 0, b_at = 0;  // depth (s, i) of this thread in the chunk; its B offset
+    bool in_depth = false;
+    __device__ int begin(int c) {
+      const index_t k0 = static_cast<index_t>(c) * kDepth, k = k0 + slot_depth(), K = op.d * op.din;
+      const int din = static_cast<int>(op.din);  // 32-bit division: the depths are < d * din
+      s = static_cast<int>(k) / din, i = static_cast<int>(k) % din;
+      b_at = s * op.Dl * op.Dr + (op.to_right ? i * op.Dr : i);
+      in_depth = k < K;
+      return K - k0 < kDepth ? static_cast<int>(K - k0) : kDepth;
+    }
+    __device__ void load(int m, T& a, T& b) const {
+      a = (in_depth && phi_row[m]) ? phi_row[m][s] * v_row[m][i] : T(0);
+      b = (in_depth && core_col[m]) ? op.c * core_col[m][b_at] : T(0);
+    }
+  };
+  __device__ int chunks() const { return cuda::chunks(d * din); }
+  __device__ Cursor cursor(index_t r0, index_t c0) const {
+    Cursor cur{*this};
+#pragma unroll
+    for (int m = 0; m < kSlots; ++m) {
+      const index_t r = r0 + slot_row(m), col = c0 + slot_row(m), l = col / dout, o = col % dout;
+      cur.phi_row[m] = r < M ? phi + ((r / per_x) * n_sites + site) * d : nullptr;
+      cur.v_row[m] = r < M ? vin + r * din : nullptr;
+      cur.core_col[m] = col < N ? core + l * d * Dl * Dr + (to_right ? o : o * Dr) : nullptr;
+    }
+    return cur;
   }
 };
 
@@ -359,11 +399,12 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
   const index_t M = n * mult_in * h;
-  KrOperand<T> la{phi.data, phi.n_sites, d, j, mult_in * h, din, vin};
-  CoreOperand<T> lb{ch.cores[j], static_cast<T>(ch.scales[j]), d, Dl, Dr, din, dout, to_right};
+  const TransferOperands<T> op{
+      phi.data, phi.n_sites, d,    j,        mult_in * h, vin,       din, ch.cores[j], static_cast<T>(ch.scales[j]),
+      Dl,       Dr,          dout, to_right, M,           fan * dout};
   // fan = 1 keeps rows as they are: ScatterStore with h = 1, fan = 1 is out[r][o].
   ScatterStore<T> st{vout, fan == 1 ? 1 : h, fan, dout};
-  gemm<T>(M, fan * dout, d * din, la, lb, st, stream);
+  gemm<T>(M, fan * dout, op, st, stream);
   launch("fan_logs_kernel", blocks_for(n * mult_in * fan, 256), 256, stream, fan_logs_kernel, log_in, log_out, n,
          mult_in, fan);
   launch("normalise_kernel", static_cast<unsigned>(n * mult_in * fan), 128, stream, normalise_kernel<T>, vout, log_out,
