@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "mpsntk/cuda/check.cuh"
@@ -208,6 +210,13 @@ __device__ void chunk_stream(int n_chunks, Source& src, Done done, T (&acc)[kAcc
 
 __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
 
+/// Whether a GEMM store normalises its rows (Store::kNormalisesRows, false when absent).
+template <class Store, class = void>
+struct normalises_rows : std::false_type {};
+template <class Store>
+struct normalises_rows<Store, std::void_t<decltype(Store::kNormalisesRows)>>
+    : std::bool_constant<Store::kNormalisesRows> {};
+
 /// Operands of the tiled GEMM below given by functors: A(r, k) = la(r, k), B(k, c) = lb(k, c),
 /// zero outside M x K and K x N.  Operand types give the GEMM's K (chunks()) and, per block, a
 /// cursor: the chunk source of chunk_stream for the block's rows from r0 and columns from c0.
@@ -233,8 +242,41 @@ struct FunctorOperands {
   __device__ Cursor cursor(index_t r0, index_t c0) const { return {*this, r0, c0}; }
 };
 
+/// Scales each row of the SIMT tile by the power of two of its largest magnitude (tile::
+/// pow2_normaliser, as normalise_kernel), for stores whose rows are whole normalisation groups
+/// (N <= kTile); st.row_factor(r, maxabs) gives the factor and records the row's log-scale.
+/// SIMT layout: thread (ty, tx) holds columns tx + 16 j of rows ty + 16 i (accumulator 4 i + j).
+template <class T, class Store>
+__device__ void normalise_rows(T (&acc)[kAcc], index_t r0, index_t M, const Store& st) {
+  static_assert(kAcc == 16 && kThreads == 16 * 16, "the SIMT tile layout");
+  __shared__ double part[kTile][16];  // per row, the largest magnitude of each thread's 4 columns
+  // (columns past N hold zeros: the operands are zero there)
+  __shared__ double factor[kTile];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    double m = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) m = fmax(m, fabs(static_cast<double>(acc[4 * i + j])));
+    part[ty + 16 * i][tx] = m;
+  }
+  __syncthreads();
+  if (threadIdx.x < kTile) {
+    double m = 0;
+    for (int t = 0; t < 16; ++t) m = fmax(m, part[threadIdx.x][t]);
+    const index_t r = r0 + threadIdx.x;
+    factor[threadIdx.x] = r < M ? st.row_factor(r, m) : 1.0;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[4 * i + j] *= static_cast<T>(factor[ty + 16 * i]);
+}
+
 // Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B from the operands and
-// each result handed to store(r, c, value) (environment sweeps, Jacobian products; SIMT).
+// each result handed to store(r, c, value) (environment sweeps, Jacobian products; SIMT).  A
+// store with kNormalisesRows = true has its rows normalised first (normalise_rows).
 template <class T, class Operands, class Store>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, Operands op, Store st) {
   using P = SimtPath<T>;
@@ -243,6 +285,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, Op
   T acc[kAcc] = {};
   auto cursor = op.cursor(r0, c0);
   chunk_stream<P>(op.chunks(), cursor, [](int) {}, acc, As, Bs);
+  if constexpr (normalises_rows<Store>::value) normalise_rows(acc, r0, M, st);
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) {
     const index_t r = r0 + P::row(e), c = c0 + P::col(e);
@@ -253,6 +296,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, Op
 template <class T, class Operands, class Store>
 void gemm(index_t M, index_t N, const Operands& op, Store st, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
+  if (normalises_rows<Store>::value && N > kTile) throw std::logic_error("mpsntk: normalised rows wider than a tile");
   const dim3 grid(blocks_for(N, kTile), blocks_for(M, kTile));
   launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Operands, Store>, M, N, op, st);
 }
@@ -323,6 +367,22 @@ struct ScatterStore {  // (x, alpha) x (l, o) -> out[x][l][alpha][o]; fan = 1 is
     const index_t x = r / h, alpha = r % h, l = col / dout, o = col % dout;
     out[((x * fan + l) * h + alpha) * dout + o] = v;
   }
+};
+
+/// out[r][o] for rows that are whole normalisation groups (one channel, no fan-out): the GEMM
+/// normalises them itself, with log_out[r] = log_in[r] + the factor's exponent.
+template <class T>
+struct NormalisedRowStore {
+  static constexpr bool kNormalisesRows = true;
+  T* out;
+  const double* log_in;
+  double* log_out;
+  index_t dout;
+  __device__ double row_factor(index_t r, double maxabs) const {
+    log_out[r] = log_in[r];
+    return tile::pow2_normaliser(maxabs, log_out + r);
+  }
+  __device__ void operator()(index_t r, index_t o, T v) const { out[r * dout + o] = v; }
 };
 
 template <class T>
@@ -399,9 +459,15 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
   const index_t M = n * mult_in * h;
-  const TransferOperands<T> op{
-      phi.data, phi.n_sites, d,    j,        mult_in * h, vin,       din, ch.cores[j], static_cast<T>(ch.scales[j]),
-      Dl,       Dr,          dout, to_right, M,           fan * dout};
+  TransferOperands<T> op{};
+  op.phi = phi.data, op.n_sites = phi.n_sites, op.d = d, op.site = j, op.per_x = mult_in * h;
+  op.vin = vin, op.din = din;
+  op.core = ch.cores[j], op.c = static_cast<T>(ch.scales[j]), op.Dl = Dl, op.Dr = Dr, op.dout = dout;
+  op.to_right = to_right, op.M = M, op.N = fan * dout;
+  if (h == 1 && fan == 1 && dout <= kTile) {  // rows are normalisation groups: one launch
+    gemm<T>(M, dout, op, NormalisedRowStore<T>{vout, log_in, log_out, dout}, stream);
+    return;
+  }
   // fan = 1 keeps rows as they are: ScatterStore with h = 1, fan = 1 is out[r][o].
   ScatterStore<T> st{vout, fan == 1 ? 1 : h, fan, dout};
   gemm<T>(M, fan * dout, op, st, stream);
