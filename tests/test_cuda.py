@@ -104,10 +104,12 @@ def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_grams_deeper_than_one_staged_chunk(dtype):
-    """Bond dimensions whose Grams span several 16-deep chunks, with partial last chunks."""
+    """Bond dimensions whose Grams span several 16-deep chunks, with partial last chunks, and
+    environments wider than one 64-column GEMM tile (normalised across tiles)."""
     rng = np.random.default_rng(12)
     tol = RTOL[np.dtype(dtype)]
-    for bonds, boundary in [((1, 17, 33, 40, 1), "open"), ((3, 20, 5, 3), "periodic")]:
+    for bonds, boundary in [((1, 17, 33, 40, 1), "open"), ((3, 20, 5, 3), "periodic"),
+                            ((1, 70, 66, 1), "open")]:
         host = random_model(rng, bonds, phys_dim=3, boundary=boundary, dtype=dtype)
         dev = host.to_device()
         phi1 = random_features(rng, 70, host.n_sites, 3, dtype)
