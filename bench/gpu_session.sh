@@ -29,6 +29,7 @@ case "${1:-}" in
         "cuda/src/$f.cu" -o /dev/null 2>&1 | grep -E "Compiling entry|spill|Used" || true
     done > "$out/ptxas.txt"
     grep -c "0 bytes spill stores" "$out/ptxas.txt" || true
+    python bench/sass_report.py > "$out/sass.md" 2>&1 || true  # chunk-loop instruction counts
     python -m pytest -q tests/test_cuda.py tests/test_cuda_sim.py tests/test_ntk.py 2>&1 \
       | tee "$out/tests.txt"
     ;;
