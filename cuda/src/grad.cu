@@ -23,26 +23,56 @@ index_t outputs_at(const ChainView<T>& ch, const SiteFactorDev<T>& s, index_t j)
   return (s.mult_a > 1 || s.mult_b > 1 || j == ch.output_site) ? ch.n_outputs : 1;
 }
 
+/// Operands of the vjp GEMM of site j and output l, over the samples x (the depth):
+///   A((s, a), x) = wt(x) u_s(x) a_a(x, l), wt(x) = cot(x, l, col) c_j exp(log(x, l)),
+///   B(x, b) = b_b(x, l) (1 without a right factor).
+/// The cursor fixes each slot's (s, a) once and, per chunk, this thread's sample: its weight (one
+/// exponential) and where its rows start.
 template <class T>
-struct VjpRows {  // A(m = (s, a), x) = wt(x) u_s(x) a_a(x, l)
-  FactorRows<T> rows;
+struct VjpOperands {
+  const T* phi;
+  index_t n_sites, d, j;
   SiteFactorDev<T> f;
-  index_t j, l, C, col, k;
-  const T* cot;  // cotangent (n, C, k), column col
-  __device__ T operator()(index_t m, index_t x) const {
-    const index_t s = m / f.da, a = m % f.da;
-    const double wt = cot[(x * C + l) * k + col] * f.weight * exp(FactorRows<T>::log(f, x, l));
-    return static_cast<T>(wt) * rows.u(j, x)[s] * FactorRows<T>::a(f, x, l)[a];
-  }
-};
-
-template <class T>
-struct VjpCols {  // B(x, b) = b_b(x, l) (1 without a right factor)
-  SiteFactorDev<T> f;
-  index_t l;
-  __device__ T operator()(index_t x, index_t b) const {
-    const T* bv = FactorRows<T>::b(f, x, l);
-    return bv ? bv[b] : T(1);
+  index_t l, C, k, col;  // cotangent (n, C, k), column col
+  const T* cot;
+  index_t n, M, N;
+  struct Cursor {
+    const VjpOperands& op;
+    int s[kSlots], a[kSlots];  // s < 0: row outside the data
+    index_t col[kSlots];       // >= N: column outside the data
+    T wt = 0;
+    const T *u = nullptr, *av = nullptr, *bv = nullptr;
+    bool in_depth = false;
+    __device__ int begin(int c) {
+      const index_t x0 = static_cast<index_t>(c) * kDepth, x = x0 + slot_depth();
+      in_depth = x < op.n;
+      if (in_depth) {
+        const double w =
+            op.cot[(x * op.C + op.l) * op.k + op.col] * op.f.weight * exp(FactorRows<T>::log(op.f, x, op.l));
+        wt = static_cast<T>(w);
+        u = op.phi + (x * op.n_sites + op.j) * op.d;
+        av = FactorRows<T>::a(op.f, x, op.l);
+        bv = FactorRows<T>::b(op.f, x, op.l);
+      }
+      return op.n - x0 < kDepth ? static_cast<int>(op.n - x0) : kDepth;
+    }
+    __device__ void load(int m, T& A, T& B) const {
+      A = (in_depth && s[m] >= 0) ? wt * u[s[m]] * av[a[m]] : T(0);
+      B = (in_depth && col[m] < op.N) ? (bv ? bv[col[m]] : T(1)) : T(0);
+    }
+  };
+  __device__ int chunks() const { return cuda::chunks(n); }
+  __device__ Cursor cursor(index_t r0, index_t c0) const {
+    Cursor cur{*this};
+    const int da = static_cast<int>(f.da);
+#pragma unroll
+    for (int m = 0; m < kSlots; ++m) {
+      const index_t r = r0 + slot_row(m);
+      cur.s[m] = r < M ? static_cast<int>(r) / da : -1;
+      cur.a[m] = r < M ? static_cast<int>(r) % da : 0;
+      cur.col[m] = c0 + slot_row(m);
+    }
+    return cur;
   }
 };
 
@@ -56,23 +86,6 @@ struct AccumulateStore {  // G[m * ld + c] (+)= v * scale
     T& dst = g[m * ld + c];
     dst = add ? dst + scale * v : scale * v;
   }
-};
-
-template <class T>
-struct JvpRows {  // A(x, (s, a)) = u_s(x) a_a(x, l)
-  FactorRows<T> rows;
-  SiteFactorDev<T> f;
-  index_t j, l;
-  __device__ T operator()(index_t x, index_t m) const {
-    return rows.u(j, x)[m / f.da] * FactorRows<T>::a(f, x, l)[m % f.da];
-  }
-};
-
-template <class T>
-struct DenseOperand {  // B(k, c) = t[k * ld + c]
-  const T* t;
-  index_t ld;
-  __device__ T operator()(index_t k, index_t c) const { return t[k * ld + c]; }
 };
 
 template <class T>
@@ -121,17 +134,16 @@ GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n, Arena& arena) {
 template <class T>
 void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* cot, index_t k,
                 index_t col, T* const* grads, const double* site_lr, cudaStream_t stream) {
-  const FactorRows<T> rows{phi.data, ch.n_sites, ch.phys_dim};
   for (index_t j = 0; j < ch.n_sites; ++j) {
     const SiteFactorDev<T>& f = F.host_sites[j];
     const index_t db = std::max<index_t>(f.db, 1), M = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
     const bool label = j == ch.output_site;
     const T scale = static_cast<T>(site_lr ? site_lr[j] : 1.0);
     for (index_t l = 0; l < nl; ++l) {
-      VjpRows<T> la{rows, f, j, l, ch.n_outputs, col, k, cot};
-      VjpCols<T> lb{f, l};
+      const VjpOperands<T> op{phi.data, ch.n_sites, ch.phys_dim,   j, f, l, ch.n_outputs, k,
+                              col,      cot,        phi.n_samples, M, db};
       AccumulateStore<T> st{grads[j] + (label ? l * M * db : 0), db, scale, !label && l > 0};
-      gemm<T>(M, db, phi.n_samples, la, lb, st, stream);
+      gemm<T>(M, db, op, st, stream);
     }
   }
 }
@@ -140,16 +152,19 @@ template <class T>
 void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* const* tangents,
                 T* scratch, T* out, index_t k, index_t col, cudaStream_t stream) {
   const index_t n = phi.n_samples, C = ch.n_outputs;
-  const FactorRows<T> rows{phi.data, ch.n_sites, ch.phys_dim};
   launch("zero_column_kernel", blocks_for(n * C, 256), 256, stream, zero_column_kernel<T>, out, n * C, k, col);
   for (index_t j = 0; j < ch.n_sites; ++j) {
     const SiteFactorDev<T>& f = F.host_sites[j];
     const index_t db = std::max<index_t>(f.db, 1), K = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
     const bool label = j == ch.output_site;
     for (index_t l = 0; l < nl; ++l) {
-      JvpRows<T> la{rows, f, j, l};
-      DenseOperand<T> lb{tangents[j] + (label ? l * K * db : 0), db};
-      gemm<T>(n, db, K, la, lb, RowStore<T>{scratch, db}, stream);
+      // scratch(x, b) = sum_(s, a) u_s(x) a_a(x, l) t[s, a, b]: the tangent as a core (1, d, da, db)
+      KhatriRaoOperands<T> op{};
+      op.phi = phi.data, op.n_sites = ch.n_sites, op.d = ch.phys_dim, op.site = j, op.per_x = 1;
+      op.v = f.a + (f.mult_a > 1 ? l : 0) * f.da, op.din = f.da, op.v_stride = f.mult_a * f.da;
+      op.core = tangents[j] + (label ? l * K * db : 0), op.c = T(1), op.Dl = f.da, op.Dr = db, op.dout = db;
+      op.to_right = true, op.M = n, op.N = db;
+      gemm<T>(n, db, op, RowStore<T>{scratch, db}, stream);
       launch("jvp_dot_kernel", blocks_for(n, 128), 128, stream, jvp_dot_kernel<T>, scratch, db, f, l, n, C, k, col,
              out);
     }

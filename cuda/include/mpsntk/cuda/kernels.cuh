@@ -217,31 +217,6 @@ template <class Store>
 struct normalises_rows<Store, std::void_t<decltype(Store::kNormalisesRows)>>
     : std::bool_constant<Store::kNormalisesRows> {};
 
-/// Operands of the tiled GEMM below given by functors: A(r, k) = la(r, k), B(k, c) = lb(k, c),
-/// zero outside M x K and K x N.  Operand types give the GEMM's K (chunks()) and, per block, a
-/// cursor: the chunk source of chunk_stream for the block's rows from r0 and columns from c0.
-template <class T, class LoadA, class LoadB>
-struct FunctorOperands {
-  LoadA la;
-  LoadB lb;
-  index_t M, N, K;
-  struct Cursor {
-    const FunctorOperands& op;
-    index_t r0, c0, k0 = 0;
-    __device__ int begin(int c) {
-      k0 = static_cast<index_t>(c) * kDepth;
-      return op.K - k0 < kDepth ? static_cast<int>(op.K - k0) : kDepth;
-    }
-    __device__ void load(int m, T& a, T& b) const {
-      const index_t r = r0 + slot_row(m), col = c0 + slot_row(m), k = k0 + slot_depth();
-      a = (r < op.M && k < op.K) ? op.la(r, k) : T(0);
-      b = (col < op.N && k < op.K) ? op.lb(k, col) : T(0);
-    }
-  };
-  __device__ int chunks() const { return cuda::chunks(K); }
-  __device__ Cursor cursor(index_t r0, index_t c0) const { return {*this, r0, c0}; }
-};
-
 /// Scales each row of the SIMT tile by the power of two of its largest magnitude (tile::
 /// pow2_normaliser, as normalise_kernel), for stores whose rows are whole normalisation groups
 /// (N <= kTile); st.row_factor(r, maxabs) gives the factor and records the row's log-scale.
@@ -275,8 +250,10 @@ __device__ void normalise_rows(T (&acc)[kAcc], index_t r0, index_t M, const Stor
 }
 
 // Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B from the operands and
-// each result handed to store(r, c, value) (environment sweeps, Jacobian products; SIMT).  A
-// store with kNormalisesRows = true has its rows normalised first (normalise_rows).
+// each result handed to store(r, c, value) (environment sweeps, Jacobian products; SIMT).  An
+// operands type gives the depth in chunks (op.chunks()) and, per block, the cursor that feeds
+// chunk_stream with the block's rows from r0 and columns from c0 (op.cursor(r0, c0)).  A store
+// with kNormalisesRows = true has its rows normalised first (normalise_rows).
 template <class T, class Operands, class Store>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, Operands op, Store st) {
   using P = SimtPath<T>;
@@ -301,32 +278,29 @@ void gemm(index_t M, index_t N, const Operands& op, Store st, cudaStream_t strea
   launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Operands, Store>, M, N, op, st);
 }
 
-template <class T, class LoadA, class LoadB, class Store>
-void gemm(index_t M, index_t N, index_t K, LoadA la, LoadB lb, Store st, cudaStream_t stream) {
-  gemm<T>(M, N, FunctorOperands<T, LoadA, LoadB>{la, lb, M, N, K}, st, stream);
-}
-
 // ------------------------------------------------------------------------------------------
 // Environment sweeps (same layout and maths as cpp/src/detail/environments.hpp).
 
-/// Operands of one environment step (rows r = ((x * mult_in + l) * h + alpha), depths k = (s, i),
-/// columns (l', o)): A(r, k) = phi_s(x) v_in[r][i] (the Khatri-Rao product) and
-/// B(k, (l', o)) = c A_j[l', s, a, b] with (a, b) = (i, o) towards the right, (o, i) towards the
-/// left.  A thread's cursor keeps, per slot, where its row of A and its column of B start, and
-/// per chunk its depth (s, i): no index arithmetic per element beyond one offset.
+/// Operands of a Khatri-Rao x matrix GEMM (rows r, depths k = (s, i), columns (l', o)):
+///   A(r, k) = phi_s(x) v[r][i], x = r / per_x (the Khatri-Rao rows; row r of v at r * v_stride),
+///   B(k, (l', o)) = c T[l', s, a, b] with (a, b) = (i, o) (to_right) or (o, i),
+/// T of shape (., d, Dl, Dr).  An environment step (v: the environments, T: the core) and the
+/// Jacobian-vector product (v: the left factors, T: the tangent) are both this GEMM.  A thread's
+/// cursor keeps, per slot, where its row of A and its column of B start, and per chunk its depth
+/// (s, i): no index arithmetic per element beyond one offset.
 template <class T>
-struct TransferOperands {
+struct KhatriRaoOperands {
   const T* phi;
   index_t n_sites, d, site, per_x;
-  const T* vin;
-  index_t din;
+  const T* v;
+  index_t din, v_stride;
   const T* core;
   T c;
   index_t Dl, Dr, dout;
   bool to_right;
   index_t M, N;
   struct Cursor {
-    const TransferOperands& op;
+    const KhatriRaoOperands& op;
     const T* phi_row[kSlots];  // nullptr: row outside the data
     const T* v_row[kSlots];
     const T* core_col[kSlots];       // nullptr: column outside the data
@@ -352,7 +326,7 @@ struct TransferOperands {
     for (int m = 0; m < kSlots; ++m) {
       const index_t r = r0 + slot_row(m), col = c0 + slot_row(m), l = col / dout, o = col % dout;
       cur.phi_row[m] = r < M ? phi + ((r / per_x) * n_sites + site) * d : nullptr;
-      cur.v_row[m] = r < M ? vin + r * din : nullptr;
+      cur.v_row[m] = r < M ? v + r * v_stride : nullptr;
       cur.core_col[m] = col < N ? core + l * d * Dl * Dr + (to_right ? o : o * Dr) : nullptr;
     }
     return cur;
@@ -459,9 +433,9 @@ void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
   const index_t M = n * mult_in * h;
-  TransferOperands<T> op{};
+  KhatriRaoOperands<T> op{};
   op.phi = phi.data, op.n_sites = phi.n_sites, op.d = d, op.site = j, op.per_x = mult_in * h;
-  op.vin = vin, op.din = din;
+  op.v = vin, op.din = din, op.v_stride = din;
   op.core = ch.cores[j], op.c = static_cast<T>(ch.scales[j]), op.Dl = Dl, op.Dr = Dr, op.dout = dout;
   op.to_right = to_right, op.M = M, op.N = fan * dout;
   if (h == 1 && fan == 1 && dout <= kTile) {  // rows are normalisation groups: one launch
@@ -513,9 +487,6 @@ struct SiteFactorDev {
 
 template <class T>
 struct FactorRows {  // the accessors of cpp/src/detail/factors.hpp, on the device
-  const T* phi;
-  index_t n_sites, d;
-  __device__ const T* u(index_t j, index_t x) const { return phi + (x * n_sites + j) * d; }
   __device__ static const T* a(const SiteFactorDev<T>& s, index_t x, index_t l) {
     return s.a + (x * s.mult_a + (s.mult_a > 1 ? l : 0)) * s.da;
   }
