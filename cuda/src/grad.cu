@@ -143,7 +143,7 @@ void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
       const VjpOperands<T> op{phi.data, ch.n_sites, ch.phys_dim,   j, f, l, ch.n_outputs, k,
                               col,      cot,        phi.n_samples, M, db};
       AccumulateStore<T> st{grads[j] + (label ? l * M * db : 0), db, scale, !label && l > 0};
-      gemm<T>(M, db, op, st, stream);
+      gemm<T>(stream, GemmTask<VjpOperands<T>, AccumulateStore<T>>{M, db, op, st});
     }
   }
 }
@@ -164,7 +164,7 @@ void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
       op.v = f.a + (f.mult_a > 1 ? l : 0) * f.da, op.din = f.da, op.v_stride = f.mult_a * f.da;
       op.core = tangents[j] + (label ? l * K * db : 0), op.c = T(1), op.Dl = f.da, op.Dr = db, op.dout = db;
       op.to_right = true, op.M = n, op.N = db;
-      gemm<T>(n, db, op, RowStore<T>{scratch, db}, stream);
+      gemm<T>(stream, GemmTask<KhatriRaoOperands<T>, RowStore<T>>{n, db, op, RowStore<T>{scratch, db}});
       launch("jvp_dot_kernel", blocks_for(n, 128), 128, stream, jvp_dot_kernel<T>, scratch, db, f, l, n, C, k, col,
              out);
     }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -210,12 +211,12 @@ __device__ void chunk_stream(int n_chunks, Source& src, Done done, T (&acc)[kAcc
 
 __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
 
-/// Whether a GEMM store normalises its rows (Store::kNormalisesRows, false when absent).
+/// Whether a GEMM store can normalise its rows (has row_factor; it says per launch whether it
+/// does, st.normalise).
 template <class Store, class = void>
 struct normalises_rows : std::false_type {};
 template <class Store>
-struct normalises_rows<Store, std::void_t<decltype(Store::kNormalisesRows)>>
-    : std::bool_constant<Store::kNormalisesRows> {};
+struct normalises_rows<Store, std::void_t<decltype(&Store::row_factor)>> : std::true_type {};
 
 /// Scales each row of the SIMT tile by the power of two of its largest magnitude (tile::
 /// pow2_normaliser, as normalise_kernel), for stores whose rows are whole normalisation groups
@@ -249,33 +250,52 @@ __device__ void normalise_rows(T (&acc)[kAcc], index_t r0, index_t M, const Stor
     for (int j = 0; j < 4; ++j) acc[4 * i + j] *= static_cast<T>(factor[ty + 16 * i]);
 }
 
-// Tiled GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B from the operands and
-// each result handed to store(r, c, value) (environment sweeps, Jacobian products; SIMT).  An
-// operands type gives the depth in chunks (op.chunks()) and, per block, the cursor that feeds
-// chunk_stream with the block's rows from r0 and columns from c0 (op.cursor(r0, c0)).  A store
-// with kNormalisesRows = true has its rows normalised first (normalise_rows).
+/// One GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B from the operands and
+/// each result handed to store(r, c, value).  An operands type gives the depth in chunks
+/// (op.chunks()) and, per block, the cursor that feeds chunk_stream with the block's rows from r0
+/// and columns from c0 (op.cursor(r0, c0)).  A store that normalises its rows (normalises_rows,
+/// st.normalise) has them normalised first (normalise_rows).
+template <class Operands, class Store>
+struct GemmTask {
+  index_t M, N;
+  Operands op;
+  Store st;
+};
+
+/// The 64 x 64 output tile (blockIdx.y, blockIdx.x) of one task (SIMT).
 template <class T, class Operands, class Store>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(index_t M, index_t N, Operands op, Store st) {
+__device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename SimtPath<T>::Stage (&As)[2],
+                          typename SimtPath<T>::Stage (&Bs)[2]) {
   using P = SimtPath<T>;
-  __shared__ typename P::Stage As[2], Bs[2];
   const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
+  if (r0 >= t.M || c0 >= t.N) return;  // the grid covers the largest task of the launch
   T acc[kAcc] = {};
-  auto cursor = op.cursor(r0, c0);
-  chunk_stream<P>(op.chunks(), cursor, [](int) {}, acc, As, Bs);
-  if constexpr (normalises_rows<Store>::value) normalise_rows(acc, r0, M, st);
+  auto cursor = t.op.cursor(r0, c0);
+  chunk_stream<P>(t.op.chunks(), cursor, [](int) {}, acc, As, Bs);
+  if constexpr (normalises_rows<Store>::value)
+    if (t.st.normalise) normalise_rows(acc, r0, t.M, t.st);
 #pragma unroll
   for (int e = 0; e < kAcc; ++e) {
     const index_t r = r0 + P::row(e), c = c0 + P::col(e);
-    if (r < M && c < N) st(r, c, acc[e]);
+    if (r < t.M && c < t.N) t.st(r, c, acc[e]);
   }
 }
 
-template <class T, class Operands, class Store>
-void gemm(index_t M, index_t N, const Operands& op, Store st, cudaStream_t stream) {
+/// Independent GEMMs in one launch, task blockIdx.z: the left and right environment sweeps step
+/// together (half the launches, and twice the blocks when one step is a fraction of a wave).
+template <class T, class... Tasks>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(Tasks... tasks) {
+  __shared__ typename SimtPath<T>::Stage As[2], Bs[2];
+  unsigned z = 0;
+  ((blockIdx.z == z++ ? gemm_tile<T>(tasks, As, Bs) : void()), ...);
+}
+
+template <class T, class... Tasks>
+void gemm(cudaStream_t stream, const Tasks&... tasks) {
+  const index_t M = std::max({tasks.M...}), N = std::max({tasks.N...});
   if (M == 0 || N == 0) return;
-  if (normalises_rows<Store>::value && N > kTile) throw std::logic_error("mpsntk: normalised rows wider than a tile");
-  const dim3 grid(blocks_for(N, kTile), blocks_for(M, kTile));
-  launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Operands, Store>, M, N, op, st);
+  const dim3 grid(blocks_for(N, kTile), blocks_for(M, kTile), static_cast<unsigned>(sizeof...(Tasks)));
+  launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Tasks...>, tasks...);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -333,30 +353,25 @@ struct KhatriRaoOperands {
   }
 };
 
+/// Environment rows (x, alpha) x columns (l, o) -> out[x][l][alpha][o] (fan = 1: out[r][o]).
+/// normalise: the rows are whole normalisation groups (one channel, no fan-out, N <= kTile), and
+/// the GEMM normalises them itself, with log_out[r] = log_in[r] + the factor's exponent;
+/// otherwise fan_logs_kernel and normalise_kernel follow the GEMM.
 template <class T>
-struct ScatterStore {  // (x, alpha) x (l, o) -> out[x][l][alpha][o]; fan = 1 is a plain copy
+struct EnvStore {
   T* out;
   index_t h, fan, dout;
-  __device__ void operator()(index_t r, index_t col, T v) const {
-    const index_t x = r / h, alpha = r % h, l = col / dout, o = col % dout;
-    out[((x * fan + l) * h + alpha) * dout + o] = v;
-  }
-};
-
-/// out[r][o] for rows that are whole normalisation groups (one channel, no fan-out): the GEMM
-/// normalises them itself, with log_out[r] = log_in[r] + the factor's exponent.
-template <class T>
-struct NormalisedRowStore {
-  static constexpr bool kNormalisesRows = true;
-  T* out;
+  bool normalise;
   const double* log_in;
   double* log_out;
-  index_t dout;
   __device__ double row_factor(index_t r, double maxabs) const {
     log_out[r] = log_in[r];
     return tile::pow2_normaliser(maxabs, log_out + r);
   }
-  __device__ void operator()(index_t r, index_t o, T v) const { out[r * dout + o] = v; }
+  __device__ void operator()(index_t r, index_t col, T v) const {
+    const index_t x = r / h, alpha = r % h, l = col / dout, o = col % dout;
+    out[((x * fan + l) * h + alpha) * dout + o] = v;
+  }
 };
 
 template <class T>
@@ -426,48 +441,89 @@ DeviceEnvironments<T> plan_environments(const ChainView<T>& ch, index_t n, bool 
   return env;
 }
 
+/// One environment step: site j's core applied to the environments vin (mult_in per sample, h
+/// channels) towards the right or the left, into vout.
 template <class T>
-void transfer_step(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right, index_t n, index_t h,
-                   index_t mult_in, const T* vin, const double* log_in, T* vout, double* log_out, cudaStream_t stream) {
-  const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
-  const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
+struct TransferStep {
+  index_t j;
+  bool to_right;
+  index_t mult_in;
+  const T* vin;
+  const double* log_in;
+  T* vout;
+  double* log_out;
+};
+
+template <class T>
+using TransferTask = GemmTask<KhatriRaoOperands<T>, EnvStore<T>>;
+
+template <class T>
+TransferTask<T> transfer_task(const ChainView<T>& ch, const FeatureView<T>& phi, index_t n, index_t h,
+                              const TransferStep<T>& s) {
+  const index_t j = s.j, d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
+  const index_t din = s.to_right ? Dl : Dr, dout = s.to_right ? Dr : Dl;
   const index_t fan = (j == ch.output_site) ? ch.n_outputs : 1;
-  const index_t M = n * mult_in * h;
-  KhatriRaoOperands<T> op{};
-  op.phi = phi.data, op.n_sites = phi.n_sites, op.d = d, op.site = j, op.per_x = mult_in * h;
-  op.v = vin, op.din = din, op.v_stride = din;
+  TransferTask<T> t{};
+  t.M = n * s.mult_in * h, t.N = fan * dout;
+  KhatriRaoOperands<T>& op = t.op;
+  op.phi = phi.data, op.n_sites = phi.n_sites, op.d = d, op.site = j, op.per_x = s.mult_in * h;
+  op.v = s.vin, op.din = din, op.v_stride = din;
   op.core = ch.cores[j], op.c = static_cast<T>(ch.scales[j]), op.Dl = Dl, op.Dr = Dr, op.dout = dout;
-  op.to_right = to_right, op.M = M, op.N = fan * dout;
-  if (h == 1 && fan == 1 && dout <= kTile) {  // rows are normalisation groups: one launch
-    gemm<T>(M, dout, op, NormalisedRowStore<T>{vout, log_in, log_out, dout}, stream);
-    return;
-  }
-  // fan = 1 keeps rows as they are: ScatterStore with h = 1, fan = 1 is out[r][o].
-  ScatterStore<T> st{vout, fan == 1 ? 1 : h, fan, dout};
-  gemm<T>(M, fan * dout, op, st, stream);
-  launch("fan_logs_kernel", blocks_for(n * mult_in * fan, 256), 256, stream, fan_logs_kernel, log_in, log_out, n,
-         mult_in, fan);
-  launch("normalise_kernel", static_cast<unsigned>(n * mult_in * fan), 128, stream, normalise_kernel<T>, vout, log_out,
-         h * dout);
+  op.to_right = s.to_right, op.M = t.M, op.N = t.N;
+  // fan = 1 keeps rows as they are: h = 1, fan = 1 stores out[r][o].
+  t.st = EnvStore<T>{s.vout, fan == 1 ? 1 : h, fan, dout, h == 1 && fan == 1 && dout <= kTile, s.log_in, s.log_out};
+  return t;
 }
 
+/// The log-scales and normalisation of a step whose GEMM did not normalise its rows.
+template <class T>
+void finish_step(const TransferTask<T>& t, index_t n, index_t h, cudaStream_t stream) {
+  if (t.st.normalise) return;
+  const index_t mult_in = t.op.per_x / h, fan = t.st.fan;
+  launch("fan_logs_kernel", blocks_for(n * mult_in * fan, 256), 256, stream, fan_logs_kernel, t.st.log_in, t.st.log_out,
+         n, mult_in, fan);
+  launch("normalise_kernel", static_cast<unsigned>(n * mult_in * fan), 128, stream, normalise_kernel<T>, t.st.out,
+         t.st.log_out, h * t.st.dout);
+}
+
+/// All left and/or right environments: step i of the left sweep and step i of the right sweep
+/// (independent of each other) share one GEMM launch.
 template <class T>
 void compute_environments(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceEnvironments<T>& env,
                           cudaStream_t stream) {
   const index_t N = ch.n_sites, n = env.n, h = env.h;
-  if (!env.left.empty()) {
+  const bool left = !env.left.empty(), right = !env.right.empty();
+  if (left)
     launch("identity_slot_kernel", blocks_for(n * h * h, 256), 256, stream, identity_slot_kernel<T>, env.left[0],
            env.left_log[0], n, h);
-    for (index_t j = 0; j < N; ++j)
-      transfer_step<T>(ch, phi, j, true, n, h, ch.left_mult(j), env.left[j], env.left_log[j], env.left[j + 1],
-                       env.left_log[j + 1], stream);
-  }
-  if (!env.right.empty()) {
+  if (right)
     launch("identity_slot_kernel", blocks_for(n * h * h, 256), 256, stream, identity_slot_kernel<T>, env.right[N],
            env.right_log[N], n, h);
-    for (index_t j = N - 1; j >= 1; --j)
-      transfer_step<T>(ch, phi, j, false, n, h, ch.right_mult(j + 1), env.right[j + 1], env.right_log[j + 1],
-                       env.right[j], env.right_log[j], stream);
+  auto left_step = [&](index_t j) {
+    return TransferStep<T>{
+        j, true, ch.left_mult(j), env.left[j], env.left_log[j], env.left[j + 1], env.left_log[j + 1]};
+  };
+  auto right_step = [&](index_t j) {
+    return TransferStep<T>{
+        j, false, ch.right_mult(j + 1), env.right[j + 1], env.right_log[j + 1], env.right[j], env.right_log[j]};
+  };
+  auto run = [&](const auto&... steps) {
+    const auto tasks = std::make_tuple(transfer_task(ch, phi, n, h, steps)...);
+    std::apply(
+        [&](const auto&... t) {
+          gemm<T>(stream, t...);
+          (finish_step(t, n, h, stream), ...);
+        },
+        tasks);
+  };
+  for (index_t i = 0; i < N; ++i) {
+    const bool l = left, r = right && i < N - 1;  // the right sweep ends at site 1
+    if (l && r)
+      run(left_step(i), right_step(N - 1 - i));
+    else if (l)
+      run(left_step(i));
+    else if (r)
+      run(right_step(N - 1 - i));
   }
 }
 
