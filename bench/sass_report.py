@@ -11,7 +11,7 @@ upper bound of the issue slots a warp spends per chunk besides waiting, to be re
 chunk's tensor-core time.  No GPU is needed and nothing is timed: timings come from
 ``bench_ntk.py --device gpu``.
 
-    pip install nvidia-cuda-cuobjdump      # cuobjdump, if the CUDA toolkit does not have it
+    pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm   # if the CUDA toolkit lacks them
     python bench/sass_report.py            # the installed mpsntk._cuda
     python bench/sass_report.py --module build/_cuda.cpython-311-x86_64-linux-gnu.so --json
 """
@@ -22,6 +22,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,15 +38,19 @@ _BRANCH = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)")
 
 
 def _cuobjdump():
-    """The cuobjdump executable: on PATH, or from the nvidia-cuda-cuobjdump wheel."""
+    """The cuobjdump executable (its -sass needs nvdisasm beside it or on PATH): on PATH, or from
+    the nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm wheels."""
     found = shutil.which("cuobjdump")
-    if found:
+    if found and shutil.which("nvdisasm"):
         return found
     spec = importlib.util.find_spec("nvidia")
     for root in (spec.submodule_search_locations if spec else []):
         for exe in Path(root).glob("*/bin/cuobjdump"):
-            return str(exe)
-    raise SystemExit("sass_report: cuobjdump not found; pip install nvidia-cuda-cuobjdump")
+            if (exe.parent / "nvdisasm").exists():
+                os.environ["PATH"] = f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+                return str(exe)
+    raise SystemExit("sass_report: cuobjdump and nvdisasm not found; "
+                     "pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
 
 
 def _run(*args):

@@ -1,11 +1,15 @@
-"""bench/sass_report.py's reading of cuobjdump listings, on a hand-written listing whose loop,
-paths and counts are known (the tool itself needs cuobjdump and a built _cuda module)."""
+"""bench/sass_report.py: its reading of cuobjdump listings, on a hand-written listing whose loop,
+paths and counts are known; and, where the CUDA engine was built and cuobjdump is at hand (the
+test extra installs it on Linux x86-64), the compiled kernels themselves."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import sass_report  # noqa: E402
@@ -71,3 +75,29 @@ def test_opcode_and_names():
     mangled = "_ZN6mpsntk4cuda11gemm_kernelIdEEvl"  # void mpsntk::cuda::gemm_kernel<double>(long)
     want = "gemm_kernel<double>" if shutil.which("c++filt") else mangled
     assert sass_report.demangle([mangled]) == [want]
+
+
+def _built_kernels():
+    spec = importlib.util.find_spec("mpsntk._cuda")
+    if spec is None or not spec.origin:
+        pytest.skip("mpsntk was built without the CUDA engine")
+    try:
+        sass_report._cuobjdump()
+    except SystemExit as e:
+        pytest.skip(str(e))
+    return sass_report.report(Path(spec.origin), ["sm_80", "sm_90"])
+
+
+def test_compiled_kernels_keep_their_accumulators_in_registers():
+    """No NTK or GEMM kernel has a stack frame (spills: ptxas only warns about them), each has its
+    chunk loop, and the tensor-core NTK loops do not copy their accumulators every chunk (a
+    register-allocation pitfall of the Gram fold that cost ~170 moves per chunk)."""
+    rows = _built_kernels()
+    for arch in ("sm_80", "sm_90"):
+        kernels = [r["kernel"] for r in rows if r["arch"] == arch]
+        assert any(k.startswith("ntk_kernel<double, MmaPath") for k in kernels), kernels
+        assert any(k.startswith("gemm_kernel") for k in kernels), kernels
+    assert [r["kernel"] for r in rows if r.get("stack")] == []
+    assert [r["kernel"] for r in rows if r.get("loop") is None] == []
+    tensor_ntk = [r for r in rows if r["kernel"].startswith("ntk_kernel") and r["tensor"]]
+    assert tensor_ntk and max(r["moves"] for r in tensor_ntk) < 64
