@@ -1,6 +1,8 @@
-// Device building blocks shared by the CUDA entry points: workspace arena, a tiled GEMM whose
-// operands are produced by functors (Khatri-Rao environments, cores, factors), environment
-// sweeps with per-sample power-of-two normalisation, and the per-site Jacobian factors.
+// Device building blocks shared by the CUDA entry points: workspace arena, the chunk stream
+// that stages and multiplies operand tiles, a tiled GEMM whose operands come from per-thread
+// cursors (the Khatri-Rao x core product of the environment sweeps and the Jacobian-vector
+// product), environment sweeps with per-sample power-of-two normalisation, and the per-site
+// Jacobian factors.
 // The element arithmetic comes from mpsntk/tile_math.hpp, shared with the CPU engine.
 #pragma once
 
@@ -42,9 +44,8 @@ inline unsigned blocks_for(index_t n, int threads) {
 // ------------------------------------------------------------------------------------------
 // 64 x 64 tiles, 256 threads, K staged through shared memory 16 at a time (the A and B rows of
 // the tile, in the path's layout).  A "path" says how a staged chunk is multiplied into each
-// thread's 16
-// accumulators and which tile entries they are (mpsntk/mma_tile.hpp): plain FMAs (SIMT), FP64
-// tensor cores (DMMA), or TF32 tensor cores with FP32 accumulation (opt-in only).
+// thread's 16 accumulators and which tile entries they are (mpsntk/mma_tile.hpp): plain FMAs
+// (SIMT), FP64 tensor cores (DMMA), or TF32 tensor cores with FP32 accumulation (opt-in only).
 constexpr int kTile = tile::kBlockTile, kDepth = tile::kStageDepth, kThreads = tile::kBlockThreads;
 constexpr int kAcc = 16;
 static_assert(kTile == 64 && kThreads == 256, "the tile maps assume 64 x 64 tiles of 256 threads");
