@@ -263,12 +263,13 @@ struct GemmTask {
   Store st;
 };
 
-/// The 64 x 64 output tile (blockIdx.y, blockIdx.x) of one task (SIMT).
+/// The 64 x 64 output tile (blockIdx.x, blockIdx.y) of one task (SIMT).  Rows go along x, whose
+/// grid limit (2^31 - 1) holds any batch; y (65535 tiles) holds the columns.
 template <class T, class Operands, class Store>
 __device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename SimtPath<T>::Stage (&As)[2],
                           typename SimtPath<T>::Stage (&Bs)[2]) {
   using P = SimtPath<T>;
-  const index_t r0 = static_cast<index_t>(blockIdx.y) * kTile, c0 = static_cast<index_t>(blockIdx.x) * kTile;
+  const index_t r0 = static_cast<index_t>(blockIdx.x) * kTile, c0 = static_cast<index_t>(blockIdx.y) * kTile;
   if (r0 >= t.M || c0 >= t.N) return;  // the grid covers the largest task of the launch
   T acc[kAcc] = {};
   auto cursor = t.op.cursor(r0, c0);
@@ -295,7 +296,7 @@ template <class T, class... Tasks>
 void gemm(cudaStream_t stream, const Tasks&... tasks) {
   const index_t M = std::max({tasks.M...}), N = std::max({tasks.N...});
   if (M == 0 || N == 0) return;
-  const dim3 grid(blocks_for(N, kTile), blocks_for(M, kTile), static_cast<unsigned>(sizeof...(Tasks)));
+  const dim3 grid(blocks_for(M, kTile), blocks_for(N, kTile), static_cast<unsigned>(sizeof...(Tasks)));
   launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Tasks...>, tasks...);
 }
 
