@@ -119,6 +119,22 @@ def test_grams_deeper_than_one_staged_chunk(dtype):
         assert relerr(got, mn.ntk(host, phi1, phi2)) < tol
 
 
+def test_more_tile_rows_than_one_scheduling_group():
+    """The fused kernel orders its 64 x 64 tiles in groups of 8 tile rows: with 10 row tiles (a
+    full group and a partial one) every tile of the symmetric and of the cross kernels, in both
+    shapes, is computed exactly once."""
+    rng = np.random.default_rng(21)
+    host = random_model(rng, (1, 3, 2, 1), phys_dim=2, dtype=np.float64)
+    dev = host.to_device()
+    big = random_features(rng, 9 * 64 + 5, host.n_sites, 2, np.float64)
+    small = random_features(rng, 3 * 64 + 1, host.n_sites, 2, np.float64)
+    tol = RTOL[np.dtype(np.float64)]
+    assert relerr(mn.ntk(dev, cp.asarray(big)).get(), mn.ntk(host, big)) < tol
+    for a, b in [(big, small), (small, big)]:
+        got = mn.ntk(dev, cp.asarray(a), cp.asarray(b)).get()
+        assert relerr(got, mn.ntk(host, a, b)) < tol
+
+
 def test_long_chain_normalized_on_device():
     host = mn.MPS.random(600, 4, sigma=2.0, seed=3)
     dev = host.to_device()

@@ -30,7 +30,7 @@ struct NtkLaunch {
   T* out;
   T* mirror;
   index_t ld_row, ld_col, site_stride;
-  index_t tiles2;  // tiles along the columns
+  index_t tiles1, tiles2;  // tiles along the rows, the columns
   bool upper_only, normalized;
 };
 
@@ -135,6 +135,34 @@ __device__ void add_site_term(const SiteTables<T>& S, unsigned rows_in, T (&acc)
   chunk_stream<Path>(end_u, src, done, sum, As, Bs);
 }
 
+/// Output tile (ib, kb) of block idx (all tiles, or those with kb >= ib): tile rows in groups of
+/// kGroupRows, column by column within a group.  The blocks resident at a time then cover a few
+/// tile rows and a few columns instead of one row and every column, so each wave needs the factor
+/// rows of far fewer samples, and a site's rows are read from DRAM by fewer waves.
+constexpr index_t kGroupRows = 8;
+__device__ inline void tile_of(index_t idx, index_t t1, index_t t2, bool upper, index_t& ib, index_t& kb) {
+  index_t r0 = 0, g = 0;
+  for (;; r0 += kGroupRows) {  // the group of idx
+    g = t1 - r0 < kGroupRows ? t1 - r0 : kGroupRows;
+    const index_t count = g * (t2 - (upper ? r0 : 0)) - (upper ? g * (g - 1) / 2 : 0);
+    if (idx < count) break;
+    idx -= count;
+  }
+  if (!upper) {
+    kb = idx / g, ib = r0 + idx % g;
+    return;
+  }
+  // Upper: column r0 + c holds min(g, c + 1) tiles; the first g columns form the triangle.
+  if (idx < g * (g + 1) / 2) {
+    index_t c = 0;
+    while ((c + 1) * (c + 2) / 2 <= idx) ++c;
+    kb = r0 + c, ib = r0 + idx - c * (c + 1) / 2;
+  } else {
+    idx -= g * (g + 1) / 2;
+    kb = r0 + g + idx / g, ib = r0 + idx % g;
+  }
+}
+
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the
 // float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
@@ -143,15 +171,7 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
   __shared__ SiteTables<T> tables;
 
   index_t ib, kb;
-  if (p.upper_only) {  // decode the upper-triangular tile index
-    index_t idx = blockIdx.x;
-    ib = 0;
-    while (idx >= p.tiles2 - ib) idx -= p.tiles2 - ib, ++ib;
-    kb = ib + idx;
-  } else {
-    ib = blockIdx.y;
-    kb = blockIdx.x;
-  }
+  tile_of(blockIdx.x, p.tiles1, p.tiles2, p.upper_only, ib, kb);
   const index_t i0 = ib * kTile, k0 = kb * kTile;
   const bool traced = p.l1 < 0;
   const bool per_site = p.site_stride != 0;
@@ -298,15 +318,14 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   L.normalized = opt.normalized;
   const index_t t1 = (n1 + kTile - 1) / kTile, t2 = (n2 + kTile - 1) / kTile;
   const NtkKernel<T> kernel = ntk_kernel_for<T>(opt);
-  L.tiles2 = t2;
+  L.tiles1 = t1, L.tiles2 = t2;
   auto run = [&](index_t l1, index_t l2, bool upper, T* mirror, index_t offset) {
     L.l1 = l1;
     L.l2 = l2;
     L.upper_only = upper;
     L.out = out + offset;
     L.mirror = mirror;
-    const dim3 grid = upper ? dim3(static_cast<unsigned>(t1 * (t1 + 1) / 2))
-                            : dim3(static_cast<unsigned>(t2), static_cast<unsigned>(t1));
+    const dim3 grid(static_cast<unsigned>(upper ? t1 * (t1 + 1) / 2 : t1 * t2));
     launch("ntk_kernel", grid, kThreads, stream, kernel, L);
   };
   if (!full) {
