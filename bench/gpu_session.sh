@@ -5,8 +5,8 @@
 #
 #   bash bench/gpu_session.sh setup    # install, card and build facts, ptxas report, GPU tests
 #   bash bench/gpu_session.sh targets  # the issue's targets: N=4096 n=64 D=64 against every
-#                                      # peer, the DMMA shapes and the FMA path, N=65536
-#                                      # float32 in one call
+#                                      # peer, the DMMA shapes and the FMA path, the share of
+#                                      # FP64 peak at N=16384, N=65536 float32 in one call
 #   bash bench/gpu_session.sh sweep    # N = 1024..16384, D = 8..128, both dtypes
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,8 @@ case "${1:-}" in
       --out "$out/dmma_m8n8k4.jsonl"
     MPSNTK_CUDA_SIMT=1 bench --n-samples 4096 --bond-dim 64 --dtype float64 --peers \
       --out "$out/simt.jsonl"
+    # float64 at the largest size, where the fused kernel dominates the call: % of FP64 peak
+    bench --n-samples 16384 --bond-dim 64 --dtype float64 --peers --out "$out/peak_f64.jsonl"
     bench --n-samples 65536 --bond-dim 64 --dtype float32 --peers --timeout 300 \
       --out "$out/large.jsonl"
     ;;
