@@ -166,3 +166,30 @@ def test_simt_staging_is_free_of_bank_conflicts(element_bytes):
 def test_unknown_map_kind_is_rejected():
     with pytest.raises(ValueError, match="kind must be 'f64', 'f64_sm90', 'tf32' or 'simt'"):
         _core.mma_tile_map("fp8")
+
+
+@pytest.mark.parametrize("t1,t2,upper", [(1, 1, True), (7, 7, True), (8, 8, True), (10, 10, True),
+                                         (1024, 1024, True), (10, 4, False), (4, 10, False),
+                                         (17, 300, False), (256, 256, False)])
+def test_tile_order_covers_each_tile_once_in_groups(t1, t2, upper):
+    """Block b of the NTK kernel computes tile _core.tile_order(...)[b]: every tile (kb >= ib
+    when upper) exactly once, and blocks of one group of 8 tile rows are consecutive, column by
+    column, so that a wave of resident blocks spans few tile rows."""
+    order = _core.tile_order(t1, t2, upper)
+    ib, kb = order[:, 0], order[:, 1]
+    want = {(i, k) for i in range(t1) for k in range(t2) if not upper or k >= i}
+    got = list(zip(ib.tolist(), kb.tolist()))
+    assert len(got) == len(want) and set(got) == want
+    group = ib // 8
+    assert np.all(np.diff(group) >= 0)  # groups one after another
+    for g in np.unique(group):  # columns ascending within a group
+        assert np.all(np.diff(kb[group == g]) >= 0)
+    if len(got) >= 132:  # an H100 wave: at most 8 tile rows (and not every column)
+        assert len(np.unique(ib[:132])) <= 8
+
+
+def test_tile_order_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="t1 == t2 when upper"):
+        _core.tile_order(3, 4, True)
+    with pytest.raises(ValueError, match="t1, t2 >= 1"):
+        _core.tile_order(0, 4, False)

@@ -264,6 +264,17 @@ py::dict mma_tile_map(const std::string& kind) {
   throw py::value_error("kind must be 'f64', 'f64_sm90', 'tf32' or 'simt'; got '" + kind + "'");
 }
 
+/// The NTK kernel's block -> tile order (tile::grouped_tile) as a (blocks, 2) array of (ib, kb).
+carray<index_t> tile_order(index_t t1, index_t t2, bool upper) {
+  if (t1 < 1 || t2 < 1 || (upper && t1 != t2))
+    throw py::value_error("tile_order: need t1, t2 >= 1 and t1 == t2 when upper");
+  const index_t blocks = upper ? t1 * (t1 + 1) / 2 : t1 * t2;
+  carray<index_t> out({blocks, index_t(2)});
+  auto O = out.mutable_unchecked<2>();
+  for (index_t b = 0; b < blocks; ++b) tile::grouped_tile(b, t1, t2, upper, O(b, 0), O(b, 1));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -275,6 +286,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("current_isa", &current_isa);
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def("mma_tile_map", &mma_tile_map, py::arg("kind"));
+  m.def("tile_order", &tile_order, py::arg("t1"), py::arg("t2"), py::arg("upper"));
   m.def("get_num_threads", []() {
 #ifdef _OPENMP
     return omp_get_max_threads();

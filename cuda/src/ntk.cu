@@ -135,34 +135,6 @@ __device__ void add_site_term(const SiteTables<T>& S, unsigned rows_in, T (&acc)
   chunk_stream<Path>(end_u, src, done, sum, As, Bs);
 }
 
-/// Output tile (ib, kb) of block idx (all tiles, or those with kb >= ib): tile rows in groups of
-/// kGroupRows, column by column within a group.  The blocks resident at a time then cover a few
-/// tile rows and a few columns instead of one row and every column, so each wave needs the factor
-/// rows of far fewer samples, and a site's rows are read from DRAM by fewer waves.
-constexpr index_t kGroupRows = 8;
-__device__ inline void tile_of(index_t idx, index_t t1, index_t t2, bool upper, index_t& ib, index_t& kb) {
-  index_t r0 = 0, g = 0;
-  for (;; r0 += kGroupRows) {  // the group of idx
-    g = t1 - r0 < kGroupRows ? t1 - r0 : kGroupRows;
-    const index_t count = g * (t2 - (upper ? r0 : 0)) - (upper ? g * (g - 1) / 2 : 0);
-    if (idx < count) break;
-    idx -= count;
-  }
-  if (!upper) {
-    kb = idx / g, ib = r0 + idx % g;
-    return;
-  }
-  // Upper: column r0 + c holds min(g, c + 1) tiles; the first g columns form the triangle.
-  if (idx < g * (g + 1) / 2) {
-    index_t c = 0;
-    while ((c + 1) * (c + 2) / 2 <= idx) ++c;
-    kb = r0 + c, ib = r0 + idx - c * (c + 1) / 2;
-  } else {
-    idx -= g * (g + 1) / 2;
-    kb = r0 + g + idx / g, ib = r0 + idx % g;
-  }
-}
-
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the
 // float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
@@ -171,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
   __shared__ SiteTables<T> tables;
 
   index_t ib, kb;
-  tile_of(blockIdx.x, p.tiles1, p.tiles2, p.upper_only, ib, kb);
+  tile::grouped_tile(blockIdx.x, p.tiles1, p.tiles2, p.upper_only, ib, kb);  // mpsntk/mma_tile.hpp
   const index_t i0 = ib * kTile, k0 = kb * kTile;
   const bool traced = p.l1 < 0;
   const bool per_site = p.site_stride != 0;

@@ -1,8 +1,9 @@
 /// @file mma_tile.hpp
 /// @brief Which entries of the CUDA NTK kernel's 64 x 64 output tile each thread owns, for the
-/// SIMT path and for the tensor-core (mma.sync) paths.  `__host__ __device__`: the kernel uses
-/// these maps for every load and store, and the CPU test-suite replays them against an
-/// emulation of the PTX mma semantics (mpsntk._core.mma_tile_map).
+/// SIMT path and for the tensor-core (mma.sync) paths, and which tile each block computes.
+/// `__host__ __device__`: the kernel uses these maps for every load and store, and the CPU
+/// test-suite replays them against an emulation of the PTX mma semantics
+/// (mpsntk._core.mma_tile_map) and checks the tile order (mpsntk._core.tile_order).
 #pragma once
 
 #include "mpsntk/common.hpp"
@@ -91,5 +92,36 @@ struct SimtTile {
   MPSNTK_HD static int acc_row(int thread, int e) { return thread / 16 + 16 * (e / 4); }
   MPSNTK_HD static int acc_col(int thread, int e) { return thread % 16 + 16 * (e % 4); }
 };
+
+/// Rows of output tiles per scheduling group of the NTK kernel (see grouped_tile).
+constexpr index_t kGroupRows = 8;
+
+/// Output tile (ib, kb) of block idx of the NTK kernel, over all t1 x t2 tiles or, when upper,
+/// the tiles with kb >= ib (t1 == t2): tile rows in groups of kGroupRows, column by column within
+/// a group.  The blocks resident at a time then cover a few tile rows and a few columns instead
+/// of one row and every column, so each wave needs the factor rows of far fewer samples, and a
+/// site's rows are read from DRAM by fewer waves.
+MPSNTK_HD void grouped_tile(index_t idx, index_t t1, index_t t2, bool upper, index_t& ib, index_t& kb) {
+  index_t r0 = 0, g = 0;
+  for (;; r0 += kGroupRows) {  // the group of idx
+    g = t1 - r0 < kGroupRows ? t1 - r0 : kGroupRows;
+    const index_t count = g * (t2 - (upper ? r0 : 0)) - (upper ? g * (g - 1) / 2 : 0);
+    if (idx < count) break;
+    idx -= count;
+  }
+  if (!upper) {
+    kb = idx / g, ib = r0 + idx % g;
+    return;
+  }
+  // Upper: column r0 + c holds min(g, c + 1) tiles; the first g columns form the triangle.
+  if (idx < g * (g + 1) / 2) {
+    index_t c = 0;
+    while ((c + 1) * (c + 2) / 2 <= idx) ++c;
+    kb = r0 + c, ib = r0 + idx - c * (c + 1) / 2;
+  } else {
+    idx -= g * (g + 1) / 2;
+    kb = r0 + g + idx / g, ib = r0 + idx % g;
+  }
+}
 
 }  // namespace mpsntk::tile
