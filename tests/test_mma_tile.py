@@ -90,11 +90,12 @@ def test_simt_map_covers_the_tile_once():
     written = np.zeros((TILE, TILE), dtype=int)
     np.add.at(written, (acc[..., 0].ravel(), acc[..., 1].ravel()), 1)
     assert np.all(written == 1)
-    # thread t owns rows t // 16 + 16 i and columns t % 16 + 16 j (the kernel's tile_product)
+    # thread t = (ty, tx) owns the row pairs 2 ty, 32 + 2 ty and the column pairs 2 tx, 32 + 2 tx;
+    # accumulator e = 4 i + j: row (i // 2) * 32 + 2 ty + i % 2, column (j // 2) * 32 + 2 tx + j % 2
     t = np.arange(256)[:, None]
-    e = np.arange(16)[None, :]
-    assert np.array_equal(acc[..., 0], t // 16 + 16 * (e // 4))
-    assert np.array_equal(acc[..., 1], t % 16 + 16 * (e % 4))
+    i, j = np.arange(16)[None, :] // 4, np.arange(16)[None, :] % 4
+    assert np.array_equal(acc[..., 0], 32 * (i // 2) + 2 * (t // 16) + i % 2)
+    assert np.array_equal(acc[..., 1], 32 * (j // 2) + 2 * (t % 16) + j % 2)
 
 
 def _wavefronts(offsets, element_bytes):
@@ -151,16 +152,23 @@ def test_tensor_core_staging_is_free_of_bank_conflicts(kind):
 
 @pytest.mark.parametrize("element_bytes", [4, 8])
 def test_simt_staging_is_free_of_bank_conflicts(element_bytes):
+    """The SIMT product reads, per depth, two row pairs and two column pairs, each pair one
+    aligned vector load (8 or 16 bytes) taking the fewest wavefronts; two rows of 66 keep the
+    staging stores at the fewest too, and the pairs aligned."""
     stage = _core.mma_tile_map("simt")["stage"]
     assert len(set(stage.ravel().tolist())) == TILE * DEPTH
+    assert np.all(stage[0::2] % 2 == 0)  # every pair starts at an even element: aligned
     for w in range(WARPS):
         t = np.arange(w * LANES, (w + 1) * LANES)
         ty, tx = t // 16, t % 16
         for kk in range(DEPTH):
-            for i in range(4):  # the product reads rows ty + 16 i and columns tx + 16 i
-                for offs in (stage[ty + 16 * i, kk], stage[tx + 16 * i, kk]):
+            for p in range(2):
+                for first in (32 * p + 2 * ty, 32 * p + 2 * tx):
+                    offs = np.stack([stage[first, kk], stage[first + 1, kk]])
+                    assert np.all(offs[1] == offs[0] + 1)  # the pair is contiguous
                     assert _wavefronts(offs, element_bytes) == _fewest(offs, element_bytes)
-    assert max(_staging_stores(stage, element_bytes)) <= 2
+    stores = _staging_stores(stage, element_bytes)
+    assert max(stores) == (1 if element_bytes == 4 else 2)
 
 
 def test_unknown_map_kind_is_rejected():

@@ -139,7 +139,7 @@ __device__ void add_site_term(const SiteTables<T>& S, unsigned rows_in, T (&acc)
 // float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
 __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
-  __shared__ typename Path::Stage As[2], Bs[2];
+  alignas(16) __shared__ typename Path::Stage As[2], Bs[2];
   __shared__ SiteTables<T> tables;
 
   index_t ib, kb;

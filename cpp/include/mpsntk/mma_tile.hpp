@@ -82,15 +82,22 @@ struct WarpTile {
   }
 };
 
-/// SIMT tiling: thread (ty, tx) = (thread / 16, thread % 16) owns rows ty + 16i, columns
-/// tx + 16j; accumulator e = 4i + j.  Staged chunks are depth-major with rows of 65: the
-/// product reads 16 consecutive rows at one depth, the staging store 16 depths of two rows.
+/// SIMT tiling: thread (ty, tx) = (thread / 16, thread % 16) owns the row pairs 2 ty + {0, 1}
+/// and 32 + 2 ty + {0, 1}, and the column pairs 2 tx + {0, 1} and 32 + 2 tx + {0, 1};
+/// accumulator e = 4 i + j is row pair i / 2, row i % 2 and column pair j / 2, column j % 2.
+/// Staged chunks are depth-major with rows of 66 (even: a pair is one aligned 8-byte (float) or
+/// 16-byte (double) load): per depth the product reads 2 + 2 pairs, where single elements took
+/// 4 + 4 loads, with no bank conflict, and the staging store (16 depths of two rows per warp)
+/// takes the fewest wavefronts.
 struct SimtTile {
   static constexpr int ACC = 16;
-  static constexpr int STAGE_SIZE = kStageDepth * (kBlockTile + 1);
-  MPSNTK_HD static int stage(int row, int k) { return k * (kBlockTile + 1) + row; }
-  MPSNTK_HD static int acc_row(int thread, int e) { return thread / 16 + 16 * (e / 4); }
-  MPSNTK_HD static int acc_col(int thread, int e) { return thread % 16 + 16 * (e % 4); }
+  static constexpr int LD = kBlockTile + 2;
+  static constexpr int STAGE_SIZE = kStageDepth * LD;
+  MPSNTK_HD static int stage(int row, int k) { return k * LD + row; }
+  /// First row (column) of pair p of thread coordinate t (ty or tx).
+  MPSNTK_HD static int pair(int t, int p) { return 2 * t + 32 * p; }
+  MPSNTK_HD static int acc_row(int thread, int e) { return pair(thread / 16, e / 8) + (e / 4) % 2; }
+  MPSNTK_HD static int acc_col(int thread, int e) { return pair(thread % 16, (e % 4) / 2) + e % 2; }
 };
 
 /// Rows of output tiles per scheduling group of the NTK kernel (see grouped_tile).

@@ -50,26 +50,38 @@ constexpr int kTile = tile::kBlockTile, kDepth = tile::kStageDepth, kThreads = t
 constexpr int kAcc = 16;
 static_assert(kTile == 64 && kThreads == 256, "the tile maps assume 64 x 64 tiles of 256 threads");
 
-/// SIMT: thread (ty, tx) owns rows ty + 16 i and columns tx + 16 j (accumulator 4 i + j).
+/// Two adjacent staged elements, read as one aligned load (8 bytes of float, 16 of double).
+template <class T>
+struct alignas(2 * sizeof(T)) Pair {
+  T v[2];
+};
+
+/// SIMT: each thread owns two row pairs and two column pairs of the tile (tile::SimtTile).
 template <class T>
 struct SimtPath {
   using Layout = tile::SimtTile;
   using Stage = T[Layout::STAGE_SIZE];
-  static __device__ __forceinline__ int row(int e) { return tile::SimtTile::acc_row(threadIdx.x, e); }
-  static __device__ __forceinline__ int col(int e) { return tile::SimtTile::acc_col(threadIdx.x, e); }
+  static __device__ __forceinline__ int row(int e) { return Layout::acc_row(threadIdx.x, e); }
+  static __device__ __forceinline__ int col(int e) { return Layout::acc_col(threadIdx.x, e); }
+  static __device__ __forceinline__ Pair<T> pair_at(const Stage& s, int at) {
+    return *reinterpret_cast<const Pair<T>*>(&s[at]);  // at is even and the stage 16-byte aligned
+  }
   /// acc += the product of depths [K0, K1) of the staged chunk.
   template <int K0, int K1>
   static __device__ __forceinline__ void product(const Stage& As, const Stage& Bs, T (&acc)[kAcc]) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
     for (int kk = K0; kk < K1; ++kk) {
-      T a[4], b[4];
+      Pair<T> a[2], b[2];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[Layout::stage(ty + 16 * i, kk)], b[i] = Bs[Layout::stage(tx + 16 * i, kk)];
+      for (int p = 0; p < 2; ++p) {
+        a[p] = pair_at(As, Layout::stage(Layout::pair(ty, p), kk));
+        b[p] = pair_at(Bs, Layout::stage(Layout::pair(tx, p), kk));
+      }
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[4 * i + j] += a[i] * b[j];
+        for (int j = 0; j < 4; ++j) acc[4 * i + j] += a[i / 2].v[i % 2] * b[j / 2].v[j % 2];
     }
   }
 };
@@ -222,33 +234,35 @@ struct normalises_rows<Store, std::void_t<decltype(&Store::row_factor)>> : std::
 /// Scales each row of the SIMT tile by the power of two of its largest magnitude (tile::
 /// pow2_normaliser, as normalise_kernel), for stores whose rows are whole normalisation groups
 /// (N <= kTile); st.row_factor(r, maxabs) gives the factor and records the row's log-scale.
-/// SIMT layout: thread (ty, tx) holds columns tx + 16 j of rows ty + 16 i (accumulator 4 i + j).
+/// In the SIMT map, accumulators 4 i .. 4 i + 3 of a thread share a row, and the 16 threads that
+/// share a row differ in thread % 16.
 template <class T, class Store>
 __device__ void normalise_rows(T (&acc)[kAcc], index_t r0, index_t M, const Store& st) {
+  using L = tile::SimtTile;
   static_assert(kAcc == 16 && kThreads == 16 * 16, "the SIMT tile layout");
   __shared__ double part[kTile][16];  // per row, the largest magnitude of each thread's 4 columns
   // (columns past N hold zeros: the operands are zero there)
   __shared__ double factor[kTile];
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int t = threadIdx.x;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     double m = 0;
 #pragma unroll
     for (int j = 0; j < 4; ++j) m = fmax(m, fabs(static_cast<double>(acc[4 * i + j])));
-    part[ty + 16 * i][tx] = m;
+    part[L::acc_row(t, 4 * i)][t % 16] = m;
   }
   __syncthreads();
-  if (threadIdx.x < kTile) {
+  if (t < kTile) {
     double m = 0;
-    for (int t = 0; t < 16; ++t) m = fmax(m, part[threadIdx.x][t]);
-    const index_t r = r0 + threadIdx.x;
-    factor[threadIdx.x] = r < M ? st.row_factor(r, m) : 1.0;
+    for (int k = 0; k < 16; ++k) m = fmax(m, part[t][k]);
+    const index_t r = r0 + t;
+    factor[t] = r < M ? st.row_factor(r, m) : 1.0;
   }
   __syncthreads();
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[4 * i + j] *= static_cast<T>(factor[ty + 16 * i]);
+    for (int j = 0; j < 4; ++j) acc[4 * i + j] *= static_cast<T>(factor[L::acc_row(t, 4 * i)]);
 }
 
 /// One GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B from the operands and
@@ -287,7 +301,7 @@ __device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename SimtPath<
 /// together (half the launches, and twice the blocks when one step is a fraction of a wave).
 template <class T, class... Tasks>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(Tasks... tasks) {
-  __shared__ typename SimtPath<T>::Stage As[2], Bs[2];
+  alignas(16) __shared__ typename SimtPath<T>::Stage As[2], Bs[2];
   unsigned z = 0;
   ((blockIdx.z == z++ ? gemm_tile<T>(tasks, As, Bs) : void()), ...);
 }
