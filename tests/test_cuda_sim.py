@@ -110,6 +110,26 @@ def test_work_goes_to_the_current_cupy_stream():
         assert stream.ptr != 0 and SIM.module.streams_used() == [stream.ptr]
 
 
+def test_environment_sweeps_take_one_launch_per_site():
+    """The left and right sweeps step together in one GEMM launch, and an open chain's steps
+    (one channel, no fan-out, D <= 64) normalise in the GEMM: n_sites launches in all.  With
+    channels (periodic) each step's rows are normalised after its GEMM."""
+    rng = np.random.default_rng(3)
+    for bonds, boundary in [((1, 3, 5, 4, 2, 1), "open"), ((3, 2, 5, 3), "periodic")]:
+        host = random_model(rng, bonds, phys_dim=3, boundary=boundary)
+        phi = random_features(rng, 20, host.n_sites, 3)
+        with sim_cupy.installed():
+            mps, x = host.to_device(), sim_cupy.asarray(phi)
+            SIM.module.launches_made()  # forget earlier work
+            mn.ntk(mps, x)
+            made = SIM.module.launches_made()
+        n = host.n_sites
+        assert made["gemm_kernel"] == n and made["ntk_kernel"] == 1
+        steps = 2 * n - 1  # n left steps, n - 1 right steps
+        want = 0 if boundary == "open" else steps
+        assert made.get("normalise_kernel", 0) == want and made.get("fan_logs_kernel", 0) == want
+
+
 # ---------------------------------------------------------------- the simulator itself
 
 

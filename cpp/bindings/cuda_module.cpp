@@ -166,6 +166,7 @@ PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
       },
       py::arg("schedule"), py::arg("seed") = 0);
   m.def("streams_used", &mc::sim::streams_used);
+  m.def("launches_made", &mc::sim::launches_made);
   namespace st = mc::sim::selftest;
   m.def("selftest_mma", [](const std::string& kind, py::array a, py::array b, py::array c) {
     const bool m8 = kind == "f64";

@@ -170,6 +170,7 @@ thread_local Block* g_block = nullptr;
 thread_local Schedule g_schedule = Schedule::forward;
 thread_local std::mt19937_64 g_rng;
 thread_local std::vector<std::uintptr_t> g_streams;
+thread_local std::map<std::string, int> g_launches;
 thread_local std::vector<std::unique_ptr<char[]>> g_stacks;
 
 Fiber& self() { return g_block->fibers[g_block->current]; }
@@ -339,9 +340,12 @@ void record_stream(const void* stream) {
 
 std::vector<std::uintptr_t> streams_used() { return std::exchange(g_streams, {}); }
 
+std::map<std::string, int> launches_made() { return std::exchange(g_launches, {}); }
+
 void launch(const char* kernel_name, const std::string& where, dim3 grid, dim3 block, const void* stream,
             const std::function<void()>& body) {
   record_stream(stream);
+  ++g_launches[kernel_name];
   const std::string name = where + ": " + kernel_name;
   const std::uint64_t threads = std::uint64_t(block.x) * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) launch_error(name, "empty grid");

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,9 @@ void launch(const char* name, const std::string& where, dim3 grid, dim3 block, c
 /// (per host thread), so that tests can check which stream the engine uses.
 std::vector<std::uintptr_t> streams_used();
 void record_stream(const void* stream);
+/// Kernel launches since the last call (per host thread), counted by kernel name, so that
+/// tests can check how many launches a computation takes.
+std::map<std::string, int> launches_made();
 
 enum class Schedule { forward, reverse, shuffled };
 /// Order in which blocks, and threads within a block, are run (per host thread); `shuffled`
