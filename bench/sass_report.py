@@ -30,7 +30,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-KERNELS = ("ntk_kernel", "gemm_kernel")
+KERNELS = ("ntk_kernel", "gemm_kernel", "gemm_batch_kernel")
 SIMT_FMAS = 64  # a loop with this many FMAs is a SIMT product loop
 
 _INSTR = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")

@@ -23,45 +23,49 @@ index_t outputs_at(const ChainView<T>& ch, const SiteFactorDev<T>& s, index_t j)
   return (s.mult_a > 1 || s.mult_b > 1 || j == ch.output_site) ? ch.n_outputs : 1;
 }
 
-/// Operands of the vjp GEMM of site j and output l, over the samples x (the depth):
-///   A((s, a), x) = wt(x) u_s(x) a_a(x, l), wt(x) = cot(x, l, col) c_j exp(log(x, l)),
-///   B(x, b) = b_b(x, l) (1 without a right factor).
-/// The cursor fixes each slot's (s, a) once and, per chunk, this thread's sample: its weight (one
+/// Operands of the vjp GEMM of site j, over the depth k = (l, x), outputs l0 .. l0 + nl - 1 and
+/// samples x (the gradient of a site sums over the outputs its factors differ in):
+///   A((s, a), (l, x)) = wt(x, l) u_s(x) a_a(x, l), wt(x, l) = cot(x, l, col) c_j exp(log(x, l)),
+///   B((l, x), b) = b_b(x, l) (1 without a right factor).
+/// The cursor fixes each slot's (s, a) once and, per chunk, this thread's (l, x): its weight (one
 /// exponential) and where its rows start.
 template <class T>
 struct VjpOperands {
   const T* phi;
   index_t n_sites, d, j;
   SiteFactorDev<T> f;
-  index_t l, C, k, col;  // cotangent (n, C, k), column col
+  index_t l0, nl, C, k, col;  // outputs in the depth; cotangent (n, C, k), column col
   const T* cot;
   index_t n, M, N;
   struct Cursor {
     const VjpOperands& op;
     int s[kSlots], a[kSlots];  // s < 0: row outside the data
     index_t col[kSlots];       // >= N: column outside the data
+    index_t x = 0, l = 0;      // this thread's depth: sample x of output l
     T wt = 0;
     const T *u = nullptr, *av = nullptr, *bv = nullptr;
     bool in_depth = false;
     __device__ int begin(int c) {
-      const index_t x0 = static_cast<index_t>(c) * kDepth, x = x0 + slot_depth();
-      in_depth = x < op.n;
+      x += c == 0 ? slot_depth() : kDepth;  // chunks come in order
+      if (c == 0) l = op.l0;
+      while (x >= op.n) x -= op.n, ++l;
+      in_depth = l < op.l0 + op.nl;
       if (in_depth) {
-        const double w =
-            op.cot[(x * op.C + op.l) * op.k + op.col] * op.f.weight * exp(FactorRows<T>::log(op.f, x, op.l));
+        const double w = op.cot[(x * op.C + l) * op.k + op.col] * op.f.weight * exp(FactorRows<T>::log(op.f, x, l));
         wt = static_cast<T>(w);
         u = op.phi + (x * op.n_sites + op.j) * op.d;
-        av = FactorRows<T>::a(op.f, x, op.l);
-        bv = FactorRows<T>::b(op.f, x, op.l);
+        av = FactorRows<T>::a(op.f, x, l);
+        bv = FactorRows<T>::b(op.f, x, l);
       }
-      return op.n - x0 < kDepth ? static_cast<int>(op.n - x0) : kDepth;
+      const index_t left = op.nl * op.n - static_cast<index_t>(c) * kDepth;
+      return left < kDepth ? static_cast<int>(left) : kDepth;
     }
     __device__ void load(int m, T& A, T& B) const {
       A = (in_depth && s[m] >= 0) ? wt * u[s[m]] * av[a[m]] : T(0);
       B = (in_depth && col[m] < op.N) ? (bv ? bv[col[m]] : T(1)) : T(0);
     }
   };
-  __device__ int chunks() const { return cuda::chunks(n); }
+  __device__ int chunks() const { return cuda::chunks(nl * n); }
   __device__ Cursor cursor(index_t r0, index_t c0) const {
     Cursor cur{*this};
     const int da = static_cast<int>(f.da);
@@ -77,16 +81,15 @@ struct VjpOperands {
 };
 
 template <class T>
-struct AccumulateStore {  // G[m * ld + c] (+)= v * scale
+struct GradStore {  // G[m * ld + c] = v * scale
   T* g;
   index_t ld;
   T scale;
-  bool add;
-  __device__ void operator()(index_t m, index_t c, T v) const {
-    T& dst = g[m * ld + c];
-    dst = add ? dst + scale * v : scale * v;
-  }
+  __device__ void operator()(index_t m, index_t c, T v) const { g[m * ld + c] = scale * v; }
 };
+
+template <class T>
+using VjpTask = GemmTask<VjpOperands<T>, GradStore<T>>;
 
 template <class T>
 struct RowStore {
@@ -116,8 +119,9 @@ __global__ void zero_column_kernel(T* out, index_t count, index_t k, index_t col
 template <class T>
 struct GradPlan {
   DeviceFactors<T> f;
-  T* scratch = nullptr;   // n * max D (jvp intermediate)
-  std::vector<T*> grads;  // ntk_vp: gradient-shaped scratch
+  T* scratch = nullptr;         // n * max D (jvp intermediate)
+  std::vector<T*> grads;        // ntk_vp: gradient-shaped scratch
+  VjpTask<T>* tasks = nullptr;  // the vjp GEMMs of one column, one launch
 };
 
 template <class T>
@@ -128,24 +132,28 @@ GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n, Arena& arena) {
   for (index_t j = 0; j <= ch.n_sites; ++j) dmax = std::max(dmax, ch.bond[j]);
   p.scratch = arena.take<T>(n * dmax);
   for (index_t j = 0; j < ch.n_sites; ++j) p.grads.push_back(arena.take<T>(ch.core_size(j)));
+  p.tasks = arena.take<VjpTask<T>>(ch.n_sites + ch.n_outputs);
   return p;
 }
 
+/// The gradient of every core for cotangent column col, in one launch: one GEMM per site (per
+/// output at the output site, whose gradient has an output axis), all sites side by side.
 template <class T>
 void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* cot, index_t k,
-                index_t col, T* const* grads, const double* site_lr, cudaStream_t stream) {
+                index_t col, T* const* grads, const double* site_lr, VjpTask<T>* device_tasks, cudaStream_t stream) {
+  std::vector<VjpTask<T>> tasks;
   for (index_t j = 0; j < ch.n_sites; ++j) {
     const SiteFactorDev<T>& f = F.host_sites[j];
     const index_t db = std::max<index_t>(f.db, 1), M = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
     const bool label = j == ch.output_site;
     const T scale = static_cast<T>(site_lr ? site_lr[j] : 1.0);
-    for (index_t l = 0; l < nl; ++l) {
-      const VjpOperands<T> op{phi.data, ch.n_sites, ch.phys_dim,   j, f, l, ch.n_outputs, k,
+    for (index_t l = 0; l < (label ? nl : 1); ++l) {
+      const VjpOperands<T> op{phi.data, ch.n_sites, ch.phys_dim,   j, f, label ? l : 0, label ? 1 : nl, ch.n_outputs, k,
                               col,      cot,        phi.n_samples, M, db};
-      AccumulateStore<T> st{grads[j] + (label ? l * M * db : 0), db, scale, !label && l > 0};
-      gemm<T>(stream, GemmTask<VjpOperands<T>, AccumulateStore<T>>{M, db, op, st});
+      tasks.push_back(VjpTask<T>{M, db, op, GradStore<T>{grads[j] + l * M * db, db, scale}});
     }
   }
+  gemm_batch<T>(stream, tasks, device_tasks);
 }
 
 template <class T>
@@ -206,7 +214,7 @@ void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* con
   Arena arena{static_cast<char*>(ws), 0, bytes};
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
   build_factors<T>(ch, phi, P.f, nullptr, stream);
-  vjp_column<T>(ch, phi, P.f, cot, 1, 0, grads, nullptr, stream);
+  vjp_column<T>(ch, phi, P.f, cot, 1, 0, grads, nullptr, P.tasks, stream);
 }
 
 template <class T>
@@ -227,7 +235,7 @@ void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* sit
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
   build_factors<T>(ch, phi, P.f, nullptr, stream);
   for (index_t col = 0; col < k; ++col) {
-    vjp_column<T>(ch, phi, P.f, v, k, col, P.grads.data(), site_lr, stream);
+    vjp_column<T>(ch, phi, P.f, v, k, col, P.grads.data(), site_lr, P.tasks, stream);
     jvp_column<T>(ch, phi, P.f, P.grads.data(), P.scratch, out, k, col, stream);
   }
 }

@@ -314,6 +314,30 @@ void gemm(cudaStream_t stream, const Tasks&... tasks) {
   launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Tasks...>, tasks...);
 }
 
+/// Many GEMMs of one kind in one launch, task blockIdx.z read from device memory (the vjp of
+/// every site at once): the block's task is copied to shared memory, where its cursor reads it.
+template <class T, class Task>
+__global__ void __launch_bounds__(kThreads) gemm_batch_kernel(const Task* tasks) {
+  alignas(16) __shared__ typename SimtPath<T>::Stage As[2], Bs[2];
+  __shared__ Task task;
+  if (threadIdx.x == 0) task = tasks[blockIdx.z];
+  __syncthreads();
+  gemm_tile<T>(task, As, Bs);
+}
+
+/// Launches the tasks (copied to device_tasks, room for all of them) as one batch.
+template <class T, class Task>
+void gemm_batch(cudaStream_t stream, const std::vector<Task>& tasks, Task* device_tasks) {
+  index_t M = 0, N = 0;
+  for (const Task& t : tasks) M = std::max(M, t.M), N = std::max(N, t.N);
+  if (tasks.empty() || M == 0 || N == 0) return;
+  // From pageable memory the copy is staged before cudaMemcpyAsync returns (tasks may go).
+  MPSNTK_CUDA_TRY(
+      cudaMemcpyAsync(device_tasks, tasks.data(), tasks.size() * sizeof(Task), cudaMemcpyHostToDevice, stream));
+  const dim3 grid(blocks_for(M, kTile), blocks_for(N, kTile), static_cast<unsigned>(tasks.size()));
+  launch("gemm_batch_kernel", grid, kThreads, stream, gemm_batch_kernel<T, Task>, device_tasks);
+}
+
 // ------------------------------------------------------------------------------------------
 // Environment sweeps (same layout and maths as cpp/src/detail/environments.hpp).
 
