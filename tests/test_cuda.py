@@ -48,6 +48,7 @@ MODELS = [
     ((1, 6, 3, 9, 4, 1), "open", 2, 3),
     ((3, 2, 5, 3), "periodic", None, 1),
     ((2, 3, 2, 5, 2), "periodic", 1, 3),
+    ((1, 70, 66, 1), "open", 1, 2),  # wider than a 64-column tile
 ]
 
 

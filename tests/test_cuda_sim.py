@@ -130,19 +130,25 @@ def test_environment_sweeps_take_one_launch_per_site():
         assert made.get("normalise_kernel", 0) == want and made.get("fan_logs_kernel", 0) == want
 
 
-def test_vjp_is_one_gemm_launch_for_all_sites():
-    """The gradient GEMMs of every site (and every output of the output site) share one launch."""
+def test_jacobian_products_are_one_gemm_launch_for_all_sites():
+    """The vjp's gradient GEMMs of every site (and every output of the output site) share one
+    launch; so do the jvp's GEMMs, whose partial dots one more launch sums."""
     rng = np.random.default_rng(4)
     host = random_model(rng, (1, 6, 3, 9, 4, 1), phys_dim=3, output_site=2, n_outputs=3)
     phi = random_features(rng, 20, host.n_sites, 3)
     cot = rng.standard_normal((20, host.n_outputs))
+    tangents = [rng.standard_normal(c.shape) for c in host.cores]
     with sim_cupy.installed():
         mps, x = host.to_device(), sim_cupy.asarray(phi)
         SIM.module.launches_made()
         mn.vjp(mps, x, sim_cupy.asarray(cot))
-        made = SIM.module.launches_made()
-    assert made["gemm_batch_kernel"] == 1
-    assert made["gemm_kernel"] == host.n_sites  # the environments
+        vjp = SIM.module.launches_made()
+        mn.jvp(mps, x, [sim_cupy.asarray(t) for t in tangents])
+        jvp = SIM.module.launches_made()
+    for made in (vjp, jvp):
+        assert made["gemm_batch_kernel"] == 1
+        assert made["gemm_kernel"] == host.n_sites  # the environments
+    assert jvp["jvp_sum_kernel"] == 1
 
 
 # ---------------------------------------------------------------- the simulator itself

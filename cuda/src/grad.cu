@@ -91,37 +91,49 @@ struct GradStore {  // G[m * ld + c] = v * scale
 template <class T>
 using VjpTask = GemmTask<VjpOperands<T>, GradStore<T>>;
 
+/// Epilogue of the jvp GEMM t(x, b) = sum_(s, a) u_s(x) a_a(x, l) T[s, a, b] of site j and
+/// output l: partial(x) = c_j exp(log(x, l)) sum_b t(x, b) b_b(x, l) over the block's columns
+/// (b_b = 1 without a right factor), at partial[(c0 / kTile) * n + x].
 template <class T>
-struct RowStore {
-  T* t;
-  index_t ld;
-  __device__ void operator()(index_t r, index_t c, T v) const { t[r * ld + c] = v; }
+struct JvpDotStore {
+  SiteFactorDev<T> f;
+  index_t l, n;
+  double* partial;
+  __device__ double term(index_t x, index_t b, T v) const {
+    const T* bv = FactorRows<T>::b(f, x, l);
+    return static_cast<double>(v) * (bv ? static_cast<double>(bv[b]) : 1.0);
+  }
+  __device__ void put(index_t x, index_t c0, double sum) const {
+    partial[(c0 / kTile) * n + x] = f.weight * exp(FactorRows<T>::log(f, x, l)) * sum;
+  }
 };
 
-/// out(x, l) += c_j exp(log) * sum_b t(x, b) b_b(x, l), for the outputs ls..ls+count-1.
 template <class T>
-__global__ void jvp_dot_kernel(const T* t, index_t db, SiteFactorDev<T> f, index_t l, index_t n, index_t C, index_t k,
-                               index_t col, T* out) {
-  const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (x >= n) return;
-  const T* bv = FactorRows<T>::b(f, x, l);
-  T dot = 0;
-  for (index_t b = 0; b < db; ++b) dot += t[x * db + b] * (bv ? bv[b] : T(1));
-  out[(x * C + l) * k + col] += static_cast<T>(f.weight * exp(FactorRows<T>::log(f, x, l))) * dot;
-}
+using JvpTask = GemmTask<KhatriRaoOperands<T>, JvpDotStore<T>>;
 
+/// out(x, l, col) = the sum of the partial dots of the tasks of output l (tasks l * n_sites ..
+/// (l + 1) * n_sites - 1, each with ceil(N / kTile) column blocks), in a fixed order.
 template <class T>
-__global__ void zero_column_kernel(T* out, index_t count, index_t k, index_t col) {
+__global__ void jvp_sum_kernel(const JvpTask<T>* tasks, index_t n_sites, index_t n, index_t C, index_t k, index_t col,
+                               T* out) {
   const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (i < count) out[i * k + col] = T(0);
+  if (i >= n * C) return;
+  const index_t x = i / C, l = i % C;
+  double sum = 0;
+  for (index_t q = l * n_sites; q < (l + 1) * n_sites; ++q) {
+    const JvpDotStore<T>& st = tasks[q].st;
+    for (index_t cb = 0; cb * kTile < tasks[q].N; ++cb) sum += st.partial[cb * n + x];
+  }
+  out[(x * C + l) * k + col] = static_cast<T>(sum);
 }
 
 template <class T>
 struct GradPlan {
   DeviceFactors<T> f;
-  T* scratch = nullptr;         // n * max D (jvp intermediate)
-  std::vector<T*> grads;        // ntk_vp: gradient-shaped scratch
-  VjpTask<T>* tasks = nullptr;  // the vjp GEMMs of one column, one launch
+  std::vector<T*> grads;            // ntk_vp: gradient-shaped scratch
+  VjpTask<T>* vjp_tasks = nullptr;  // the vjp GEMMs of one column, one launch
+  JvpTask<T>* jvp_tasks = nullptr;  // the jvp GEMMs of one column, one launch
+  double* partial = nullptr;        // their partial dots: (sites x outputs, column blocks, n)
 };
 
 template <class T>
@@ -130,9 +142,10 @@ GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n, Arena& arena) {
   p.f = plan_factors<T>(ch, n, arena);
   index_t dmax = 1;
   for (index_t j = 0; j <= ch.n_sites; ++j) dmax = std::max(dmax, ch.bond[j]);
-  p.scratch = arena.take<T>(n * dmax);
   for (index_t j = 0; j < ch.n_sites; ++j) p.grads.push_back(arena.take<T>(ch.core_size(j)));
-  p.tasks = arena.take<VjpTask<T>>(ch.n_sites + ch.n_outputs);
+  p.vjp_tasks = arena.take<VjpTask<T>>(ch.n_sites + ch.n_outputs);
+  p.jvp_tasks = arena.take<JvpTask<T>>(ch.n_sites * ch.n_outputs);
+  p.partial = arena.take<double>(ch.n_sites * ch.n_outputs * ((dmax + kTile - 1) / kTile) * n);
   return p;
 }
 
@@ -156,27 +169,36 @@ void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
   gemm_batch<T>(stream, tasks, device_tasks);
 }
 
+/// Column col of the jvp, in two launches: the GEMMs of every site and output side by side, each
+/// ending in its partial dots with the right factor, then their sums.  Every site has one
+/// output (single-output chains) or all of them (an environment or the core carries the output
+/// index), so the tasks are ordered output by output.
 template <class T>
 void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* const* tangents,
-                T* scratch, T* out, index_t k, index_t col, cudaStream_t stream) {
+                const GradPlan<T>& P, T* out, index_t k, index_t col, cudaStream_t stream) {
   const index_t n = phi.n_samples, C = ch.n_outputs;
-  launch("zero_column_kernel", blocks_for(n * C, 256), 256, stream, zero_column_kernel<T>, out, n * C, k, col);
-  for (index_t j = 0; j < ch.n_sites; ++j) {
-    const SiteFactorDev<T>& f = F.host_sites[j];
-    const index_t db = std::max<index_t>(f.db, 1), K = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
-    const bool label = j == ch.output_site;
-    for (index_t l = 0; l < nl; ++l) {
-      // scratch(x, b) = sum_(s, a) u_s(x) a_a(x, l) t[s, a, b]: the tangent as a core (1, d, da, db)
-      KhatriRaoOperands<T> op{};
+  std::vector<JvpTask<T>> tasks(ch.n_sites * C);
+  index_t offset = 0;
+  for (index_t l = 0; l < C; ++l)
+    for (index_t j = 0; j < ch.n_sites; ++j) {
+      const SiteFactorDev<T>& f = F.host_sites[j];
+      const index_t db = std::max<index_t>(f.db, 1), K = ch.phys_dim * f.da;
+      MPSNTK_EXPECTS(outputs_at(ch, f, j) == C, "mpsntk: jvp expects every site to carry the outputs");
+      const bool label = j == ch.output_site;
+      // t(x, b) = sum_(s, a) u_s(x) a_a(x, l) T[s, a, b]: the tangent as a core (1, d, da, db)
+      JvpTask<T>& t = tasks[l * ch.n_sites + j];
+      t.M = n, t.N = db;
+      KhatriRaoOperands<T>& op = t.op;
       op.phi = phi.data, op.n_sites = ch.n_sites, op.d = ch.phys_dim, op.site = j, op.per_x = 1;
       op.v = f.a + (f.mult_a > 1 ? l : 0) * f.da, op.din = f.da, op.v_stride = f.mult_a * f.da;
       op.core = tangents[j] + (label ? l * K * db : 0), op.c = T(1), op.Dl = f.da, op.Dr = db, op.dout = db;
       op.to_right = true, op.M = n, op.N = db;
-      gemm<T>(stream, GemmTask<KhatriRaoOperands<T>, RowStore<T>>{n, db, op, RowStore<T>{scratch, db}});
-      launch("jvp_dot_kernel", blocks_for(n, 128), 128, stream, jvp_dot_kernel<T>, scratch, db, f, l, n, C, k, col,
-             out);
+      t.st = JvpDotStore<T>{f, l, n, P.partial + offset};
+      offset += (db + kTile - 1) / kTile * n;
     }
-  }
+  gemm_batch<T>(stream, tasks, P.jvp_tasks);
+  launch("jvp_sum_kernel", blocks_for(n * C, 256), 256, stream, jvp_sum_kernel<T>, P.jvp_tasks, ch.n_sites, n, C, k,
+         col, out);
 }
 
 }  // namespace
@@ -214,7 +236,7 @@ void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* con
   Arena arena{static_cast<char*>(ws), 0, bytes};
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
   build_factors<T>(ch, phi, P.f, nullptr, stream);
-  vjp_column<T>(ch, phi, P.f, cot, 1, 0, grads, nullptr, P.tasks, stream);
+  vjp_column<T>(ch, phi, P.f, cot, 1, 0, grads, nullptr, P.vjp_tasks, stream);
 }
 
 template <class T>
@@ -224,7 +246,7 @@ void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tang
   Arena arena{static_cast<char*>(ws), 0, bytes};
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
   build_factors<T>(ch, phi, P.f, nullptr, stream);
-  jvp_column<T>(ch, phi, P.f, tangents, P.scratch, out, 1, 0, stream);
+  jvp_column<T>(ch, phi, P.f, tangents, P, out, 1, 0, stream);
 }
 
 template <class T>
@@ -235,8 +257,8 @@ void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* sit
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
   build_factors<T>(ch, phi, P.f, nullptr, stream);
   for (index_t col = 0; col < k; ++col) {
-    vjp_column<T>(ch, phi, P.f, v, k, col, P.grads.data(), site_lr, P.tasks, stream);
-    jvp_column<T>(ch, phi, P.f, P.grads.data(), P.scratch, out, k, col, stream);
+    vjp_column<T>(ch, phi, P.f, v, k, col, P.grads.data(), site_lr, P.vjp_tasks, stream);
+    jvp_column<T>(ch, phi, P.f, P.grads.data(), P, out, k, col, stream);
   }
 }
 

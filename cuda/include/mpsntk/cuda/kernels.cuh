@@ -224,52 +224,51 @@ __device__ void chunk_stream(int n_chunks, Source& src, Done done, T (&acc)[kAcc
 
 __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
 
-/// Whether a GEMM store can normalise its rows (has row_factor; it says per launch whether it
-/// does, st.normalise).
-template <class Store, class = void>
-struct normalises_rows : std::false_type {};
-template <class Store>
-struct normalises_rows<Store, std::void_t<decltype(&Store::row_factor)>> : std::true_type {};
-
-/// Scales each row of the SIMT tile by the power of two of its largest magnitude (tile::
-/// pow2_normaliser, as normalise_kernel), for stores whose rows are whole normalisation groups
-/// (N <= kTile); st.row_factor(r, maxabs) gives the factor and records the row's log-scale.
-/// In the SIMT map, accumulators 4 i .. 4 i + 3 of a thread share a row, and the 16 threads that
-/// share a row differ in thread % 16.
-template <class T, class Store>
-__device__ void normalise_rows(T (&acc)[kAcc], index_t r0, index_t M, const Store& st) {
+/// Row reductions of the SIMT tile: for each tile row t, the combination op (max, sum, ...) of
+/// f(e) over the accumulators e of the row in this block, in a fixed order (bit-reproducible),
+/// handed to done(t, value) by thread t (t < kTile).  In the SIMT map, accumulators 4 i .. 4 i + 3
+/// of a thread share a row, and the 16 threads that share a row differ in thread % 16.
+template <class F, class Op, class Done>
+__device__ void reduce_rows(F f, Op op, Done done) {
   using L = tile::SimtTile;
   static_assert(kAcc == 16 && kThreads == 16 * 16, "the SIMT tile layout");
-  __shared__ double part[kTile][16];  // per row, the largest magnitude of each thread's 4 columns
-  // (columns past N hold zeros: the operands are zero there)
-  __shared__ double factor[kTile];
+  __shared__ double part[kTile][16];  // per row, each thread's value over its 4 columns
   const int t = threadIdx.x;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    double m = 0;
+    double m = f(4 * i);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) m = fmax(m, fabs(static_cast<double>(acc[4 * i + j])));
+    for (int j = 1; j < 4; ++j) m = op(m, f(4 * i + j));
     part[L::acc_row(t, 4 * i)][t % 16] = m;
   }
   __syncthreads();
   if (t < kTile) {
-    double m = 0;
-    for (int k = 0; k < 16; ++k) m = fmax(m, part[t][k]);
-    const index_t r = r0 + t;
-    factor[t] = r < M ? st.row_factor(r, m) : 1.0;
+    double m = part[t][0];
+    for (int k = 1; k < 16; ++k) m = op(m, part[t][k]);
+    done(t, m);
   }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[4 * i + j] *= static_cast<T>(factor[L::acc_row(t, 4 * i)]);
 }
+
+/// What a GEMM store does with whole rows before (or instead of) storing entries:
+///   normalises_rows: has row_factor(r, maxabs); when st.normalise, each row is scaled by the
+///     power of two of its largest magnitude (tile::pow2_normaliser, as normalise_kernel; rows
+///     must be whole normalisation groups, N <= kTile) and the factor's exponent recorded;
+///   reduces_rows: has term(r, c, v) and put(r, c0, sum): the row sums of term over the block's
+///     columns (from c0) are put, and no entry is stored.
+template <class Store, class = void>
+struct normalises_rows : std::false_type {};
+template <class Store>
+struct normalises_rows<Store, std::void_t<decltype(&Store::row_factor)>> : std::true_type {};
+template <class Store, class = void>
+struct reduces_rows : std::false_type {};
+template <class Store>
+struct reduces_rows<Store, std::void_t<decltype(&Store::term)>> : std::true_type {};
 
 /// One GEMM: C(r, c) = sum_k A(r, k) B(k, c) for r < M, c < N, with A, B from the operands and
 /// each result handed to store(r, c, value).  An operands type gives the depth in chunks
 /// (op.chunks()) and, per block, the cursor that feeds chunk_stream with the block's rows from r0
-/// and columns from c0 (op.cursor(r0, c0)).  A store that normalises its rows (normalises_rows,
-/// st.normalise) has them normalised first (normalise_rows).
+/// and columns from c0 (op.cursor(r0, c0)).  The store takes the entries, or whole rows
+/// (normalises_rows, reduces_rows).
 template <class Operands, class Store>
 struct GemmTask {
   index_t M, N;
@@ -288,12 +287,34 @@ __device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename SimtPath<
   T acc[kAcc] = {};
   auto cursor = t.op.cursor(r0, c0);
   chunk_stream<P>(t.op.chunks(), cursor, [](int) {}, acc, As, Bs);
-  if constexpr (normalises_rows<Store>::value)
-    if (t.st.normalise) normalise_rows(acc, r0, t.M, t.st);
+  if constexpr (reduces_rows<Store>::value) {
+    reduce_rows(
+        [&](int e) {
+          const index_t r = r0 + P::row(e), c = c0 + P::col(e);
+          return r < t.M && c < t.N ? t.st.term(r, c, acc[e]) : 0.0;
+        },
+        [](double x, double y) { return x + y; },
+        [&](int row, double sum) {
+          if (r0 + row < t.M) t.st.put(r0 + row, c0, sum);
+        });
+  } else {
+    if constexpr (normalises_rows<Store>::value) {
+      if (t.st.normalise) {
+        __shared__ double factor[kTile];
+        // |entries| past N are zero: the operands are zero there
+        reduce_rows(
+            [&](int e) { return fabs(static_cast<double>(acc[e])); }, [](double x, double y) { return fmax(x, y); },
+            [&](int row, double maxabs) { factor[row] = r0 + row < t.M ? t.st.row_factor(r0 + row, maxabs) : 1.0; });
+        __syncthreads();
 #pragma unroll
-  for (int e = 0; e < kAcc; ++e) {
-    const index_t r = r0 + P::row(e), c = c0 + P::col(e);
-    if (r < t.M && c < t.N) t.st(r, c, acc[e]);
+        for (int e = 0; e < kAcc; ++e) acc[e] *= static_cast<T>(factor[P::row(e)]);
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) {
+      const index_t r = r0 + P::row(e), c = c0 + P::col(e);
+      if (r < t.M && c < t.N) t.st(r, c, acc[e]);
+    }
   }
 }
 
