@@ -201,3 +201,22 @@ def test_tile_order_rejects_bad_shapes():
         _core.tile_order(3, 4, True)
     with pytest.raises(ValueError, match="t1, t2 >= 1"):
         _core.tile_order(0, 4, False)
+
+
+@pytest.mark.parametrize("kind", ["f64", "f64_sm90", "tf32", "simt"])
+def test_row_groups_cover_each_row_once_per_slot(kind):
+    """The row reductions of the GEMM epilogues (normalisation, jvp dots): a thread's 4 row
+    groups of 4 accumulators each share a tile row, and the threads sharing a row have 16
+    distinct slots, so (row, slot) names each partial result once."""
+    mp = _core.mma_tile_map(kind)
+    acc, groups, slot = mp["acc"].reshape(256, 16, 2), mp["groups"], mp["slot"]  # (warp, lane): t
+    seen = set()
+    for t in range(256):
+        assert sorted(groups[t].ravel().tolist()) == list(range(16))
+        for i in range(4):
+            rows = {int(acc[t, e, 0]) for e in groups[t, i]}
+            assert len(rows) == 1
+            key = (rows.pop(), int(slot[t]))
+            assert key not in seen
+            seen.add(key)
+    assert len(seen) == 64 * 16 and {s for _, s in seen} == set(range(16))

@@ -243,6 +243,15 @@ py::dict mma_map() {
   d["m"] = Mma::M, d["n"] = Mma::N, d["k"] = Mma::K, d["mi"] = W::MI, d["ni"] = W::NI;
   d["a"] = a, d["b"] = b, d["acc"] = acc;
   d["stage"] = stage_map<W>(), d["element_bytes"] = static_cast<int>(sizeof(typename Mma::Element));
+  carray<int> groups({tile::kBlockThreads, 4, 4}), slot({tile::kBlockThreads});
+  auto G = groups.mutable_unchecked<3>();
+  auto S = slot.mutable_unchecked<1>();
+  for (int t = 0; t < tile::kBlockThreads; ++t) {
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) G(t, i, j) = W::group_e(i, j);
+    S(t) = W::row_slot(t / tile::kWarpSize, t % tile::kWarpSize);
+  }
+  d["groups"] = groups, d["slot"] = slot;
   return d;
 }
 
@@ -259,6 +268,15 @@ py::dict mma_tile_map(const std::string& kind) {
     py::dict d;
     d["acc"] = acc;
     d["stage"] = stage_map<tile::SimtTile>();
+    carray<int> groups({tile::kBlockThreads, 4, 4}), slot({tile::kBlockThreads});
+    auto G = groups.mutable_unchecked<3>();
+    auto S = slot.mutable_unchecked<1>();
+    for (int t = 0; t < tile::kBlockThreads; ++t) {
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) G(t, i, j) = tile::SimtTile::group_e(i, j);
+      S(t) = tile::SimtTile::row_slot(t);
+    }
+    d["groups"] = groups, d["slot"] = slot;
     return d;
   }
   throw py::value_error("kind must be 'f64', 'f64_sm90', 'tf32' or 'simt'; got '" + kind + "'");

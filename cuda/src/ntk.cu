@@ -5,10 +5,6 @@
 // path the dtype selects (FMAs, FP64 tensor cores, or opt-in TF32; kernels.cuh); the per-site
 // n1 x n2 terms never reach global memory.  Symmetric calls launch only tiles on or above the
 // diagonal.
-#include <cstdlib>
-#include <string>
-#include <type_traits>
-
 #include "mpsntk/cuda/kernels.cuh"
 
 namespace mpsntk::cuda {
@@ -206,26 +202,15 @@ __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sit
 template <class T>
 using NtkKernel = void (*)(NtkLaunch<T>);
 
-/// float64: FP64 tensor cores (DMMA, IEEE double arithmetic) with Hopper's m16n8k8 shape on
-/// sm_90 and newer, the m8n8k4 shape before.  Diagnostic switches (and what the GPU tests
-/// compare): MPSNTK_CUDA_DMMA=m8n8k4 or m16n8k8 forces a shape, MPSNTK_CUDA_SIMT=1 plain FMAs.
-/// float32: FP32 FMAs, or TF32 tensor cores when asked for (opt.tf32).
+/// The fused kernel on the dtype's product path (with_path), or on the TF32 tensor cores when a
+/// float32 call asks for them (opt.tf32).
 template <class T>
 NtkKernel<T> ntk_kernel_for(const NtkOptions& opt) {
-  const char* simt = std::getenv("MPSNTK_CUDA_SIMT");
-  const bool force_simt = simt && simt[0] && std::string(simt) != "0";
-  if constexpr (std::is_same_v<T, double>) {
-    if (force_simt) return ntk_kernel<double, SimtPath<double>>;
-    const int major = device_major();
-    const char* env = std::getenv("MPSNTK_CUDA_DMMA");
-    const std::string shape = env && env[0] ? env : (major >= 9 ? "m16n8k8" : "m8n8k4");
-    MPSNTK_EXPECTS(shape == "m8n8k4" || shape == "m16n8k8",
-                   "MPSNTK_CUDA_DMMA must be 'm8n8k4' or 'm16n8k8'; got '" + shape + "'");
-    MPSNTK_EXPECTS(shape == "m8n8k4" || major >= 9, "MPSNTK_CUDA_DMMA=m16n8k8 needs an sm_90 or newer GPU");
-    return shape == "m16n8k8" ? ntk_kernel<double, DmmaSm90Path> : ntk_kernel<double, DmmaPath>;
-  } else {
-    return opt.tf32 ? ntk_kernel<float, Tf32Path> : ntk_kernel<float, SimtPath<float>>;
-  }
+  if constexpr (std::is_same_v<T, float>)
+    if (opt.tf32) return ntk_kernel<float, Tf32Path>;
+  NtkKernel<T> kernel = nullptr;
+  with_path<T>([&](auto path) { kernel = ntk_kernel<T, decltype(path)>; });
+  return kernel;
 }
 
 template <class T>

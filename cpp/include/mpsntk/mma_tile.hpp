@@ -80,6 +80,14 @@ struct WarpTile {
   MPSNTK_HD static int acc_col(int warp, int lane, int e) {
     return col0(warp) + (e / Mma::C_REGS % NI) * Mma::N + Mma::c_col(lane, e % Mma::C_REGS);
   }
+  /// Row groups (for row reductions): accumulators group_e(i, j), j < 4, share a tile row, that of
+  /// mma row block i / CH and fragment row half i % CH (a C fragment holds 2 adjacent columns of
+  /// CH rows per thread); the 16 threads that share a row differ in row_slot (their warp's column
+  /// group, their lane % 4).
+  static constexpr int CH = Mma::C_REGS / 2;
+  static_assert(MI * CH == 4 && NI * 2 == 4, "4 rows of 4 accumulators per thread");
+  MPSNTK_HD static int group_e(int i, int j) { return ((i / CH) * NI + j / 2) * Mma::C_REGS + (i % CH) * 2 + j % 2; }
+  MPSNTK_HD static int row_slot(int warp, int lane) { return (warp & 3) * 4 + lane % 4; }
 };
 
 /// SIMT tiling: thread (ty, tx) = (thread / 16, thread % 16) owns the row pairs 2 ty + {0, 1}
@@ -98,6 +106,10 @@ struct SimtTile {
   MPSNTK_HD static int pair(int t, int p) { return 2 * t + 32 * p; }
   MPSNTK_HD static int acc_row(int thread, int e) { return pair(thread / 16, e / 8) + (e / 4) % 2; }
   MPSNTK_HD static int acc_col(int thread, int e) { return pair(thread % 16, (e % 4) / 2) + e % 2; }
+  /// Row groups (as WarpTile's): accumulators 4 i .. 4 i + 3 share a row; the 16 threads that
+  /// share a row differ in thread % 16.
+  MPSNTK_HD static int group_e(int i, int j) { return 4 * i + j; }
+  MPSNTK_HD static int row_slot(int thread) { return thread % 16; }
 };
 
 /// Rows of output tiles per scheduling group of the NTK kernel (see grouped_tile).

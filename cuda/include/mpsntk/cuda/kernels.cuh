@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -63,6 +65,8 @@ struct SimtPath {
   using Stage = T[Layout::STAGE_SIZE];
   static __device__ __forceinline__ int row(int e) { return Layout::acc_row(threadIdx.x, e); }
   static __device__ __forceinline__ int col(int e) { return Layout::acc_col(threadIdx.x, e); }
+  static __device__ __forceinline__ int group_e(int i, int j) { return Layout::group_e(i, j); }
+  static __device__ __forceinline__ int row_slot() { return Layout::row_slot(threadIdx.x); }
   static __device__ __forceinline__ Pair<T> pair_at(const Stage& s, int at) {
     return *reinterpret_cast<const Pair<T>*>(&s[at]);  // at is even and the stage 16-byte aligned
   }
@@ -131,6 +135,8 @@ struct MmaPath {
   static __device__ __forceinline__ int lane() { return threadIdx.x % tile::kWarpSize; }
   static __device__ __forceinline__ int row(int e) { return W::acc_row(warp(), lane(), e); }
   static __device__ __forceinline__ int col(int e) { return W::acc_col(warp(), lane(), e); }
+  static __device__ __forceinline__ int group_e(int i, int j) { return W::group_e(i, j); }
+  static __device__ __forceinline__ int row_slot() { return W::row_slot(warp(), lane()); }
   /// acc += the product of depths [K0, K1) of the staged chunk (whole mma depth steps).
   template <int K0, int K1>
   static __device__ __forceinline__ void product(const Stage& As, const Stage& Bs, T (&acc)[kAcc]) {
@@ -164,6 +170,29 @@ inline int device_major() {
   MPSNTK_CUDA_TRY(cudaGetDevice(&dev));
   MPSNTK_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   return major;
+}
+
+/// Calls f(Path{}) with the full-precision product path for T.  float64: FP64 tensor cores
+/// (DMMA, IEEE double arithmetic) with Hopper's m16n8k8 shape on sm_90 and newer, the m8n8k4
+/// shape before; diagnostic switches (and what the GPU tests compare): MPSNTK_CUDA_DMMA=m8n8k4
+/// or m16n8k8 forces a shape, MPSNTK_CUDA_SIMT=1 plain FMAs.  float32: FP32 FMAs (TF32 is an
+/// explicit opt-in of the NTK alone).
+template <class T, class F>
+void with_path(F&& f) {
+  if constexpr (std::is_same_v<T, double>) {
+    const char* simt = std::getenv("MPSNTK_CUDA_SIMT");
+    if (simt && simt[0] && std::string(simt) != "0") return f(SimtPath<double>{});
+    const int major = device_major();
+    const char* env = std::getenv("MPSNTK_CUDA_DMMA");
+    const std::string shape = env && env[0] ? env : (major >= 9 ? "m16n8k8" : "m8n8k4");
+    MPSNTK_EXPECTS(shape == "m8n8k4" || shape == "m16n8k8",
+                   "MPSNTK_CUDA_DMMA must be 'm8n8k4' or 'm16n8k8'; got '" + shape + "'");
+    MPSNTK_EXPECTS(shape == "m8n8k4" || major >= 9, "MPSNTK_CUDA_DMMA=m16n8k8 needs an sm_90 or newer GPU");
+    if (shape == "m16n8k8") return f(DmmaSm90Path{});
+    return f(DmmaPath{});
+  } else {
+    return f(SimtPath<T>{});
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -224,24 +253,23 @@ __device__ void chunk_stream(int n_chunks, Source& src, Done done, T (&acc)[kAcc
 
 __device__ inline int chunks(index_t K) { return static_cast<int>((K + kDepth - 1) / kDepth); }
 
-/// Row reductions of the SIMT tile: for each tile row t, the combination op (max, sum, ...) of
+/// Row reductions of the output tile: for each tile row t, the combination op (max, sum, ...) of
 /// f(e) over the accumulators e of the row in this block, in a fixed order (bit-reproducible),
-/// handed to done(t, value) by thread t (t < kTile).  In the SIMT map, accumulators 4 i .. 4 i + 3
-/// of a thread share a row, and the 16 threads that share a row differ in thread % 16.
-template <class F, class Op, class Done>
+/// handed to done(t, value) by thread t (t < kTile).  A thread's row groups (Path::group_e) hold
+/// 4 accumulators of one row each; the 16 threads sharing a row differ in Path::row_slot().
+template <class Path, class F, class Op, class Done>
 __device__ void reduce_rows(F f, Op op, Done done) {
-  using L = tile::SimtTile;
-  static_assert(kAcc == 16 && kThreads == 16 * 16, "the SIMT tile layout");
+  static_assert(kAcc == 16 && kThreads == 16 * 16, "4 rows of 4 accumulators per thread, 16 threads per row");
   __shared__ double part[kTile][16];  // per row, each thread's value over its 4 columns
-  const int t = threadIdx.x;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    double m = f(4 * i);
+    double m = f(Path::group_e(i, 0));
 #pragma unroll
-    for (int j = 1; j < 4; ++j) m = op(m, f(4 * i + j));
-    part[L::acc_row(t, 4 * i)][t % 16] = m;
+    for (int j = 1; j < 4; ++j) m = op(m, f(Path::group_e(i, j)));
+    part[Path::row(Path::group_e(i, 0))][Path::row_slot()] = m;
   }
   __syncthreads();
+  const int t = threadIdx.x;
   if (t < kTile) {
     double m = part[t][0];
     for (int k = 1; k < 16; ++k) m = op(m, part[t][k]);
@@ -276,19 +304,17 @@ struct GemmTask {
   Store st;
 };
 
-/// The 64 x 64 output tile (blockIdx.x, blockIdx.y) of one task (SIMT).  Rows go along x, whose
+/// The 64 x 64 output tile (blockIdx.x, blockIdx.y) of one task, on product path P.  Rows go along x, whose
 /// grid limit (2^31 - 1) holds any batch; y (65535 tiles) holds the columns.
-template <class T, class Operands, class Store>
-__device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename SimtPath<T>::Stage (&As)[2],
-                          typename SimtPath<T>::Stage (&Bs)[2]) {
-  using P = SimtPath<T>;
+template <class T, class P, class Operands, class Store>
+__device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename P::Stage (&As)[2], typename P::Stage (&Bs)[2]) {
   const index_t r0 = static_cast<index_t>(blockIdx.x) * kTile, c0 = static_cast<index_t>(blockIdx.y) * kTile;
   if (r0 >= t.M || c0 >= t.N) return;  // the grid covers the largest task of the launch
   T acc[kAcc] = {};
   auto cursor = t.op.cursor(r0, c0);
   chunk_stream<P>(t.op.chunks(), cursor, [](int) {}, acc, As, Bs);
   if constexpr (reduces_rows<Store>::value) {
-    reduce_rows(
+    reduce_rows<P>(
         [&](int e) {
           const index_t r = r0 + P::row(e), c = c0 + P::col(e);
           return r < t.M && c < t.N ? t.st.term(r, c, acc[e]) : 0.0;
@@ -302,7 +328,7 @@ __device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename SimtPath<
       if (t.st.normalise) {
         __shared__ double factor[kTile];
         // |entries| past N are zero: the operands are zero there
-        reduce_rows(
+        reduce_rows<P>(
             [&](int e) { return fabs(static_cast<double>(acc[e])); }, [](double x, double y) { return fmax(x, y); },
             [&](int row, double maxabs) { factor[row] = r0 + row < t.M ? t.st.row_factor(r0 + row, maxabs) : 1.0; });
         __syncthreads();
@@ -320,11 +346,11 @@ __device__ void gemm_tile(const GemmTask<Operands, Store>& t, typename SimtPath<
 
 /// Independent GEMMs in one launch, task blockIdx.z: the left and right environment sweeps step
 /// together (half the launches, and twice the blocks when one step is a fraction of a wave).
-template <class T, class... Tasks>
+template <class T, class P, class... Tasks>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(Tasks... tasks) {
-  alignas(16) __shared__ typename SimtPath<T>::Stage As[2], Bs[2];
+  alignas(16) __shared__ typename P::Stage As[2], Bs[2];
   unsigned z = 0;
-  ((blockIdx.z == z++ ? gemm_tile<T>(tasks, As, Bs) : void()), ...);
+  ((blockIdx.z == z++ ? gemm_tile<T, P>(tasks, As, Bs) : void()), ...);
 }
 
 template <class T, class... Tasks>
@@ -332,18 +358,20 @@ void gemm(cudaStream_t stream, const Tasks&... tasks) {
   const index_t M = std::max({tasks.M...}), N = std::max({tasks.N...});
   if (M == 0 || N == 0) return;
   const dim3 grid(blocks_for(M, kTile), blocks_for(N, kTile), static_cast<unsigned>(sizeof...(Tasks)));
-  launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, Tasks...>, tasks...);
+  with_path<T>([&](auto path) {
+    launch("gemm_kernel", grid, kThreads, stream, gemm_kernel<T, decltype(path), Tasks...>, tasks...);
+  });
 }
 
 /// Many GEMMs of one kind in one launch, task blockIdx.z read from device memory (the vjp of
 /// every site at once): the block's task is copied to shared memory, where its cursor reads it.
-template <class T, class Task>
+template <class T, class P, class Task>
 __global__ void __launch_bounds__(kThreads) gemm_batch_kernel(const Task* tasks) {
-  alignas(16) __shared__ typename SimtPath<T>::Stage As[2], Bs[2];
+  alignas(16) __shared__ typename P::Stage As[2], Bs[2];
   __shared__ Task task;
   if (threadIdx.x == 0) task = tasks[blockIdx.z];
   __syncthreads();
-  gemm_tile<T>(task, As, Bs);
+  gemm_tile<T, P>(task, As, Bs);
 }
 
 /// Launches the tasks (copied to device_tasks, room for all of them) as one batch.
@@ -356,7 +384,9 @@ void gemm_batch(cudaStream_t stream, const std::vector<Task>& tasks, Task* devic
   MPSNTK_CUDA_TRY(
       cudaMemcpyAsync(device_tasks, tasks.data(), tasks.size() * sizeof(Task), cudaMemcpyHostToDevice, stream));
   const dim3 grid(blocks_for(M, kTile), blocks_for(N, kTile), static_cast<unsigned>(tasks.size()));
-  launch("gemm_batch_kernel", grid, kThreads, stream, gemm_batch_kernel<T, Task>, device_tasks);
+  with_path<T>([&](auto path) {
+    launch("gemm_batch_kernel", grid, kThreads, stream, gemm_batch_kernel<T, decltype(path), Task>, device_tasks);
+  });
 }
 
 // ------------------------------------------------------------------------------------------
