@@ -363,8 +363,9 @@ void gemm(cudaStream_t stream, const Tasks&... tasks) {
   });
 }
 
-/// Many GEMMs of one kind in one launch, task blockIdx.z read from device memory (the vjp of
-/// every site at once): the block's task is copied to shared memory, where its cursor reads it.
+/// Many GEMMs of one kind in one launch, task blockIdx.z read from device memory (the vjp or
+/// the jvp of every site at once): the block's task is copied to shared memory, where its cursor
+/// reads it.
 template <class T, class P, class Task>
 __global__ void __launch_bounds__(kThreads) gemm_batch_kernel(const Task* tasks) {
   alignas(16) __shared__ typename P::Stage As[2], Bs[2];
