@@ -57,8 +57,8 @@ void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangen
 template <class T>
 void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out, void* workspace,
          std::size_t workspace_bytes, std::uintptr_t stream);
-/// @brief out (n, C, k) = Theta v; also needs grad-shaped scratch (n_params values) at the end
-/// of the workspace (included in grad_workspace_bytes).
+/// @brief out (n, C, k) = Theta v; its gradient-shaped scratch (n_params values) is part of the
+/// workspace (included in grad_workspace_bytes).
 template <class T>
 void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
             void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
