@@ -5,11 +5,11 @@ kernel it prints the registers, the spill traffic and the static shared memory (
 -res-usage``), and the size of the kernel's inner loop, the loop that stages and multiplies one
 16-deep chunk: its tensor-core (DMMA/HMMA) and FMA instructions, its global and shared loads and
 stores, its register moves, and the instructions on the longest path through one chunk (for
-the NTK kernels, one that skips the once-per-Gram fold: the only blocks of their loop with
-floating multiplies).  That path is an
-upper bound of the issue slots a warp spends per chunk besides waiting, to be read against the
-chunk's tensor-core time.  No GPU is needed and nothing is timed: timings come from
-``bench_ntk.py --device gpu``.
+the NTK kernels, the steady-state chunk: the shortest path through its product and its async
+copies, which skips the rare paths their loop also holds: a new Gram, the fold, per-site
+writes).  That path is an upper bound of the issue slots a warp spends per chunk besides
+waiting, to be read against the chunk's tensor-core time.  No GPU is needed and nothing is
+timed: timings come from ``bench_ntk.py --device gpu``.
 
     pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm   # if the CUDA toolkit lacks them
     python bench/sass_report.py            # the installed mpsntk._cuda
@@ -98,10 +98,16 @@ def _op(instr):
     return re.sub(r"^@!?U?P\w+\s+", "", instr).split(" ")[0].split(".")[0]
 
 
-def chunk_loop(instrs, skip_multiplies=False):
+def _is_move(text):
+    return _op(text) == "MOV" or "IMAD.MOV" in text
+
+
+def chunk_loop(instrs, steady=False):
     """Statistics of the innermost loop around the tensor-core product (or, in a SIMT kernel,
-    around at least SIMT_FMAS FMAs); None when the kernel has no such loop.  skip_multiplies:
-    the longest path avoids blocks with floating multiplies."""
+    around at least SIMT_FMAS FMAs); None when the kernel has no such loop.  "path" (and
+    "path_moves") is the longest path through the loop, or, if steady, the steady-state chunk:
+    the shortest path through every block that holds product instructions or async copies
+    (the NTK kernel's loop also holds the rare paths: a new Gram, the fold, per-site writes)."""
     ops = [(a, _op(t), t) for a, t in instrs]
     fmas = [a for a, o, _ in ops if o in ("DFMA", "FFMA")]
     tensor = [a for a, o, _ in ops if o in ("DMMA", "HMMA")]
@@ -122,22 +128,26 @@ def chunk_loop(instrs, skip_multiplies=False):
     head, end = min(loops, key=lambda lp: lp[1] - lp[0])
     body = [(a, o, t) for a, o, t in ops if head <= a <= end]
     count = Counter(o for _, o, _ in body)
+    path = _path(body, head, end, steady, bool(tensor))
     return {
         "loop": len(body),
-        "path": _longest_path(body, head, end, skip_multiplies),
+        "path": len(path),
         "tensor": count["DMMA"] + count["HMMA"],
         "fma": count["DFMA"] + count["FFMA"],
         "ldg": count["LDG"] + count["LD"],
         "lds": count["LDS"],
         "sts": count["STS"],
-        "moves": count["MOV"] + sum(1 for _, _, t in body if "IMAD.MOV" in t),
+        "ldgsts": count["LDGSTS"],
+        "moves": sum(1 for _, _, t in body if _is_move(t)),
+        "path_moves": sum(1 for _, _, t in path if _is_move(t)),
         "local": count["LDL"] + count["STL"],
     }
 
 
-def _longest_path(body, head, end, skip_multiplies):
-    """Instructions on the longest head -> back-edge path through forward branches (avoiding
-    blocks with floating multiplies if asked)."""
+def _path(body, head, end, steady, tensor):
+    """The instructions of one head -> back-edge path through forward branches: the longest, or
+    if steady the shortest through every required block (product or async-copy instructions;
+    on a SIMT path, blocks of many FMAs)."""
     leaders = {head}
     for i, (_, o, t) in enumerate(body):
         m = _BRANCH.search(t)
@@ -150,11 +160,17 @@ def _longest_path(body, head, end, skip_multiplies):
     blocks = {s: [(a, o, t) for a, o, t in body if s <= a < nxt]
               for s, nxt in zip(starts, starts[1:] + [end + 1])}
 
+    def required(block):
+        ops = Counter(o for _, o, _ in block)
+        if ops["DMMA"] or ops["HMMA"] or ops["LDGSTS"] >= 4:  # a chunk's copies (a term's
+            return True                                     # row weights are one more)
+        return not tensor and ops["DFMA"] + ops["FFMA"] >= SIMT_FMAS // 2  # (an exp has a few)
+
+    needed = [s for s in starts if steady and required(blocks[s])]
+
     @functools.cache
-    def longest(start):
+    def best(start):
         block = blocks[start]
-        if skip_multiplies and any(o in ("DMUL", "FMUL") for _, o, _ in block):
-            return None
         a, o, last = block[-1]
         follow = starts.index(start) + 1
         successors = []
@@ -162,17 +178,21 @@ def _longest_path(body, head, end, skip_multiplies):
         if m:
             target = int(m.group(1), 16)
             if target == head and a == end:
-                return len(block)  # the back edge
+                return tuple(block)  # the back edge
             if target in blocks and target > start:
                 successors.append(target)
             if last.startswith("@") and follow < len(starts):
                 successors.append(starts[follow])
         elif o != "EXIT" and follow < len(starts):
             successors.append(starts[follow])
-        tails = [n for n in map(longest, successors) if n is not None]
-        return len(block) + max(tails) if tails else None
+        # a path that jumps past a required block can no longer pass through it
+        nxt = next((s for s in needed if s > start), None)
+        tails = [t for t in (best(s) for s in successors if nxt is None or s <= nxt) if t]
+        if not tails:
+            return None
+        return tuple(block) + (min if steady else max)(tails, key=len)
 
-    return longest(head)
+    return list(best(head) or ())
 
 
 def report(module, archs):
@@ -186,7 +206,7 @@ def report(module, archs):
             ops = {_op(t) for _, t in funcs[name]}
             if "BPT" in ops and not ops & {"DMMA", "HMMA"}:
                 continue  # compiled as a trap: an instruction this architecture lacks
-            loop = chunk_loop(funcs[name], skip_multiplies="ntk_kernel" in name)
+            loop = chunk_loop(funcs[name], steady="ntk_kernel" in name)
             res = usage.get(name, {})
             rows.append({"arch": arch, "kernel": readable, **res, **(loop or {})})
     return rows
@@ -194,12 +214,13 @@ def report(module, archs):
 
 def _markdown(rows):
     head = ("| arch | kernel | regs | stack B (spills) | shared B | chunk loop | chunk path "
-            "| DMMA/HMMA | FMA | LDG | LDS | STS | moves |")
+            "| DMMA/HMMA | FMA | LDG | LDGSTS | LDS | STS | moves (path) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        keys = ("registers", "stack", "shared", "loop", "path", "tensor", "fma", "ldg", "lds",
-                "sts", "moves")
+        keys = ("registers", "stack", "shared", "loop", "path", "tensor", "fma", "ldg", "ldgsts",
+                "lds", "sts")
         cells = [r["arch"], r["kernel"], *(r.get(k) for k in keys)]
+        cells.append(f"{r['moves']} ({r['path_moves']})" if "moves" in r else None)
         lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines)
 

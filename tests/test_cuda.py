@@ -49,6 +49,8 @@ MODELS = [
     ((3, 2, 5, 3), "periodic", None, 1),
     ((2, 3, 2, 5, 2), "periodic", 1, 3),
     ((1, 70, 66, 1), "open", 1, 2),  # wider than a 64-column tile
+    ((1, 16, 32, 8, 1), "open", 2, 2),  # Gram depths that fill whole chunks of 16
+    ((4, 4, 8, 4), "periodic", None, 1),  # and their periodic products Dl * Dr
 ]
 
 

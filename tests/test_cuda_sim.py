@@ -199,7 +199,35 @@ def test_reversed_schedule_exposes_a_missing_barrier():
     assert not np.array_equal(first - 8000, second - 9000)
 
 
+def test_async_copies_land_only_once_waited_for_and_published():
+    """cp.async copies land when the issuing thread waits (forward schedule), at once (reverse)
+    or either way at random (shuffled): the wait-then-barrier exchange is right under every
+    schedule, and dropping the wait or the barrier reads memory no copy has reached yet."""
+    sim = SIM.module
+    src = np.arange(256, dtype=np.int32) * 3 + 1
+    want = np.roll(src, -1)
+    try:
+        for schedule in ("forward", "reverse", "shuffled"):
+            sim.set_schedule(schedule, 5)
+            assert np.array_equal(sim.selftest_async_exchange(src, True, True), want)
+        sim.set_schedule("forward")
+        # dynamic shared memory starts as 0xFF bytes: -1 as an int (the last thread at the
+        # barrier runs on at once, and its final wait lands one copy before the others read)
+        assert np.sum(sim.selftest_async_exchange(src, False, True) == -1) >= 255
+        no_barrier = sim.selftest_async_exchange(src, True, False)
+        assert np.all(no_barrier[:-1] == -1) and no_barrier[-1] == src[0]
+        sim.set_schedule("reverse")  # copies land at once, and threads run last to first
+        eager = sim.selftest_async_exchange(src, False, False)
+        assert np.array_equal(eager[:-1], want[:-1]) and eager[-1] == -1
+    finally:
+        sim.set_schedule("forward")
+
+
 @pytest.mark.parametrize("kind,message", [
+    ("async_pending", "async_fault_kernel: thread 0 of block .0, 0.: exited with cp.async copies "
+                      "it never waited for"),
+    ("async_misaligned", "async_fault_kernel: thread 0 of block .0, 0.: misaligned cp.async of 8 "
+                         "bytes"),
     ("divergent", "divergent_kernel: thread 32 of block .0, 0.: exited while other threads wait "
                   "at __syncthreads"),
     ("deadlock", "deadlock_kernel: deadlock: 32 threads wait at __syncthreads.. and 32 in "

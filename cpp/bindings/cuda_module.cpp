@@ -185,6 +185,12 @@ PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
     st::shared_exchange(tag, sync, out.mutable_data());
     return out;
   });
+  m.def("selftest_async_exchange", [](py::array_t<int, py::array::c_style> src, bool wait, bool sync) {
+    MPSNTK_EXPECTS(src.ndim() == 1 && src.shape(0) == 256, "selftest_async_exchange: src of 256 ints");
+    py::array_t<int> out(256);
+    st::async_exchange(src.data(), wait, sync, out.mutable_data());
+    return out;
+  });
   m.def("selftest_fault", &st::fault);
   m.def("selftest_launch", [](std::vector<unsigned> g, unsigned threads) {
     MPSNTK_EXPECTS(g.size() == 3, "grid: three dimensions");

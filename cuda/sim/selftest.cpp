@@ -58,6 +58,24 @@ __global__ void bounds_kernel() {
 
 __global__ void empty_kernel() {}
 
+__global__ void async_exchange_kernel(const int* src, bool wait, bool sync, int* out) {
+  int* s = static_cast<int*>(dynamic_shared());
+  const unsigned t = threadIdx.x;
+  cp_async(s + t, src + t, sizeof(int), true);
+  cp_async_commit();
+  if (wait) cp_async_wait(0);
+  if (sync) __syncthreads();
+  out[t] = s[(t + 1) % blockDim.x];
+  cp_async_wait(0);  // a thread must not exit with copies in flight
+}
+
+__global__ void async_fault_kernel(bool misaligned) {
+  char* s = static_cast<char*>(dynamic_shared());
+  static const double src[2] = {1, 2};
+  cp_async(s + (misaligned ? 4 : 0), src, sizeof(double), true);
+  cp_async_commit();  // and exits without waiting
+}
+
 }  // namespace
 
 void mma(const std::string& kind, const void* a, const void* b, void* c) {
@@ -78,16 +96,24 @@ void shared_exchange(int tag, bool sync, int* out) {
 }
 
 void fault(const std::string& kind) {
-  MPSNTK_EXPECTS(kind == "divergent" || kind == "deadlock" || kind == "bounds",
-                 "kind must be 'divergent', 'deadlock' or 'bounds'");
+  MPSNTK_EXPECTS(kind == "divergent" || kind == "deadlock" || kind == "bounds" || kind == "async_pending" ||
+                     kind == "async_misaligned",
+                 "kind must be 'divergent', 'deadlock', 'bounds', 'async_pending' or 'async_misaligned'");
   if (kind == "divergent")
     cuda::launch("divergent_kernel", 2, 64, nullptr, divergent_kernel);
   else if (kind == "deadlock")
     cuda::launch("deadlock_kernel", 1, 64, nullptr, deadlock_kernel);
-  else
+  else if (kind == "bounds")
     cuda::launch("bounds_kernel", 1, 65, nullptr, bounds_kernel);
+  else
+    cuda::launch("async_fault_kernel", 1, 32, 64, nullptr, async_fault_kernel, kind == "async_misaligned");
 }
 
 void empty_launch(dim3 grid, dim3 block) { cuda::launch("empty_kernel", grid, block, nullptr, empty_kernel); }
+
+void async_exchange(const int* src, bool wait, bool sync, int* out) {
+  cuda::launch("async_exchange_kernel", 1, 256, 256 * sizeof(int), nullptr, async_exchange_kernel, src, wait, sync,
+               out);
+}
 
 }  // namespace mpsntk::cuda::sim::selftest

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -65,6 +66,7 @@ namespace {
 constexpr int kWarp = 32;
 constexpr unsigned kMaxThreads = 1024;
 constexpr std::size_t kStackBytes = 256 * 1024;
+constexpr std::size_t kMaxSharedBytes = 227 * 1024;  // per block, on sm_90
 
 // ---- PTX ISA fragment tables (section "Matrix fragments for mma.m8n8k4 / mma.m16n8k8"),
 // with group g = lane / 4 and thread-in-group t = lane % 4.
@@ -136,11 +138,20 @@ void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc);
 // ---- simulated threads and blocks
 enum class Wait { none, block, warp, done };
 
+/// A cp.async that has not landed yet: the bytes it read (or zeros) and where they go.
+struct PendingCopy {
+  void* dst;
+  unsigned char bytes[16];
+  std::size_t n;
+};
+
 struct Fiber {
   Context ctx;
   ThreadContext tc;
   Wait wait = Wait::none;
   unsigned mma_count = 0;
+  std::vector<PendingCopy> open;                // copies since the last commit
+  std::deque<std::vector<PendingCopy>> groups;  // committed groups, oldest first
 };
 
 /// The operands one warp exchanges for an mma.sync.  Two buffers, used alternately: a lane
@@ -162,7 +173,8 @@ struct Block {
   Context main;
   int current = -1, live = 0, finished = 0, arrived = 0;
   const std::function<void()>* body = nullptr;
-  std::string kernel;  // "file:line: name" of the launch
+  std::vector<unsigned char> shared;  // dynamic shared memory, 16 bytes of slack for alignment
+  std::string kernel;                 // "file:line: name" of the launch
   std::string error;
 };
 
@@ -203,6 +215,9 @@ void fiber_entry() {
   }
   if (!thrown.empty()) fail("exception: " + thrown);
   Fiber& f = self();
+  bool pending = !f.open.empty();
+  for (const auto& g : f.groups) pending = pending || !g.empty();
+  if (pending) fail("exited with cp.async copies it never waited for");
   f.wait = Wait::done;
   --B.live, ++B.finished;
   Warp& w = B.warps[f.tc.thread_idx.x / kWarp];
@@ -262,9 +277,11 @@ void run_block(Block& B, unsigned threads, const std::vector<std::uint64_t>& ord
     Fiber& f = B.fibers[t];
     f.wait = Wait::none;
     f.mma_count = 0;
+    f.open.clear(), f.groups.clear();
     make_context(f.ctx, g_stacks[t].get(), kStackBytes, fiber_entry);
   }
   for (auto& w : B.warps) w.arrived = w.finished = 0;
+  std::fill(B.shared.begin(), B.shared.end(), 0xFF);
   B.live = static_cast<int>(threads), B.finished = 0, B.arrived = 0;
   while (B.live > 0 && B.error.empty()) {
     bool ran = false;
@@ -313,6 +330,38 @@ void syncthreads() {
   }
 }
 
+void* dynamic_shared() {
+  auto p = reinterpret_cast<std::uintptr_t>(g_block->shared.data());
+  return reinterpret_cast<void*>((p + 15) & ~std::uintptr_t(15));
+}
+
+void cp_async(void* dst, const void* src, std::size_t bytes, bool valid) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of " + std::to_string(bytes) + " bytes");
+  if (reinterpret_cast<std::uintptr_t>(dst) % bytes || (valid && reinterpret_cast<std::uintptr_t>(src) % bytes))
+    fail("misaligned cp.async of " + std::to_string(bytes) + " bytes");
+  PendingCopy c{dst, {}, bytes};
+  if (valid) std::memcpy(c.bytes, src, bytes);
+  const bool now = g_schedule == Schedule::reverse || (g_schedule == Schedule::shuffled && (g_rng() & 1));
+  if (now)
+    std::memcpy(dst, c.bytes, bytes);
+  else
+    self().open.push_back(c);
+}
+
+void cp_async_commit() {
+  Fiber& f = self();
+  f.groups.push_back(std::move(f.open));
+  f.open.clear();
+}
+
+void cp_async_wait(int pending) {
+  Fiber& f = self();
+  while (f.groups.size() > static_cast<std::size_t>(std::max(pending, 0))) {
+    for (const PendingCopy& c : f.groups.front()) std::memcpy(c.dst, c.bytes, c.n);
+    f.groups.pop_front();
+  }
+}
+
 void mma_m8n8k4_f64(double* c, const double* a, const double* b) {
   double d[2] = {c[0], c[1]};
   mma<M8n8k4F64>(a, b, d);
@@ -342,8 +391,8 @@ std::vector<std::uintptr_t> streams_used() { return std::exchange(g_streams, {})
 
 std::map<std::string, int> launches_made() { return std::exchange(g_launches, {}); }
 
-void launch(const char* kernel_name, const std::string& where, dim3 grid, dim3 block, const void* stream,
-            const std::function<void()>& body) {
+void launch(const char* kernel_name, const std::string& where, dim3 grid, dim3 block, std::size_t shared_bytes,
+            const void* stream, const std::function<void()>& body) {
   record_stream(stream);
   ++g_launches[kernel_name];
   const std::string name = where + ": " + kernel_name;
@@ -352,12 +401,14 @@ void launch(const char* kernel_name, const std::string& where, dim3 grid, dim3 b
   if (grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) launch_error(name, "grid too large");
   if (threads == 0 || threads > kMaxThreads || block.z > 64) launch_error(name, "bad block size");
   if (block.y != 1 || block.z != 1) launch_error(name, "the simulator runs one-dimensional blocks only");
+  if (shared_bytes > kMaxSharedBytes) launch_error(name, "too much dynamic shared memory");
   if (g_block) throw CudaError(name + ": launched from inside a simulated kernel");
   while (g_stacks.size() < threads) g_stacks.emplace_back(new char[kStackBytes]);
 
   Block B;
   B.body = &body;
   B.kernel = name;
+  B.shared.resize(shared_bytes ? shared_bytes + 16 : 0);
   B.fibers.resize(threads);
   B.warps.resize((threads + kWarp - 1) / kWarp);
   for (std::size_t w = 0; w < B.warps.size(); ++w)

@@ -1,10 +1,10 @@
 // Fused NTK kernel: one 64 x 64 output tile per block, accumulated over sites in registers:
 //   Theta~[i, k] += w_j * (u_i.u_k) * (a_i.a_k) * (b_i.b_k) * rw_i * rw_k
-// with the depth chunks of the three Grams of each site streamed through double-buffered shared
-// memory (the next chunk's loads in flight during the current product) and multiplied by the
-// path the dtype selects (FMAs, FP64 tensor cores, or opt-in TF32; kernels.cuh); the per-site
-// n1 x n2 terms never reach global memory.  Symmetric calls launch only tiles on or above the
-// diagonal.
+// with the depth chunks of the Grams of every (site, output) term streamed through a ring of
+// shared-memory stages filled by cp.async (the copies of the next three chunks in flight during
+// a product, across term boundaries) and multiplied by the path the dtype selects (FMAs, FP64
+// tensor cores, or opt-in TF32; kernels.cuh); the per-site n1 x n2 terms never reach global
+// memory.  Symmetric calls launch only tiles on or above the diagonal.
 #include "mpsntk/cuda/kernels.cuh"
 
 namespace mpsntk::cuda {
@@ -15,6 +15,7 @@ struct NtkSideDev {
   const SiteFactorDev<T>* sites;
   const T* phi;
   const double* c;  // reference log-scale per sample (may be -inf)
+  const double* w;  // row weights (site, output, sample): sqrt(weight_j) exp(log_j(x, l) - c(x))
   index_t n;
 };
 
@@ -23,6 +24,7 @@ struct NtkLaunch {
   NtkSideDev<T> s1, s2;
   index_t n_sites, d, label_site;
   index_t l1, l2, n_outputs;  // traced: l1 = -1 (sum over l of Theta_ll)
+  int n_chunks;               // depth chunks of all (site, output) terms of a tile
   T* out;
   T* mirror;
   index_t ld_row, ld_col, site_stride;
@@ -30,67 +32,101 @@ struct NtkLaunch {
   bool upper_only, normalized;
 };
 
-/// Shared tables of one (site, output) term: the operands of its three Grams (a, b, u) on each
-/// side of the tile (side 0: the tile's rows, side 1: its columns) and the row weights.  The
-/// factor rows of consecutive samples are equally spaced, so tile row t of Gram g on side s is
-/// rows[g][s] + t * stride[g][s] (no per-row pointers).
-template <class T>
-struct SiteTables {
-  const T* rows[3][2];
-  index_t stride[3][2];
-  index_t depth[3];  // da, db (0: no b factor), d
+/// One stage of the kernel's pipeline: a depth chunk of the tile's rows (A) and columns (B), and
+/// the row weights of the term that the chunk ends (if it ends one).
+template <class Path>
+struct alignas(16) NtkStage {
+  typename Path::Stage A, B;
   double w[2][kTile];
 };
+/// Stages in flight: the copies of chunk c + 3 are issued before the product of chunk c, so
+/// three chunks' products cover their latency (one block per SM: occupancy cannot).
+constexpr int kNtkStages = 4;
+template <class Path>
+using NtkStages = NtkStage<Path>[kNtkStages];
 
-/// Fill side s of the tables for site j and output l (tile rows from sample x0): entry t of the
-/// weights, and the operands when t == 0.
-template <class T>
-__device__ void load_side(const NtkSideDev<T>& side, const SiteFactorDev<T>& f, index_t x0, int t, index_t j, index_t l,
-                          index_t n_sites, index_t d, SiteTables<T>& S, int s) {
-  const index_t x = x0 + t;
-  // sqrt(w_j) on both sides makes site_term the whole weighted term (as in the CPU packing).
-  S.w[s][t] = x < side.n ? sqrt(f.weight) * tile::row_weight(FactorRows<T>::log(f, x, l), side.c[x]) : 0.0;
-  if (t != 0) return;
-  S.rows[0][s] = FactorRows<T>::a(f, x0, l);
-  S.stride[0][s] = f.mult_a * f.da;
-  S.rows[1][s] = FactorRows<T>::b(f, x0, l);
-  S.stride[1][s] = f.mult_b * f.db;
-  S.rows[2][s] = side.phi + (x0 * n_sites + j) * d;
-  S.stride[2][s] = n_sites * d;
-  if (s == 0) S.depth[0] = f.da, S.depth[1] = f.db, S.depth[2] = d;
-}
+/// What follows the product of a chunk, packed with the site (one int per chunk in flight).
+enum ChunkFlags : int { kUpperHalf = 1, kGramEnd = 2, kTermEnd = 4, kSiteEnd = 8, kSiteShift = 4 };
 
-/// The chunk source of one (site, output) term: the chunks of its Grams a, b (none when the
-/// factor has no b) and u, one after another.  Per side, a thread keeps the address of its slot
-/// 0 in the current chunk and the distance between its slots; a chunk advances it by kDepth, a
-/// new Gram reloads it from the tables.
+/// Walks the (site j, output l) terms of a tile, each the Grams a, b (absent when the factor has
+/// no b) and u, chunk by chunk, and issues every chunk's copies into a stage: the tile's rows
+/// (side 0) and columns (side 1), zeros past the data, and with a term's last chunk its row
+/// weights.  Per side a thread keeps the address of its slot 0 in the chunk and the distance
+/// between its slots (the factor rows of consecutive samples are equally spaced).
 template <class T>
-struct TermSource {
-  const SiteTables<T>& S;
-  int end_a, end_b;  // first chunk of b, of u
+struct TermWalk {
+  const NtkLaunch<T>& p;
+  index_t x0[2];     // first sample of the tile's rows, columns
   unsigned rows_in;  // bit m: side 0's slot m row is inside the data; bit kSlots + m: side 1's
-  const T* at[2];    // slot 0 of the current chunk, each side
-  index_t step[2];   // elements from one slot to the next
-  int left = 0;      // depths of the current Gram from the current chunk's first on
-  __device__ int begin(int c) {
-    if (c != 0 && c != end_a && c != end_b) {
-      at[0] += kDepth, at[1] += kDepth, left -= kDepth;
-    } else {
-      const int g = c < end_a ? 0 : c < end_b ? 1 : 2;
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        at[s] = S.rows[g][s] + slot_row(0) * S.stride[g][s] + slot_depth();
-        step[s] = kSlotRows * S.stride[g][s];
-      }
-      left = static_cast<int>(S.depth[g]);
+  index_t j = 0, l = 0;
+  int g = -1;    // current Gram: 0 a, 1 b, 2 u (-1: before the first term)
+  int left = 0;  // depths of the current Gram from the next chunk on
+  const T* at[2] = {};
+  index_t step[2] = {};
+
+  __device__ bool traced() const { return p.l1 < 0; }
+  /// Cross outputs (l1 != l2) have no term at the label site.
+  __device__ bool has_terms(index_t site) const { return traced() || p.l1 == p.l2 || site != p.label_site; }
+  __device__ index_t output(int s) const { return traced() ? l : s == 0 ? p.l1 : p.l2; }
+  __device__ const NtkSideDev<T>& side(int s) const { return s == 0 ? p.s1 : p.s2; }
+
+  __device__ __forceinline__ void next_gram() {
+    if (g == 0 && side(0).sites[j].db > 0) {
+      g = 1;
+    } else if (g == 0 || g == 1) {
+      g = 2;
+    } else {  // the next term
+      if (g == 2 && ++l == (traced() ? p.n_outputs : 1)) l = 0, ++j;
+      while (!has_terms(j)) ++j;
+      g = 0;
     }
-    return left < kDepth ? left : kDepth;
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const SiteFactorDev<T>& f = side(s).sites[j];
+      const T* rows;
+      index_t stride;
+      if (g == 0) {
+        rows = FactorRows<T>::a(f, x0[s], output(s)), stride = f.mult_a * f.da, left = static_cast<int>(f.da);
+      } else if (g == 1) {
+        rows = FactorRows<T>::b(f, x0[s], output(s)), stride = f.mult_b * f.db, left = static_cast<int>(f.db);
+      } else {
+        rows = side(s).phi + (x0[s] * p.n_sites + j) * p.d, stride = p.n_sites * p.d, left = static_cast<int>(p.d);
+      }
+      at[s] = rows + slot_row(0) * stride + slot_depth();
+      step[s] = kSlotRows * stride;
+    }
   }
-  __device__ void load(int m, T& a, T& b) const {
+
+  /// Issue the next chunk's copies into st; returns its ChunkFlags.
+  template <class Path>
+  __device__ __forceinline__ int issue(NtkStage<Path>& st) {
+    if (left <= 0) next_gram();
     const bool in_depth = slot_depth() < left;
-    // Read-only for the kernel's lifetime: the non-coherent cache path.
-    a = (in_depth && (rows_in >> m & 1u)) ? __ldg(at[0] + m * step[0]) : T(0);
-    b = (in_depth && (rows_in >> (kSlots + m) & 1u)) ? __ldg(at[1] + m * step[1]) : T(0);
+#pragma unroll
+    for (int m = 0; m < kSlots; ++m) {
+      const int to = Path::Layout::stage(slot_row(m), slot_depth());
+      const bool a = in_depth && (rows_in >> m & 1u), b = in_depth && (rows_in >> (kSlots + m) & 1u);
+      // A copy that is not made (zero-filled) does not read its source address.
+      cp_async(&st.A[to], at[0] + m * step[0], a);
+      cp_async(&st.B[to], at[1] + m * step[1], b);
+    }
+    int flags = left > kDepth / 2 ? kUpperHalf : 0;
+    if (left > kDepth) {
+      at[0] += kDepth, at[1] += kDepth, left -= kDepth;
+      return flags;
+    }
+    left = 0;
+    flags |= kGramEnd;
+    if (g != 2) return flags;
+    if (threadIdx.x < 2 * kTile) {  // the term's row weights
+      // (values, not a reference to a runtime-chosen side: that would copy p to local memory)
+      const int s = threadIdx.x / kTile, r = threadIdx.x % kTile;
+      const double* w = s == 0 ? p.s1.w : p.s2.w;
+      const index_t n = s == 0 ? p.s1.n : p.s2.n, x = (s == 0 ? x0[0] : x0[1]) + r;
+      cp_async(&st.w[s][r], x < n ? w + (j * p.n_outputs + output(s)) * n + x : w, x < n);
+    }
+    const bool site_end = !traced() || l + 1 == p.n_outputs;
+    return flags | kTermEnd | (site_end ? kSiteEnd : 0) | static_cast<int>(j) << kSiteShift;
   }
 };
 
@@ -103,48 +139,23 @@ __device__ inline unsigned slot_rows_in(index_t valid0, index_t valid1) {
   return bits;
 }
 
-/// acc += (u.u') (a.a') (b.b') w w' for the tile entries this thread owns: one (site, output)
-/// term.  The depth chunks of the three Grams form one chunk stream, so the loads of each Gram's
-/// first chunk overlap the product of the previous Gram.
-template <class T, class Path>
-__device__ void add_site_term(const SiteTables<T>& S, unsigned rows_in, T (&acc)[kAcc], typename Path::Stage (&As)[2],
-                              typename Path::Stage (&Bs)[2]) {
-  const int end_a = chunks(S.depth[0]), end_b = end_a + chunks(S.depth[1]), end_u = end_b + chunks(S.depth[2]);
-  TermSource<T> src{S, end_a, end_b, rows_in};
-  // Each Gram accumulates in sum; at the end of a and of b, prod *= sum.  (prod starts at one
-  // rather than taking a copy of sum: with a copy, ptxas keeps two register sets for sum and
-  // moves them every chunk.)
-  T sum[kAcc], prod[kAcc];
-#pragma unroll
-  for (int e = 0; e < kAcc; ++e) sum[e] = T(0), prod[e] = T(1);
-  auto done = [&](int c) {
-    if (c + 1 != end_a && c + 1 != end_b && c + 1 != end_u) return;
-    if (c + 1 != end_u) {
-#pragma unroll
-      for (int e = 0; e < kAcc; ++e) prod[e] *= sum[e], sum[e] = T(0);
-    } else {
-#pragma unroll
-      for (int e = 0; e < kAcc; ++e)
-        acc[e] += tile::site_term(sum[e], prod[e]) * static_cast<T>(S.w[0][Path::row(e)] * S.w[1][Path::col(e)]);
-    }
-  };
-  chunk_stream<Path>(end_u, src, done, sum, As, Bs);
-}
-
+/// One 64 x 64 output tile: Theta~ += w_j (a.a') (b.b') (u.u') rw rw' over every (site, output)
+/// term.  All terms' chunks form one stream through kNtkStages shared-memory stages filled by
+/// cp.async, one barrier per chunk and none between terms; each Gram accumulates in sum, and at
+/// the end of a and of b, prod *= sum (prod starts at one rather than taking a copy of sum: with
+/// a copy, ptxas keeps two register sets and moves them every chunk).
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the
 // float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
 __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
-  alignas(16) __shared__ typename Path::Stage As[2], Bs[2];
-  __shared__ SiteTables<T> tables;
-
+  NtkStages<Path>& stages = dynamic_shared_as<NtkStages<Path>>();
   index_t ib, kb;
   tile::grouped_tile(blockIdx.x, p.tiles1, p.tiles2, p.upper_only, ib, kb);  // mpsntk/mma_tile.hpp
   const index_t i0 = ib * kTile, k0 = kb * kTile;
-  const bool traced = p.l1 < 0;
   const bool per_site = p.site_stride != 0;
-  T acc[kAcc] = {};
-  const unsigned rows_in = slot_rows_in(p.s1.n - i0, p.s2.n - k0);
+  T acc[kAcc] = {}, sum[kAcc], prod[kAcc];
+#pragma unroll
+  for (int e = 0; e < kAcc; ++e) sum[e] = T(0), prod[e] = T(1);
 
   auto write = [&](index_t j) {
 #pragma unroll
@@ -164,32 +175,50 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
     }
   };
 
-  for (index_t j = 0; j < p.n_sites; ++j) {
-    if (!traced && p.l1 != p.l2 && j == p.label_site) {
-      if (per_site) write(j);
-      continue;
+  TermWalk<T> walk{p, {i0, k0}, slot_rows_in(p.s1.n - i0, p.s2.n - k0)};
+  if (per_site && p.label_site >= 0 && !walk.has_terms(p.label_site)) write(p.label_site);  // its terms are zero
+  // Iterations c < 0 only issue the first chunks; iteration c >= 0 issues chunk c + 3 and
+  // multiplies chunk c (one call site of walk.issue: it inlines without a stack frame).
+  int flags[kNtkStages] = {};  // of chunks c .. c + kNtkStages - 1
+  for (int c = 1 - kNtkStages; c < p.n_chunks; ++c) {
+    if (c >= 0) {
+      cp_async_wait<kNtkStages - 2>();  // this thread's copies of chunk c have landed
+      __syncthreads();                  // everyone's have, and everyone is done with chunk c - 1
     }
-    const SiteFactorDev<T> f1 = p.s1.sites[j], f2 = p.s2.sites[j];
-    const index_t lcount = traced ? p.n_outputs : 1;
-    for (index_t l = 0; l < lcount; ++l) {
-      const index_t l1 = traced ? l : p.l1, l2 = traced ? l : p.l2;
-      __syncthreads();  // previous readers of the tables are done
-      if (threadIdx.x < kTile)
-        load_side<T>(p.s1, f1, i0, threadIdx.x, j, l1, p.n_sites, p.d, tables, 0);
-      else if (threadIdx.x < 2 * kTile)
-        load_side<T>(p.s2, f2, k0, threadIdx.x - kTile, j, l2, p.n_sites, p.d, tables, 1);
-      __syncthreads();
-      add_site_term<T, Path>(tables, rows_in, acc, As, Bs);
+    const int ahead = c + kNtkStages - 1;
+    flags[kNtkStages - 1] = ahead < p.n_chunks ? walk.issue(stages[ahead % kNtkStages]) : 0;
+    cp_async_commit();
+    if (c >= 0) {
+      const NtkStage<Path>& st = stages[c % kNtkStages];
+      Path::template product<0, kDepth / 2>(st.A, st.B, sum);
+      if (flags[0] & kUpperHalf) Path::template product<kDepth / 2, kDepth>(st.A, st.B, sum);
+      if (flags[0] & kGramEnd) {
+        if (!(flags[0] & kTermEnd)) {
+#pragma unroll
+          for (int e = 0; e < kAcc; ++e) prod[e] *= sum[e], sum[e] = T(0);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kAcc; ++e) {
+            acc[e] += tile::site_term(sum[e], prod[e]) * static_cast<T>(st.w[0][Path::row(e)] * st.w[1][Path::col(e)]);
+            sum[e] = T(0), prod[e] = T(1);
+          }
+          if (per_site && (flags[0] & kSiteEnd)) write(flags[0] >> kSiteShift);
+        }
+      }
     }
-    if (per_site) write(j);
+#pragma unroll
+    for (int s = 0; s + 1 < kNtkStages; ++s) flags[s] = flags[s + 1];
   }
+  cp_async_wait<0>();  // (only empty groups are left)
   if (!per_site) write(0);
 }
 
-/// c(x) = max over sites and outputs of the factor log-scales (the CPU's sample_log_scale).
+/// c(x) = max over sites and outputs of the factor log-scales (the CPU's sample_log_scale), and
+/// the row weights w[(j, l, x)] = sqrt(weight_j) exp(log_j(x, l) - c(x)) (sqrt on both sides
+/// makes the Gram product the whole weighted term, as in the CPU packing).
 template <class T>
 __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sites, index_t n_outputs, index_t n,
-                                    double* c, double* log_out) {
+                                    double* c, double* log_out, double* w) {
   const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (x >= n) return;
   double m = -INFINITY;
@@ -197,26 +226,36 @@ __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sit
     for (index_t l = 0; l < n_outputs; ++l) m = fmax(m, FactorRows<T>::log(sites[j], x, l));
   c[x] = m;
   log_out[x] = (m > -INFINITY && m < INFINITY) ? m : 0.0;
+  for (index_t j = 0; j < n_sites; ++j)
+    for (index_t l = 0; l < n_outputs; ++l)
+      w[(j * n_outputs + l) * n + x] = sqrt(sites[j].weight) * tile::row_weight(FactorRows<T>::log(sites[j], x, l), m);
 }
 
 template <class T>
-using NtkKernel = void (*)(NtkLaunch<T>);
+struct NtkKernel {
+  void (*kernel)(NtkLaunch<T>);
+  std::size_t shared_bytes;  // its pipeline stages
+};
 
 /// The fused kernel on the dtype's product path (with_path), or on the TF32 tensor cores when a
 /// float32 call asks for them (opt.tf32).
 template <class T>
 NtkKernel<T> ntk_kernel_for(const NtkOptions& opt) {
   if constexpr (std::is_same_v<T, float>)
-    if (opt.tf32) return ntk_kernel<float, Tf32Path>;
-  NtkKernel<T> kernel = nullptr;
-  with_path<T>([&](auto path) { kernel = ntk_kernel<T, decltype(path)>; });
-  return kernel;
+    if (opt.tf32) return {ntk_kernel<float, Tf32Path>, sizeof(NtkStages<Tf32Path>)};
+  NtkKernel<T> k{};
+  with_path<T>([&](auto path) {
+    using Path = decltype(path);
+    k = {ntk_kernel<T, Path>, sizeof(NtkStages<Path>)};
+  });
+  return k;
 }
 
 template <class T>
 struct NtkPlan {
   DeviceFactors<T> f1, f2;
-  double *c1 = nullptr, *c2 = nullptr;
+  double *c1 = nullptr, *c2 = nullptr;  // reference log-scales
+  double *w1 = nullptr, *w2 = nullptr;  // row weights
 };
 
 template <class T>
@@ -224,9 +263,11 @@ NtkPlan<T> plan(const ChainView<T>& ch, index_t n1, index_t n2, Arena& arena) {
   NtkPlan<T> p;
   p.f1 = plan_factors<T>(ch, n1, arena);
   p.c1 = arena.take<double>(n1);
+  p.w1 = arena.take<double>(ch.n_sites * ch.n_outputs * n1);
   if (n2 > 0) {
     p.f2 = plan_factors<T>(ch, n2, arena);
     p.c2 = arena.take<double>(n2);
+    p.w2 = arena.take<double>(ch.n_sites * ch.n_outputs * n2);
   }
   return p;
 }
@@ -251,11 +292,11 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   NtkPlan<T> P = plan<T>(ch, n1, sym ? 0 : n2, arena);
   build_factors<T>(ch, phi1, P.f1, site_lr, stream);
   launch("sample_scale_kernel", blocks_for(n1, 128), 128, stream, sample_scale_kernel<T>, P.f1.sites, ch.n_sites,
-         ch.n_outputs, n1, P.c1, log1);
+         ch.n_outputs, n1, P.c1, log1, P.w1);
   if (!sym) {
     build_factors<T>(ch, *phi2, P.f2, site_lr, stream);
     launch("sample_scale_kernel", blocks_for(n2, 128), 128, stream, sample_scale_kernel<T>, P.f2.sites, ch.n_sites,
-           ch.n_outputs, n2, P.c2, log2);
+           ch.n_outputs, n2, P.c2, log2, P.w2);
   } else {
     MPSNTK_CUDA_TRY(cudaMemcpyAsync(log2, log1, n1 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
   }
@@ -263,8 +304,8 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   const bool full = opt.full_outputs && C > 1;
   const index_t cc = full ? C * C : 1;
   NtkLaunch<T> L{};
-  L.s1 = {P.f1.sites, phi1.data, P.c1, n1};
-  L.s2 = sym ? L.s1 : NtkSideDev<T>{P.f2.sites, phi2->data, P.c2, n2};
+  L.s1 = {P.f1.sites, phi1.data, P.c1, P.w1, n1};
+  L.s2 = sym ? L.s1 : NtkSideDev<T>{P.f2.sites, phi2->data, P.c2, P.w2, n2};
   L.n_sites = ch.n_sites;
   L.d = ch.phys_dim;
   L.label_site = ch.output_site;
@@ -276,14 +317,29 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   const index_t t1 = (n1 + kTile - 1) / kTile, t2 = (n2 + kTile - 1) / kTile;
   const NtkKernel<T> kernel = ntk_kernel_for<T>(opt);
   L.tiles1 = t1, L.tiles2 = t2;
+  // Depth chunks of one tile's terms: those of every site's Grams, once per output when traced
+  // (l1 < 0), and none at the label site for cross outputs.
+  auto n_chunks = [&](index_t l1, index_t l2) {
+    auto chunks_of = [](index_t depth) { return (depth + kDepth - 1) / kDepth; };
+    index_t total = 0;
+    for (index_t j = 0; j < ch.n_sites; ++j) {
+      if (l1 >= 0 && l1 != l2 && j == ch.output_site) continue;
+      const SiteFactorDev<T>& f = P.f1.host_sites[j];
+      total += (l1 < 0 ? C : 1) * (chunks_of(f.da) + chunks_of(f.db) + chunks_of(ch.phys_dim));
+    }
+    return total;
+  };
   auto run = [&](index_t l1, index_t l2, bool upper, T* mirror, index_t offset) {
     L.l1 = l1;
     L.l2 = l2;
+    const index_t chunks = n_chunks(l1, l2);
+    MPSNTK_EXPECTS(chunks <= INT_MAX, "too many sites and outputs for one NTK launch");
+    L.n_chunks = static_cast<int>(chunks);
     L.upper_only = upper;
     L.out = out + offset;
     L.mirror = mirror;
     const dim3 grid(static_cast<unsigned>(upper ? t1 * (t1 + 1) / 2 : t1 * t2));
-    launch("ntk_kernel", grid, kThreads, stream, kernel, L);
+    launch("ntk_kernel", grid, kThreads, kernel.shared_bytes, stream, kernel.kernel, L);
   };
   if (!full) {
     run(-1, -1, sym, sym ? out : nullptr, 0);

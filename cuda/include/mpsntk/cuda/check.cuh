@@ -40,21 +40,34 @@ struct LaunchSite {
       : kernel(name), file(f), line(l) {}
 };
 
-/// kernel<<<grid, block, 0, stream>>>(args...), then check the launch (configuration errors
-/// surface here).  On the simulator the kernel runs to completion before this returns.
+/// kernel<<<grid, block, shared_bytes, stream>>>(args...), then check the launch (configuration
+/// errors surface here).  More than 48 KB of dynamic shared memory is opted into first.  On the
+/// simulator the kernel runs to completion before this returns.
 template <class... Params, class... Args>
-void launch(LaunchSite at, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...), const Args&... args) {
+void launch(LaunchSite at, dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t stream,
+            void (*kernel)(Params...), const Args&... args) {
 #ifdef MPSNTK_CUDA_SIM
-  sim::launch(at.kernel, std::string(at.file) + ":" + std::to_string(at.line), grid, block, stream,
+  sim::launch(at.kernel, std::string(at.file) + ":" + std::to_string(at.line), grid, block, shared_bytes, stream,
               [&] { kernel(static_cast<Params>(args)...); });
 #else
+  if (shared_bytes > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+    if (err != cudaSuccess) throw_cuda(err, at.kernel, at.file, at.line);
+  }
   // (in a header clang-format does not know the launch syntax)
   // clang-format off
-  kernel<<<grid, block, 0, stream>>>(static_cast<Params>(args)...);
+  kernel<<<grid, block, shared_bytes, stream>>>(static_cast<Params>(args)...);
   // clang-format on
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw_cuda(err, at.kernel, at.file, at.line);
 #endif
+}
+
+/// The same without dynamic shared memory.
+template <class... Params, class... Args>
+void launch(LaunchSite at, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...), const Args&... args) {
+  launch(at, grid, block, std::size_t{0}, stream, kernel, args...);
 }
 
 }  // namespace mpsntk::cuda

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
@@ -124,6 +125,49 @@ __device__ __forceinline__ void mma(float* c, const float (&a)[4], const float (
       : "r"(ra[0]), "r"(ra[1]), "r"(ra[2]), "r"(ra[3]), "r"(rb[0]), "r"(rb[1]));
 }
 #endif
+
+/// Asynchronous global -> shared copies (sm_80+): cp_async copies one element, or stores a zero
+/// when !valid (src is then not read); cp_async_commit closes this thread's group of copies;
+/// cp_async_wait<N> waits until all but its N most recent groups have landed.  Other threads see
+/// the copies only after a barrier that follows the wait.
+template <class T>
+__device__ __forceinline__ void cp_async(T* dst, const T* src, bool valid) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async.ca copies 4, 8 or 16 bytes");
+#ifdef MPSNTK_CUDA_SIM
+  sim::cp_async(dst, src, sizeof(T), valid);
+#else
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(to), "l"(src), "n"(static_cast<int>(sizeof(T))),
+               "r"(valid ? static_cast<int>(sizeof(T)) : 0)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef MPSNTK_CUDA_SIM
+  sim::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef MPSNTK_CUDA_SIM
+  sim::cp_async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+/// The block's dynamic shared memory (the launch's shared_bytes), 16-byte aligned.
+template <class T>
+__device__ __forceinline__ T& dynamic_shared_as() {
+#ifdef MPSNTK_CUDA_SIM
+  return *static_cast<T*>(sim::dynamic_shared());
+#else
+  extern __shared__ __align__(16) unsigned char mpsntk_dynamic_shared[];
+  return *reinterpret_cast<T*>(mpsntk_dynamic_shared);
+#endif
+}
 
 /// Tensor cores: warp w owns a 32 x 16 warp tile of MI x NI mma blocks (tile::WarpTile).
 template <class T, class Mma>

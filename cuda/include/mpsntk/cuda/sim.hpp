@@ -14,6 +14,12 @@
 /// per-thread registers) are bounds-checked where the compiler supports it (-fsanitize=bounds,
 /// trapping).
 ///
+/// Asynchronous copies (cp.async) land late or early, as the hardware may: under the forward
+/// schedule when the issuing thread waits for their group, under the reverse schedule at once,
+/// under the shuffled one either way at random, so a read before the wait (or without the
+/// barrier that publishes other threads' copies) sees stale data.  Dynamic shared memory starts
+/// every block as 0xFF bytes (NaN), so reads of unwritten bytes show.
+///
 /// Not modelled: timing, memory spaces (device pointers are host pointers), streams (work runs
 /// when launched), and the hardware's summation order inside an mma.
 #pragma once
@@ -65,11 +71,22 @@ void mma_m16n8k8_f64(double* c, const double* a, const double* b);
 /// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with cvt.rna.tf32.f32 operands.
 void mma_m16n8k8_tf32(float* c, const float* a, const float* b);
 
-/// Run body() as every thread of every block of the grid; throws CudaError ("where: name: ...")
-/// like a failed launch (invalid configuration) or a failed kernel (deadlock at a barrier,
-/// malformed mma).  The stream is only recorded (see streams_used).
-void launch(const char* name, const std::string& where, dim3 grid, dim3 block, const void* stream,
-            const std::function<void()>& body);
+/// cp.async.ca.shared.global of `bytes` (4, 8 or 16) from src to dst, or zeros when !valid
+/// (src-size 0: src is not read); both addresses aligned to `bytes`.
+void cp_async(void* dst, const void* src, std::size_t bytes, bool valid);
+/// cp.async.commit_group: this thread's copies since the last commit form a group.
+void cp_async_commit();
+/// cp.async.wait_group: this thread's groups but the `pending` most recent ones have landed.
+void cp_async_wait(int pending);
+/// The running block's dynamic shared memory (the launch's shared_bytes, 16-byte aligned).
+void* dynamic_shared();
+
+/// Run body() as every thread of every block of the grid, with shared_bytes of dynamic shared
+/// memory; throws CudaError ("where: name: ...") like a failed launch (invalid configuration) or
+/// a failed kernel (deadlock at a barrier, malformed mma, copies never waited for).  The stream
+/// is only recorded (see streams_used).
+void launch(const char* name, const std::string& where, dim3 grid, dim3 block, std::size_t shared_bytes,
+            const void* stream, const std::function<void()>& body);
 
 /// The distinct stream handles that launches and copies were queued on since the last call
 /// (per host thread), so that tests can check which stream the engine uses.
@@ -81,7 +98,8 @@ std::map<std::string, int> launches_made();
 
 enum class Schedule { forward, reverse, shuffled };
 /// Order in which blocks, and threads within a block, are run (per host thread); `shuffled`
-/// draws a fresh random order for every launch from a generator seeded here.
+/// draws a fresh random order for every launch from a generator seeded here.  The schedule also
+/// decides when cp.async copies land (see above).
 void set_schedule(Schedule s, std::uint64_t seed = 0);
 
 /// Kernels that check the simulator itself (cuda/sim/selftest.cpp).
@@ -94,11 +112,17 @@ void mma(const std::string& kind, const void* a, const void* b, void* c);
 /// out[t], with or without the __syncthreads() in between (without it: a data race).
 void shared_exchange(int tag, bool sync, int* out);
 /// Kernels that must fail: "divergent" (a barrier only some threads reach), "deadlock" (lanes
-/// waiting at __syncthreads() and in mma.sync at once), "bounds" (a shared-memory index past
-/// the end: the simulator is compiled with array-bounds traps, so this kills the process).
+/// waiting at __syncthreads() and in mma.sync at once), "async_pending" (threads that exit
+/// with cp.async copies never waited for), "async_misaligned" (an 8-byte cp.async to an address
+/// that is not a multiple of 8), "bounds" (a shared-memory index past the end: the simulator is
+/// compiled with array-bounds traps, so this kills the process).
 void fault(const std::string& kind);
 /// An empty kernel on the given launch configuration.
 void empty_launch(dim3 grid, dim3 block);
+/// 256 threads copy src[t] into dynamic shared memory with cp.async, then (each optionally)
+/// wait for the copy and __syncthreads(), and read the copy of thread (t + 1) % 256 into out[t]:
+/// without the wait or the barrier, a data race.
+void async_exchange(const int* src, bool wait, bool sync, int* out);
 }  // namespace selftest
 
 }  // namespace mpsntk::cuda::sim
