@@ -1,7 +1,8 @@
-"""The GPU benchmark's measuring code (bench/bench_ntk.py --device gpu, bench/peers.py), run
-in-process on the SIMT simulator behind the CuPy stand-in: the builders of mpsntk's engine and
-of the CuPy/cuBLAS peer, the agreement check between them and the timing loop.  (Timings of the
-simulator mean nothing; this checks that the code a GPU session will run works.)"""
+"""The GPU benchmark's measuring code (bench/bench_ntk.py --device gpu, bench/peers.py) and the
+hardware check script (bench/gpu_check.py), run in-process on the SIMT simulator behind the CuPy
+stand-in: the builders of mpsntk's engine and of the CuPy/cuBLAS peer, the agreement check
+between them and the timing loop.  (Timings of the simulator mean nothing; this checks that the
+code a GPU session will run works.)"""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ if not sim_cupy.available():  # pragma: no cover - the simulator is built on POS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_ntk  # noqa: E402
+import gpu_check  # noqa: E402
 import peers  # noqa: E402
 
 CFG = {"dtype": "float64", "n_sites": 6, "bond_dim": 5, "n_samples": 70, "seed": 0}
@@ -54,3 +56,12 @@ def test_gpu_measurement_checks_the_peer_against_mpsntk(tmp_path):
     np.fromfile(ref, dtype=np.float64).__mul__(1.01).tofile(ref)
     bad = bench_ntk._measure("cupy", CFG, dict(OPTS, ref_path=ref))
     assert bad["status"] == "mismatch" and "median_s" not in bad
+
+
+def test_hardware_check_script_compares_every_device_routine():
+    results = gpu_check.check_all(sim_cupy, verbose=False)
+    what = " ".join(w for w, _, _ in results)
+    for routine in ("ntk sym", "ntk cross", "ntk tf32", "forward", "vjp", "jvp", "ntk_vp"):
+        assert routine in what
+    assert [r for r in results if not r[1] <= r[2]] == []
+    assert gpu_check.one_ntk(sim_cupy, 70, 3, np.dtype(np.float64)).shape == (70, 70)
