@@ -4,8 +4,8 @@
 per-output, float64 and float32 incl. TF32, forward, vjp, jvp, ntk_vp) on small odd-sized
 models (bond dimensions that are not powers of two, one that fills whole 16-deep chunks, open
 and periodic chains, three outputs) and compares each result with the CPU engine: run it under
-``compute-sanitizer --tool memcheck|racecheck|synccheck`` to find out-of-bounds accesses and
-shared-memory races (the cp.async pipeline's included) on the hardware.  It exits with status 1
+``compute-sanitizer --tool memcheck|racecheck|synccheck`` to look for out-of-bounds accesses,
+shared-memory races and barrier misuse on the hardware.  It exits with status 1
 if a result is off.
 
 ``python bench/gpu_check.py --ntk N --bond-dim D --dtype float64`` makes one symmetric NTK call
