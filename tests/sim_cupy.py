@@ -118,7 +118,7 @@ def _free_memory():
 cuda = types.SimpleNamespace(
     Stream=Stream,
     get_current_stream=_current_stream,
-    runtime=types.SimpleNamespace(memGetInfo=_free_memory),
+    runtime=types.SimpleNamespace(memGetInfo=_free_memory, getDevice=lambda: 0),
 )
 
 

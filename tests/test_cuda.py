@@ -151,6 +151,8 @@ def test_long_chain_normalized_on_device():
 def test_non_default_stream_and_no_host_round_trip():
     _, host, dev = _pair(MODELS[0], np.float64, seed=2)
     phi = cp.asarray(random_features(np.random.default_rng(5), 200, host.n_sites, 3))
+    # the copies above ran on the null stream, which a non-blocking stream does not wait for
+    cp.cuda.get_current_stream().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         got = mn.ntk(dev, phi)
@@ -249,3 +251,106 @@ def test_training_stays_on_the_device():
     assert isinstance(got.mps.cores[0], cp.ndarray) and isinstance(got.probe_outputs, cp.ndarray)
     assert np.allclose(got.loss, want.loss, rtol=1e-10)
     assert relerr(got.probe_outputs.get(), want.probe_outputs) < 1e-10
+
+
+sim_only = pytest.mark.skipif(ON_GPU, reason="fakes what the simulated card reports")
+
+
+@sim_only
+def test_float64_path_follows_the_code_that_runs(monkeypatch):
+    """m16n8k8 needs sm_90 code, not only an sm_90 card: an sm_90 card that JIT-compiles
+    compute_80 PTX (a build for 80 only) must take the m8n8k4 shape."""
+    module = mn._backend._cuda
+    monkeypatch.delenv("MPSNTK_CUDA_DMMA", raising=False)
+    monkeypatch.delenv("MPSNTK_CUDA_SIMT", raising=False)
+    rng, host, dev = _pair(MODELS[2], np.float64, seed=12)
+    phi = random_features(rng, 70, host.n_sites, 3)
+    want = mn.ntk(host, phi)
+    assert module.float64_path() == "m16n8k8"
+    try:
+        module.set_image_arch(80)
+        assert module.float64_path() == "m8n8k4"
+        assert relerr(mn.ntk(dev, cp.asarray(phi)).get(), want) < 1e-12
+        monkeypatch.setenv("MPSNTK_CUDA_DMMA", "m16n8k8")
+        with pytest.raises(ValueError, match="needs sm_90 code.*compute_80"):
+            mn.ntk(dev, cp.asarray(phi))
+    finally:
+        module.set_image_arch(90)
+    monkeypatch.setenv("MPSNTK_CUDA_SIMT", "1")
+    assert module.float64_path() == "fma"
+
+
+class _OnDevice1(sim_cupy.ndarray):
+    def __dlpack_device__(self):
+        return (2, 1)
+
+
+@sim_only
+def test_arrays_on_another_device_are_refused(monkeypatch):
+    _, host, dev = _pair(MODELS[0], np.float64)
+    phi = cp.asarray(random_features(np.random.default_rng(3), 5, host.n_sites, 3))
+    with pytest.raises(ValueError, match="phi2 is on CUDA device 1 but the current device is 0"):
+        mn.ntk(dev, phi, phi.view(_OnDevice1))
+    with pytest.raises(ValueError, match=r"cores\[0\] is on CUDA device 1"):
+        mn.MPS([c.view(_OnDevice1) for c in dev.cores])
+    monkeypatch.setattr(sim_cupy.cuda.runtime, "getDevice", lambda: 1)  # the model stays on 0
+    with pytest.raises(ValueError, match="the MPS cores is on CUDA device 0 but the current"):
+        mn.ntk(dev, phi.view(_OnDevice1))
+
+
+def test_misaligned_device_arrays_are_refused():
+    _, host, dev = _pair(MODELS[0], np.float64)
+    n = 5 * host.n_sites * 3
+    raw = cp.asarray(np.zeros(8 * n + 4, dtype=np.uint8))
+    phi = raw[4:].view(np.float64).reshape(5, host.n_sites, 3)  # 4 bytes past an 8-byte boundary
+    with pytest.raises(ValueError, match="phi1: the data of a CUDA array must be aligned"):
+        mn.ntk(dev, phi)
+
+
+def test_device_model_pickles():
+    import pickle
+
+    rng, host, dev = _pair(MODELS[4], np.float64, seed=13)
+    back = pickle.loads(pickle.dumps(dev))
+    assert back.device == "cuda" and isinstance(back.cores[0], cp.ndarray)
+    phi = random_features(rng, 9, host.n_sites, 3)
+    assert relerr(mn.ntk(back, cp.asarray(phi)).get(), mn.ntk(host, phi)) < 1e-12
+
+
+def test_jvp_past_one_launch_of_tasks():
+    """A jvp runs one GEMM per site and output; past 65535 (the grid's z limit) it takes more
+    than one launch."""
+    rng = np.random.default_rng(14)
+    host = random_model(rng, (1, 2, 1), phys_dim=2, output_site=1, n_outputs=33000)
+    phi = random_features(rng, 3, 2, 2)
+    tangents = [rng.standard_normal(c.shape) for c in host.cores]
+    want = mn.jvp(host, phi, tangents)
+    got = mn.jvp(host.to_device(), cp.asarray(phi), [cp.asarray(t) for t in tangents])
+    assert relerr(got.get(), want) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormal_environments_on_device(dtype):
+    """A site whose features are subnormal makes environments far below the dtype's normal
+    range: they are rescaled by the largest finite power of two (no inf or NaN)."""
+    host64, phi = _tiny_site_problem(dtype)
+    host = host64.with_cores([c.astype(dtype) for c in host64.cores])
+    dev = host.to_device()
+    d_phi = cp.asarray(phi.astype(dtype))
+    _, want = host64.log_forward(phi)
+    _, got = dev.log_forward(d_phi)
+    assert np.all(np.isfinite(got.get()))
+    np.testing.assert_allclose(got.get(), want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    t, c1, _ = mn.ntk(dev, d_phi, normalized=True)  # (every Jacobian entry carries phi at site 1)
+    assert np.all(np.isfinite(t.get())) and np.all(np.isfinite(c1.get()))
+
+
+def _tiny_site_problem(dtype):
+    """A float64 model and features (float64 holding values of ``dtype``) whose site 1 features
+    are subnormal in ``dtype``."""
+    rng = np.random.default_rng(15)
+    host = mn.MPS.random(4, 3, phys_dim=2, seed=16)
+    host = host.with_cores([c.astype(dtype).astype(np.float64) for c in host.cores])
+    phi = rng.uniform(0.5, 1.0, size=(6, 4, 2))
+    phi[:, 1] *= 1e-39 if dtype == np.float32 else 1e-310
+    return host, phi.astype(dtype).astype(np.float64)

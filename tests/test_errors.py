@@ -676,3 +676,47 @@ def test_with_cores_rejects_bad_cores(model):
         model.with_cores(model.cores[:3] + [model.cores[3].astype(np.float32)])
     with pytest.raises(ValueError, match=r"cores\[2\] must be finite"):
         model.with_cores([c if j != 2 else c * np.inf for j, c in enumerate(model.cores)])
+
+
+@needs_no_cuda
+def test_to_device_without_cuda_says_why(model):
+    with pytest.raises(mn.CudaUnavailableError, match=re.escape(mn.build_info()["cuda_reason"])):
+        model.to_device()
+
+
+def test_to_device_without_cupy_says_so(model, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(mn._backend, "_cuda_reason", None)  # a usable GPU, but no CuPy
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(mn.CudaUnavailableError, match="CuPy, which is not installed"):
+        model.to_device()
+
+
+def test_import_does_not_initialise_cuda():
+    """A process that has initialised CUDA cannot use it in the children it forks."""
+    import subprocess
+    import sys
+
+    code = ("import mpsntk._backend as b, mpsntk\n"
+            "print(b._cuda is None or b._cuda_reason is b._UNRESOLVED)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_available_memory_counts_reclaimable_cache(tmp_path):
+    from mpsntk import _validate as v
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 1000 kB\nMemFree: 10 kB\nMemAvailable: 600 kB\n")
+    assert v._meminfo_available(str(meminfo)) == 600 * 1024
+    assert v._meminfo_available(str(tmp_path / "missing")) is None
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text("max\n")
+    assert v._cgroup_headroom(str(cgroup)) is None
+    (cgroup / "memory.max").write_text("1000\n")
+    (cgroup / "memory.current").write_text("900\n")
+    (cgroup / "memory.stat").write_text("anon 500\nfile 400\n")
+    assert v._cgroup_headroom(str(cgroup)) == 500  # 1000 - 900 + 400 of page cache
+    assert v._cgroup_headroom(str(tmp_path)) is None

@@ -88,9 +88,12 @@ def test_nngp_log_handles_long_chain(sigma, rng):
     # |phi| = 1, so the diagonal is exactly sigma^(2 n_sites).
     np.testing.assert_allclose(np.diag(logabs_diag), 2 * n_sites * np.log(sigma), rtol=1e-12)
     np.testing.assert_array_equal(np.diag(sign_diag), 1.0)
-    # The direct product is out of float64 range for this chain ...
-    direct = nngp_infinite(phi1, sigma=sigma)
-    assert np.diag(direct)[0] in (0.0, np.inf)
+    # The direct product is out of float64 range for this chain, which is an error, not zeros or
+    # infinities ...
+    how = "underflows" if sigma < 1 else "overflows"
+    for kernel in (nngp_infinite, ntk_infinite):
+        with pytest.raises(FloatingPointError, match=f"{how} the range of float64; use log=True"):
+            kernel(phi1, sigma=sigma)
     # ... while log=True stays finite for ntk_infinite as well.
     sign_ntk, logabs_ntk = ntk_infinite(phi1, phi2, sigma=sigma, log=True)
     np.testing.assert_array_equal(sign_ntk, sign)

@@ -196,7 +196,8 @@ def test_log_forward_long_chain_beyond_float64():
     assert np.all(logabs < np.log(np.finfo(np.float64).smallest_subnormal))
     np.testing.assert_array_equal(sign, ref_sign)
     np.testing.assert_allclose(logabs, ref_log, rtol=1e-12, atol=1e-9)
-    np.testing.assert_array_equal(small.forward(phi), 0.0)
+    with pytest.raises(FloatingPointError, match=r"underflows .*float64.*log_forward"):
+        small.forward(phi)  # zeros would silently lose every output
     # the same models differ only by the scales: log|f| shifts by n_sites * log(6)
     np.testing.assert_allclose(
         big.log_forward(phi)[1] - logabs, n_sites * np.log(6.0), rtol=1e-12
@@ -558,3 +559,34 @@ def test_constructor_copy_flag():
     made = mn.MPS(strided, copy=False)
     assert made.cores[0].flags.c_contiguous
     np.testing.assert_array_equal(made.cores[0], strided[0])
+
+
+def test_model_pickles_and_deep_copies():
+    import copy
+    import pickle
+
+    model = mn.MPS.random(5, 3, phys_dim=2, boundary="periodic", n_outputs=2, output_site=1,
+                         seed=21)
+    phi = mn.features.trig(np.random.default_rng(22).uniform(size=(4, 5)))
+    for back in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert back.xp is np and back.boundary == "periodic" and back.output_site == 1
+        np.testing.assert_array_equal(back(phi), model(phi))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormal_environments_are_rescaled_within_range(dtype):
+    """Features that are subnormal in the dtype at one site make environments below its normal
+    range; they are rescaled by the largest finite power of two, not by an infinite one."""
+    rng = np.random.default_rng(23)
+    model64 = mn.MPS.random(4, 3, phys_dim=2, seed=24)
+    model64 = model64.with_cores([c.astype(dtype).astype(np.float64) for c in model64.cores])
+    model = model64.with_cores([c.astype(dtype) for c in model64.cores])
+    phi = rng.uniform(0.5, 1.0, size=(6, 4, 2))
+    phi[:, 1] *= 1e-39 if dtype == np.float32 else 1e-310
+    phi = phi.astype(dtype)
+    sign, logabs = model.log_forward(phi)
+    want_sign, want = model64.log_forward(phi.astype(np.float64))
+    np.testing.assert_array_equal(sign, want_sign)
+    np.testing.assert_allclose(logabs, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    theta, c1, _ = mn.ntk(model, phi, normalized=True)
+    assert np.all(np.isfinite(theta)) and np.all(np.isfinite(c1))

@@ -165,6 +165,7 @@ PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
         mc::sim::set_schedule(s == "forward" ? S::forward : s == "reverse" ? S::reverse : S::shuffled, seed);
       },
       py::arg("schedule"), py::arg("seed") = 0);
+  m.def("set_image_arch", &mc::sim::set_image_arch, py::arg("arch"));
   m.def("streams_used", &mc::sim::streams_used);
   m.def("launches_made", &mc::sim::launches_made);
   namespace st = mc::sim::selftest;
@@ -201,6 +202,7 @@ PYBIND11_MODULE(MPSNTK_CUDA_MODULE, m) {
   register_dtype<double>(m, "_float64");
   m.def("device_count", &mc::device_count);
   m.def("device_unavailable_reason", &mc::device_unavailable_reason);
+  m.def("float64_path", &mc::float64_path);
   m.def("build_info", []() {
     py::dict d;
     d["runtime"] = mc::runtime_version();

@@ -59,6 +59,10 @@ int device_count() { return 1; }
 std::string device_unavailable_reason() { return ""; }
 std::string runtime_version() { return "simulator"; }
 std::vector<std::string> architectures() { return {"simt-simulator"}; }
+namespace {
+int g_image_arch = 90;  // an sm_90 part running sm_90 code, unless a test says otherwise
+}  // namespace
+int image_arch() { return g_image_arch; }
 
 namespace sim {
 namespace {
@@ -426,6 +430,8 @@ void launch(const char* kernel_name, const std::string& where, dim3 grid, dim3 b
   g_block = nullptr;
   if (!B.error.empty()) throw CudaError(B.error);
 }
+
+void set_image_arch(int arch) { g_image_arch = arch; }
 
 void set_schedule(Schedule s, std::uint64_t seed) {
   g_schedule = s;

@@ -1,11 +1,19 @@
 // Device discovery and build facts of the CUDA module.
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
+
+#include "mpsntk/cuda/check.cuh"
 #include "mpsntk/cuda/engine.hpp"
 
 namespace mpsntk::cuda {
 
 namespace {
+/// The kernels need sm_80 or newer (cp.async, FP64 and TF32 mma.sync).
+constexpr int kMinMajor = 8;
+
+/// Usable devices (compute capability 8.0 or newer); with reason, why there are none.
 int query(std::string* reason) {
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
@@ -15,8 +23,26 @@ int query(std::string* reason) {
     return 0;
   }
   if (n == 0 && reason) *reason = "no CUDA device is visible";
-  return n;
+  int usable = 0;
+  std::string older;
+  for (int dev = 0; dev < n; ++dev) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    if (prop.major >= kMinMajor) {
+      ++usable;
+    } else {
+      older += (older.empty() ? "" : ", ") + std::string(prop.name) + " (compute capability " +
+               std::to_string(prop.major) + "." + std::to_string(prop.minor) + ")";
+    }
+  }
+  if (n > 0 && usable == 0 && reason) *reason = "the CUDA kernels need compute capability 8.0 or newer; found " + older;
+  return usable;
 }
+
+__global__ void arch_probe_kernel() {}
 }  // namespace
 
 int device_count() { return query(nullptr); }
@@ -25,6 +51,23 @@ std::string device_unavailable_reason() {
   std::string reason;
   query(&reason);
   return reason;
+}
+
+int image_arch() {
+  int dev = 0;
+  MPSNTK_CUDA_TRY(cudaGetDevice(&dev));
+  static std::mutex mutex;
+  static std::map<int, int> arch;  // per device: the image is chosen per device
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = arch.find(dev);
+  if (it == arch.end()) {
+    // Every kernel of the module is compiled for the same architectures, so the probe's image
+    // is the one the driver loads for all of them.
+    cudaFuncAttributes attr{};
+    MPSNTK_CUDA_TRY(cudaFuncGetAttributes(&attr, arch_probe_kernel));
+    it = arch.emplace(dev, attr.ptxVersion).first;
+  }
+  return it->second;
 }
 
 std::string runtime_version() {

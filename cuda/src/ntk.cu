@@ -274,6 +274,20 @@ NtkPlan<T> plan(const ChainView<T>& ch, index_t n1, index_t n2, Arena& arena) {
 
 }  // namespace
 
+std::string float64_path() {
+  std::string name;
+  with_path<double>([&](auto path) {
+    using Path = decltype(path);
+    if constexpr (std::is_same_v<Path, DmmaSm90Path>)
+      name = "m16n8k8";
+    else if constexpr (std::is_same_v<Path, DmmaPath>)
+      name = "m8n8k4";
+    else
+      name = "fma";
+  });
+  return name;
+}
+
 template <class T>
 std::size_t ntk_workspace_bytes(const ChainView<T>& ch, index_t n1, index_t n2) {
   Arena arena;

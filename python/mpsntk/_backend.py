@@ -30,15 +30,16 @@ class CudaUnavailableError(RuntimeError):
     """A device array was passed but the CUDA engine cannot be used here."""
 
 
+# The CUDA engine's usability is asked of the driver on first use, not at import: a process
+# that has initialised CUDA cannot use it in children it forks (multiprocessing, DataLoader
+# workers), so importing mpsntk must not initialise it.
+_UNRESOLVED = object()
+
 try:  # pragma: no cover - depends on the build
     from . import _cuda  # type: ignore[attr-defined]
 
     _cuda._set_error_class(CudaError)
-    _cuda_reason = (
-        None
-        if _cuda.device_count() > 0
-        else (f"no usable CUDA device ({_cuda.device_unavailable_reason()})")
-    )
+    _cuda_reason = _UNRESOLVED
 except ImportError as exc:
     _cuda = None
     _cuda_reason = (
@@ -48,14 +49,34 @@ except ImportError as exc:
     )
 
 
-def cuda_available() -> bool:
-    """Return True when the CUDA engine is built and a device is visible."""
-    return _cuda_reason is None
-
-
 def cuda_unavailable_reason() -> str | None:
     """Why :func:`cuda_available` is False (None when it is True)."""
+    global _cuda_reason
+    if _cuda_reason is _UNRESOLVED:  # pragma: no cover - depends on the build
+        _cuda_reason = (
+            None
+            if _cuda.device_count() > 0
+            else f"no usable CUDA device ({_cuda.device_unavailable_reason()})"
+        )
     return _cuda_reason
+
+
+def cuda_available() -> bool:
+    """Return True when the CUDA engine is built and a usable device (compute capability 8.0 or
+    newer) is visible.  The first call initialises CUDA."""
+    return cuda_unavailable_reason() is None
+
+
+def cupy_module():
+    """CuPy, or :class:`CudaUnavailableError` saying how to get it."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise CudaUnavailableError(
+            "mpsntk's GPU path allocates with CuPy, which is not installed "
+            "(pip install cupy-cuda13x, or the package for your CUDA version)"
+        ) from exc
+    return cupy
 
 
 def build_info() -> dict:
@@ -73,7 +94,7 @@ def build_info() -> dict:
     info["n_threads"] = _core.get_num_threads()
     info["numpy"] = np.__version__
     info["cuda"] = cuda_available()
-    info["cuda_reason"] = _cuda_reason
+    info["cuda_reason"] = cuda_unavailable_reason()
     if _cuda is not None:  # pragma: no cover - depends on the build
         info.update({f"cuda_{k}": v for k, v in _cuda.build_info().items()})
     return info
@@ -132,10 +153,38 @@ def array_module(*arrays, names):
             "arrays; pass all of them on the same device"
         )
     if not cuda_available():
-        raise CudaUnavailableError(f"{', '.join(on_device)} are CUDA arrays: {_cuda_reason}")
-    import cupy  # pragma: no cover - needs a GPU
+        raise CudaUnavailableError(
+            f"{', '.join(on_device)} are CUDA arrays: {cuda_unavailable_reason()}"
+        )
+    cupy = cupy_module()
+    for a, n in present:
+        check_on_current_device(a, n, cupy)
+        iface = getattr(a, "__cuda_array_interface__", None)
+        if iface is not None and iface["data"][0] % int(iface["typestr"][2:]) != 0:
+            raise ValueError(
+                f"{n}: the data of a CUDA array must be aligned to its {iface['typestr'][2:]}-byte "
+                f"elements; got address {iface['data'][0]:#x} (pass a copy)"
+            )
+    return cupy
 
-    return cupy  # pragma: no cover - needs a GPU
+
+def _device_ordinal(a, cupy):
+    """The CUDA device that holds the data of device array ``a``."""
+    if hasattr(a, "__dlpack_device__"):
+        return int(a.__dlpack_device__()[1])
+    ptr = a.__cuda_array_interface__["data"][0]  # e.g. Numba arrays, which have no DLPack
+    return int(cupy.cuda.runtime.pointerGetAttributes(ptr).device)
+
+
+def check_on_current_device(a, name, cupy):
+    """ValueError unless device array ``a`` is on the current CUDA device, where the kernels run."""
+    where, current = _device_ordinal(a, cupy), int(cupy.cuda.runtime.getDevice())
+    if where != current:
+        raise ValueError(
+            f"{name} is on CUDA device {where} but the current device is {current}: the kernels "
+            f"run on the current device; call under `with cupy.cuda.Device({where}):` or move "
+            "the arrays"
+        )
 
 
 def require_host(*arrays, names):

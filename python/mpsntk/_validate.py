@@ -9,6 +9,7 @@ other dtype is an error.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -167,12 +168,44 @@ def _as_site_vector(value, name, n_sites, *, positive):
 
 
 def _available_memory():
-    """Bytes of physical memory currently available (None when the OS does not say)."""
-    try:
-        import os
+    """Bytes that new allocations can take without swapping (None when the OS does not say):
+    Linux's MemAvailable (free memory plus the page cache it can reclaim), within the headroom
+    of a cgroup (v2) memory limit."""
+    avail = _meminfo_available()
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            return None
+    headroom = _cgroup_headroom()
+    return avail if headroom is None else min(avail, headroom)
 
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+
+def _meminfo_available(path="/proc/meminfo"):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_headroom(root="/sys/fs/cgroup"):
+    """memory.max less the memory in use, not counting reclaimable page cache (None without a
+    limit)."""
+    try:
+        with open(os.path.join(root, "memory.max")) as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open(os.path.join(root, "memory.current")) as f:
+            used = int(f.read())
+        with open(os.path.join(root, "memory.stat")) as f:
+            cache = next((int(v) for k, v in (ln.split() for ln in f) if k == "file"), 0)
+        return max(int(limit) - used + cache, 0)
+    except (OSError, ValueError):
         return None
 
 

@@ -59,10 +59,25 @@ def _product_kernel(phi1, phi2, sigma2, log):
                 logabs += np.log(np.abs(k_j))
         return sign, logabs
     product = np.ones((n1, n2))
+    exact_zero = np.zeros((n1, n2), dtype=bool)  # a local kernel is zero: so is the product
     with np.errstate(over="ignore", under="ignore"):
         for j in range(n_sites):
-            product *= sigma2[j] * (phi1[:, j, :] @ phi2[:, j, :].T)
-    return product
+            k_j = phi1[:, j, :] @ phi2[:, j, :].T
+            exact_zero |= k_j == 0
+            product *= sigma2[j] * k_j
+    return product, exact_zero
+
+
+def _in_range(kernel, exact_zero, dtype, what):
+    """``kernel`` as ``dtype``; FloatingPointError where it over- or underflows (an entry that is
+    zero although no local kernel is): the log form holds such chains."""
+    with np.errstate(over="ignore", under="ignore"):
+        out = kernel.astype(dtype, copy=False)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError(f"{what} overflows the range of {dtype.name}; use log=True")
+    if np.any((out == 0) & ~exact_zero):
+        raise FloatingPointError(f"{what} underflows the range of {dtype.name}; use log=True")
+    return out
 
 
 def nngp_infinite(phi1, phi2=None, *, sigma=1.0, log=False):
@@ -105,6 +120,10 @@ def nngp_infinite(phi1, phi2=None, *, sigma=1.0, log=False):
         If a feature array is not 3-D, is empty or contains NaN/Inf, if the two
         arrays differ in ``n_sites`` or ``phys_dim``, or if ``sigma`` has the
         wrong shape or non-positive/non-finite entries.
+    FloatingPointError
+        If ``log`` is false and the kernel overflows the output dtype, or
+        underflows it (an entry rounds to zero though no local kernel is
+        zero); ``log=True`` holds such chains.
 
     Examples
     --------
@@ -125,7 +144,7 @@ def nngp_infinite(phi1, phi2=None, *, sigma=1.0, log=False):
     if log:
         sign, logabs = result
         return sign.astype(out_dtype, copy=False), logabs.astype(out_dtype, copy=False)
-    return result.astype(out_dtype, copy=False)
+    return _in_range(*result, out_dtype, "the NNGP kernel")
 
 
 def _site_rates(rho, sigma, n_sites, parametrization):
@@ -224,6 +243,10 @@ def ntk_infinite(
         positive and finite, ``rho`` is negative or non-finite, an argument has
         the wrong shape or length, or ``parametrization``/``outputs`` is not
         one of the listed strings.
+    FloatingPointError
+        If ``log`` is false and the kernel overflows the output dtype, or
+        underflows it (an entry rounds to zero though no local kernel is
+        zero); ``log=True`` holds such chains.
 
     Examples
     --------
@@ -253,10 +276,11 @@ def ntk_infinite(
     )
     full = n_outputs > 1 and outputs == "full"
     if not log:
-        theta = weight * result
+        product, exact_zero = result
+        theta = _in_range(weight * product, exact_zero | (weight == 0.0), out_dtype, "the NTK")
         if full:
-            theta = theta[:, :, None, None] * np.eye(n_outputs)
-        return theta.astype(out_dtype, copy=False)
+            theta = theta[:, :, None, None] * np.eye(n_outputs, dtype=out_dtype)
+        return theta
 
     sign, logabs = result
     if weight == 0.0:

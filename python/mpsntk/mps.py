@@ -29,7 +29,15 @@ import os
 import numpy as np
 
 from . import _core
-from ._backend import array_module, as_array
+from ._backend import (
+    CudaUnavailableError,
+    array_module,
+    as_array,
+    check_on_current_device,
+    cuda_available,
+    cuda_unavailable_reason,
+    cupy_module,
+)
 from ._validate import (
     _FEATURE_DTYPES,
     _as_phi,
@@ -313,6 +321,15 @@ class MPS:
         """A deep copy."""
         return self.with_cores(self.cores, copy=True)
 
+    def __getstate__(self):  # the array module is not picklable: it follows from the cores
+        state = dict(self.__dict__)
+        del state["xp"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.xp = array_module(*self.cores, names=["cores"])
+
     @property
     def device(self) -> str:
         """``"cpu"`` for NumPy cores, ``"cuda"`` for CuPy cores."""
@@ -320,9 +337,9 @@ class MPS:
 
     def to_device(self):
         """A copy with CuPy cores on the current CUDA device (explicit host-to-device copy)."""
-        import cupy
-
-        array_module(cupy.empty(0), names=["to_device"])  # clear error when CUDA is unusable
+        if not cuda_available():
+            raise CudaUnavailableError(f"to_device: {cuda_unavailable_reason()}")
+        cupy = cupy_module()
         return self.with_cores([cupy.asarray(c) for c in self.cores])
 
     def to_host(self):
@@ -392,6 +409,8 @@ class MPS:
                 f"{what} live on {where(xp)} but the MPS cores on {where(self.xp)}; "
                 "move one explicitly (MPS.to_device / MPS.to_host)"
             )
+        if xp is not np:
+            check_on_current_device(self.cores[0], "the MPS cores", xp)
         return xp
 
     def _raw_forward(self, phi):
@@ -436,17 +455,19 @@ class MPS:
         Raises
         ------
         FloatingPointError
-            If an output overflows the dtype; use :meth:`log_forward` for such chains.
+            If an output overflows the dtype, or underflows it (a non-zero output that rounds to
+            zero); use :meth:`log_forward` for such chains.
         """
         phi = self.check_features(phi)
         mant, lg = self._raw_forward(phi)
         xp = self.xp
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             f = (mant * xp.exp(lg)).astype(self.dtype)
-        if not bool(xp.all(xp.isfinite(f))):
-            raise FloatingPointError(
-                "MPS output overflows the range of " + self.dtype.name + "; use log_forward()"
-            )
+        for lost, how in ((~xp.isfinite(f), "overflows"), ((f == 0) & (mant != 0), "underflows")):
+            if bool(xp.any(lost)):
+                raise FloatingPointError(
+                    f"MPS output {how} the range of {self.dtype.name}; use log_forward()"
+                )
         return self._squeeze_outputs(f)
 
     __call__ = forward

@@ -9,13 +9,18 @@
 
 namespace mpsntk::tile {
 
-/// @brief Power-of-two rescaling of a group whose largest magnitude is @p maxabs.
+/// @brief Power-of-two rescaling of a group of T values whose largest magnitude is @p maxabs.
 /// Returns the factor f = 2^-e (exact, so rescaling loses no bits) with 2^(e-1) <= maxabs < 2^e,
-/// and adds e*ln(2) to @p log_scale.  Zero or non-finite groups are left alone (f = 1).
+/// and adds e*ln(2) to @p log_scale.  Zero or non-finite groups are left alone (f = 1).  f stays
+/// finite in T: a group of subnormal values is scaled by the largest power of two T holds (its
+/// largest magnitude then lands below 1/2, and the next normalisation finishes the job).
+template <class T>
 MPSNTK_HD double pow2_normaliser(double maxabs, double* log_scale) {
   if (!(maxabs > 0.0) || !(maxabs < INFINITY)) return 1.0;
+  constexpr int kLargestPower = sizeof(T) == sizeof(float) ? 127 : 1023;  // 2^k is finite in T
   int e = 0;
   frexp(maxabs, &e);
+  if (e < -kLargestPower) e = -kLargestPower;
   *log_scale += e * 0.69314718055994530942;
   return ldexp(1.0, -e);
 }

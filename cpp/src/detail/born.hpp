@@ -60,12 +60,9 @@ void doubled_step(const T* core, double c, index_t d, index_t Dl, index_t Dr, co
 inline void normalise_slot(std::vector<double>& v, double& lg) {
   double m = 0;
   for (double x : v) m = std::max(m, std::abs(x));
-  if (!(m > 0) || !std::isfinite(m)) return;
-  int e = 0;
-  std::frexp(m, &e);
-  const double f = std::ldexp(1.0, -e);
-  for (double& x : v) x *= f;
-  lg += e * 0.69314718055994530942;
+  const double f = tile::pow2_normaliser<double>(m, &lg);
+  if (f != 1.0)
+    for (double& x : v) x *= f;
 }
 
 template <class T>

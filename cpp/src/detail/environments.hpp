@@ -38,7 +38,7 @@ void normalise_groups(index_t n_groups, index_t group, T* v, double* log_scale) 
     T* p = v + g * group;
     T m = 0;
     for (index_t i = 0; i < group; ++i) m = std::max(m, std::abs(p[i]));
-    const T f = static_cast<T>(tile::pow2_normaliser(m, log_scale + g));
+    const T f = static_cast<T>(tile::pow2_normaliser<T>(m, log_scale + g));
     if (f != T(1))
       for (index_t i = 0; i < group; ++i) p[i] *= f;
   }

@@ -27,6 +27,13 @@ class CudaError : public std::runtime_error {
 int device_count();
 /// @brief Why device_count() is 0 ("" otherwise).
 std::string device_unavailable_reason();
+/// @brief Architecture of the code the current device runs for this module, as major * 10 +
+/// minor: the PTX target of the image the driver loaded (90 for the sm_90 image; 80 when an sm_90
+/// card JIT-compiles compute_80 PTX).  Cached per device.
+int image_arch();
+/// @brief The product path of the float64 kernels on the current device: "m16n8k8" or "m8n8k4"
+/// (FP64 tensor cores), or "fma" (MPSNTK_CUDA_SIMT=1).
+std::string float64_path();
 /// @brief CUDA runtime version the module was built with, e.g. "13.0".
 std::string runtime_version();
 /// @brief Architectures compiled into the module, e.g. {"sm_80", "sm_90", "compute_90"}.

@@ -208,30 +208,26 @@ using DmmaPath = MmaPath<double, tile::MmaF64>;          // sm_80+
 using DmmaSm90Path = MmaPath<double, tile::MmaF64Sm90>;  // sm_90+
 using Tf32Path = MmaPath<float, tile::MmaTf32>;
 
-/// Compute capability (major) of the current device.
-inline int device_major() {
-  int dev = 0, major = 0;
-  MPSNTK_CUDA_TRY(cudaGetDevice(&dev));
-  MPSNTK_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  return major;
-}
-
 /// Calls f(Path{}) with the full-precision product path for T.  float64: FP64 tensor cores
-/// (DMMA, IEEE double arithmetic) with Hopper's m16n8k8 shape on sm_90 and newer, the m8n8k4
-/// shape before; diagnostic switches (and what the GPU tests compare): MPSNTK_CUDA_DMMA=m8n8k4
-/// or m16n8k8 forces a shape, MPSNTK_CUDA_SIMT=1 plain FMAs.  float32: FP32 FMAs (TF32 is an
-/// explicit opt-in of the NTK alone).
+/// (DMMA, IEEE double arithmetic) with Hopper's m16n8k8 shape where the code that runs is sm_90
+/// code (image_arch(): an sm_90 card that JIT-compiles compute_80 PTX has no m16n8k8 f64), the
+/// m8n8k4 shape otherwise; diagnostic switches (and what the GPU tests compare):
+/// MPSNTK_CUDA_DMMA=m8n8k4 or m16n8k8 forces a shape, MPSNTK_CUDA_SIMT=1 plain FMAs.  float32:
+/// FP32 FMAs (TF32 is an explicit opt-in of the NTK alone).
 template <class T, class F>
 void with_path(F&& f) {
   if constexpr (std::is_same_v<T, double>) {
     const char* simt = std::getenv("MPSNTK_CUDA_SIMT");
     if (simt && simt[0] && std::string(simt) != "0") return f(SimtPath<double>{});
-    const int major = device_major();
+    const bool sm90_code = image_arch() >= 90;
     const char* env = std::getenv("MPSNTK_CUDA_DMMA");
-    const std::string shape = env && env[0] ? env : (major >= 9 ? "m16n8k8" : "m8n8k4");
+    const std::string shape = env && env[0] ? env : (sm90_code ? "m16n8k8" : "m8n8k4");
     MPSNTK_EXPECTS(shape == "m8n8k4" || shape == "m16n8k8",
                    "MPSNTK_CUDA_DMMA must be 'm8n8k4' or 'm16n8k8'; got '" + shape + "'");
-    MPSNTK_EXPECTS(shape == "m8n8k4" || major >= 9, "MPSNTK_CUDA_DMMA=m16n8k8 needs an sm_90 or newer GPU");
+    MPSNTK_EXPECTS(shape == "m8n8k4" || sm90_code,
+                   "MPSNTK_CUDA_DMMA=m16n8k8 needs sm_90 code: an sm_90 or newer GPU and a build whose "
+                   "architectures include 90 (this device runs compute_" +
+                       std::to_string(image_arch()) + " code)");
     if (shape == "m16n8k8") return f(DmmaSm90Path{});
     return f(DmmaPath{});
   } else {
@@ -419,7 +415,11 @@ __global__ void __launch_bounds__(kThreads) gemm_batch_kernel(const Task* tasks)
   gemm_tile<T, P>(task, As, Bs);
 }
 
-/// Launches the tasks (copied to device_tasks, room for all of them) as one batch.
+/// Tasks per launch of gemm_batch_kernel: the grid's z limit.
+constexpr std::size_t kMaxBatch = 65535;
+
+/// Launches the tasks (copied to device_tasks, room for all of them) as one batch (several past
+/// kMaxBatch tasks).
 template <class T, class Task>
 void gemm_batch(cudaStream_t stream, const std::vector<Task>& tasks, Task* device_tasks) {
   index_t M = 0, N = 0;
@@ -428,9 +428,13 @@ void gemm_batch(cudaStream_t stream, const std::vector<Task>& tasks, Task* devic
   // From pageable memory the copy is staged before cudaMemcpyAsync returns (tasks may go).
   MPSNTK_CUDA_TRY(
       cudaMemcpyAsync(device_tasks, tasks.data(), tasks.size() * sizeof(Task), cudaMemcpyHostToDevice, stream));
-  const dim3 grid(blocks_for(M, kTile), blocks_for(N, kTile), static_cast<unsigned>(tasks.size()));
   with_path<T>([&](auto path) {
-    launch("gemm_batch_kernel", grid, kThreads, stream, gemm_batch_kernel<T, decltype(path), Task>, device_tasks);
+    for (std::size_t first = 0; first < tasks.size(); first += kMaxBatch) {
+      const dim3 grid(blocks_for(M, kTile), blocks_for(N, kTile),
+                      static_cast<unsigned>(std::min(kMaxBatch, tasks.size() - first)));
+      launch("gemm_batch_kernel", grid, kThreads, stream, gemm_batch_kernel<T, decltype(path), Task>,
+             device_tasks + first);
+    }
   });
 }
 
@@ -502,7 +506,7 @@ struct EnvStore {
   double* log_out;
   __device__ double row_factor(index_t r, double maxabs) const {
     log_out[r] = log_in[r];
-    return tile::pow2_normaliser(maxabs, log_out + r);
+    return tile::pow2_normaliser<T>(maxabs, log_out + r);
   }
   __device__ void operator()(index_t r, index_t col, T v) const {
     const index_t x = r / h, alpha = r % h, l = col / dout, o = col % dout;
@@ -533,7 +537,7 @@ __global__ void normalise_kernel(T* v, double* lg, index_t group) {
     __syncthreads();
   }
   __shared__ double factor;
-  if (threadIdx.x == 0) factor = tile::pow2_normaliser(red[0], lg + blockIdx.x);
+  if (threadIdx.x == 0) factor = tile::pow2_normaliser<T>(red[0], lg + blockIdx.x);
   __syncthreads();
   if (factor != 1.0)
     for (index_t i = threadIdx.x; i < group; i += blockDim.x) p[i] *= static_cast<T>(factor);

@@ -102,6 +102,10 @@ enum class Schedule { forward, reverse, shuffled };
 /// decides when cp.async copies land (see above).
 void set_schedule(Schedule s, std::uint64_t seed = 0);
 
+/// The architecture of the code the simulated sm_90 card runs (image_arch(); 90 by default): 80
+/// stands for a build whose newest code for it is compute_80 PTX.
+void set_image_arch(int arch);
+
 /// Kernels that check the simulator itself (cuda/sim/selftest.cpp).
 namespace selftest {
 /// One warp's mma.sync on row-major A (M x K), B (K x N), C (M x N), fragments loaded with the
