@@ -804,8 +804,9 @@ def main(argv=None):
         name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
         common["gpu"] = name.decode() if isinstance(name, bytes) else name
         common["card_peak_tflops"] = peers.card_peaks(common["gpu"])
-        print(f"# GPU: {common['gpu']}; spec-sheet peak TFLOP/s: {common['card_peak_tflops']}",
-              file=sys.stderr)
+        common["float64_path"] = mn._backend._cuda.float64_path()  # m16n8k8, m8n8k4 or fma
+        print(f"# GPU: {common['gpu']}; spec-sheet peak TFLOP/s: {common['card_peak_tflops']}; "
+              f"float64 products: {common['float64_path']}", file=sys.stderr)
     configs = list(itertools.product(args.dtype, args.n_sites, args.bond_dim, args.n_samples))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp_out = args.out + ".tmp"

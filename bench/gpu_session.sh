@@ -22,8 +22,8 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv \
       | tee "$out/card.txt"
     python -m pip install --quiet --no-build-isolation --no-deps . 2>&1 | tail -3
-    python -c "import mpsntk, json; print(json.dumps(mpsntk.build_info(), indent=1))" \
-      | tee "$out/build_info.txt"
+    python -c "import mpsntk, json; print(json.dumps(mpsntk.build_info(), indent=1)); \
+print('float64 products:', mpsntk._backend._cuda.float64_path())" | tee "$out/build_info.txt"
     # registers and spills of every kernel on the card's architecture
     arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
     for f in ntk grad; do

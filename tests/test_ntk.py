@@ -239,3 +239,23 @@ def test_float32_matches_float64_oracle():
     got = mn.ntk(mps32, mn.features.trig(x, dtype=np.float32))
     assert got.dtype == np.float32
     assert relerr(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_underflowing_kernel_is_an_error_not_zeros(dtype):
+    """A long chain with a small sigma has a kernel below the dtype's normal range: an error that
+    points to normalized=True, whose form holds it, as for overflow."""
+    n_sites = 2000
+    x = np.random.default_rng(31).uniform(size=(4, n_sites))
+    phi = mn.features.trig(x).astype(dtype)
+    model = mn.MPS.random(n_sites, 3, sigma=0.9 if dtype == np.float32 else 0.5, seed=32,
+                          dtype=dtype)
+    for args in ((phi,), (phi, phi[:2])):
+        with pytest.raises(FloatingPointError, match="underflows .*use normalized=True"):
+            mn.ntk(model, *args)
+    theta, c1, _ = mn.ntk(model, phi, normalized=True)
+    assert np.all(np.diag(theta) > 0) and np.all(c1 < np.log(np.finfo(dtype).tiny) / 2)
+    # an exactly zero kernel is not an underflow: zero features at a site zero every derivative
+    phi0 = phi[:, :50].copy()
+    phi0[:, 7] = 0
+    np.testing.assert_array_equal(mn.ntk(mn.MPS.random(50, 3, seed=33, dtype=dtype), phi0), 0)

@@ -69,6 +69,7 @@ class Engine:
         n1 = phi1.shape[0]
         n2 = 0 if phi2 is None else phi2.shape[0]
         wsb = self._fn("ntk_workspace_bytes", mps)(*chain, n1, n2)
+        self.check_fits(wsb, "the environments of this NTK", "compute fewer samples at a time")
         if out is None:
             self.check_fits(
                 wsb + int(np.prod(shape)) * mps.dtype.itemsize,
@@ -76,8 +77,6 @@ class Engine:
                 "compute fewer samples at a time",
             )
             out = xp.empty(shape, dtype=mps.dtype)
-        else:
-            self.check_fits(wsb, "the environments of this NTK", "compute fewer samples at a time")
         ws = self._workspace(wsb)
         log1 = xp.empty(n1, dtype=xp.float64)
         log2 = xp.empty(n2 or n1, dtype=xp.float64)

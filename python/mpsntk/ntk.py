@@ -117,7 +117,8 @@ def ntk(
     Raises
     ------
     FloatingPointError
-        If the kernel overflows the dtype without ``normalized=True``.
+        If the kernel overflows the dtype without ``normalized=True``, or underflows it (the
+        whole non-zero kernel below the dtype's smallest normal number).
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi1, phi2, out, names=["phi1", "phi2", "out"]), "phi1")
@@ -165,7 +166,32 @@ def ntk(
         raise FloatingPointError(
             "the NTK overflows the range of " + mps.dtype.name + "; use normalized=True"
         )
+    if _underflows(mps, phi1, phi2, out, full, per_site, site_weights, precision, xp):
+        raise FloatingPointError(
+            "the NTK underflows the range of " + mps.dtype.name + " (every entry is below "
+            f"{np.finfo(mps.dtype).tiny:.3g}); use normalized=True"
+        )
     return out
+
+
+def _underflows(mps, phi1, phi2, out, full, per_site, site_weights, precision, xp):
+    """True when the whole kernel lies below the dtype's normal range although it is not zero
+    (the normalised form says): its entries have lost their precision, or every bit of it.
+    Symmetric kernels are positive semi-definite, so their diagonal bounds every entry."""
+    if out.size == 0:
+        return False
+    if phi2 is None:
+        diag = xp.diagonal(out, axis1=per_site, axis2=per_site + 1)  # (n_sites?, [C, C,] n)
+        if full:
+            diag = xp.diagonal(diag, axis1=per_site, axis2=per_site + 1)
+        peak = float(xp.max(diag))
+    else:
+        peak = max(float(xp.max(out)), -float(xp.min(out)))  # no |out| temporary
+    if peak >= np.finfo(mps.dtype).tiny:
+        return False
+    tilde, _, _ = ntk(mps, phi1, phi2, per_site=per_site, outputs="full" if full else "trace",
+                      normalized=True, site_weights=site_weights, precision=precision)
+    return bool(xp.any(tilde != 0))
 
 
 def _default_tile(n1, n2, symmetric, threads):
@@ -190,6 +216,8 @@ def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, 
     # A tile larger than the kernel is one tile; each engine thread holds a (tile + 64)^2 buffer.
     tile = min(tile, max(n1, n2))
     work += threads * (tile + 64) ** 2 * mps.dtype.itemsize
+    # The environments are held whole, whatever holds the kernel (out= cannot help them).
+    _check_fits(work, "the environments of this NTK", "compute fewer samples at a time")
     if out is None:
         nbytes = int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize
         _check_fits(
@@ -198,8 +226,6 @@ def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, 
             "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time",
         )
         out = np.empty(shape, dtype=mps.dtype)
-    else:
-        _check_fits(work, "the environments of this NTK", "compute fewer samples at a time")
     log1 = np.empty(n1)
     log2 = np.empty(n2)
     cores, scales, boundary, osite = mps._engine_args()
