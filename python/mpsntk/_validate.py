@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import reprlib
 
 import numpy as np
 
@@ -18,11 +19,47 @@ from ._backend import as_array
 _FEATURE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_REPR_LIMIT = 80  # characters of a value's repr that an error message quotes
+
+
+def _make_short_repr():
+    short = reprlib.Repr()
+    short.maxlevel = 3
+    short.maxtuple = short.maxlist = short.maxset = short.maxfrozenset = 16
+    short.maxdeque = short.maxdict = short.maxarray = 16
+    short.maxstring = short.maxother = short.maxlong = _REPR_LIMIT
+    return short
+
+
+_SHORT_REPR = _make_short_repr()
+
+
+def _short_repr(value, limit=_REPR_LIMIT):
+    """``repr(value)`` cut to at most ``limit`` characters (``...`` marks a cut).
+
+    Containers are abbreviated by :mod:`reprlib` on the way, so a huge nested list is never
+    rendered in full just to be cut.
+    """
+    try:
+        text = _SHORT_REPR.repr(value)
+    except Exception:  # a broken __repr__ must not hide the error being reported
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _describe(value):
-    """Return a short description of ``value`` for error messages."""
+    """Return a short description of ``value`` for error messages.
+
+    Arrays are described by shape and dtype; anything else by its repr, cut to about 80
+    characters, and its type.
+    """
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"
-    return f"{value!r} of type {type(value).__name__}"
+    text = _short_repr(value)
+    kind = type(value).__name__
+    if isinstance(value, (list, tuple, dict, set, frozenset)) and "..." in text:
+        kind = f"{kind} of length {len(value)}"
+    return f"{text} of type {kind}"
 
 
 def _check_feature_dtype(dtype, name="dtype"):
@@ -60,6 +97,25 @@ def _check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False; got {_describe(value)}")
     return bool(value)
+
+
+def _check_seed(seed, name="seed"):
+    """Return a NumPy Generator for ``seed``: None, an integer >= 0 or a Generator.
+
+    A ``numpy.random.SeedSequence`` or ``BitGenerator`` is passed on to
+    ``numpy.random.default_rng`` as well; anything else raises ``TypeError`` (negative integers
+    ``ValueError``) naming ``name``.
+    """
+    expected = f"{name} must be None, an integer >= 0 or a numpy.random.Generator"
+    if seed is None or isinstance(
+        seed, (np.random.Generator, np.random.SeedSequence, np.random.BitGenerator)
+    ):
+        return np.random.default_rng(seed)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{expected}; got {_describe(seed)}")
+    if seed < 0:
+        raise ValueError(f"{expected}; got {seed}")
+    return np.random.default_rng(int(seed))
 
 
 def _check_choice(value, name, choices):

@@ -12,7 +12,13 @@ import numpy as np
 
 from . import _core
 from ._backend import require_host
-from ._validate import _check_choice, _check_int, _check_positive_float, _describe
+from ._validate import (
+    _check_choice,
+    _check_int,
+    _check_positive_float,
+    _check_seed,
+    _describe,
+)
 from .datasets import all_configurations
 from .features import onehot
 from .grad import vjp
@@ -144,6 +150,8 @@ def nll_grad(mps, x, feature_scale=1.0, reduction="mean"):
 def sample(mps, n_samples, seed=None, feature_scale=1.0):
     """Exact samples from ``p(x)`` by sequential conditional sampling.
 
+    ``seed`` is None, an integer >= 0 or a ``numpy.random.Generator``.
+
     Each site's conditional ``p(x_j | x_<j)`` contracts the sampled prefix with the doubled
     suffix of the chain (computed once by the engine), so the samples are exact for open and
     periodic chains.
@@ -154,7 +162,7 @@ def sample(mps, n_samples, seed=None, feature_scale=1.0):
     """
     _check_born_mps(mps)
     n_samples = _check_int(n_samples, "n_samples", 1)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = _check_seed(seed)
     scale = _check_positive_float(feature_scale, "feature_scale")
     slots, _ = _engine("doubled_right_environments", mps)(
         mps.cores, mps.scales, mps.boundary, _weights(mps, feature_scale)

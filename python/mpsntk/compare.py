@@ -42,7 +42,8 @@ def _model_sigma(mps, sigma):
 def model_rho(mps, sigma=None):
     """Per-site ``rho_j`` with ``E Theta_D = (sum_j rho_j) K`` for this model (theory 1, 3.2).
 
-    ``lambda_j = scales_j^2 site_lr_j = rho_j sigma_j^2 / sqrt(D_{j-1} D_j)``; NTK
+    ``lambda_j = scales_j^2 site_lr_j = rho_j sigma_j^2 / sqrt(D_j D_{j+1})`` for core ``j`` of
+    shape ``(phys_dim, D_j, D_{j+1})``; NTK
     parametrisation gives ``rho_j = 1``, Guo-Draper's rates ``rho_j = sigma_j^-2``.
     """
     sigma = _model_sigma(mps, sigma)
@@ -124,6 +125,11 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
     n_ensemble : int
         Also train this many fresh initialisations (``MPS.random`` with seeds seed+1, ...)
         and compare the test-output mean and variance with the GP prediction (4.1 (e)).
+        Needs a scalar-output model drawn by ``MPS.random`` and ``phi_test``.
+    seed : int >= 0
+        Base seed of the ensemble.
+
+    All arguments are validated before any training starts.
 
     Returns
     -------
@@ -135,16 +141,32 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
     probe = phi_train if phi_test is None else np.concatenate(
         [phi_train, mps.check_features(phi_test, "phi_test")])
     m, C = phi_train.shape[0], mps.n_outputs
+    multi = mps.output_site is not None
+    # Everything the kernel predictions need is checked here, before the (long) training run.
+    rho = model_rho(mps, sigma)
+    sig = _model_sigma(mps, sigma)
+    n_ensemble = _check_int(n_ensemble, "n_ensemble", 0)
+    seed = _check_int(seed, "seed", 0)
+    if n_ensemble:
+        missing = [why for bad, why in (
+            (mps.init is None, "a model drawn by MPS.random (to draw fresh initialisations)"),
+            (multi, "a scalar-output model (output_site=None)"),
+            (phi_test is None, "phi_test (the ensemble statistics are test outputs)"),
+        ) if bad]
+        if missing:
+            raise ValueError(f"n_ensemble = {n_ensemble} needs {' and '.join(missing)}")
+        if n_ensemble < 2:
+            raise ValueError(
+                f"n_ensemble must be 0 (no ensemble) or >= 2 (the variance needs two "
+                f"members); got {n_ensemble}"
+            )
     res = train(mps, phi_train, y_train, learning_rate=learning_rate, n_steps=n_steps,
                 reduction=reduction, probe=probe, log_every=log_every)
     y = np.asarray(y_train, dtype=np.float64)
-    multi = mps.output_site is not None
     y_flat = y.reshape(-1)
     shape = (probe.shape[0], C) if multi else (probe.shape[0],)
     f0 = np.asarray(mps(probe), dtype=np.float64).reshape(-1)
     theta_0 = ntk(mps, probe, phi_train, outputs="full").astype(np.float64)
-    rho = model_rho(mps, sigma)
-    sig = _model_sigma(mps, sigma)
     theta_inf = ntk_infinite(probe, phi_train, sigma=sig, rho=rho)
     k0 = _flat_kernel(theta_0, C)
     kinf = np.kron(theta_inf, np.eye(C)) if multi else theta_inf
@@ -161,10 +183,7 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
         return float(np.max(np.linalg.norm(diff, axis=1)) / ynorm)
 
     ensemble = None
-    n_ensemble = _check_int(n_ensemble, "n_ensemble", 0)
     if n_ensemble:
-        if mps.init is None or phi_test is None or multi:
-            raise ValueError("n_ensemble needs a scalar model drawn by MPS.random and phi_test")
         outs = []
         for s in range(n_ensemble):
             fresh = MPS.random(**{**mps.init, "seed": seed + 1 + s})
@@ -226,10 +245,16 @@ def compare_born(mps, data, *, learning_rate, n_steps, log_every=1, feature_scal
     """Train a Born machine on configurations ``data`` next to its kernel predictions.
 
     Enumerates all ``phys_dim ** n_sites`` configurations (small chains).  The NLL uses
-    ``reduction`` ("sum": theory 4.3; tau = Z_0 / (4 eta m kappa)).
+    ``reduction`` ("sum": theory 4.3; tau = Z_0 / (4 eta m kappa)).  ``sigma`` is the per-site
+    initial scale for kappa_inf (default: from ``MPS.random``; required for other models).
+    All arguments are validated before any training starts.
     """
     if not isinstance(mps, MPS):
         raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+    born._check_born_mps(mps)
+    # Checked before the training run: the kernel predictions need sigma.
+    sig = _model_sigma(mps, sigma)
+    rho = model_rho(mps, sigma)
     data = born._as_configs(mps, data, "data")
     omega = datasets.all_configurations(mps.n_sites, mps.phys_dim)
     counts = datasets.configuration_counts(data, mps.phys_dim).astype(np.float64)
@@ -252,8 +277,7 @@ def compare_born(mps, data, *, learning_rate, n_steps, log_every=1, feature_scal
     frozen = dynamics.born_frozen_kernel(theta_0, psi_0, counts, learning_rate, n_steps,
                                          loss=reduction, log_every=log_every)
     z0 = float(np.exp(logz[0]))
-    sig = _model_sigma(mps, sigma)
-    kappa_inf = float(np.sum(model_rho(mps, sigma)) * np.prod(sig**2 * feature_scale**2))
+    kappa_inf = float(np.sum(rho) * np.prod(sig**2 * feature_scale**2))
     kappa_emp = float(np.mean(np.diag(theta_0)))
     tau_inf = dynamics.born_tau(z0, learning_rate, m, kappa_inf, loss=reduction)
     tau_emp = dynamics.born_tau(z0, learning_rate, m, kappa_emp, loss=reduction)

@@ -1,27 +1,33 @@
 """The matrix product state model.
 
-An MPS with ``n_sites`` sites maps local features ``phi`` of shape
-``(n_samples, n_sites, phys_dim)`` to ``f(x) = M_1(x) ... M_N(x)`` (open boundary) or
-``Tr(M_1(x) ... M_N(x))`` (periodic boundary), where
-``M_j(x) = sum_s phi[x, j, s] * scales[j] * cores[j][s]``.
+Indices are 0-based throughout the code: sites ``j = 0 .. N-1`` (``N = n_sites``), bond
+dimensions ``D_0 .. D_N``, and core ``j`` has shape ``(phys_dim, D_j, D_{j+1})``, between bonds
+``j`` and ``j+1``.  (The theory spec numbers sites ``1..N`` with core ``j`` of shape
+``(d, D_{j-1}, D_j)``; its site ``j`` is ``cores[j-1]`` here, so its ``D_{j-1} D_j`` reads
+``D_j D_{j+1}`` below.)
+
+An MPS maps local features ``phi`` of shape ``(n_samples, n_sites, phys_dim)`` to
+``f(x) = M_0(x) ... M_{N-1}(x)`` (open boundary) or ``Tr(M_0(x) ... M_{N-1}(x))`` (periodic
+boundary), where ``M_j(x) = sum_s phi[x, j, s] * scales[j] * cores[j][s]``.
 
 The trainable parameters are the entries of ``cores`` (``W_j``); ``scales`` (``c_j``) are fixed
 multipliers, so ``A_j = c_j W_j``.  This covers both parametrisations of the theory:
 
 * NTK parametrisation (default of :meth:`MPS.random`): ``W ~ N(0, 1)``,
-  ``c_j = sigma_j (D_{j-1} D_j)^(-1/4)``, plain gradient descent on ``W``;
-* standard parametrisation: ``A ~ N(0, sigma_j^2 / sqrt(D_{j-1} D_j))`` stored directly
+  ``c_j = sigma_j (D_j D_{j+1})^(-1/4)``, plain gradient descent on ``W``;
+* standard parametrisation: ``A ~ N(0, sigma_j^2 / sqrt(D_j D_{j+1}))`` stored directly
   (``scales = 1``) and trained with per-site learning rates
-  ``eta_j = eta * site_lr[j]``, ``site_lr[j] = 1 / sqrt(D_{j-1} D_j)``.
+  ``eta_j = eta * site_lr[j]``, ``site_lr[j] = 1 / sqrt(D_j D_{j+1})``.
 
 The NTK of a model is ``sum_j site_lr[j] * <df/dW_j, df'/dW_j>`` (see :func:`mpsntk.ntk`).
 
 Multi-class output: with ``output_site=c`` the core of site ``c`` has shape
-``(n_outputs, phys_dim, D_{c-1}, D_c)`` and output ``l`` uses ``cores[c][l]``.
+``(n_outputs, phys_dim, D_c, D_{c+1})`` and output ``l`` uses ``cores[c][l]``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import numbers
 import os
@@ -208,7 +214,7 @@ class MPS:
         n_sites : int
         bond_dim : int or sequence of int
             Uniform bond dimension D (open chains get D_0 = D_N = 1), or the full list
-            ``(D_0, ..., D_N)``.
+            ``(D_0, ..., D_N)``; core ``j`` (0-based) has shape ``(phys_dim, D_j, D_{j+1})``.
         phys_dim : int
         boundary : {"open", "periodic"}
         n_outputs : int
@@ -216,9 +222,11 @@ class MPS:
         sigma : float or array of shape (n_sites,)
             Per-site scale; ``E f(x)^2 = prod_j sigma_j^2 |phi(x_j)|^2`` at every D.
         parametrization : {"ntk", "standard"}
-            "ntk": ``W ~ N(0, 1)``, ``scales = sigma (D_{j-1} D_j)^(-1/4)``, ``site_lr = 1``.
-            "standard": ``A ~ N(0, sigma^2 / sqrt(D_{j-1} D_j))``, ``scales = 1``,
-            ``site_lr = 1 / sqrt(D_{j-1} D_j)`` (per-tensor rates of Guo & Draper).
+            Written for 0-based core ``j`` of shape ``(phys_dim, D_j, D_{j+1})``:
+            "ntk": ``W ~ N(0, 1)``, ``scales[j] = sigma_j (D_j D_{j+1})^(-1/4)``,
+            ``site_lr = 1``.
+            "standard": ``A ~ N(0, sigma_j^2 / sqrt(D_j D_{j+1}))``, ``scales = 1``,
+            ``site_lr[j] = 1 / sqrt(D_j D_{j+1})`` (per-tensor rates of Guo & Draper).
         seed : int or numpy.random.Generator, optional
         dtype : {numpy.float64, numpy.float32}
         output_site : int, optional
@@ -474,7 +482,11 @@ class MPS:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
-        """Write the model to an ``.npz`` file (cores, scales, rates, boundary, output site)."""
+        """Write the model to an ``.npz`` file (cores, scales, rates, boundary, output site).
+
+        As with ``numpy.savez``, ``.npz`` is appended to a ``path`` that does not end in it:
+        ``save("model")`` writes ``model.npz``.  :meth:`load` accepts either name.
+        """
         data = {f"core_{j}": c for j, c in enumerate(self.to_host().cores)}
         data.update(
             format_version=np.array(_FORMAT_VERSION),
@@ -490,10 +502,22 @@ class MPS:
 
     @classmethod
     def load(cls, path):
-        """Read a model written by :meth:`save`."""
+        """Read a model written by :meth:`save`.
+
+        ``path`` is the path given to :meth:`save`: if no file of that name exists and it does
+        not end in ``.npz``, ``path + ".npz"`` (the file ``save`` wrote) is read instead.
+        """
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            ext = ".npz" if isinstance(path, str) else b".npz"
+            tried = [path] if path.endswith(ext) else [path, path + ext]
+            if not os.path.exists(tried[-1]):
+                names = " nor ".join(repr(t) for t in tried)
+                raise FileNotFoundError(errno.ENOENT, f"no MPS file {names}", path)
+            path = tried[-1]
         not_ours = f"{path}: not an mpsntk MPS file (format {_FORMAT_VERSION})"
         try:
-            f = np.load(os.fspath(path), allow_pickle=False)
+            f = np.load(path, allow_pickle=False)
         except (ValueError, EOFError) as exc:  # not .npy/.npz (NumPy then suspects a pickle)
             raise ValueError(not_ours) from exc
         if not isinstance(f, np.lib.npyio.NpzFile):

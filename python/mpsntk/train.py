@@ -2,7 +2,8 @@
 
 Full-batch gradient descent or mini-batch SGD on the cores ``W_j`` with per-site rates
 ``eta * mps.site_lr[j]`` (the NTK parametrisation has rate 1 everywhere; the standard one
-``1/sqrt(D_{j-1} D_j)``).  Losses (theory section 4):
+``1/sqrt(D_j D_{j+1})`` for core ``j`` of shape ``(phys_dim, D_j, D_{j+1})``).  Losses (theory
+section 4):
 
 * ``"mse"``: ``L = sum ||f - y||^2 / (2 s)`` with ``s = y.size`` (``reduction="mean"``, the
   neural-tangents convention) or ``s = 1`` (``"sum"``);
@@ -24,9 +25,11 @@ import numpy as np
 from . import born
 from ._backend import as_array
 from ._validate import (
+    _check_bool,
     _check_choice,
     _check_int,
     _check_positive_float,
+    _check_seed,
     _describe,
 )
 from .grad import vjp
@@ -64,8 +67,15 @@ class TrainResult:
 
 
 def max_ntk_eigenvalue(mps, phi, n_iter=50, seed=0):
-    """Largest eigenvalue of the NTK on ``phi`` by power iteration with :func:`mpsntk.ntk_vp`."""
-    rng = np.random.default_rng(seed)
+    """Largest eigenvalue of the NTK on ``phi`` by power iteration with :func:`mpsntk.ntk_vp`.
+
+    ``seed`` (None, an integer >= 0 or a Generator) draws the start vector.
+    """
+    if not isinstance(mps, MPS):
+        raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+    phi = mps.check_features(phi)
+    n_iter = _check_int(n_iter, "n_iter", 1)
+    rng = _check_seed(seed)
     shape = (phi.shape[0],) if mps.output_site is None else (phi.shape[0], mps.n_outputs)
     v = mps.xp.asarray(rng.standard_normal(shape).astype(mps.dtype))
     lam = 0.0
@@ -119,15 +129,29 @@ def _check_targets(kind, mps, phi, y, name):
     y = as_array(y, mps.xp)
     if kind == "mse":
         want = (n,) if mps.output_site is None else (n, mps.n_outputs)
+        if y.dtype != mps.dtype:
+            raise TypeError(
+                f"{name} must be a real array of the model's dtype {mps.dtype.name} for "
+                f"loss='mse'; got dtype {y.dtype} (convert explicitly, e.g. "
+                f"{name}.astype(numpy.{mps.dtype.name}))"
+            )
         if y.shape != want:
             raise ValueError(f"{name} must have shape {want} for loss='mse'; got {y.shape}")
-        if y.dtype.kind not in "iuf" or not bool(mps.xp.all(mps.xp.isfinite(y))):
-            raise ValueError(f"{name} must be finite real numbers")
-        return y.astype(mps.dtype)
+        if not bool(mps.xp.all(mps.xp.isfinite(y))):
+            raise ValueError(f"{name} must be finite; got NaN or Inf entries")
+        return y
     if mps.output_site is None:
         raise ValueError("loss='cross_entropy' needs a model with a label site (n_outputs > 1)")
-    if y.shape != (n,) or y.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integer class labels of shape ({n},); got {_describe(y)}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(
+            f"{name} must be integer class labels of shape ({n},) for loss='cross_entropy'; "
+            f"got dtype {y.dtype}"
+        )
+    if y.shape != (n,):
+        raise ValueError(
+            f"{name} must be integer class labels of shape ({n},) for loss='cross_entropy'; "
+            f"got shape {y.shape}"
+        )
     if y.min() < 0 or y.max() >= mps.n_outputs:
         raise ValueError(f"{name} must lie in 0..{mps.n_outputs - 1}")
     return y.astype(np.int64)
@@ -148,7 +172,7 @@ def train(
     log_steps=None,
     callbacks=(),
     seed=None,
-    feature_scale=1.0,
+    feature_scale=None,
     check_stability=True,
     progress=None,
 ):
@@ -162,8 +186,10 @@ def train(
         Training features.  For ``loss="born_nll"`` pass the integer configurations
         ``(n_samples, n_sites)`` instead; they are one-hot encoded with ``feature_scale``.
     y : ndarray, optional
-        Targets: (n_samples,) or (n_samples, n_outputs) for "mse"; integer labels (n_samples,)
-        for "cross_entropy"; None for "born_nll".
+        Targets: for "mse" a float array of the model's dtype (float64 targets for a float32
+        model raise ``TypeError``: convert them explicitly, nothing is cast silently) and shape
+        (n_samples,) or (n_samples, n_outputs); integer labels (n_samples,) for
+        "cross_entropy"; None for "born_nll".
     loss : {"mse", "cross_entropy", "born_nll"}
     learning_rate : float
         ``eta``; site ``j`` is updated with ``eta * mps.site_lr[j]``.
@@ -182,20 +208,24 @@ def train(
         Log every this many steps (ignored when ``log_steps`` is given).  Step 0 and the last
         step are always logged.
     log_steps : sequence of int, optional
-        Explicit steps to log.
-    callbacks : sequence of callables
-        ``cb(step, mps) -> dict | None`` called at the logged steps (diagnostics).
-    seed : int, optional
-        Mini-batch order.
-    feature_scale : float
-        One-hot scale of the Born machine.
+        Explicit steps to log (in 0..n_steps; logged in increasing order, duplicates once).
+        An empty sequence logs nothing: ``steps`` and ``loss`` are then empty and
+        ``probe_outputs`` has a leading axis of length 0.
+    callbacks : callable or sequence of callables
+        ``cb(step, mps) -> dict | None`` called at the logged steps (diagnostics); a single
+        callable is the same as a one-element list.
+    seed : None, int >= 0 or numpy.random.Generator
+        Mini-batch order (and the mini-batch that the stability check samples).
+    feature_scale : float, optional
+        One-hot scale of the Born machine (``loss="born_nll"`` only; default 1.0).  Passing it
+        with another loss is an error, as it would have no effect.
     check_stability : bool
         For full-batch MSE, estimate ``lambda_max`` of the NTK by power iteration and raise
         ValueError when ``eta * lambda_max / s >= 2`` (gradient descent would diverge in the
         kernel regime); for mini-batches, check one random batch and warn.
-    progress : bool, optional
-        Show a tqdm progress bar (default: when tqdm is installed, stderr is a terminal and
-        ``n_steps >= 1000``).
+    progress : bool or None
+        Show a tqdm progress bar (None, the default: when tqdm is installed, stderr is a
+        terminal and ``n_steps >= 1000``).
 
     Returns
     -------
@@ -208,6 +238,27 @@ def train(
     eta = _check_positive_float(learning_rate, "learning_rate")
     n_steps = _check_int(n_steps, "n_steps", 0)
     log_every = _check_int(log_every, "log_every", 1)
+    check_stability = _check_bool(check_stability, "check_stability")
+    if progress is not None:
+        progress = _check_bool(progress, "progress")
+    rng = _check_seed(seed)
+    if loss == "born_nll":
+        feature_scale = 1.0 if feature_scale is None else feature_scale
+        feature_scale = _check_positive_float(feature_scale, "feature_scale")
+    elif feature_scale is not None:
+        raise ValueError(
+            f"feature_scale applies to loss='born_nll' only (the one-hot scale of the "
+            f"configurations); got feature_scale={_describe(feature_scale)} with loss={loss!r}"
+        )
+    callbacks = [callbacks] if callable(callbacks) else callbacks
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(
+            f"callbacks must be a callable or a sequence of callables; got {_describe(callbacks)}"
+        )
+    callbacks = list(callbacks)
+    for j, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{j}] must be callable; got {_describe(cb)}")
     if loss == "born_nll":
         x_configs = born._as_configs(mps, phi, "phi")
         feats = born._features(mps, x_configs, feature_scale)
@@ -231,15 +282,14 @@ def train(
     if log_steps is None:
         logged = set(range(0, n_steps + 1, log_every)) | {n_steps}
     else:
-        logged = {_check_int(s, "log_steps entries", 0) for s in np.asarray(log_steps).ravel()}
+        if isinstance(log_steps, (str, bytes)) or np.ndim(log_steps) != 1:
+            raise TypeError(
+                f"log_steps must be a 1-D sequence of integers; got {_describe(log_steps)}"
+            )
+        logged = {_check_int(s, "log_steps entries", 0) for s in log_steps}
         if max(logged, default=0) > n_steps:
             raise ValueError(f"log_steps must be <= n_steps = {n_steps}")
-    callbacks = list(callbacks)
-    for cb in callbacks:
-        if not callable(cb):
-            raise TypeError(f"callbacks must be callables; got {_describe(cb)}")
 
-    rng = np.random.default_rng(seed)
     if check_stability and loss == "mse":
         # The kernel-regime condition eta * lambda_max(Theta_BB) / s < 2 on the data of one
         # update: the full training set, or one random mini-batch (a sample, hence a warning).
@@ -277,10 +327,16 @@ def train(
                 else model.forward(probe)
             )
         merged = {}
-        for cb in callbacks:
+        for j, cb in enumerate(callbacks):
             res = cb(step, model)
-            if res:
-                merged.update(res)
+            if res is None:
+                continue
+            if not isinstance(res, dict):
+                raise TypeError(
+                    f"callbacks[{j}] must return a dict or None; returned {_describe(res)} at "
+                    f"step {step}"
+                )
+            merged.update(res)
         cb_out.append(merged)
 
     bar = _progress_bar(n_steps, progress)
@@ -315,11 +371,20 @@ def train(
             bar.update(1)
     if bar is not None:
         bar.close()
+    if probe is None:
+        probe_outputs = None
+    elif probes:
+        probe_outputs = model.xp.stack(probes)
+    elif loss == "born_nll":  # nothing logged: keep the shape and dtype of the logged values
+        probe_outputs = np.empty((0, probe.shape[0]), dtype=np.float64)
+    else:
+        shape = (0, probe.shape[0]) + (() if model.output_site is None else (model.n_outputs,))
+        probe_outputs = model.xp.empty(shape, dtype=model.dtype)
     return TrainResult(
         mps=model,
-        steps=np.asarray(steps),
-        loss=np.asarray(losses),
-        probe_outputs=model.xp.stack(probes) if probe is not None else None,
+        steps=np.asarray(steps, dtype=np.int64),
+        loss=np.asarray(losses, dtype=np.float64),
+        probe_outputs=probe_outputs,
         callbacks=cb_out,
     )
 
