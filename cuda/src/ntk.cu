@@ -199,7 +199,10 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
         } else {
 #pragma unroll
           for (int e = 0; e < kAcc; ++e) {
-            acc[e] += tile::site_term(sum[e], prod[e]) * static_cast<T>(st.w[0][Path::row(e)] * st.w[1][Path::col(e)]);
+            // The row weights multiply one at a time, in double: their product alone underflows
+            // where a site lies far below its samples' largest scales, the term does not.
+            const double term = static_cast<double>(tile::site_term(sum[e], prod[e]));
+            acc[e] += static_cast<T>(term * st.w[0][Path::row(e)] * st.w[1][Path::col(e)]);
             sum[e] = T(0), prod[e] = T(1);
           }
           if (per_site && (flags[0] & kSiteEnd)) write(flags[0] >> kSiteShift);
