@@ -162,8 +162,8 @@ def _path(body, head, end, steady, tensor):
 
     def required(block):
         ops = Counter(o for _, o, _ in block)
-        if ops["DMMA"] or ops["HMMA"] or ops["LDGSTS"] >= 4:  # a chunk's copies (a term's
-            return True                                     # row weights are one more)
+        if ops["DMMA"] or ops["HMMA"] or ops["LDGSTS"] >= 4:  # a chunk's copies
+            return True
         return not tensor and ops["DFMA"] + ops["FFMA"] >= SIMT_FMAS // 2  # (an exp has a few)
 
     needed = [s for s in starts if steady and required(blocks[s])]

@@ -13,6 +13,16 @@ from mpsntk import _core
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
 
+@pytest.fixture(scope="module")
+def device_engine():
+    """For modules of device tests (``pytestmark = pytest.mark.usefixtures("device_engine")``):
+    the CUDA engine on a usable GPU, else the simulator behind the CuPy stand-in."""
+    import sim_cupy
+
+    with sim_cupy.engine():
+        yield
+
+
 @pytest.fixture(params=_core.available_isas())
 def isa(request):
     """Run a test once per instruction set compiled in and usable on this CPU."""

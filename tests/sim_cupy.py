@@ -153,6 +153,31 @@ def available():
     return _device.simulator() is not None
 
 
+def device_tests():
+    """``(on_gpu, cupy)`` for a module of device tests: CuPy where a GPU is usable, else this
+    stand-in; skips the module where neither is (use it with the ``device_engine`` fixture)."""
+    import pytest
+
+    from mpsntk import build_info, cuda_available
+
+    if cuda_available():  # pragma: no cover - needs a GPU
+        return True, pytest.importorskip("cupy")
+    if available():
+        return False, sys.modules[__name__]
+    pytest.skip(f"CUDA engine unavailable: {build_info()['cuda_reason']}; no simulator",
+                allow_module_level=True)  # pragma: no cover - the simulator is built on POSIX
+
+
+@contextlib.contextmanager
+def engine():
+    """The real CUDA engine on a GPU, else the simulator behind this stand-in."""
+    if _backend.cuda_available():  # pragma: no cover - needs a GPU
+        yield
+    else:
+        with installed():
+            yield
+
+
 @contextlib.contextmanager
 def installed():
     """Within: ``import cupy`` is this module and mpsntk's CUDA engine is the simulator."""

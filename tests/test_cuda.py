@@ -22,24 +22,8 @@ from mpsntk import _reference as ref
 import sim_cupy
 from conftest import RTOL, DLPackOnly, random_features, random_model, relerr
 
-ON_GPU = mn.cuda_available()
-if ON_GPU:  # pragma: no cover - needs a GPU
-    cp = pytest.importorskip("cupy")
-elif sim_cupy.available():
-    cp = sim_cupy
-else:  # pragma: no cover - the simulator is built on POSIX systems
-    pytest.skip(f"CUDA engine unavailable: {mn.build_info()['cuda_reason']}; no simulator",
-                allow_module_level=True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _engine():
-    """The real CUDA engine on a GPU, else the simulator behind the CuPy stand-in."""
-    if ON_GPU:  # pragma: no cover - needs a GPU
-        yield
-    else:
-        with sim_cupy.installed():
-            yield
+ON_GPU, cp = sim_cupy.device_tests()
+pytestmark = pytest.mark.usefixtures("device_engine")
 
 
 MODELS = [
@@ -354,3 +338,15 @@ def _tiny_site_problem(dtype):
     phi = rng.uniform(0.5, 1.0, size=(6, 4, 2))
     phi[:, 1] *= 1e-39 if dtype == np.float32 else 1e-310
     return host, phi.astype(dtype).astype(np.float64)
+
+
+def test_overflowing_products_are_errors_on_device():
+    cores = [np.array([-0.27, -0.94]).reshape(2, 1, 1), np.array([0.45, 1.0]).reshape(2, 1, 1)]
+    dev = mn.MPS(cores).to_device()
+    phi = cp.asarray(1e92 * np.array([[[11.3, 0.04], [-0.5, 11.1]], [[3.6, 3.7], [-1.7, 7.5]],
+                                      [[10.5, -4.6], [4.4, 3.6]]]))
+    v = cp.asarray(np.array([-0.9, 0.15, -0.33]))
+    with pytest.raises(FloatingPointError, match="Theta v overflows the range of float64"):
+        mn.ntk_vp(dev, phi, v)
+    with pytest.raises(FloatingPointError, match="the jvp overflows"):
+        mn.jvp(dev, phi, [cp.asarray(c * 1e200) for c in cores])

@@ -153,7 +153,7 @@ def test_jacobian_products_are_one_gemm_launch_for_all_sites():
 
 def test_the_largest_float32_target_fits_one_80_gb_card():
     """N = 65 536 samples, 64 sites, D = 64, float32 in one call: the engine's own plan of the
-    device memory (environments, factors, scales, row weights) plus the 16 GiB output stays
+    device memory (environments, factors, scales, weighted features) plus the 16 GiB output stays
     far below 80 GB, where a dense Jacobian alone (what the peers form) would not fit."""
     n_sites, bond, phys, n = 64, 64, 2, 65536
     shapes = [[phys, 1, bond]] + [[phys, bond, bond]] * (n_sites - 2) + [[phys, bond, 1]]
@@ -161,7 +161,7 @@ def test_the_largest_float32_target_fits_one_80_gb_card():
     workspace = SIM.module.ntk_workspace_bytes_float32(*chain, n, 0)
     total = workspace + n * n * 4
     # the output and the left and right environments of every sample at every bond (the
-    # rest, log-scales and row weights, is a few percent)
+    # rest, log-scales and weighted features, is a few percent)
     bulk = n * n * 4 + 2 * (n_sites + 1) * n * bond * 4
     assert bulk <= total < 1.05 * bulk < 20 * 2**30
     jacobian = n * sum(int(np.prod(s)) for s in shapes) * 4

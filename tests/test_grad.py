@@ -90,3 +90,21 @@ def test_vjp_is_the_gradient_of_a_loss():
 
     fd = (loss(eps) - loss(-eps)) / (2 * eps)
     assert abs(grads[j][idx] - fd) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_products_that_overflow_are_errors_not_infinities():
+    """Outputs near e^850: Theta v, the vjp and the jvp overflow float64 (the inputs are
+    finite), and say so instead of returning Inf or NaN, as forward and ntk do."""
+    cores = [np.array([-0.27, -0.94]).reshape(2, 1, 1), np.array([0.45, 1.0]).reshape(2, 1, 1)]
+    model = mn.MPS(cores)
+    phi = 1e92 * np.array([[[11.3, 0.04], [-0.5, 11.1]], [[3.6, 3.7], [-1.7, 7.5]],
+                           [[10.5, -4.6], [4.4, 3.6]]])
+    v = np.array([-0.9, 0.15, -0.33])
+    with pytest.raises(FloatingPointError, match="Theta v overflows the range of float64"):
+        mn.ntk_vp(model, phi, v)
+    big = [c * 1e160 for c in cores]
+    with pytest.raises(FloatingPointError, match="the vjp overflows"):
+        mn.vjp(mn.MPS(big), phi[:, :, :] * 1e-92 * 1e150, v)
+    with pytest.raises(FloatingPointError, match="the jvp overflows"):
+        mn.jvp(model, phi, [c * 1e200 for c in cores])
+    assert np.all(np.isfinite(mn.ntk_vp(model, phi * 1e-92, v)))  # in range: no error

@@ -357,7 +357,7 @@ def test_random_attributes():
 
 
 def test_random_core_distribution():
-    # NTP: W ~ N(0, 1); standard: A ~ N(0, sigma^2 / sqrt(D_{j-1} D_j)); 2*40*40 = 3200 draws
+    # NTP: W ~ N(0, 1); standard: A ~ N(0, sigma^2 / sqrt(D_j D_{j+1})); 2*40*40 = 3200 draws
     ntp = mn.MPS.random(3, 40, sigma=1.7, seed=2)
     sp = mn.MPS.random(3, 40, sigma=1.7, seed=3, parametrization="standard")
     w, a = ntp.cores[1].ravel(), sp.cores[1].ravel()

@@ -259,3 +259,13 @@ def test_underflowing_kernel_is_an_error_not_zeros(dtype):
     phi0 = phi[:, :50].copy()
     phi0[:, 7] = 0
     np.testing.assert_array_equal(mn.ntk(mn.MPS.random(50, 3, seed=33, dtype=dtype), phi0), 0)
+
+
+def test_scale_beyond_float32_with_kernel_within_it():
+    """f = A_0 phi_0 A_1 phi_1 with phi = (1e-19, 1e19) and unit cores: Theta = 2, while the
+    scale exp(c_i + c_k) that takes the normalised kernel back is far beyond float32."""
+    host = mn.MPS([np.ones((1, 1, 1), np.float32)] * 2)
+    phi = np.array([[[1e-19], [1e19]]], np.float32)
+    theta, c1, c2 = mn.ntk(host, phi, normalized=True)
+    assert np.exp(c1[0] + c2[0]) > np.finfo(np.float32).max
+    np.testing.assert_allclose(mn.ntk(host, phi), [[2.0]], rtol=1e-6)

@@ -1,5 +1,6 @@
 // Fused NTK kernel: one 64 x 64 output tile per block, accumulated over sites in registers:
-//   Theta~[i, k] += w_j * (u_i.u_k) * (a_i.a_k) * (b_i.b_k) * rw_i * rw_k
+//   Theta~[i, k] += (u_i.u_k) * (a_i.a_k) * (b_i.b_k)
+// with the feature rows u carrying sqrt(w_j) and the rows' relative scales (as the CPU packing)
 // with the depth chunks of the Grams of every (site, output) term streamed through a ring of
 // shared-memory stages filled by cp.async (the copies of the next three chunks in flight during
 // a product, across term boundaries) and multiplied by the path the dtype selects (FMAs, FP64
@@ -13,9 +14,8 @@ namespace {
 template <class T>
 struct NtkSideDev {
   const SiteFactorDev<T>* sites;
-  const T* phi;
   const double* c;  // reference log-scale per sample (may be -inf)
-  const double* w;  // row weights (site, output, sample): sqrt(weight_j) exp(log_j(x, l) - c(x))
+  const T* u;       // weighted features (site, output, sample, d): phi_j(x) sqrt(w_j) e^(log_j(x, l) - c(x))
   index_t n;
 };
 
@@ -32,12 +32,10 @@ struct NtkLaunch {
   bool upper_only, normalized;
 };
 
-/// One stage of the kernel's pipeline: a depth chunk of the tile's rows (A) and columns (B), and
-/// the row weights of the term that the chunk ends (if it ends one).
+/// One stage of the kernel's pipeline: a depth chunk of the tile's rows (A) and columns (B).
 template <class Path>
 struct alignas(16) NtkStage {
   typename Path::Stage A, B;
-  double w[2][kTile];
 };
 /// Stages in flight: the copies of chunk c + 3 are issued before the product of chunk c, so
 /// three chunks' products cover their latency (one block per SM: occupancy cannot).
@@ -50,9 +48,8 @@ enum ChunkFlags : int { kUpperHalf = 1, kGramEnd = 2, kTermEnd = 4, kSiteEnd = 8
 
 /// Walks the (site j, output l) terms of a tile, each the Grams a, b (absent when the factor has
 /// no b) and u, chunk by chunk, and issues every chunk's copies into a stage: the tile's rows
-/// (side 0) and columns (side 1), zeros past the data, and with a term's last chunk its row
-/// weights.  Per side a thread keeps the address of its slot 0 in the chunk and the distance
-/// between its slots (the factor rows of consecutive samples are equally spaced).
+/// (side 0) and columns (side 1), zeros past the data.  Per side a thread keeps the address of its slot 0 in the chunk
+/// and the distance between its slots (the factor rows of consecutive samples are equally spaced).
 template <class T>
 struct TermWalk {
   const NtkLaunch<T>& p;
@@ -90,7 +87,8 @@ struct TermWalk {
       } else if (g == 1) {
         rows = FactorRows<T>::b(f, x0[s], output(s)), stride = f.mult_b * f.db, left = static_cast<int>(f.db);
       } else {
-        rows = side(s).phi + (x0[s] * p.n_sites + j) * p.d, stride = p.n_sites * p.d, left = static_cast<int>(p.d);
+        rows = side(s).u + ((j * p.n_outputs + output(s)) * side(s).n + x0[s]) * p.d, stride = p.d,
+        left = static_cast<int>(p.d);
       }
       at[s] = rows + slot_row(0) * stride + slot_depth();
       step[s] = kSlotRows * stride;
@@ -118,13 +116,6 @@ struct TermWalk {
     left = 0;
     flags |= kGramEnd;
     if (g != 2) return flags;
-    if (threadIdx.x < 2 * kTile) {  // the term's row weights
-      // (values, not a reference to a runtime-chosen side: that would copy p to local memory)
-      const int s = threadIdx.x / kTile, r = threadIdx.x % kTile;
-      const double* w = s == 0 ? p.s1.w : p.s2.w;
-      const index_t n = s == 0 ? p.s1.n : p.s2.n, x = (s == 0 ? x0[0] : x0[1]) + r;
-      cp_async(&st.w[s][r], x < n ? w + (j * p.n_outputs + output(s)) * n + x : w, x < n);
-    }
     const bool site_end = !traced() || l + 1 == p.n_outputs;
     return flags | kTermEnd | (site_end ? kSiteEnd : 0) | static_cast<int>(j) << kSiteShift;
   }
@@ -167,7 +158,8 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
         const double c1 = p.s1.c[i], c2 = p.s2.c[k];
         const double l1 = (c1 > -INFINITY && c1 < INFINITY) ? c1 : 0.0;
         const double l2 = (c2 > -INFINITY && c2 < INFINITY) ? c2 : 0.0;
-        v *= static_cast<T>(tile::pair_scale(l1, 0.0, l2, 0.0, false));
+        // in double: the scale alone can leave the range of float where the entry does not
+        v = static_cast<T>(static_cast<double>(v) * tile::pair_scale(l1, 0.0, l2, 0.0, false));
       }
       p.out[j * p.site_stride + i * p.ld_row + k * p.ld_col] = v;
       if (p.mirror && !(p.upper_only && ib == kb)) p.mirror[j * p.site_stride + k * p.ld_row + i * p.ld_col] = v;
@@ -199,10 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
         } else {
 #pragma unroll
           for (int e = 0; e < kAcc; ++e) {
-            // The row weights multiply one at a time, in double: their product alone underflows
-            // where a site lies far below its samples' largest scales, the term does not.
-            const double term = static_cast<double>(tile::site_term(sum[e], prod[e]));
-            acc[e] += static_cast<T>(term * st.w[0][Path::row(e)] * st.w[1][Path::col(e)]);
+            acc[e] += tile::site_term(sum[e], prod[e]);
             sum[e] = T(0), prod[e] = T(1);
           }
           if (per_site && (flags[0] & kSiteEnd)) write(flags[0] >> kSiteShift);
@@ -217,11 +206,13 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
 }
 
 /// c(x) = max over sites and outputs of the factor log-scales (the CPU's sample_log_scale), and
-/// the row weights w[(j, l, x)] = sqrt(weight_j) exp(log_j(x, l) - c(x)) (sqrt on both sides
-/// makes the Gram product the whole weighted term, as in the CPU packing).
+/// the weighted feature rows u[(j, l, x)] = phi_j(x) s with s = sqrt(weight_j) exp(log_j(x, l) -
+/// c(x)) rounded to T, as the CPU packs them (sqrt on both sides makes the product of the Grams
+/// the whole weighted term, and a row of features far from its sample's scale meets its
+/// weight before any Gram: neither the Gram nor the weights' product leaves the range of T).
 template <class T>
-__global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sites, index_t n_outputs, index_t n,
-                                    double* c, double* log_out, double* w) {
+__global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, const T* phi, index_t n_sites, index_t n_outputs,
+                                    index_t d, index_t n, double* c, double* log_out, T* u) {
   const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (x >= n) return;
   double m = -INFINITY;
@@ -230,8 +221,11 @@ __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, index_t n_sit
   c[x] = m;
   log_out[x] = (m > -INFINITY && m < INFINITY) ? m : 0.0;
   for (index_t j = 0; j < n_sites; ++j)
-    for (index_t l = 0; l < n_outputs; ++l)
-      w[(j * n_outputs + l) * n + x] = sqrt(sites[j].weight) * tile::row_weight(FactorRows<T>::log(sites[j], x, l), m);
+    for (index_t l = 0; l < n_outputs; ++l) {
+      const T s = static_cast<T>(sqrt(sites[j].weight) * tile::row_weight(FactorRows<T>::log(sites[j], x, l), m));
+      T* row = u + ((j * n_outputs + l) * n + x) * d;
+      for (index_t k = 0; k < d; ++k) row[k] = s * phi[(x * n_sites + j) * d + k];
+    }
 }
 
 template <class T>
@@ -258,7 +252,7 @@ template <class T>
 struct NtkPlan {
   DeviceFactors<T> f1, f2;
   double *c1 = nullptr, *c2 = nullptr;  // reference log-scales
-  double *w1 = nullptr, *w2 = nullptr;  // row weights
+  T *u1 = nullptr, *u2 = nullptr;       // weighted feature rows
 };
 
 template <class T>
@@ -266,11 +260,11 @@ NtkPlan<T> plan(const ChainView<T>& ch, index_t n1, index_t n2, Arena& arena) {
   NtkPlan<T> p;
   p.f1 = plan_factors<T>(ch, n1, arena);
   p.c1 = arena.take<double>(n1);
-  p.w1 = arena.take<double>(ch.n_sites * ch.n_outputs * n1);
+  p.u1 = arena.take<T>(ch.n_sites * ch.n_outputs * n1 * ch.phys_dim);
   if (n2 > 0) {
     p.f2 = plan_factors<T>(ch, n2, arena);
     p.c2 = arena.take<double>(n2);
-    p.w2 = arena.take<double>(ch.n_sites * ch.n_outputs * n2);
+    p.u2 = arena.take<T>(ch.n_sites * ch.n_outputs * n2 * ch.phys_dim);
   }
   return p;
 }
@@ -308,12 +302,12 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   Arena arena{static_cast<char*>(workspace), 0, bytes};
   NtkPlan<T> P = plan<T>(ch, n1, sym ? 0 : n2, arena);
   build_factors<T>(ch, phi1, P.f1, site_lr, stream);
-  launch("sample_scale_kernel", blocks_for(n1, 128), 128, stream, sample_scale_kernel<T>, P.f1.sites, ch.n_sites,
-         ch.n_outputs, n1, P.c1, log1, P.w1);
+  launch("sample_scale_kernel", blocks_for(n1, 128), 128, stream, sample_scale_kernel<T>, P.f1.sites, phi1.data,
+         ch.n_sites, ch.n_outputs, ch.phys_dim, n1, P.c1, log1, P.u1);
   if (!sym) {
     build_factors<T>(ch, *phi2, P.f2, site_lr, stream);
-    launch("sample_scale_kernel", blocks_for(n2, 128), 128, stream, sample_scale_kernel<T>, P.f2.sites, ch.n_sites,
-           ch.n_outputs, n2, P.c2, log2, P.w2);
+    launch("sample_scale_kernel", blocks_for(n2, 128), 128, stream, sample_scale_kernel<T>, P.f2.sites, phi2->data,
+           ch.n_sites, ch.n_outputs, ch.phys_dim, n2, P.c2, log2, P.u2);
   } else {
     MPSNTK_CUDA_TRY(cudaMemcpyAsync(log2, log1, n1 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
   }
@@ -321,8 +315,8 @@ void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   const bool full = opt.full_outputs && C > 1;
   const index_t cc = full ? C * C : 1;
   NtkLaunch<T> L{};
-  L.s1 = {P.f1.sites, phi1.data, P.c1, P.w1, n1};
-  L.s2 = sym ? L.s1 : NtkSideDev<T>{P.f2.sites, phi2->data, P.c2, P.w2, n2};
+  L.s1 = {P.f1.sites, P.c1, P.u1, n1};
+  L.s2 = sym ? L.s1 : NtkSideDev<T>{P.f2.sites, P.c2, P.u2, n2};
   L.n_sites = ch.n_sites;
   L.d = ch.phys_dim;
   L.label_site = ch.output_site;

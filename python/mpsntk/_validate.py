@@ -275,6 +275,17 @@ def _check_fits(nbytes, what, hint=""):
         )
 
 
+def _check_in_range(xp, arrays, what, dtype):
+    """FloatingPointError unless every entry of ``arrays`` is finite: the inputs are (validated),
+    so an Inf or NaN here is an overflow of ``dtype``."""
+    if not all(bool(xp.all(xp.isfinite(a))) for a in arrays):
+        raise FloatingPointError(
+            f"{what} overflows the range of {np.dtype(dtype).name}; scale the features or the "
+            "cores down (or compute in float64)"
+        )
+    return arrays
+
+
 def _check_out(out, shape, dtype, name="out", xp=np):
     """Validate a caller-provided output array (ndarray, memmap, or CuPy array) and return it."""
     if not isinstance(out, xp.ndarray):

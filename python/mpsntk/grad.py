@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _core
 from ._backend import array_module, as_array, require_host
-from ._validate import _check_fits
+from ._validate import _check_fits, _check_in_range
 from .ntk import _as_vector_block, _check_mps
 
 __all__ = ["jacobian", "vjp", "jvp"]
@@ -52,6 +52,11 @@ def vjp(mps, phi, cotangent):
     -------
     list of ndarray
         One array per core, shaped like ``mps.cores[j]``.
+
+    Raises
+    ------
+    FloatingPointError
+        If a gradient overflows the dtype.
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi, cotangent, names=["phi", "cotangent"]), "phi")
@@ -67,10 +72,11 @@ def vjp(mps, phi, cotangent):
     if xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        return _device.gpu().vjp(mps, phi, cot)
-    grads = [np.empty_like(c) for c in mps.cores]
-    _core.vjp(*mps._engine_args(), phi, cot, grads)
-    return grads
+        grads = _device.gpu().vjp(mps, phi, cot)
+    else:
+        grads = [np.empty_like(c) for c in mps.cores]
+        _core.vjp(*mps._engine_args(), phi, cot, grads)
+    return _check_in_range(xp, grads, "the vjp", mps.dtype)
 
 
 def jvp(mps, phi, tangents):
@@ -84,6 +90,11 @@ def jvp(mps, phi, tangents):
     Returns
     -------
     ndarray, shape (n_samples,) or (n_samples, n_outputs)
+
+    Raises
+    ------
+    FloatingPointError
+        If an entry overflows the dtype.
     """
     _check_mps(mps)
     if isinstance(tangents, np.ndarray) or not isinstance(tangents, (list, tuple)):
@@ -111,7 +122,8 @@ def jvp(mps, phi, tangents):
         from . import _device
 
         out = _device.gpu().jvp(mps, phi, ts)
-        return out[:, 0] if mps.output_site is None else out
-    out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
-    _core.jvp(*mps._engine_args(), phi, ts, out)
+    else:
+        out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
+        _core.jvp(*mps._engine_args(), phi, ts, out)
+    _check_in_range(xp, [out], "the jvp", mps.dtype)
     return out[:, 0] if mps.output_site is None else out

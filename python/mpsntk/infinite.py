@@ -1,7 +1,8 @@
 """Infinite-bond-dimension kernels of matrix product states (spec section 3).
 
 With cores initialised i.i.d. and zero-mean in the NTK parametrisation
-(``A_j = c_j W_j``, ``c_j = sigma_j (D_{j-1} D_j)**(-1/4)``, ``W ~ N(0, 1)``),
+(``A_j = c_j W_j``, ``c_j = sigma_j (D_j D_{j+1})**(-1/4)`` for core ``j`` of shape
+``(phys_dim, D_j, D_{j+1})``, counting sites from 0; ``W ~ N(0, 1)``),
 the NNGP kernel
 
 ``K(x, x') = E f(x) f(x') = prod_j sigma_j**2 k_j(x_j, x'_j)``
@@ -13,7 +14,7 @@ the expected empirical NTK is
 
 with ``rho_j = 1`` in the NTK parametrisation and ``rho_j = sigma_j**(-2)``
 for the standard parametrisation trained with the per-site rates
-``eta_j = eta / sqrt(D_{j-1} D_j)`` (Guo & Draper). For ``n_outputs`` outputs
+``eta_j = eta / sqrt(D_j D_{j+1})`` (Guo & Draper). For ``n_outputs`` outputs
 the kernels are ``K (x) I_C`` and ``Theta_inf (x) I_C``.
 
 Products over long chains under- or overflow; ``log=True`` returns
@@ -199,13 +200,13 @@ def ntk_infinite(
     parametrization : {"ntk", "standard"}, optional
         ``"ntk"``: NTK parametrisation, ``rho_j = 1`` (so ``Theta_inf =
         n_sites K``). ``"standard"``: initialisation variance
-        ``sigma_j**2 / sqrt(D_{j-1} D_j)`` trained with the per-site rates
-        ``eta / sqrt(D_{j-1} D_j)``, ``rho_j = sigma_j**(-2)``.
+        ``sigma_j**2 / sqrt(D_j D_{j+1})`` trained with the per-site rates
+        ``eta / sqrt(D_j D_{j+1})``, ``rho_j = sigma_j**(-2)``.
     rho : float or array_like of shape (n_sites,), optional
         Explicit non-negative, finite per-site weights ``rho_j``; overrides
         ``parametrization``. For a model ``A_j = c_j W_j`` trained on ``W``
         with per-site rate multipliers ``r_j`` and ``sigma_j**2 = c_j**2
-        sqrt(D_{j-1} D_j)``, ``rho_j = r_j``.
+        sqrt(D_j D_{j+1})``, ``rho_j = r_j``.
     bond_dims : sequence of int, optional
         Bond dimensions ``D_0 .. D_N`` (length ``n_sites + 1``) of a finite
         model the kernel is compared with. They are validated only: the

@@ -21,6 +21,7 @@ from ._validate import (
     _check_bool,
     _check_choice,
     _check_fits,
+    _check_in_range,
     _check_int,
     _check_out,
 )
@@ -267,6 +268,11 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
     Returns
     -------
     ndarray of the shape of ``v``.
+
+    Raises
+    ------
+    FloatingPointError
+        If an entry overflows the dtype.
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi, v, names=["phi", "v"]), "phi")
@@ -277,12 +283,15 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
     if xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        return _device.gpu().ntk_vp(mps, phi, _site_lr(mps, site_weights), flat).reshape(v.shape)
-    res = np.empty_like(flat)
-    cores, scales, boundary, osite = mps._engine_args()
-    _core.ntk_vp(
-        cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat, flat.shape[2], res
-    )
+        res = _device.gpu().ntk_vp(mps, phi, _site_lr(mps, site_weights), flat)
+    else:
+        res = np.empty_like(flat)
+        cores, scales, boundary, osite = mps._engine_args()
+        _core.ntk_vp(
+            cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat, flat.shape[2],
+            res,
+        )
+    _check_in_range(xp, [res], "Theta v", mps.dtype)
     return res.reshape(v.shape)
 
 

@@ -191,7 +191,9 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
             T v = (diag && k < i) ? buf[k * tb + i] : buf[i * tb + k];
             if (tgt.log1) {
               const index_t a = i0 + i, b = k0 + k;
-              v *= static_cast<T>(tile::pair_scale(tgt.log1[a], tgt.exp1[a], tgt.log2[b], tgt.exp2[b], tgt.split));
+              // in double: the scale alone can leave the range of float where the entry does not
+              v = static_cast<T>(static_cast<double>(v) *
+                                 tile::pair_scale(tgt.log1[a], tgt.exp1[a], tgt.log2[b], tgt.exp2[b], tgt.split));
             }
             T& dst = o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col];
             dst = v;
