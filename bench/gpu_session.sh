@@ -32,7 +32,7 @@ print('float64 products:', mpsntk._backend._cuda.float64_path())" | tee "$out/bu
     done > "$out/ptxas.txt"
     grep -c "0 bytes spill stores" "$out/ptxas.txt" || true
     python bench/sass_report.py > "$out/sass.md" 2>&1 || true  # chunk-loop instruction counts
-    python -m pytest -q tests/test_cuda.py tests/test_cuda_sim.py tests/test_ntk.py 2>&1 \
+    python -m pytest -q tests/test_cuda.py tests/test_cuda_fuzz.py tests/test_cuda_sim.py tests/test_ntk.py 2>&1 \
       | tee "$out/tests.txt"
     ;;
   check)

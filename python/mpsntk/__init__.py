@@ -9,7 +9,7 @@ Jacobian; infinite-bond-dimension kernels; products with the Jacobian for traini
 >>> theta = mn.ntk(mps, phi)          # (32, 32)
 """
 
-from . import born, compare, datasets, dynamics, features, infinite
+from . import _core, born, compare, datasets, dynamics, features, infinite
 from ._backend import (
     CudaError,
     CudaUnavailableError,
@@ -24,7 +24,7 @@ from .mps import MPS
 from .ntk import ntk, ntk_vp
 from .train import TrainResult, train
 
-__version__ = build_info()["version"]
+__version__ = _core.build_info()["version"]  # (build_info() would initialise CUDA)
 
 __all__ = [
     "MPS",
