@@ -4,7 +4,8 @@
 # to $OUT if set, else bench/results/gpu/.  Run the stages in order on the same machine:
 #
 #   bash bench/gpu_session.sh setup    # install, card and build facts, ptxas report, GPU tests
-#   bash bench/gpu_session.sh check    # compute-sanitizer (memcheck, racecheck, synccheck) over
+#   bash bench/gpu_session.sh check    # compute-sanitizer (memcheck, racecheck, synccheck,
+#                                      # initcheck: reads of unwritten device memory) over
 #                                      # every device routine, ncu counters of one NTK launch
 #   bash bench/gpu_session.sh targets  # the targets: N=4096 n=64 D=64 against every
 #                                      # peer, the DMMA shapes and the FMA path, the share of
@@ -39,15 +40,15 @@ print('float64 products:', mpsntk._backend._cuda.float64_path())" | tee "$out/bu
     # What the simulator cannot show: memory errors and shared-memory races on the hardware
     # (small problems: the tools slow kernels down by orders of magnitude), then the counters
     # of one float64 NTK launch (tensor-pipe, L2 and DRAM throughput, stall reasons).
-    for tool in memcheck racecheck synccheck; do
-      if timeout 200 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+    for tool in memcheck racecheck synccheck initcheck; do
+      if timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 1 \
         python bench/gpu_check.py > "$out/sanitizer_$tool.txt" 2>&1; then
         echo "$tool: clean"
       else
         echo "$tool: FAILED or timed out, see sanitizer_$tool.txt"
       fi
     done
-    timeout 200 ncu --clock-control none --kernel-name regex:ntk_kernel --launch-count 1 \
+    timeout 100 ncu --clock-control none --kernel-name regex:ntk_kernel --launch-count 1 \
       --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
       --section WarpStateStats --section Occupancy \
       python bench/gpu_check.py --ntk 8192 --bond-dim 64 --dtype float64 > "$out/ncu_ntk_f64.txt" 2>&1 \
