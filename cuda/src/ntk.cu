@@ -1,6 +1,6 @@
 // Fused NTK kernel: one 64 x 64 output tile per block, accumulated over sites in registers:
-//   Theta~[i, k] += (u_i.u_k) * (a_i.a_k) * (b_i.b_k)
-// with the feature rows u carrying sqrt(w_j) and the rows' relative scales (as the CPU packing)
+//   Theta~[i, k] += (u_i.u_k) * (a_i.a_k) * (b_i.b_k),
+// the feature rows u carrying sqrt(w_j) and the rows' relative scales (as in the CPU packing),
 // with the depth chunks of the Grams of every (site, output) term streamed through a ring of
 // shared-memory stages filled by cp.async (the copies of the next three chunks in flight during
 // a product, across term boundaries) and multiplied by the path the dtype selects (FMAs, FP64
@@ -48,8 +48,9 @@ enum ChunkFlags : int { kUpperHalf = 1, kGramEnd = 2, kTermEnd = 4, kSiteEnd = 8
 
 /// Walks the (site j, output l) terms of a tile, each the Grams a, b (absent when the factor has
 /// no b) and u, chunk by chunk, and issues every chunk's copies into a stage: the tile's rows
-/// (side 0) and columns (side 1), zeros past the data.  Per side a thread keeps the address of its slot 0 in the chunk
-/// and the distance between its slots (the factor rows of consecutive samples are equally spaced).
+/// (side 0) and columns (side 1), zeros past the data.  Per side a thread keeps the address of
+/// its slot 0 in the chunk and the distance between its slots (the factor rows of consecutive
+/// samples are equally spaced).
 template <class T>
 struct TermWalk {
   const NtkLaunch<T>& p;
@@ -130,11 +131,11 @@ __device__ inline unsigned slot_rows_in(index_t valid0, index_t valid1) {
   return bits;
 }
 
-/// One 64 x 64 output tile: Theta~ += w_j (a.a') (b.b') (u.u') rw rw' over every (site, output)
-/// term.  All terms' chunks form one stream through kNtkStages shared-memory stages filled by
-/// cp.async, one barrier per chunk and none between terms; each Gram accumulates in sum, and at
-/// the end of a and of b, prod *= sum (prod starts at one rather than taking a copy of sum: with
-/// a copy, ptxas keeps two register sets and moves them every chunk).
+/// One 64 x 64 output tile: Theta~ += (a.a') (b.b') (u.u') over every (site, output) term.  All
+/// terms' chunks form one stream through kNtkStages shared-memory stages filled by cp.async, one
+/// barrier per chunk and none between terms; each Gram accumulates in sum, and at the end of a
+/// and of b, prod *= sum (prod starts at one rather than taking a copy of sum: with a copy,
+/// ptxas keeps two register sets and moves them every chunk).
 // Min. one block per SM: lets ptxas use up to 255 registers (for sm_90 it otherwise caps the
 // float kernels at 128 to fit two blocks, and spills the accumulators).
 template <class T, class Path>
