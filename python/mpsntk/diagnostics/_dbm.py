@@ -1,0 +1,238 @@
+"""Dyson Brownian motion of the core spectra under SGD: the alpha / |B| scaling (theory 5.5).
+
+Mini-batch SGD at learning rate ``alpha`` with batch size ``|B|`` is, in the time ``t = alpha *
+step``, gradient flow plus a noise of strength ``sqrt(alpha / |B|)`` (theory 5.5; Aarts, Lucini
+& Park 2024).  The eigenvalues of ``X_j = W_j^T W_j`` then perform a Dyson Brownian motion whose
+stationary fluctuations scale with ``alpha / |B|``: runs with equal ``alpha / |B|`` have equal
+fluctuation variances.  The noise must persist at the minimum, which label noise ensures
+(:func:`mpsntk.train` with ``label_noise=``): every update fits ``y + sigma xi``.
+
+:func:`dyson_scaling` runs the experiment in one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import numpy as np
+
+from .._validate import _check_bool, _check_int, _check_positive_float, _describe
+from ..train import train
+from ._common import _check_mps
+from ._rmt import _resolve_sites, core_spectrum
+
+__all__ = ["DysonScaling", "dyson_scaling"]
+
+
+@dataclasses.dataclass
+class DysonScaling:
+    """Result of :func:`dyson_scaling`.
+
+    Attributes
+    ----------
+    runs : list of dict
+        One per ``(alpha, batch_size)``, equal-ratio pairs first, then the controls:
+        ``alpha``, ``batch_size``, ``ratio`` (``alpha / batch_size``), ``control`` (bool),
+        ``n_steps``, ``log_every`` (steps between samples), ``variance`` (stationary variance of
+        the top eigenvalues, averaged over the tracked sites and the ``top_k`` eigenvalues),
+        ``normalized_variance`` (``variance / ratio``), ``variance_by_site`` and ``mean_top``
+        (ndarrays (n_tracked, top_k): per eigenvalue), ``loss_mean`` (mean clean-target
+        training loss after burn-in), ``times`` (``t = alpha * step`` of the samples) and
+        ``top`` (ndarray (n_samples, n_tracked, top_k): the sampled top eigenvalues).
+    collapse_rel_spread : float
+        ``(max - min) / mean`` of ``normalized_variance`` across the equal-ratio pairs: small
+        when the variance is a function of ``alpha / |B|`` alone.
+    control_rel_spread : list of float
+        For each control, the same spread of the raw ``variance`` over the equal-ratio pairs
+        and that control: large when the variance depends on the ratio.
+    control_variance_ratio : list of float
+        ``variance(control) / mean variance(equal-ratio pairs)``; the scaling predicts
+        :attr:`control_ratio_predicted`.
+    control_ratio_predicted : list of float
+        ``ratio(control) / ratio(pairs)``.
+    sites : list of int
+        The tracked sites.
+    top_k : int
+    """
+
+    runs: list
+    collapse_rel_spread: float
+    control_rel_spread: list
+    control_variance_ratio: list
+    control_ratio_predicted: list
+    sites: list
+    top_k: int
+
+
+def _check_pairs(pairs, name, allow_empty=False):
+    try:
+        items = [tuple(p) for p in pairs]
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of (learning_rate, batch_size) pairs; got "
+                        f"{_describe(pairs)}") from None
+    if not items and not allow_empty:
+        raise ValueError(f"{name} must hold at least one (learning_rate, batch_size) pair")
+    out = []
+    for i, p in enumerate(items):
+        if len(p) != 2:
+            raise ValueError(f"{name}[{i}] must be a (learning_rate, batch_size) pair; got {p}")
+        out.append((_check_positive_float(p[0], f"{name}[{i}] learning rate"),
+                    _check_int(p[1], f"{name}[{i}] batch size", 1)))
+    return out
+
+
+def _steps(time, alpha, name):
+    """``time / alpha`` as a whole number of steps (the runs share one clock ``t``)."""
+    n = time / alpha
+    k = int(round(n))
+    if k < 1 or abs(n - k) > 1e-9 * max(n, 1.0):
+        raise ValueError(f"{name} / learning_rate must be a whole number of steps >= 1; got "
+                         f"{time:g} / {alpha:g} = {n:g}")
+    return k
+
+
+def _detrended_variance(t, series):
+    """Variance about the least-squares line in ``t`` of each column of ``series`` (axis 0),
+    with ``n - 2`` degrees of freedom."""
+    a = np.stack([np.ones_like(t), t - t.mean()], axis=1)
+    flat = series.reshape(len(t), -1)
+    coef, *_ = np.linalg.lstsq(a, flat, rcond=None)
+    resid = flat - a @ coef
+    return (np.sum(resid**2, axis=0) / (len(t) - 2)).reshape(series.shape[1:])
+
+
+def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
+                  controls=((0.04, 8),), label_noise, duration, burn_in, sample_every,
+                  sites=None, top_k=3, detrend=True, reduction="mean", seed=0, progress=None):
+    """The Dyson-Brownian-motion scaling experiment: stationary eigenvalue fluctuations of the
+    cores under label-noise SGD against ``alpha / |B|``.
+
+    For every ``(alpha, batch_size)`` the model is trained from the same initial state by
+    :func:`mpsntk.train` (mini-batch SGD, MSE, ``label_noise``) for ``duration / alpha`` steps;
+    every ``sample_every`` units of ``t = alpha * step`` the ``top_k`` largest eigenvalues of
+    ``X_j = W_L^T W_L / p`` (the left matricisation of the trainable core ``j``, ``p`` its rows;
+    :func:`core_spectrum` with variance 1) are recorded.  After ``burn_in`` (in ``t``) their
+    variance over time is the stationary fluctuation variance; averaged over the tracked sites
+    and eigenvalues it should be proportional to ``alpha / |B|`` (theory 5.5).  The collapse
+    statistic is the relative spread of ``variance / (alpha / |B|)`` across ``pairs``, which
+    must share one ratio; ``controls`` have other ratios.
+
+    Parameters
+    ----------
+    mps : MPS
+        Initial model (every run starts from it).
+    phi : ndarray, shape (n_samples, n_sites, phys_dim)
+    y : ndarray, shape (n_samples,) or (n_samples, n_outputs)
+        The regression task (targets in the model's dtype).
+    pairs : sequence of (float, int)
+        ``(alpha, batch_size)`` with one ratio ``alpha / batch_size``, at least two.
+    controls : sequence of (float, int)
+        Pairs with other ratios (may be empty).
+    label_noise : float > 0
+        ``sigma`` of the label noise (:func:`mpsntk.train`).
+    duration, burn_in, sample_every : float
+        In units of ``t = alpha * step``: the length of each run, the time discarded before
+        the statistics, and the interval between samples; each divided by every ``alpha`` must
+        be a whole number of steps.
+    sites : int or sequence of int, optional
+        Cores to track (default: every core with at least 8 eigenvalues, as in
+        :func:`core_statistics`).
+    top_k : int
+        Largest eigenvalues tracked per core.
+    reduction : {"mean", "sum"}
+        Loss normalisation (:func:`mpsntk.train`); "mean" averages over the batch, so the
+        gradient noise scales as ``1 / |B|``.
+    seed : int >= 0
+        Seeds the runs (batch order and label noise), one stream per run.
+    progress : bool or None
+        Passed to :func:`mpsntk.train`.
+
+    Returns
+    -------
+    DysonScaling
+    """
+    _check_mps(mps)
+    pairs = _check_pairs(pairs, "pairs")
+    controls = _check_pairs(controls, "controls", allow_empty=True)
+    if len(pairs) < 2:
+        raise ValueError(f"pairs must hold at least two (learning_rate, batch_size) pairs of "
+                         f"one ratio; got {len(pairs)}")
+    ratio = pairs[0][0] / pairs[0][1]
+    for a, b in pairs[1:]:
+        if abs(a / b - ratio) > 1e-9 * ratio:
+            raise ValueError(f"pairs must share one learning_rate / batch_size; got {pairs} "
+                             f"(ratios {[p[0] / p[1] for p in pairs]})")
+    for a, b in controls:
+        if abs(a / b - ratio) <= 1e-9 * ratio:
+            raise ValueError(f"controls must have a learning_rate / batch_size other than the "
+                             f"pairs' {ratio:g}; got ({a:g}, {b})")
+    label_noise = _check_positive_float(label_noise, "label_noise")
+    duration = _check_positive_float(duration, "duration")
+    sample_every = _check_positive_float(sample_every, "sample_every")
+    if isinstance(burn_in, (bool, np.bool_)) or not isinstance(burn_in, numbers.Real):
+        raise TypeError(f"burn_in must be a real number >= 0; got {_describe(burn_in)}")
+    burn_in = float(burn_in)
+    if not 0.0 <= burn_in < duration:
+        raise ValueError(f"burn_in must lie in [0, duration = {duration:g}); got {burn_in:g}")
+    top_k = _check_int(top_k, "top_k", 1)
+    detrend = _check_bool(detrend, "detrend")
+    seed = _check_int(seed, "seed", 0)
+    n_samples = phi.shape[0] if hasattr(phi, "shape") else len(phi)
+    for a, b in pairs + controls:
+        if b > n_samples:
+            raise ValueError(f"batch size {b} exceeds n_samples = {n_samples}")
+        _steps(duration, a, "duration")
+        _steps(sample_every, a, "sample_every")
+    if duration - burn_in < 2.5 * sample_every:
+        raise ValueError(f"duration - burn_in = {duration - burn_in:g} leaves fewer than 3 "
+                         f"samples every {sample_every:g}: nothing to take a variance of")
+    tracked = _resolve_sites(mps, sites, "left")
+    small = [j for j in tracked if min(core_spectrum(mps, j, variance=1.0).shape) < top_k]
+    if small:
+        raise ValueError(f"top_k = {top_k} exceeds the eigenvalues of sites {small}")
+
+    streams = np.random.SeedSequence(seed).spawn(len(pairs) + len(controls))
+    runs = []
+    for i, (alpha, batch) in enumerate(pairs + controls):
+        n_steps = _steps(duration, alpha, "duration")
+        every = _steps(sample_every, alpha, "sample_every")
+
+        def record(step, model):
+            top = [core_spectrum(model, j, variance=1.0).eigenvalues[0, ::-1][:top_k]
+                   for j in tracked]
+            return {"dbm_top": np.array(top)}
+
+        res = train(mps, phi, y, learning_rate=alpha, n_steps=n_steps, batch_size=batch,
+                    reduction=reduction, label_noise=label_noise, log_every=every,
+                    callbacks=[record], seed=np.random.default_rng(streams[i]),
+                    progress=progress)
+        times = res.steps * alpha
+        top = np.array([c["dbm_top"] for c in res.callbacks])
+        keep = times >= burn_in - 1e-12 * duration
+        raw_var = top[keep].var(axis=0, ddof=1)
+        var = _detrended_variance(times[keep], top[keep]) if detrend else raw_var
+        runs.append(dict(alpha=alpha, batch_size=batch, ratio=alpha / batch,
+                         control=i >= len(pairs), n_steps=n_steps, log_every=every,
+                         variance=float(var.mean()),
+                         normalized_variance=float(var.mean() / (alpha / batch)),
+                         variance_by_site=var, raw_variance=float(raw_var.mean()),
+                         mean_top=top[keep].mean(axis=0),
+                         loss_mean=float(res.loss[keep].mean()), times=times, top=top))
+
+    eq = np.array([r["normalized_variance"] for r in runs[:len(pairs)]])
+    raw = np.array([r["variance"] for r in runs[:len(pairs)]])
+
+    def spread(v):
+        return float((v.max() - v.min()) / v.mean())
+
+    ctrl = runs[len(pairs):]
+    return DysonScaling(
+        runs=runs,
+        collapse_rel_spread=spread(eq),
+        control_rel_spread=[spread(np.append(raw, r["variance"])) for r in ctrl],
+        control_variance_ratio=[r["variance"] / raw.mean() for r in ctrl],
+        control_ratio_predicted=[r["ratio"] / ratio for r in ctrl],
+        sites=list(tracked),
+        top_k=top_k,
+    )
