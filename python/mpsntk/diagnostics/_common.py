@@ -53,7 +53,8 @@ def _frobenius(a, xp):
 
 class _StepCallback:
     """Bookkeeping of a callback for :func:`mpsntk.train`: the first call is the reference
-    state, later calls must come at strictly larger steps (a new run needs :meth:`reset`)."""
+    state, later calls must come at strictly larger steps (a new run needs :meth:`reset`).
+    Subclasses implement ``_compute(step, mps, first) -> dict``."""
 
     def __init__(self):
         self.reset()
@@ -62,6 +63,15 @@ class _StepCallback:
         """Forget every state seen, so that the next call starts a new reference."""
         self.reference_step = None
         self.last_step = None
+
+    def __call__(self, step, mps):
+        first = self._advance(step, mps)
+        try:
+            return self._compute(step, mps, first)
+        except Exception:
+            if first:  # nothing usable was recorded: the next call starts afresh
+                self.reset()
+            raise
 
     def _advance(self, step, mps):
         _check_mps(mps)

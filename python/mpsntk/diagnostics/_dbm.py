@@ -5,7 +5,14 @@ step``, gradient flow plus a noise of strength ``sqrt(alpha / |B|)`` (theory 5.5
 & Park 2024).  The eigenvalues of ``X_j = W_j^T W_j`` then perform a Dyson Brownian motion whose
 stationary fluctuations scale with ``alpha / |B|``: runs with equal ``alpha / |B|`` have equal
 fluctuation variances.  The noise must persist at the minimum, which label noise ensures
-(:func:`mpsntk.train` with ``label_noise=``): every update fits ``y + sigma xi``.
+(:func:`mpsntk.train` with ``label_noise=``): every update fits ``y + sigma xi``, and with the
+batch-mean loss the noise of an update has variance ``sigma^2 / |B|``.
+
+Label-noise SGD also drifts slowly along the manifold of minima (its implicit regularisation;
+Blanc et al. 2020, Damian et al. 2021), at a speed in ``t`` proportional to ``alpha / |B|`` as
+well: over a window of length ``T`` the drift adds ``(speed T)^2``, i.e. a term in
+``(alpha / |B|)^2``, to the variance about the mean.  The fluctuation variance is therefore
+taken about a least-squares line in ``t`` (``detrend=True``); the raw variance is reported too.
 
 :func:`dyson_scaling` runs the experiment in one call.
 """
@@ -18,7 +25,7 @@ import numbers
 import numpy as np
 
 from .._validate import _check_bool, _check_int, _check_positive_float, _describe
-from ..train import train
+from ..train import _check_targets, train
 from ._common import _check_mps
 from ._rmt import _resolve_sites, core_spectrum
 
@@ -35,11 +42,13 @@ class DysonScaling:
         One per ``(alpha, batch_size)``, equal-ratio pairs first, then the controls:
         ``alpha``, ``batch_size``, ``ratio`` (``alpha / batch_size``), ``control`` (bool),
         ``n_steps``, ``log_every`` (steps between samples), ``variance`` (stationary variance of
-        the top eigenvalues, averaged over the tracked sites and the ``top_k`` eigenvalues),
-        ``normalized_variance`` (``variance / ratio``), ``variance_by_site`` and ``mean_top``
-        (ndarrays (n_tracked, top_k): per eigenvalue), ``loss_mean`` (mean clean-target
-        training loss after burn-in), ``times`` (``t = alpha * step`` of the samples) and
-        ``top`` (ndarray (n_samples, n_tracked, top_k): the sampled top eigenvalues).
+        the top eigenvalues after burn-in, about their trend with ``detrend``, averaged over
+        the tracked sites and the ``top_k`` eigenvalues), ``raw_variance`` (the same about
+        the mean), ``normalized_variance`` (``variance / ratio``), ``variance_by_site`` and
+        ``mean_top`` (ndarrays (n_tracked, top_k): per eigenvalue), ``loss_mean`` (mean
+        clean-target training loss after burn-in), ``times`` (``t = alpha * step`` of the
+        samples) and ``top`` (ndarray (n_samples, n_tracked, top_k): the sampled top
+        eigenvalues, descending).
     collapse_rel_spread : float
         ``(max - min) / mean`` of ``normalized_variance`` across the equal-ratio pairs: small
         when the variance is a function of ``alpha / |B|`` alone.
@@ -104,16 +113,18 @@ def _detrended_variance(t, series):
 
 def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
                   controls=((0.04, 8),), label_noise, duration, burn_in, sample_every,
-                  sites=None, top_k=3, detrend=True, reduction="mean", seed=0, progress=None):
+                  sites=None, top_k=3, detrend=True, seed=0, progress=None):
     """The Dyson-Brownian-motion scaling experiment: stationary eigenvalue fluctuations of the
     cores under label-noise SGD against ``alpha / |B|``.
 
     For every ``(alpha, batch_size)`` the model is trained from the same initial state by
-    :func:`mpsntk.train` (mini-batch SGD, MSE, ``label_noise``) for ``duration / alpha`` steps;
+    :func:`mpsntk.train` (mini-batch SGD on the batch-mean squared loss, ``label_noise``) for
+    ``duration / alpha`` steps;
     every ``sample_every`` units of ``t = alpha * step`` the ``top_k`` largest eigenvalues of
     ``X_j = W_L^T W_L / p`` (the left matricisation of the trainable core ``j``, ``p`` its rows;
     :func:`core_spectrum` with variance 1) are recorded.  After ``burn_in`` (in ``t``) their
-    variance over time is the stationary fluctuation variance; averaged over the tracked sites
+    variance over time (about a line in ``t`` with ``detrend``: module docstring) is the
+    stationary fluctuation variance; averaged over the tracked sites
     and eigenvalues it should be proportional to ``alpha / |B|`` (theory 5.5).  The collapse
     statistic is the relative spread of ``variance / (alpha / |B|)`` across ``pairs``, which
     must share one ratio; ``controls`` have other ratios.
@@ -140,9 +151,8 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
         :func:`core_statistics`).
     top_k : int
         Largest eigenvalues tracked per core.
-    reduction : {"mean", "sum"}
-        Loss normalisation (:func:`mpsntk.train`); "mean" averages over the batch, so the
-        gradient noise scales as ``1 / |B|``.
+    detrend : bool
+        Take the variance about a least-squares line in ``t`` (default) rather than the mean.
     seed : int >= 0
         Seeds the runs (batch order and label noise), one stream per run.
     progress : bool or None
@@ -178,7 +188,9 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
     top_k = _check_int(top_k, "top_k", 1)
     detrend = _check_bool(detrend, "detrend")
     seed = _check_int(seed, "seed", 0)
-    n_samples = phi.shape[0] if hasattr(phi, "shape") else len(phi)
+    phi = mps.check_features(phi)
+    _check_targets("mse", mps, phi, y, "y")
+    n_samples = phi.shape[0]
     for a, b in pairs + controls:
         if b > n_samples:
             raise ValueError(f"batch size {b} exceeds n_samples = {n_samples}")
@@ -204,7 +216,7 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
             return {"dbm_top": np.array(top)}
 
         res = train(mps, phi, y, learning_rate=alpha, n_steps=n_steps, batch_size=batch,
-                    reduction=reduction, label_noise=label_noise, log_every=every,
+                    reduction="mean", label_noise=label_noise, log_every=every,
                     callbacks=[record], seed=np.random.default_rng(streams[i]),
                     progress=progress)
         times = res.steps * alpha

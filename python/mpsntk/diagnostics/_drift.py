@@ -255,8 +255,7 @@ class KernelDriftMonitor(_StepCallback):
         super().reset()
         self._theta_0 = self._sites_0 = self._theta_prev = self._mps_0 = None
 
-    def __call__(self, step, mps):
-        first = self._advance(step, mps)
+    def _compute(self, step, mps, first):
         xp = mps.xp
         if first:
             mps.check_features(self.probe, "probe")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import array_module
-from .._validate import _check_choice, _check_positive_float
+from .._validate import _check_choice, _check_positive_float, _describe
 from ..compare import kernel_predictions
 from ._common import _as_probe, _check_mps, _StepCallback, _to_host
 
@@ -120,6 +120,10 @@ class LinearizationMonitor(_StepCallback):
     def __init__(self, phi_train, y_train, phi_test=None, *, learning_rate, reduction="mean",
                  sigma=None):
         self.phi_train, self.probe = _probe_set(phi_train, phi_test)
+        m = self.phi_train.shape[0]
+        if np.ndim(y_train) not in (1, 2) or np.shape(y_train)[0] != m:
+            raise ValueError(f"y_train must have shape ({m},) or ({m}, n_outputs) like phi_train; "
+                             f"got {_describe(y_train)}")
         self.y_train = y_train
         self.learning_rate = _check_positive_float(learning_rate, "learning_rate")
         self.reduction = _check_choice(reduction, "reduction", ("mean", "sum"))
@@ -130,11 +134,9 @@ class LinearizationMonitor(_StepCallback):
         super().reset()
         self.predictions = None
 
-    def __call__(self, step, mps):
-        first = self._advance(step, mps)
+    def _compute(self, step, mps, first):
         if first:
             if step != 0:
-                self.reset()
                 raise ValueError(
                     f"LinearizationMonitor must first be called at step 0 (the predictions start "
                     f"from the initial model); got step {step}: log step 0"

@@ -4,17 +4,19 @@
 Incudini et al. 2022 (after Domingos 2020: a model trained by gradient flow is a kernel machine
 with this kernel, weighted by the loss derivatives).  :class:`PathKernel` accumulates it from the
 kernels at the logged steps of :func:`mpsntk.train` by the trapezoid rule, holding the running
-integral and the last two kernels only; :func:`compare_kernel_regression` then compares ridge
-regression with ``Theta_0``, ``Theta_inf``, ``Theta_T`` and ``K_path`` on one split.
+integral, its error estimate and the last two kernels; :func:`compare_kernel_regression`
+compares ridge regression with ``Theta_0``, ``Theta_inf``, ``Theta_T`` and ``K_path`` on one
+split.
 
-Error estimate.  The trapezoid rule is exact for kernels linear between logged steps; its error
-on a pair of intervals ``[t_{i-2}, t_i]`` is estimated by the difference ``delta_i`` between the
-fine rule (both intervals) and the coarse rule on the pair's end points.  For a smooth integrand
-and equal steps, ``delta = -3 e`` to leading order, with ``e`` the fine rule's error
-(Richardson: the coarse step is twice as long, the error four times as large), so
-``sum_pairs ||delta_i||_F / T`` is three times the leading-order error, summed in norm over the
-pairs: a conservative estimate.  An unpaired last interval is covered by the overlapping pair
-``[t_{i-2}, t_i]`` (counting one interval twice, again on the safe side).
+Error estimate.  The trapezoid rule is exact for kernels linear between logged steps.  On the
+pairs of intervals ``[t_0, t_2], [t_2, t_4], ...`` it is compared with the coarse rule on the
+pairs' end points: for a smooth integrand and equal steps the difference ``delta`` is ``-3 e``
+to leading order, with ``e`` the fine rule's error (Richardson: the coarse step is twice as
+long, its error four times as large).  The estimate is ``||sum_pairs delta||_F / T``, three
+times that leading-order error (a safety factor of 3 over Richardson's ``delta / 3``, for steps
+where higher orders still matter).  An unpaired last interval contributes half the ``delta`` of
+the overlapping pair ``[t_{n-2}, t_n]`` (one interval's share, times three).  The integral, the
+sum of the ``delta`` and the last two kernels are held: four kernels in all.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dynamics
-from .._backend import array_module
 from .._validate import _describe
 from ..compare import _model_sigma, model_rho
 from ..infinite import ntk_infinite
@@ -33,8 +34,8 @@ __all__ = ["PathKernel", "compare_kernel_regression", "kernel_regression_table",
 
 
 class _Trapezoid:
-    """Running trapezoid integral of a kernel over increasing times, with the pairwise
-    fine-versus-coarse error estimate of the module docstring."""
+    """Running trapezoid integral of a kernel over increasing times, with the fine-versus-coarse
+    error estimate of the module docstring."""
 
     def __init__(self):
         self.n = 0  # nodes added
@@ -42,10 +43,10 @@ class _Trapezoid:
         self.t = []  # the last two times
         self.k = []  # the last two kernels
         self.integral = None
-        self.error_sum = 0.0  # sum of ||delta||_F over the pairs (0, 1, 2), (2, 3, 4), ...
-        self.tail_error = 0.0  # ||delta||_F of the overlapping last pair, after an odd node
+        self.delta = None  # sum of fine - coarse over the pairs (0, 1, 2), (2, 3, 4), ...
+        self.tail = None  # fine - coarse on the overlapping last pair, after an odd node
 
-    def add(self, t, kernel, xp):
+    def add(self, t, kernel):
         if self.n == 0:
             self.t0 = t
         else:
@@ -61,12 +62,11 @@ class _Trapezoid:
             h1, h2 = t1 - t0, t - t1
             delta = (0.5 * h1) * (k0 + k1) + (0.5 * h2) * (k1 + kernel)
             delta -= (0.5 * (h1 + h2)) * (k0 + kernel)
-            err = _frobenius(delta, xp)
-            if self.n % 2 == 0:
-                self.error_sum += err
-                self.tail_error = 0.0
+            if self.n % 2 == 0:  # a new pair of the non-overlapping sequence
+                self.delta = delta if self.delta is None else self.delta + delta
+                self.tail = None
             else:
-                self.tail_error = err
+                self.tail = delta
         self.t = (self.t + [t])[-2:]
         self.k = (self.k + [kernel])[-2:]
         self.n += 1
@@ -78,11 +78,13 @@ class _Trapezoid:
     def kernel(self):
         return self.k[-1] if self.n == 1 else self.integral / self.time
 
-    def error(self):
+    def error(self, xp):
         """Estimated error of :meth:`kernel` (Frobenius norm); NaN with fewer than 3 nodes."""
         if self.n < 3:
             return float("nan")
-        return (self.error_sum + self.tail_error) / self.time
+        total = self.delta if self.tail is None else (
+            self.tail / 2 if self.delta is None else self.delta + self.tail / 2)
+        return _frobenius(total, xp) / self.time
 
 
 def path_kernel(kernels, times):
@@ -116,11 +118,11 @@ def path_kernel(kernels, times):
         if i >= ts.size:
             raise ValueError(f"kernels must hold one kernel per time ({ts.size}); got more")
         arr, xp = _as_real_array(k, f"kernels[{i}]", "(a kernel)")
-        acc.add(float(ts[i]), arr, xp)
+        acc.add(float(ts[i]), arr)
         count += 1
     if count != ts.size:
         raise ValueError(f"kernels must hold one kernel per time ({ts.size}); got {count}")
-    return acc.kernel(), acc.error()
+    return acc.kernel(), acc.error(xp)
 
 
 class PathKernel(_StepCallback):
@@ -129,7 +131,8 @@ class PathKernel(_StepCallback):
     At each logged step it computes ``Theta_t = mn.ntk(mps, probe)`` (for label-site models
     ``outputs="mean"``, the kernel that multiplies ``I_C`` in the infinite-width limit) and adds
     it to a running trapezoid integral over the steps; the time origin is the first call.
-    Memory: the running integral and the last two kernels, in float64 on the model's device.
+    Memory: the running integral, its error estimate and the last two kernels, in float64 on the
+    model's device; nothing grows with the number of logged steps.
     Each call returns ``path_time`` (steps integrated so far) and ``path_error``: the
     estimated relative error ``||K_path - K_exact||_F / ||K_path||_F`` of the quadrature (module
     docstring; NaN before the third logged step).  The quadrature sees only the logged steps:
@@ -157,15 +160,15 @@ class PathKernel(_StepCallback):
 
     def reset(self):
         super().reset()
-        self._acc = None
+        self._acc, self._xp = None, np
 
-    def __call__(self, step, mps):
-        first = self._advance(step, mps)
+    def _compute(self, step, mps, first):
         if first:
             mps.check_features(self.probe, "probe")
             self._acc = _Trapezoid()
         theta = ntk(mps, self.probe, outputs="mean").astype(mps.xp.float64)
-        self._acc.add(float(step), theta, mps.xp)
+        self._acc.add(float(step), theta)
+        self._xp = mps.xp
         return {"path_time": self.time, "path_error": self.relative_error}
 
     def _require(self):
@@ -179,15 +182,14 @@ class PathKernel(_StepCallback):
 
     @property
     def error_estimate(self):
-        return self._require().error()
+        return self._require().error(self._xp)
 
     @property
     def relative_error(self):
         acc = self._require()
         if acc.n < 3:
             return float("nan")
-        k = acc.kernel()
-        return acc.error() / _frobenius(k, array_module(k, names=["kernel"]))
+        return acc.error(self._xp) / _frobenius(acc.kernel(), self._xp)
 
     @property
     def time(self):

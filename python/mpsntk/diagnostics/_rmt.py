@@ -680,16 +680,10 @@ class SpectrumMonitor(_StepCallback):
         super().reset()
         self.sites = None
 
-    def __call__(self, step, mps):
-        first = self._advance(step, mps)
-        try:
-            if first:
-                self.sites = _resolve_sites(mps, self.requested_sites, self.matrix)
-            stats = core_statistics(mps, self.sites, **self.options)
-        except (TypeError, ValueError):
-            if first:  # nothing was recorded: the next call may start again
-                self.reset()
-            raise
+    def _compute(self, step, mps, first):
+        if first:
+            self.sites = _resolve_sites(mps, self.requested_sites, self.matrix)
+        stats = core_statistics(mps, self.sites, **self.options)
         rows = [stats[j] for j in self.sites]
         return {
             "rmt_ks": np.array([s.ks for s in rows]),
