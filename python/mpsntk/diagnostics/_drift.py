@@ -233,10 +233,14 @@ class KernelDriftMonitor(_StepCallback):
 
     Examples
     --------
-    >>> drift = mn.diagnostics.KernelDriftMonitor(phi_test)
-    >>> res = mn.train(mps, phi, y, learning_rate=0.1, n_steps=100, log_every=10,
-    ...                callbacks=[drift])
-    >>> [c["ntk_drift"] for c in res.callbacks]
+    >>> import numpy as np, mpsntk as mn
+    >>> phi = mn.features.trig(np.random.default_rng(0).uniform(size=(20, 6)))
+    >>> y = np.cos(np.pi * phi[:, :, 1].sum(axis=1))
+    >>> drift = mn.diagnostics.KernelDriftMonitor(phi, y)
+    >>> res = mn.train(mn.MPS.random(6, 16, seed=0), phi, y, learning_rate=0.5, n_steps=100,
+    ...                log_every=50, callbacks=[drift])
+    >>> [round(c["ntk_drift"], 3) for c in res.callbacks]
+    [0.0, 0.241, 0.245]
     """
 
     def __init__(self, probe, y=None, *, per_site=True):

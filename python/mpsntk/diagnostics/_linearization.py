@@ -37,8 +37,10 @@ def _probe_set(phi_train, phi_test):
 def _errors(pred, steps, f):
     """Per-step relative distances of the real outputs ``f`` (n_steps, n_probe[, C]) from the
     linearised and infinite-width predictions."""
-    f_lin, f_inf = pred.outputs(steps)
     ynorm = float(np.linalg.norm(pred.y))
+    if ynorm == 0.0:
+        raise ValueError("y_train is zero: the errors relative to ||Y|| are undefined")
+    f_lin, f_inf = pred.outputs(steps)
     n = len(steps)
     return tuple(np.linalg.norm((f - g).reshape(n, -1), axis=1) / ynorm for g in (f_lin, f_inf))
 
