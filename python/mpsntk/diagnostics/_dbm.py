@@ -12,7 +12,11 @@ Label-noise SGD also drifts slowly along the manifold of minima (its implicit re
 Blanc et al. 2020, Damian et al. 2021), at a speed in ``t`` proportional to ``alpha / |B|`` as
 well: over a window of length ``T`` the drift adds ``(speed T)^2``, i.e. a term in
 ``(alpha / |B|)^2``, to the variance about the mean.  The fluctuation variance is therefore
-taken about a least-squares line in ``t`` (``detrend=True``); the raw variance is reported too.
+taken about a least-squares line in ``t`` (``detrend=True``), or about lines fitted to blocks
+of fixed length in ``t`` for a drift that curves; the raw variance is reported too.  The
+equal-ratio collapse is the robust prediction (the limiting SDE depends on ``alpha / |B|``
+alone); proportionality across different ratios also needs the drift to leave the local
+geometry unchanged over the window.
 
 :func:`dyson_scaling` runs the experiment in one call.
 """
@@ -24,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from .._validate import _check_bool, _check_int, _check_positive_float, _describe
+from .._validate import _check_int, _check_positive_float, _describe
 from ..train import _check_targets, train
 from ._common import _check_mps
 from ._rmt import _resolve_sites, core_spectrum
@@ -101,14 +105,25 @@ def _steps(time, alpha, name):
     return k
 
 
-def _detrended_variance(t, series):
-    """Variance about the least-squares line in ``t`` of each column of ``series`` (axis 0),
-    with ``n - 2`` degrees of freedom."""
-    a = np.stack([np.ones_like(t), t - t.mean()], axis=1)
+def _detrended_variance(t, series, window=None):
+    """Variance of each column of ``series`` (axis 0) about least-squares lines in ``t``, fitted
+    over consecutive blocks of ``window`` units of ``t`` (one block when None; a short last
+    block joins the one before), pooled with ``n_block - 2`` degrees of freedom per block."""
     flat = series.reshape(len(t), -1)
-    coef, *_ = np.linalg.lstsq(a, flat, rcond=None)
-    resid = flat - a @ coef
-    return (np.sum(resid**2, axis=0) / (len(t) - 2)).reshape(series.shape[1:])
+    if window is None:
+        blocks = [np.arange(len(t))]
+    else:
+        index = np.floor((t - t[0]) / window + 1e-9).astype(int)
+        blocks = [np.flatnonzero(index == b) for b in np.unique(index)]
+        if len(blocks) > 1 and len(blocks[-1]) < len(blocks[0]):
+            blocks[-2:] = [np.concatenate(blocks[-2:])]
+    ss, dof = 0.0, 0
+    for b in blocks:
+        a = np.stack([np.ones(len(b)), t[b] - t[b].mean()], axis=1)
+        coef, *_ = np.linalg.lstsq(a, flat[b], rcond=None)
+        ss = ss + np.sum((flat[b] - a @ coef) ** 2, axis=0)
+        dof += len(b) - 2
+    return (ss / dof).reshape(series.shape[1:])
 
 
 def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
@@ -151,8 +166,11 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
         :func:`core_statistics`).
     top_k : int
         Largest eigenvalues tracked per core.
-    detrend : bool
-        Take the variance about a least-squares line in ``t`` (default) rather than the mean.
+    detrend : bool or float
+        True (default): the variance about a least-squares line in ``t`` over the whole window
+        after burn-in; a number: about lines fitted to consecutive blocks of that many units of
+        ``t`` (for drifts that curve; blocks much longer than the fluctuations' correlation
+        time); False: about the mean.
     seed : int >= 0
         Seeds the runs (batch order and label noise), one stream per run.
     progress : bool or None
@@ -186,7 +204,14 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
     if not 0.0 <= burn_in < duration:
         raise ValueError(f"burn_in must lie in [0, duration = {duration:g}); got {burn_in:g}")
     top_k = _check_int(top_k, "top_k", 1)
-    detrend = _check_bool(detrend, "detrend")
+    if isinstance(detrend, (bool, np.bool_)):
+        window = None
+    else:
+        window = _check_positive_float(detrend, "detrend (a block length in t)")
+        if window < 2.5 * sample_every:
+            raise ValueError(f"detrend = {window:g} must span at least 3 samples, every "
+                             f"{sample_every:g} units of t")
+        detrend = True
     seed = _check_int(seed, "seed", 0)
     phi = mps.check_features(phi)
     _check_targets("mse", mps, phi, y, "y")
@@ -223,7 +248,7 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
         top = np.array([c["dbm_top"] for c in res.callbacks])
         keep = times >= burn_in - 1e-12 * duration
         raw_var = top[keep].var(axis=0, ddof=1)
-        var = _detrended_variance(times[keep], top[keep]) if detrend else raw_var
+        var = _detrended_variance(times[keep], top[keep], window) if detrend else raw_var
         runs.append(dict(alpha=alpha, batch_size=batch, ratio=alpha / batch,
                          control=i >= len(pairs), n_steps=n_steps, log_every=every,
                          variance=float(var.mean()),

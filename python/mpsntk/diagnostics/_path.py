@@ -202,7 +202,8 @@ def _as_targets(y, name, outputs=None):
     if t.ndim not in (1, 2) or (outputs is not None and t.shape[1:] != outputs):
         want = ("(n_samples,) or (n_samples, n_outputs)" if outputs is None
                 else "(n_samples,)" if not outputs else f"(n_samples, {outputs[0]})")
-        raise ValueError(f"{name} must have shape {want} (like y_train); got {t.shape}")
+        like = "" if outputs is None else " (the outputs of y_train)"
+        raise ValueError(f"{name} must have shape {want}{like}; got {t.shape}")
     return _to_host(t, xp)
 
 
@@ -290,10 +291,13 @@ def compare_kernel_regression(mps_0, mps_t, path, phi_train, y_train, phi_test, 
     xp = mps_0.xp
     m, n_test = phi_train.shape[0], phi_test.shape[0]
     k_path = path.kernel
-    if k_path.shape != (m + n_test, m + n_test):
-        raise ValueError(f"the path kernel has shape {k_path.shape}; its probe set must be "
-                         f"phi_train followed by phi_test ({m} + {n_test} samples)")
     probe = xp.concatenate([phi_train, phi_test])
+    if path.probe.shape != probe.shape or not bool(xp.array_equal(path.probe, probe)):
+        raise ValueError(f"the path kernel's probe set (shape {path.probe.shape}) must be "
+                         f"phi_train followed by phi_test ({m} + {n_test} samples)")
+    for name, t, n in (("y_train", y_train, m), ("y_test", y_test, n_test)):
+        if np.ndim(t) not in (1, 2) or np.shape(t)[0] != n:
+            raise ValueError(f"{name} must have {n} rows, one per sample; got {_describe(t)}")
     host = [_to_host(a, xp) for a in (probe, phi_train)]
     kernels = {
         "theta_0": ntk(mps_0, probe, phi_train, outputs="mean"),
