@@ -168,7 +168,7 @@ def plot_spectra(data, path):
     ax[0].plot(xs, dg.marchenko_pastur_pdf(xs, g), "k", label=f"Marchenko-Pastur, $\\gamma$ = {g}")
     ax[0].axvline(data["threshold"], color="r", ls="--", label="Tracy-Widom threshold (1 %)")
     ax[0].set(xlabel=r"eigenvalue of $A_L^TA_L/(p v)$", ylabel="density",
-              title=f"initialisation, D = {data['D']} (KS {data['ks_init']:.3f})")
+              title=f"initialisation, D = {data['D']} (KS of site 1: {data['ks_init']:.3f})")
     ax[0].legend(fontsize=8)
     steps = data["steps"]
     ks, top = np.array(data["ks"]), np.array(data["top"])

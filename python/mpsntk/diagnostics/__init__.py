@@ -27,6 +27,7 @@ from ._drift import (
 from ._linearization import LinearizationMonitor, linearization_error
 from ._path import PathKernel, compare_kernel_regression, kernel_regression_table, path_kernel
 from ._rmt import (
+    MIN_EIGENVALUES,
     R_TILDE_GOE,
     R_TILDE_GOE_SURMISE,
     R_TILDE_GUE,
@@ -61,6 +62,7 @@ __all__ = [
     "LinearizationMonitor",
     "linearization_error",
     # random matrices (_rmt) and Dyson Brownian motion (_dbm)
+    "MIN_EIGENVALUES",
     "R_TILDE_GOE",
     "R_TILDE_GOE_SURMISE",
     "R_TILDE_GUE",

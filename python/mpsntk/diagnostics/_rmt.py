@@ -14,7 +14,8 @@ then ``X = M^T M / (p v)`` with ``v`` the entry variance.  For i.i.d. entries th
 ``gamma``, edges ``(1 -+ sqrt(gamma))^2``) and there is no atom at zero.  Symmetric slices are
 scaled by ``1 / sqrt(n v)``, which gives the semicircle on ``[-2, 2]``.  The variance is
 estimated from the matrix (``variance="estimate"``: the mean square entry of the core, so the
-eigenvalues of ``X`` average exactly 1), taken from the initial distribution of a model drawn by
+eigenvalues of ``X`` average exactly 1; a strong outlier inflates it, and the bulk then sits
+below the law), taken from the initial distribution of a model drawn by
 :meth:`mpsntk.MPS.random` (``"init"``), or given as a number.
 
 Statistics (:func:`spectral_statistics`): Kolmogorov-Smirnov distance to the law, outliers
@@ -34,6 +35,7 @@ from .._validate import _check_choice, _check_int, _describe
 from ._common import _as_real_array, _check_mps, _StepCallback, _to_host
 
 __all__ = [
+    "MIN_EIGENVALUES",
     "R_TILDE_GOE",
     "R_TILDE_GOE_SURMISE",
     "R_TILDE_GUE",
