@@ -367,6 +367,37 @@ def test_callbacks_on_a_device_model_stay_there_and_match_the_host():
             assert np.allclose(x, z, rtol=1e-9, atol=1e-12, equal_nan=True), key
 
 
+def test_dyson_scaling_and_kernel_regression_on_a_device_model_match_the_host():
+    on_gpu, cp = sim_cupy.device_tests()
+    host, phi, y = _one_hot_task(bond_dim=8)
+    kw = dict(pairs=((0.1, 8), (0.2, 16)), controls=((0.2, 8),), label_noise=0.5, duration=2.0,
+              burn_in=0.4, sample_every=0.4, top_k=2, seed=3)
+    want = dg.dyson_scaling(host, phi, y, **kw)
+    rng = np.random.default_rng(12)
+    x = mn.features.trig(rng.uniform(size=(10, 4)))
+    yy = rng.standard_normal(10)
+    path_h = dg.PathKernel(x)
+    trained_h = mn.train(host, x[:6], yy[:6], learning_rate=0.05, n_steps=4, log_every=2,
+                         callbacks=[path_h]).mps
+    table_h = dg.compare_kernel_regression(host, trained_h, path_h, x[:6], yy[:6], x[6:], yy[6:],
+                                           ridge=0.1)
+    with sim_cupy.engine():
+        dev = host.to_device()
+        got = dg.dyson_scaling(dev, cp.asarray(phi), cp.asarray(y), **kw)
+        xd, yd = cp.asarray(x), cp.asarray(yy)
+        path_d = dg.PathKernel(xd)
+        trained_d = mn.train(dev, xd[:6], yd[:6], learning_rate=0.05, n_steps=4, log_every=2,
+                             callbacks=[path_d]).mps
+        table_d = dg.compare_kernel_regression(dev, trained_d, path_d, xd[:6], yd[:6], xd[6:],
+                                               yd[6:], ridge=0.1)
+    for a, b in zip(want.runs, got.runs):
+        assert np.allclose(a["top"], b["top"], rtol=1e-10)
+        assert a["variance"] == pytest.approx(b["variance"], rel=1e-6)
+    for name in table_h:
+        for key in table_h[name]:
+            assert table_d[name][key] == pytest.approx(table_h[name][key], rel=1e-9)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
