@@ -156,11 +156,13 @@ def test_spacing_ratio_by_hand():
 
 def test_symmetric_slices_follow_the_semicircle_and_goe_ratio():
     rng = np.random.default_rng(3)
-    spec = dg.matrix_spectrum(rng.standard_normal((4, 300, 300)), symmetric=True, variance=1.0)
+    spec = dg.matrix_spectrum(rng.standard_normal((4, 200, 200)), symmetric=True, variance=1.0)
     assert spec.law == "semicircle" and spec.edges == (-2.0, 2.0)
     stats = dg.spectral_statistics(spec)
     assert stats.ks < 0.02 and abs(stats.mean) < 0.02 and abs(stats.var - 1) < 0.02
-    assert abs(stats.r_tilde - dg.R_TILDE_GOE) < 0.02 and stats.n_outliers == 0
+    # 472 bulk ratios: standard error 0.012, so 0.04 is more than 3 of them
+    assert stats.n_ratios == 472 and abs(stats.r_tilde - dg.R_TILDE_GOE) < 0.04
+    assert stats.n_outliers == 0
 
 
 def test_mps_cores_at_init_follow_marchenko_pastur():

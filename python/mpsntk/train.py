@@ -217,7 +217,7 @@ def train(
         ``cb(step, mps) -> dict | None`` called at the logged steps (diagnostics); a single
         callable is the same as a one-element list.
     seed : None, int >= 0 or numpy.random.Generator
-        Mini-batch order (and the mini-batch that the stability check samples).
+        Mini-batch order, label noise (and the mini-batch that the stability check samples).
     feature_scale : float, optional
         One-hot scale of the Born machine (``loss="born_nll"`` only; default 1.0).  Passing it
         with another loss is an error, as it would have no effect.

@@ -208,7 +208,7 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
         window = None
     else:
         window = _check_positive_float(detrend, "detrend (a block length in t)")
-        if window < 2.5 * sample_every:
+        if window < 3 * sample_every * (1 - 1e-9):  # every block holds 3 samples or more
             raise ValueError(f"detrend = {window:g} must span at least 3 samples, every "
                              f"{sample_every:g} units of t")
         detrend = True
