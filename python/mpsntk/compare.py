@@ -23,9 +23,17 @@ from ._validate import _as_site_vector, _check_int
 from .infinite import nngp_infinite, ntk_infinite
 from .mps import MPS
 from .ntk import ntk
-from .train import train
+from .train import _check_targets, train
 
-__all__ = ["BornComparison", "MseComparison", "compare_born", "compare_mse", "model_rho"]
+__all__ = [
+    "BornComparison",
+    "KernelPredictions",
+    "MseComparison",
+    "compare_born",
+    "compare_mse",
+    "kernel_predictions",
+    "model_rho",
+]
 
 
 def _model_sigma(mps, sigma):
@@ -96,17 +104,113 @@ def _flat_kernel(theta, n_outputs):
     return theta.transpose(0, 2, 1, 3).reshape(P * C, m * C)
 
 
-def _kernel_path(k_probe_train, n_train, y, f0, steps, eta, loss):
-    """Discrete GD of the linear model with kernel k (probe x train, flattened) from f0."""
-    k_tt = k_probe_train[:n_train]
-    predict = dynamics.gradient_descent_mse(k_tt, y, eta, loss=loss, discrete=True)
-    if f0.shape[0] > n_train:
-        tr, te = predict(steps, f0[:n_train], f0[n_train:], k_probe_train[n_train:])
-        out = np.concatenate([tr, te], axis=1)
-    else:
-        out = predict(steps, f0[:n_train])
-    curve = dynamics.mse_loss_curve(k_tt, y, f0[:n_train], steps, eta, loss=loss, discrete=True)
-    return out, curve
+def _host(a, xp):
+    return np.asarray(a) if xp is np else xp.asnumpy(a)  # explicit device-to-host copy
+
+
+@dataclasses.dataclass
+class KernelPredictions:
+    """Full-batch GD on the squared loss in the kernel regime, from one initial model.
+
+    (b) and (c) of theory 4.1: the exact GD of the model linearised at ``W_0`` (kernel
+    ``Theta_0``) and of the infinite-bond-dimension model (``Theta_inf``), both started from the
+    model's own initial outputs ``f_0``, on a probe set whose first ``n_train`` rows are the
+    training samples.  Each kernel is eigendecomposed once, here.  Host float64 arrays (a model
+    on the GPU has its kernels and outputs copied to the host once).
+
+    Attributes
+    ----------
+    theta_0 : ndarray (n_probe, n_train) or (n_probe, n_train, C, C)
+        Empirical NTK at ``W_0``, output-resolved for label-site models.
+    theta_inf : ndarray (n_probe, n_train)
+        Infinite-bond-dimension NTK (times ``I_C`` for ``C`` outputs).
+    f0 : ndarray (n_probe,) or (n_probe, C)
+        Initial outputs.
+    """
+
+    theta_0: np.ndarray
+    theta_inf: np.ndarray
+    f0: np.ndarray
+    y: np.ndarray
+    n_train: int
+    learning_rate: float
+    reduction: str
+    _k: dict = dataclasses.field(repr=False)
+    _predict: dict = dataclasses.field(repr=False)
+
+    def outputs(self, steps):
+        """``(f_lin, f_inf)`` after the given numbers of steps, each of shape
+        ``(n_steps, n_probe[, C])``."""
+        return tuple(self._path(kind, steps) for kind in ("lin", "inf"))
+
+    def losses(self, steps):
+        """``(loss_lin, loss_inf)``: the closed-form training loss (4.1 (d)) at ``steps``."""
+        mc = self.y.size
+        f0 = self.f0.reshape(-1)[:mc]
+        return tuple(
+            dynamics.mse_loss_curve(self._k[kind][:mc], self.y, f0, steps, self.learning_rate,
+                                    loss=self.reduction, discrete=True)
+            for kind in ("lin", "inf"))
+
+    def _path(self, kind, steps):
+        mc = self.y.size
+        f0, k = self.f0.reshape(-1), self._k[kind]
+        predict = self._predict[kind]
+        if f0.shape[0] > mc:
+            tr, te = predict(steps, f0[:mc], f0[mc:], k[mc:])
+            out = np.concatenate([tr, te], axis=-1)
+        else:
+            out = predict(steps, f0[:mc])
+        return out.reshape(np.shape(steps) + self.f0.shape)
+
+
+def kernel_predictions(mps, phi_train, y_train, probe=None, *, learning_rate, reduction="mean",
+                       sigma=None):
+    """The kernel-regime predictions of full-batch GD of ``mps`` on the squared loss.
+
+    Parameters
+    ----------
+    mps : MPS
+        The initial model.
+    phi_train : ndarray, shape (m, n_sites, phys_dim)
+    y_train : ndarray, shape (m,) or (m, C)
+        Targets in the model's dtype (as :func:`mpsntk.train` takes them).
+    probe : ndarray, shape (n_probe, n_sites, phys_dim), optional
+        Where to predict; its first ``m`` rows must be ``phi_train`` (default: ``phi_train``).
+    learning_rate : float
+    reduction : {"mean", "sum"}
+        The loss normalisation of the training run (``s = y.size`` or 1).
+    sigma : optional per-site initial scale for ``Theta_inf`` (default: from ``MPS.random``)
+
+    Returns
+    -------
+    KernelPredictions
+    """
+    if not isinstance(mps, MPS):
+        raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+    phi_train = mps.check_features(phi_train, "phi_train")
+    probe = phi_train if probe is None else mps.check_features(probe, "probe")
+    m, C = phi_train.shape[0], mps.n_outputs
+    if probe.shape[0] < m:
+        raise ValueError(f"probe must start with the {m} training samples; got {probe.shape[0]} "
+                         "rows")
+    multi = mps.output_site is not None
+    sig, rho = _model_sigma(mps, sigma), model_rho(mps, sigma)
+    y = _host(_check_targets("mse", mps, phi_train, y_train, "y_train"), mps.xp)
+    y = y.astype(np.float64)
+    xp = mps.xp
+    f0 = _host(mps(probe), xp).astype(np.float64)
+    theta_0 = _host(ntk(mps, probe, phi_train, outputs="full"), xp).astype(np.float64)
+    theta_inf = ntk_infinite(_host(probe, xp), _host(phi_train, xp), sigma=sig, rho=rho)
+    k = {"lin": _flat_kernel(theta_0, C),
+         "inf": np.kron(theta_inf, np.eye(C)) if multi else theta_inf}
+    mc = y.size
+    predict = {kind: dynamics.gradient_descent_mse(kk[:mc], y.reshape(-1), learning_rate,
+                                                   loss=reduction, discrete=True)
+               for kind, kk in k.items()}
+    return KernelPredictions(theta_0=theta_0, theta_inf=theta_inf, f0=f0, y=y.reshape(-1),
+                             n_train=m, learning_rate=learning_rate, reduction=reduction, _k=k,
+                             _predict=predict)
 
 
 def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_steps, log_every=1,
@@ -140,10 +244,9 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
     phi_train = mps.check_features(phi_train, "phi_train")
     probe = phi_train if phi_test is None else np.concatenate(
         [phi_train, mps.check_features(phi_test, "phi_test")])
-    m, C = phi_train.shape[0], mps.n_outputs
+    m = phi_train.shape[0]
     multi = mps.output_site is not None
     # Everything the kernel predictions need is checked here, before the (long) training run.
-    rho = model_rho(mps, sigma)
     sig = _model_sigma(mps, sigma)
     n_ensemble = _check_int(n_ensemble, "n_ensemble", 0)
     seed = _check_int(seed, "seed", 0)
@@ -163,18 +266,11 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
     res = train(mps, phi_train, y_train, learning_rate=learning_rate, n_steps=n_steps,
                 reduction=reduction, probe=probe, log_every=log_every)
     y = np.asarray(y_train, dtype=np.float64)
-    y_flat = y.reshape(-1)
-    shape = (probe.shape[0], C) if multi else (probe.shape[0],)
-    f0 = np.asarray(mps(probe), dtype=np.float64).reshape(-1)
-    theta_0 = ntk(mps, probe, phi_train, outputs="full").astype(np.float64)
-    theta_inf = ntk_infinite(probe, phi_train, sigma=sig, rho=rho)
-    k0 = _flat_kernel(theta_0, C)
-    kinf = np.kron(theta_inf, np.eye(C)) if multi else theta_inf
-    mc = m * C if multi else m
-    f_lin, loss_lin = _kernel_path(k0, mc, y_flat, f0, res.steps, learning_rate, reduction)
-    f_inf, loss_inf = _kernel_path(kinf, mc, y_flat, f0, res.steps, learning_rate, reduction)
-    f_lin = f_lin.reshape((len(res.steps),) + shape)
-    f_inf = f_inf.reshape((len(res.steps),) + shape)
+    pred = kernel_predictions(mps, phi_train, y_train, probe, learning_rate=learning_rate,
+                              reduction=reduction, sigma=sigma)
+    theta_0, theta_inf = pred.theta_0, pred.theta_inf
+    f_lin, f_inf = pred.outputs(res.steps)
+    loss_lin, loss_inf = pred.losses(res.steps)
     f = np.asarray(res.probe_outputs, dtype=np.float64)
     ynorm = np.linalg.norm(y)
 

@@ -32,6 +32,7 @@ from ._validate import (
     _check_seed,
     _describe,
 )
+from .dynamics import _check_nonnegative_float
 from .grad import vjp
 from .mps import MPS
 from .ntk import ntk_vp
@@ -175,6 +176,7 @@ def train(
     feature_scale=None,
     check_stability=True,
     progress=None,
+    label_noise=0.0,
 ):
     """Train an MPS by gradient descent and log its trajectory.
 
@@ -215,7 +217,7 @@ def train(
         ``cb(step, mps) -> dict | None`` called at the logged steps (diagnostics); a single
         callable is the same as a one-element list.
     seed : None, int >= 0 or numpy.random.Generator
-        Mini-batch order (and the mini-batch that the stability check samples).
+        Mini-batch order, label noise (and the mini-batch that the stability check samples).
     feature_scale : float, optional
         One-hot scale of the Born machine (``loss="born_nll"`` only; default 1.0).  Passing it
         with another loss is an error, as it would have no effect.
@@ -226,6 +228,11 @@ def train(
     progress : bool or None
         Show a tqdm progress bar (None, the default: when tqdm is installed, stderr is a
         terminal and ``n_steps >= 1000``).
+    label_noise : float
+        ``sigma >= 0`` (MSE only): every update fits ``y + sigma * xi`` with fresh standard
+        normal ``xi`` of the targets' shape, drawn from the ``seed`` generator (label-noise SGD,
+        whose gradient noise persists at a minimum; see :mod:`mpsntk.diagnostics`).  The logged
+        loss is that of the clean targets.  Default 0: no noise, and no draws.
 
     Returns
     -------
@@ -242,6 +249,9 @@ def train(
     if progress is not None:
         progress = _check_bool(progress, "progress")
     rng = _check_seed(seed)
+    label_noise = _check_nonnegative_float(label_noise, "label_noise")
+    if label_noise and loss != "mse":
+        raise ValueError(f"label_noise applies to loss='mse' only; got loss={loss!r}")
     if loss == "born_nll":
         feature_scale = 1.0 if feature_scale is None else feature_scale
         feature_scale = _check_positive_float(feature_scale, "feature_scale")
@@ -358,6 +368,9 @@ def train(
             bx = None if x_configs is None else x_configs[idx]
         else:
             bf, by, bx = feats, y, x_configs
+        if label_noise:
+            xi = rng.standard_normal(by.shape).astype(model.dtype)
+            by = by + label_noise * model.xp.asarray(xi)
         _, cot, grads = _loss_and_cotangent(loss, model, bf, by, reduction, feature_scale, bx)
         if grads is None:
             grads = vjp(model, bf, cot)
