@@ -28,6 +28,7 @@ using detail::buffer;
 #include "detail/ntk.hpp"
 #include "detail/grad.hpp"
 #include "detail/born.hpp"
+#include "detail/taylor.hpp"
 
 #define MPSNTK_INSTANTIATE(T)                                                                                     \
   template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                         \
@@ -43,7 +44,11 @@ using detail::buffer;
   template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                 \
   template double log_partition_impl<T>(const ChainView<T>&, const double*, T* const*);                           \
   template void doubled_right_impl<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,      \
-                                      std::vector<double>&);
+                                      std::vector<double>&);                                                      \
+  template void taylor_impl<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, T*,      \
+                               double*);                                                                          \
+  template RangeReport order_kernels_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,   \
+                                             const double*, const std::vector<index_t>&, T*);
 
 MPSNTK_INSTANTIATE(float)
 MPSNTK_INSTANTIATE(double)
