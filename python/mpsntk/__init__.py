@@ -9,7 +9,7 @@ Jacobian; infinite-bond-dimension kernels; products with the Jacobian for traini
 >>> theta = mn.ntk(mps, phi)          # (32, 32)
 """
 
-from . import _core, born, compare, datasets, dynamics, features, infinite
+from . import _core, born, compare, datasets, diagnostics, dynamics, features, infinite
 from ._backend import (
     CudaError,
     CudaUnavailableError,
@@ -36,6 +36,7 @@ __all__ = [
     "compare",
     "cuda_available",
     "datasets",
+    "diagnostics",
     "dynamics",
     "features",
     "get_num_threads",

@@ -1,0 +1,553 @@
+"""The exact finite Taylor (RKBS) expansion of an MPS, its order-k kernels, the nonlinear fraction
+of a training step and the weak-correlation ratios (theory sections 5.3 and 5.4).
+
+An MPS is linear in each core, so for any step ``Delta`` in the trainable cores ``W``
+
+``f(x; W + Delta) = sum_{k=0}^{n_sites} P_k(x; Delta)``  exactly,
+
+where ``P_k`` sums, over the ``k``-subsets ``S`` of sites, the chain contracted with
+``c_j Delta_j`` on ``S`` and ``c_j W_j`` elsewhere (``P_0 = f(W)``, ``P_1`` the Jacobian-vector
+product).  The C++ engine computes every ``P_k`` at once with polynomial environments
+(``L^(k) <- L^(k) M_j + L^(k-1) V_j``), in ``O(n_samples n_sites min(n_sites, K) d D^2)`` for open
+chains (``D_0`` times that for periodic ones), with per-(sample, order) log-scales so that long
+chains stay in range.
+
+The order-``k`` kernels ``K_k(x, x') = sum_{|S|=k} prod_{j in S} r_j <d_S f(x), d_S f(x')>``
+(derivatives in ``W``, one per core of ``S``; ``r_j`` the per-site rates) are the Gram matrices
+of the data maps of that expansion: ``K_1`` is the NTK, and in the NTK parametrisation
+``E K_k = C(n_sites, k) K`` with ``K`` the NNGP kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+import numpy as np
+
+from .. import _core
+from .._backend import CudaUnavailableError, array_module, as_array
+from .._validate import _check_bool, _check_fits, _check_int, _describe
+from ..grad import vjp
+from ..mps import MPS
+from ..ntk import _check_mps, environment_bytes
+from ..train import _check_targets
+
+__all__ = [
+    "NonlinearFraction",
+    "NonlinearityMonitor",
+    "WeakCorrelations",
+    "nonlinear_fraction",
+    "order_kernels",
+    "taylor_terms",
+    "weak_correlations",
+]
+
+
+# ----------------------------------------------------------------------------- validation
+def _as_step(mps, delta, name="delta"):
+    """The step as a list of C-contiguous arrays shaped like ``mps.cores`` on the model's device.
+
+    ``delta`` is a list of arrays, or an :class:`MPS` of the same structure (then the step is its
+    cores minus ``mps.cores``)."""
+    xp = mps.xp
+    if isinstance(delta, MPS):
+        mismatch = [
+            (what, getattr(delta, attr), getattr(mps, attr))
+            for what, attr in (
+                ("boundary", "boundary"),
+                ("bond dimensions", "bond_dims"),
+                ("phys_dim", "phys_dim"),
+                ("output site", "output_site"),
+                ("n_outputs", "n_outputs"),
+                ("dtype", "dtype"),
+            )
+            if getattr(delta, attr) != getattr(mps, attr)
+        ]
+        if mismatch:
+            what, got, want = mismatch[0]
+            raise ValueError(
+                f"{name} must be an MPS of the same structure as the model; its {what} is {got} "
+                f"but the model's is {want}"
+            )
+        if not np.array_equal(delta.scales, mps.scales):
+            raise ValueError(
+                f"{name} must be an MPS with the model's scales (the step is the difference of "
+                "the trainable cores, which only means the same function change when the scales "
+                "agree)"
+            )
+        mps.same_device(delta.xp, f"the cores of {name}")
+        return [xp.ascontiguousarray(b - a) for a, b in zip(mps.cores, delta.cores)]
+    if isinstance(delta, (str, bytes)) or not isinstance(delta, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a list of arrays shaped like mps.cores, or an MPS; "
+            f"got {_describe(delta)}"
+        )
+    if len(delta) != mps.n_sites:
+        raise ValueError(
+            f"{name} must hold one array per core ({mps.n_sites}); got {len(delta)}"
+        )
+    names = [f"{name}[{j}]" for j in range(len(delta))]
+    mps.same_device(array_module(*delta, names=names), name)
+    steps = []
+    for j, (t, c) in enumerate(zip(delta, mps.cores)):
+        t = as_array(t, xp)
+        if t.dtype != mps.dtype:
+            raise TypeError(f"{name}[{j}] must have the model's dtype {mps.dtype}; got {t.dtype}")
+        if t.shape != c.shape:
+            raise ValueError(f"{name}[{j}] must have the shape of mps.cores[{j}], {c.shape}; "
+                             f"got {t.shape}")
+        if not bool(xp.all(xp.isfinite(t))):
+            raise ValueError(f"{name}[{j}] must be finite; got NaN or Inf entries")
+        steps.append(xp.ascontiguousarray(t))
+    return steps
+
+
+def _check_orders(orders, n_sites, name="orders"):
+    """A non-empty tuple of distinct integers in 1..n_sites."""
+    if isinstance(orders, (str, bytes)) or not hasattr(orders, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of integers in 1..n_sites; "
+                        f"got {_describe(orders)}")
+    out = tuple(orders)
+    if not out:
+        raise ValueError(f"{name} must hold at least one order")
+    for k in out:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+            raise TypeError(f"{name} must hold integers; got {_describe(k)}")
+        if not 1 <= k <= n_sites:
+            raise ValueError(f"{name} must lie in 1..n_sites = 1..{n_sites}; got {k}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must be distinct; got {out}")
+    return tuple(int(k) for k in out)
+
+
+def _check_max_order(max_order, n_sites):
+    if max_order is None:
+        return n_sites
+    max_order = _check_int(max_order, "max_order", 0)
+    if max_order > n_sites:
+        raise ValueError(f"max_order must lie in 0..n_sites = 0..{n_sites}; got {max_order}")
+    return max_order
+
+
+# ----------------------------------------------------------------------------- Taylor terms
+def _raw_taylor(mps, phi, steps, max_order):
+    """Mantissas and log-scales (max_order + 1, n, C) on the model's device."""
+    xp = mps.xp
+    n, C = phi.shape[0], mps.n_outputs
+    if xp is np:
+        _check_fits(
+            (max_order + 1) * n * C * (mps.dtype.itemsize + 8),
+            f"the Taylor terms of {n} samples up to order {max_order}",
+            "compute fewer samples at a time",
+        )
+        cores, scales, boundary, osite = mps._engine_args()
+        return _core.taylor_terms(cores, steps, scales, boundary, osite, phi, max_order)
+    return _taylor_device(mps, phi, steps, max_order)
+
+
+def _taylor_device(mps, phi, steps, max_order):
+    """The same expansion with the model's array module (CuPy): one left sweep of polynomial
+    environments ``(orders, n, outputs, h, D)`` by batched matmuls, each (order, sample, output)
+    group normalised by a power of two, as the engine does."""
+    xp, dtype = mps.xp, mps.dtype
+    n, K = phi.shape[0], max_order
+    h = mps.bond_dims[0] if mps.boundary == "periodic" else 1
+
+    def normalise(v, lg):
+        peak = xp.max(xp.abs(v), axis=(-2, -1))
+        _, e = xp.frexp(peak.astype(xp.float64))
+        e = xp.where(peak > 0, e, 0)
+        factor = xp.ldexp(xp.ones_like(peak, dtype=xp.float64), -e)[..., None, None]
+        scaled = (v.astype(xp.float64) * factor).astype(dtype)
+        return scaled, xp.where(peak > 0, lg + e * math.log(2.0), -xp.inf)
+
+    env = xp.zeros((1, n, 1, h, h), dtype=dtype)
+    env[..., xp.arange(h), xp.arange(h)] = 1
+    lg = xp.zeros((1, n, 1))
+    for j in range(mps.n_sites):
+        ph = phi[:, j]
+        if j == mps.output_site:
+            M = xp.einsum("xs,lsab->xlab", ph, mps.cores[j])
+            V = xp.einsum("xs,lsab->xlab", ph, steps[j])
+        else:
+            M = xp.einsum("xs,sab->xab", ph, mps.cores[j])[:, None]
+            V = xp.einsum("xs,sab->xab", ph, steps[j])[:, None]
+        c = dtype.type(mps.scales[j])
+        top = env.shape[0] - 1
+        core = env @ (c * M)[None]  # orders 0..top
+        step = env[: min(top + 1, K)] @ (c * V)[None]  # orders 1..min(top + 1, K)
+        new = xp.zeros((min(top + 1, K) + 1,) + core.shape[1:], dtype=dtype)
+        la = xp.full(new.shape[:3], -xp.inf)
+        lb = xp.full(new.shape[:3], -xp.inf)
+        new[: top + 1] = core
+        la[: top + 1] = xp.where(xp.max(xp.abs(core), axis=(-2, -1)) > 0, lg, -xp.inf)
+        lb[1 : step.shape[0] + 1] = xp.where(xp.max(xp.abs(step), axis=(-2, -1)) > 0,
+                                             lg[: step.shape[0]], -xp.inf)
+        m = xp.maximum(la, lb)
+        m = xp.where(xp.isfinite(m), m, 0.0)
+        fa = xp.exp(la - m).astype(dtype)[..., None, None]
+        fb = xp.exp(lb - m).astype(dtype)[..., None, None]
+        new = new * fa
+        new[1 : step.shape[0] + 1] += step * fb[1 : step.shape[0] + 1]
+        env, lg = normalise(new, m)
+    mant = xp.ascontiguousarray(xp.trace(env, axis1=-2, axis2=-1))  # (orders, n, C)
+    lg = xp.where(mant != 0, lg, 0.0)
+    return mant, xp.ascontiguousarray(lg)
+
+
+def _apply_log_scale(mps, mant, lg, what, hint):
+    """``mant * exp(lg)`` in the model's dtype, refusing to lose entries (as MPS.forward)."""
+    xp = mps.xp
+    with np.errstate(over="ignore", under="ignore"):
+        out = (mant * xp.exp(lg)).astype(mps.dtype)
+    for lost, how in ((~xp.isfinite(out), "overflows"), ((out == 0) & (mant != 0), "underflows")):
+        if bool(xp.any(lost)):
+            raise FloatingPointError(f"{what} {how} the range of {mps.dtype.name}; {hint}")
+    return out
+
+
+def _squeeze(mps, a):
+    return a[..., 0] if mps.output_site is None else a
+
+
+def taylor_terms(mps, phi, delta, *, max_order=None, log_scale=False):
+    """Every term of the exact Taylor expansion of the MPS in a step of its cores.
+
+    ``f(x; W + Delta) = sum_{k=0}^{n_sites} P_k(x; Delta)`` exactly: ``P_k`` sums, over the
+    ``k``-subsets ``S`` of sites, the chain contracted with the step on ``S`` and the cores
+    elsewhere, ``P_k = (1/k!) d^k f[Delta, ..., Delta]`` (``P_0 = f``, ``P_1 = J Delta``).
+
+    Cost: ``O(n_samples n_sites min(n_sites, K) d D^2)`` for open chains and ``D_0`` times that
+    for periodic ones, with ``K = max_order``; the memory is the output and a few blocks of
+    polynomial environments per thread.
+
+    Parameters
+    ----------
+    mps : MPS
+    phi : ndarray, shape (n_samples, n_sites, phys_dim)
+        Features in the model's dtype.
+    delta : list of ndarray or MPS
+        The step in the trainable cores, one array shaped like each of ``mps.cores`` (the
+        effective step of site ``j`` is ``scales[j] * delta[j]``); or a model of the same
+        structure and scales, whose cores minus ``mps.cores`` are the step.
+    max_order : int, optional
+        Highest order ``K`` in ``0..n_sites`` (default ``n_sites``: all terms).
+    log_scale : bool
+        Return ``(mantissa, log_scale)`` with ``P = mantissa * exp(log_scale)`` instead of ``P``:
+        the form for chains whose terms leave the dtype's range.
+
+    Returns
+    -------
+    ndarray, shape (K + 1, n_samples) or (K + 1, n_samples, n_outputs)
+        ``P_k(x)`` along the leading axis; or the pair described under ``log_scale``.
+
+    Raises
+    ------
+    FloatingPointError
+        If a term over- or underflows the dtype (use ``log_scale=True``).
+    """
+    _check_mps(mps)
+    mps.same_device(array_module(phi, names=["phi"]), "phi")
+    phi = mps.check_features(phi)
+    steps = _as_step(mps, delta)
+    max_order = _check_max_order(max_order, mps.n_sites)
+    log_scale = _check_bool(log_scale, "log_scale")
+    mant, lg = _raw_taylor(mps, phi, steps, max_order)
+    if log_scale:
+        return _squeeze(mps, mant), _squeeze(mps, lg)
+    return _squeeze(mps, _apply_log_scale(mps, mant, lg, "a Taylor term", "use log_scale=True"))
+
+
+# ----------------------------------------------------------------------------- norms
+def _scaled(mps, mant, lg):
+    """Terms as ``(tilde, ref)`` with ``P_k = tilde_k * exp(ref)``: one reference log-scale per
+    (sample, output), the largest of its non-zero terms, so sums over orders stay in range."""
+    xp = mps.xp
+    lg = xp.where(mant != 0, lg, -xp.inf)
+    ref = xp.max(lg, axis=0)
+    ref = xp.where(xp.isfinite(ref), ref, 0.0)
+    return mant.astype(xp.float64) * xp.exp(lg - ref), ref
+
+
+def _log_norm(xp, tilde, ref):
+    """log of the Euclidean norm of ``tilde * exp(ref)`` over all entries (-inf for zero)."""
+    with np.errstate(divide="ignore"):
+        la = xp.log(xp.abs(tilde)) + ref
+    top = float(xp.max(la))
+    if not math.isfinite(top):
+        return -math.inf
+    return top + 0.5 * math.log(float(xp.sum(xp.exp(2.0 * (la - top)))))
+
+
+def _norm(xp, tilde, ref):
+    ln = _log_norm(xp, tilde, ref)
+    return math.exp(ln) if ln < 709.0 else math.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class NonlinearFraction:
+    """The nonlinear part of a change of the model on a probe set (:func:`nonlinear_fraction`).
+
+    Norms are Euclidean over all probe samples (and outputs), in float64.
+
+    Attributes
+    ----------
+    nu : float
+        ``||sum_{k>=2} P_k|| / ||f_t - f_0||`` (0 when the nonlinear part vanishes, ``inf`` when
+        only the outputs do not change).
+    change : float
+        ``||f_t - f_0|| = ||sum_{k>=1} P_k||``.
+    nonlinear : float
+        ``||sum_{k>=2} P_k||``.
+    term_norms : ndarray, shape (n_sites + 1,)
+        ``||P_k||`` for ``k = 0 .. n_sites``.
+    """
+
+    nu: float
+    change: float
+    nonlinear: float
+    term_norms: np.ndarray
+
+    def term_norm(self, k):
+        """``||P_k||`` (0 for ``k > n_sites``: the expansion ends there)."""
+        k = _check_int(k, "k", 0)
+        return float(self.term_norms[k]) if k < len(self.term_norms) else 0.0
+
+
+def nonlinear_fraction(mps_0, mps_t, phi):
+    """The nonlinear fraction ``nu = ||sum_{k>=2} P_k(Delta_t)|| / ||f_t - f_0||`` of a step.
+
+    ``Delta_t = W_t - W_0`` is the change of the trainable cores, ``P_k`` the terms of its exact
+    Taylor expansion around ``mps_0`` (:func:`taylor_terms`, all orders), so ``f_t - f_0`` is
+    ``sum_{k>=1} P_k`` and its part beyond the linearisation is ``sum_{k>=2} P_k``; both are
+    summed from the terms (no cancellation of ``f_t - f_0 - J Delta``) with per-sample scales.
+
+    Parameters
+    ----------
+    mps_0, mps_t : MPS
+        The models before and after (same structure, scales and device).
+    phi : ndarray, shape (n_samples, n_sites, phys_dim)
+        The probe set.
+
+    Returns
+    -------
+    NonlinearFraction
+        ``nu``, the two norms, and ``||P_k||`` for every ``k`` (``term_norm(2)``,
+        ``term_norm(3)``).
+    """
+    _check_mps(mps_0)
+    if not isinstance(mps_t, MPS):
+        raise TypeError(f"mps_t must be an mpsntk.MPS; got {type(mps_t).__name__}")
+    mps_0.same_device(array_module(phi, names=["phi"]), "phi")
+    phi = mps_0.check_features(phi)
+    steps = _as_step(mps_0, mps_t, "mps_t")
+    return _fraction(mps_0, phi, steps)
+
+
+def _fraction(mps_0, phi, steps):
+    xp = mps_0.xp
+    mant, lg = _raw_taylor(mps_0, phi, steps, mps_0.n_sites)
+    tilde, ref = _scaled(mps_0, mant, lg)
+    norms = np.array([_norm(xp, tilde[k], ref) for k in range(tilde.shape[0])])
+    lin = _log_norm(xp, xp.sum(tilde[1:], axis=0), ref)
+    non = _log_norm(xp, xp.sum(tilde[2:], axis=0), ref)
+    if non == -math.inf:
+        nu = 0.0
+    elif lin == -math.inf:
+        nu = math.inf
+    else:
+        nu = math.exp(non - lin)
+    return NonlinearFraction(
+        nu=nu,
+        change=math.exp(lin) if lin < 709.0 else math.inf,
+        nonlinear=math.exp(non) if non < 709.0 else math.inf,
+        term_norms=norms,
+    )
+
+
+class NonlinearityMonitor:
+    """Callback for :func:`mpsntk.train` that logs the nonlinearity of training on a probe set.
+
+    At every logged step it returns ``{"nonlinear_fraction": nu(t), "taylor_norm_1": ||P_1||,
+    "taylor_norm_2": ||P_2||, "taylor_norm_3": ||P_3||}`` for the step ``Delta_t = W_t - W_0``
+    from the initial model (see :func:`nonlinear_fraction`).  It holds one copy of the initial
+    model and the probe features, nothing per step.
+
+    Parameters
+    ----------
+    mps_0 : MPS
+        The initial model (copied).
+    probe : ndarray, shape (n_probe, n_sites, phys_dim)
+    """
+
+    def __init__(self, mps_0, probe):
+        _check_mps(mps_0)
+        mps_0.same_device(array_module(probe, names=["probe"]), "probe")
+        self.mps_0 = mps_0.copy()
+        self.probe = mps_0.check_features(probe, "probe")
+
+    def __call__(self, step, mps):
+        if not isinstance(mps, MPS):
+            raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+        r = _fraction(self.mps_0, self.probe, _as_step(self.mps_0, mps, "mps"))
+        return {
+            "nonlinear_fraction": r.nu,
+            "taylor_norm_1": r.term_norm(1),
+            "taylor_norm_2": r.term_norm(2),
+            "taylor_norm_3": r.term_norm(3),
+        }
+
+
+# ----------------------------------------------------------------------------- weak correlations
+@dataclasses.dataclass(frozen=True)
+class WeakCorrelations:
+    """Weak-correlation ratios along the initial gradient-descent direction
+    (:func:`weak_correlations`).
+
+    Attributes
+    ----------
+    ratios : dict
+        ``{k: R_k}`` with ``R_k = rms_x Gamma_k / rms_x Gamma_1`` for the requested orders.
+    rms : dict
+        ``{k: rms_x Gamma_k}`` for ``k = 1`` and the requested orders (root mean square over the
+        probe samples and outputs).
+    direction_norm : float
+        ``||v||``, the Euclidean norm of the direction over all cores.
+    """
+
+    ratios: dict
+    rms: dict
+    direction_norm: float
+
+
+def weak_correlations(mps, phi_train, y_train, probe=None, *, orders=(2, 3), scale=1.0):
+    """Ratios ``R_k = rms_x Gamma_k / rms_x Gamma_1`` of the higher derivatives of the model
+    along the initial gradient-descent direction (theory section 5.4).
+
+    ``Gamma_k(x; a) = P_k(x; v) = (1/k!) d^k f(x)[v, ..., v]`` with ``v_j = scale * r_j J_j^T a``,
+    ``a = f_0(X) - Y`` the residual on the training set, ``J_j`` the Jacobian of the training
+    outputs in core ``j`` and ``r_j = mps.site_lr[j]`` the per-site rates (1 in the NTK
+    parametrisation).  With ``scale = 1``, ``v`` is the gradient of the summed squared loss
+    ``sum ||f - y||^2 / 2`` in the metric of the rates: gradient descent at rate ``eta`` steps
+    by ``-eta v``.  ``Gamma_k`` scales as ``scale^k``, so ``R_k`` as ``|scale|^(k-1)``; the
+    default follows the spec (``v = J^T a`` unscaled).  ``R_k -> 0`` as the bond dimension grows
+    is the kernel regime.
+
+    Parameters
+    ----------
+    mps : MPS
+    phi_train : ndarray, shape (n_train, n_sites, phys_dim)
+    y_train : ndarray, shape (n_train,) or (n_train, n_outputs)
+        Targets in the model's dtype.
+    probe : ndarray, shape (n_probe, n_sites, phys_dim), optional
+        Where the ``Gamma_k`` are measured (default: the training set).
+    orders : sequence of int
+        The ``k`` in ``1..n_sites`` to report.
+    scale : float
+        Multiplier of the direction (e.g. ``-learning_rate`` for the first step itself).
+
+    Returns
+    -------
+    WeakCorrelations
+    """
+    _check_mps(mps)
+    xp = mps.same_device(array_module(phi_train, y_train, probe,
+                                      names=["phi_train", "y_train", "probe"]), "phi_train")
+    phi_train = mps.check_features(phi_train, "phi_train")
+    y_train = _check_targets("mse", mps, phi_train, y_train, "y_train")
+    probe = phi_train if probe is None else mps.check_features(probe, "probe")
+    orders = _check_orders(orders, mps.n_sites)
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a finite non-zero real number; got {_describe(scale)}")
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"scale must be a finite non-zero real number; got {scale}")
+    residual = mps.forward(phi_train) - y_train
+    grads = vjp(mps, phi_train, residual)
+    v = [xp.ascontiguousarray((scale * r * g).astype(mps.dtype))
+         for r, g in zip(mps.site_lr, grads)]
+    if not all(bool(xp.all(xp.isfinite(t))) for t in v):
+        raise FloatingPointError(f"the direction overflows the range of {mps.dtype.name}; "
+                                 "lower scale")
+    norm = math.sqrt(sum(float(xp.sum(t.astype(xp.float64) ** 2)) for t in v))
+    top = max(orders + (1,))
+    mant, lg = _raw_taylor(mps, probe, v, top)
+    tilde, ref = _scaled(mps, mant, lg)
+    count = tilde[0].size
+    rms = {}
+    for k in sorted(set(orders) | {1}):
+        ln = _log_norm(xp, tilde[k], ref)
+        rms[k] = math.exp(ln) / math.sqrt(count) if ln < 709.0 else math.inf
+    lg1 = _log_norm(xp, tilde[1], ref)
+    ratios = {}
+    for k in orders:
+        lk = _log_norm(xp, tilde[k], ref)
+        ratios[k] = 0.0 if lk == -math.inf else (math.inf if lg1 == -math.inf else
+                                                 math.exp(lk - lg1))
+    return WeakCorrelations(ratios=ratios, rms=rms, direction_norm=norm)
+
+
+# ----------------------------------------------------------------------------- order kernels
+def order_kernels(mps, phi1, phi2=None, *, orders=(1, 2, 3)):
+    """Order-``k`` kernels of the exact Taylor expansion: the Gram matrices of its data maps.
+
+    ``K_k(x, x') = sum_{|S|=k} prod_{j in S} r_j <d_S f(x), d_S f(x')>`` where ``d_S`` takes one
+    derivative in the trainable core ``W_j`` of each site of ``S`` (equivalently
+    ``prod lambda_j <d_S f, d_S f'>`` in the effective cores, ``lambda_j = c_j^2 r_j``, the NTK's
+    site weights), so ``K_1`` is :func:`mpsntk.ntk`; in the NTK parametrisation
+    ``E K_k = C(n_sites, k) K`` with ``K`` the NNGP kernel.  ``E[P_k(x; Delta) P_k(x'; Delta)] =
+    K_k(x, x')`` for a step with independent entries of variance ``r_j``.
+
+    One doubled chain per pair of samples carries a state per order,
+    ``X^(m) <- M_j(x)^T X^(m) M_j(x') + lambda_j k_j(x, x') Tr(X^(m-1)) I``.  Cost:
+    ``O(n1 n2 n_sites (k_max - 1) D^3)`` for open chains, and
+    ``O(n1 n2 min(n_sites D_0^2, n_sites^2 / 2) (k_max - 1) D^3)`` for periodic ones, on top of the
+    NTK's ``O(n1 n2 n_sites D)``; the symmetric case computes each pair once.  Models with a
+    label site return the kernels traced over the outputs (``sum_l K_k^{ll}``, as
+    ``ntk(outputs="trace")``), at ``n_outputs`` times the cost.
+
+    Parameters
+    ----------
+    mps : MPS
+    phi1 : ndarray, shape (n1, n_sites, phys_dim)
+    phi2 : ndarray, shape (n2, n_sites, phys_dim), optional
+        None means ``K_k(X1, X1)``.
+    orders : sequence of int
+        Distinct orders in ``1..n_sites``.
+
+    Returns
+    -------
+    ndarray, shape (len(orders), n1, n2)
+
+    Raises
+    ------
+    FloatingPointError
+        If an entry over- or underflows the dtype.
+    """
+    _check_mps(mps)
+    xp = mps.same_device(array_module(phi1, phi2, names=["phi1", "phi2"]), "phi1")
+    phi1 = mps.check_features(phi1, "phi1")
+    if phi2 is not None:
+        phi2 = mps.check_features(phi2, "phi2")
+    orders = _check_orders(orders, mps.n_sites)
+    n1 = phi1.shape[0]
+    n2 = n1 if phi2 is None else phi2.shape[0]
+    if xp is not np:
+        raise CudaUnavailableError(
+            "order_kernels runs on the host engine only; pass a host model and NumPy features "
+            "(mps.to_host())"
+        )
+    shape = (len(orders), n1, n2)
+    work = mps.n_outputs * environment_bytes(mps, n1 + (0 if phi2 is None else n2))
+    _check_fits(int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize + work,
+                f"order kernels of shape {shape} ({mps.dtype.name})",
+                "compute fewer samples at a time")
+    out = np.empty(shape, dtype=mps.dtype)
+    cores, scales, boundary, osite = mps._engine_args()
+    overflow, underflow = _core.order_kernels(cores, scales, mps.site_lr, boundary, osite, phi1,
+                                              phi2, list(orders), out)
+    for bad, how in ((overflow, "overflows"), (underflow, "underflows")):
+        if bad:
+            raise FloatingPointError(f"an order kernel {how} the range of {mps.dtype.name}")
+    return out
