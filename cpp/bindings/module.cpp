@@ -228,11 +228,11 @@ void register_dtype(py::module_& m) {
   m.def("ntk_vp", &ntk_vp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
         py::arg("out").noconvert());
-  m.def("taylor_terms", &taylor_terms_py<T>, py::arg("cores"), py::arg("step"), py::arg("scales"),
-        py::arg("boundary"), py::arg("output_site"), py::arg("phi").noconvert(), py::arg("max_order"));
+  m.def("taylor_terms", &taylor_terms_py<T>, py::arg("cores"), py::arg("step"), py::arg("scales"), py::arg("boundary"),
+        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("max_order"));
   m.def("order_kernels", &order_kernels_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"),
-        py::arg("boundary"), py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"),
-        py::arg("orders"), py::arg("out").noconvert());
+        py::arg("boundary"), py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"), py::arg("orders"),
+        py::arg("out").noconvert());
   m.def("jacobian", &jacobian_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
         py::arg("phi").noconvert(), py::arg("out").noconvert());
 }

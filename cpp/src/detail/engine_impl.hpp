@@ -44,15 +44,20 @@ using detail::buffer;
   template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                 \
   template double log_partition_impl<T>(const ChainView<T>&, const double*, T* const*);                           \
   template void doubled_right_impl<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,      \
-                                      std::vector<double>&);                                                      \
-  template void taylor_impl<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, T*,      \
-                               double*);                                                                          \
-  template RangeReport order_kernels_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,   \
-                                             const double*, const std::vector<index_t>&, T*);
+                                      std::vector<double>&);
 
 MPSNTK_INSTANTIATE(float)
 MPSNTK_INSTANTIATE(double)
 #undef MPSNTK_INSTANTIATE
+
+#define MPSNTK_INSTANTIATE_TAYLOR(T)                                                                                   \
+  template void taylor_impl<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, T*, double*); \
+  template RangeReport order_kernels_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,        \
+                                             const double*, const std::vector<index_t>&, T*);
+
+MPSNTK_INSTANTIATE_TAYLOR(float)
+MPSNTK_INSTANTIATE_TAYLOR(double)
+#undef MPSNTK_INSTANTIATE_TAYLOR
 
 }  // namespace MPSNTK_ISA_NS
 }  // namespace mpsntk

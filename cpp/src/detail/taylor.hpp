@@ -20,6 +20,15 @@
 // whose wrap-around segment closes as <Z_first, W_last> (O(N^2 (k_max - 1) D^3 / 2)); the cheaper
 // of the two is used.
 
+/// exp(l - m) for log-scales that are whole multiples of ln 2 (every log-scale here is a sum of
+/// pow2_normaliser steps): the nearest power of two, so that values combined across scales are
+/// rescaled exactly, whatever rounding the sums of logs carry.  0 for l = -inf.
+inline double pow2_ratio(double l, double m) {
+  if (!(l > -std::numeric_limits<double>::infinity())) return 0.0;
+  const double e = std::nearbyint((l - m) / 0.69314718055994530942);
+  return e < -2200 ? 0.0 : e > 2200 ? std::numeric_limits<double>::infinity() : std::ldexp(1.0, static_cast<int>(e));
+}
+
 /// Log-scaled accumulator: value = m * exp(lg).
 struct LogSum {
   double m = 0.0, lg = 0.0;
@@ -28,9 +37,9 @@ struct LogSum {
     if (m == 0.0) {
       m = v, lg = l;
     } else if (l > lg) {
-      m = m * std::exp(lg - l) + v, lg = l;
+      m = m * pow2_ratio(lg, l) + v, lg = l;
     } else {
-      m += v * std::exp(l - lg);
+      m += v * pow2_ratio(l, lg);
     }
   }
 };
@@ -52,7 +61,7 @@ void add_scaled_groups(index_t n_groups, index_t group, T* a, double* la, const 
       continue;
     }
     const double m = std::max(la[g], lb[g]);
-    const T fa = static_cast<T>(std::exp(la[g] - m)), fb = static_cast<T>(std::exp(lb[g] - m));
+    const T fa = static_cast<T>(pow2_ratio(la[g], m)), fb = static_cast<T>(pow2_ratio(lb[g], m));
     for (index_t i = 0; i < group; ++i) pa[i] = fa * pa[i] + fb * pb[i];
     la[g] = m;
   }
@@ -166,9 +175,9 @@ void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const Feature
                                w.next.rows(k), w.next.logs(k), w.scratch);
             if (k == 0) continue;
             const bool both = k <= top;  // order k also comes through the core: add the two
-            transfer_rows<T>(step, phi, j, to_right, h, mult_in, dcore, x0, x1, w.cur.rows(k - 1),
-                             w.cur.logs(k - 1), both ? w.delta.rows(0) : w.next.rows(k),
-                             both ? w.delta.logs(0) : w.next.logs(k), w.scratch);
+            transfer_rows<T>(step, phi, j, to_right, h, mult_in, dcore, x0, x1, w.cur.rows(k - 1), w.cur.logs(k - 1),
+                             both ? w.delta.rows(0) : w.next.rows(k), both ? w.delta.logs(0) : w.next.logs(k),
+                             w.scratch);
             if (both)
               add_scaled_groups<T>(groups, group, w.next.rows(k), w.next.logs(k), w.delta.rows(0), w.delta.logs(0));
           }
@@ -201,7 +210,7 @@ void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const Feature
               m = std::max(m, w.logs[terms++]);
             }
             double sum = 0;
-            for (index_t t = 0; t < terms; ++t) sum += w.dots[t] * std::exp(w.logs[t] - m);
+            for (index_t t = 0; t < terms; ++t) sum += w.dots[t] * pow2_ratio(w.logs[t], m);
             const index_t o = (k * n + x0 + x) * C + l;
             mantissa[o] = static_cast<T>(sum);
             log_scale[o] = terms ? m : 0.0;
@@ -332,8 +341,8 @@ void pair_order_kernels(const OrderChain<T>& oc, const FeatureView<T>& phi1, con
       pack_elems<T>(Dr, Dl, [&](index_t o, index_t a) { return M1[a * Dr + o]; }, w.a1.data());
       pack_elems<T>(Dr, Dl, [&](index_t o, index_t c) { return M2[c * Dr + o]; }, w.b2.data());
       const T* X = w.state.data();
-      pack_elems<T>(nst * Dl, Dl, [&](index_t r, index_t a) { return X[(r / Dl) * Dl * Dl + a * Dl + r % Dl]; },
-                    w.b1.data());
+      pack_elems<T>(
+          nst * Dl, Dl, [&](index_t r, index_t a) { return X[(r / Dl) * Dl * Dl + a * Dl + r % Dl]; }, w.b1.data());
       // Z_b[o][c] = sum_a M1[a][o] X_b[a][c], stored as rows (b, o) of depth c for the second GEMM
       T* A2 = w.a2.data();
       gemm_serial<T>(Dr, nst * Dl, Dl, w.a1.data(), w.b1.data(), [&](index_t o, index_t col, T v) {
@@ -366,10 +375,10 @@ void pair_order_kernels(const OrderChain<T>& oc, const FeatureView<T>& phi1, con
           if (!fresh) std::fill(X, X + Dr * Dr, T(0));
           continue;
         }
-        const T fx = lx == none ? T(0) : static_cast<T>(std::exp(lx - top));
+        const T fx = static_cast<T>(pow2_ratio(lx, top));
         if (fx != T(1))
           for (index_t e = 0; e < Dr * Dr; ++e) X[e] *= fx;
-        const T fs = static_cast<T>(src * std::exp(ls - top));
+        const T fs = static_cast<T>(src * pow2_ratio(ls, top));
         for (index_t i = 0; i < Dr; ++i) X[i * Dr + i] += fs;
         double lg = top;
         T mx = 0;
@@ -436,8 +445,10 @@ RangeReport order_kernels_impl(const ChainView<T>& ch, const FeatureView<T>& phi
     w.lk.assign(N, 0.0);
   }
   std::atomic<bool> overflow{false}, underflow{false};
-  const index_t n_pairs_work = sym ? n1 * (n1 + 1) / 2 : n1 * n2;
-#pragma omp parallel num_threads(threads) if (n_pairs_work > 1)
+  // Threads only for work that outweighs waking them: pairs x sites x (Grams + transfers).
+  const double pairs = sym ? 0.5 * n1 * (n1 + 1) : double(n1) * n2;
+  const double work_estimate = pairs * C * N * (h * h * widest + 4.0 * (kmax - 1) * nch * widest * widest * widest);
+#pragma omp parallel num_threads(threads) if (pairs > 1 && work_estimate > 1e6)
   {
 #ifdef _OPENMP
     PairWork<T>& w = work[omp_get_thread_num()];
