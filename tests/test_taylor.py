@@ -102,6 +102,13 @@ def test_each_term_against_the_subset_expansion_and_interpolation(spec):
     assert relerr(poly, dense) < 1e-10  # the interpolation itself is the less accurate oracle
     for K in range(mps.n_sites + 1):
         assert relerr(dg.taylor_terms(mps, phi, step, max_order=K), P[: K + 1]) < 1e-13
+        # the remainder row: every order above K, summed exactly
+        with_rest = dg.taylor_terms(mps, phi, step, max_order=K, remainder=True)
+        assert with_rest.shape[0] == K + 2
+        assert relerr(with_rest[: K + 1], dense[: K + 1]) < 1e-12
+        rest = dense[K + 1 :].sum(0)
+        assert np.max(np.abs(with_rest[-1] - rest)) <= 1e-12 * np.max(np.abs(dense[K + 1 :]),
+                                                                       initial=0.0)
 
 
 @pytest.mark.parametrize("spec", MODELS[:4], ids=IDS[:4])
@@ -310,16 +317,26 @@ def test_nonlinear_fraction_against_the_dense_expansion():
         mps, step = _model_and_step(spec, rng, step_scale=0.3)
         moved = mps.with_cores([c + t for c, t in zip(mps.cores, step)])
         phi = random_features(rng, 11, mps.n_sites)
-        r = dg.nonlinear_fraction(mps, moved, phi)
         dense = _dense_terms(mps, step, phi)
         change = ref.forward(moved, phi) - ref.forward(mps, phi)
         nonlinear = dense[2:].sum(0)
-        assert r.change == pytest.approx(np.linalg.norm(change), rel=1e-12)
-        assert r.nonlinear == pytest.approx(np.linalg.norm(nonlinear), rel=1e-12)
-        assert r.nu == pytest.approx(np.linalg.norm(nonlinear) / np.linalg.norm(change), rel=1e-12)
-        assert np.allclose(r.term_norms, [np.linalg.norm(d) for d in dense], rtol=1e-12, atol=0)
-        assert r.term_norm(2) == r.term_norms[2]
-        assert r.term_norm(mps.n_sites + 1) == 0.0
+        norms = [np.linalg.norm(d) for d in dense]
+        N = mps.n_sites
+        for max_order in (1, 3, N):
+            r = dg.nonlinear_fraction(mps, moved, phi, max_order=max_order)
+            K = min(max_order, N)
+            assert r.change == pytest.approx(np.linalg.norm(change), rel=1e-12)
+            assert r.nonlinear == pytest.approx(np.linalg.norm(nonlinear), rel=1e-12)
+            assert r.nu == pytest.approx(np.linalg.norm(nonlinear) / np.linalg.norm(change),
+                                         rel=1e-12)
+            assert np.allclose(r.term_norms, norms[: K + 1], rtol=1e-12, atol=0)
+            assert r.remainder == pytest.approx(np.linalg.norm(dense[K + 1 :].sum(0)), rel=1e-12,
+                                                abs=1e-300)
+            assert r.term_norm(K) == r.term_norms[K]
+            assert r.term_norm(N + 1) == 0.0
+            if K < N:
+                with pytest.raises(ValueError, match=f"pass max_order >= {K + 1}"):
+                    r.term_norm(K + 1)
     same = dg.nonlinear_fraction(mps, mps, phi)
     assert same.nu == 0.0 and same.change == 0.0
 
@@ -399,10 +416,13 @@ def test_device_model_stays_on_the_device():
             dev = mps.to_device()
             dstep = [cp.asarray(t) for t in step]
             dphi = cp.asarray(phi)
-            for K in (None, 1, mps.n_sites - 1):
-                got = dg.taylor_terms(dev, dphi, dstep, max_order=K)
-                assert isinstance(got, cp.ndarray)
-                assert relerr(got.get(), dg.taylor_terms(mps, phi, step, max_order=K)) < 1e-12
+            for K in (None, 0, 1, mps.n_sites - 1):
+                for rest in (False, True):
+                    got = dg.taylor_terms(dev, dphi, dstep, max_order=K, remainder=rest)
+                    assert isinstance(got, cp.ndarray)
+                    want = dg.taylor_terms(mps, phi, step, max_order=K, remainder=rest)
+                    assert got.shape == want.shape
+                    assert relerr(got.get(), want) < 1e-12
             moved = mps.with_cores([c + t for c, t in zip(mps.cores, step)])
             r = dg.nonlinear_fraction(dev, moved.to_device(), dphi)
             assert r.nu == pytest.approx(dg.nonlinear_fraction(mps, moved, phi).nu, rel=1e-12)
@@ -453,6 +473,10 @@ def test_bad_input():
         dg.taylor_terms(mps, phi.astype(np.float32), step)
     with pytest.raises(TypeError, match="log_scale must be True or False"):
         dg.taylor_terms(mps, phi, step, log_scale=1)
+    with pytest.raises(TypeError, match="remainder must be True or False"):
+        dg.taylor_terms(mps, phi, step, remainder=None)
+    with pytest.raises(ValueError, match="max_order must be an integer >= 1"):
+        dg.nonlinear_fraction(mps, mps, phi, max_order=0)
     # mismatched models
     other = random_model(rng, (1, 3, 3, 1))
     with pytest.raises(ValueError, match="bond dimensions"):

@@ -166,18 +166,20 @@ py::tuple doubled_right_py(const py::list& cores, const carray<double>& scales, 
 
 template <class T>
 py::tuple taylor_terms_py(const py::list& cores, const py::list& step, const carray<double>& scales,
-                          const std::string& boundary, index_t output_site, const carray<T>& phi, index_t max_order) {
+                          const std::string& boundary, index_t output_site, const carray<T>& phi, index_t max_order,
+                          bool remainder) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   auto st = make_chain<T>(step, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   MPSNTK_EXPECTS(max_order >= 0 && max_order <= ch.view.n_sites, "max_order must lie in 0..n_sites");
-  carray<T> mant({max_order + 1, fv.n_samples, ch.view.n_outputs});
-  carray<double> lg({max_order + 1, fv.n_samples, ch.view.n_outputs});
+  const index_t rows = max_order + 1 + (remainder ? 1 : 0);
+  carray<T> mant({rows, fv.n_samples, ch.view.n_outputs});
+  carray<double> lg({rows, fv.n_samples, ch.view.n_outputs});
   T* m = mant.mutable_data();
   double* l = lg.mutable_data();
   {
     py::gil_scoped_release nogil;
-    taylor_terms<T>(ch.view, st.view, fv, max_order, m, l);
+    taylor_terms<T>(ch.view, st.view, fv, max_order, remainder, m, l);
   }
   return py::make_tuple(mant, lg);
 }
@@ -229,7 +231,7 @@ void register_dtype(py::module_& m) {
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
         py::arg("out").noconvert());
   m.def("taylor_terms", &taylor_terms_py<T>, py::arg("cores"), py::arg("step"), py::arg("scales"), py::arg("boundary"),
-        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("max_order"));
+        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("max_order"), py::arg("remainder"));
   m.def("order_kernels", &order_kernels_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"),
         py::arg("boundary"), py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"), py::arg("orders"),
         py::arg("out").noconvert());

@@ -29,7 +29,7 @@ namespace mpsntk {
   void doubled_right_impl(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,                     \
                           std::vector<double>&);                                                                     \
   template <class T>                                                                                                 \
-  void taylor_impl(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, T*, double*);           \
+  void taylor_impl(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*, double*);     \
   template <class T>                                                                                                 \
   RangeReport order_kernels_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const double*,   \
                                  const std::vector<index_t>&, T*);                                                   \
@@ -202,11 +202,11 @@ void check_step(const ChainView<T>& ch, const ChainView<T>& step) {
 
 template <class T>
 void taylor_terms(const ChainView<T>& ch, const ChainView<T>& step, const FeatureView<T>& phi, index_t max_order,
-                  T* mantissa, double* log_scale) {
+                  bool remainder, T* mantissa, double* log_scale) {
   check_features(ch, phi, "phi");
   check_step(ch, step);
   MPSNTK_EXPECTS(max_order >= 0 && max_order <= ch.n_sites, "max_order must lie in 0..n_sites");
-  MPSNTK_ROUTE(taylor_impl<T>(ch, step, phi, max_order, mantissa, log_scale))
+  MPSNTK_ROUTE(taylor_impl<T>(ch, step, phi, max_order, remainder, mantissa, log_scale))
 }
 
 template <class T>
@@ -230,7 +230,7 @@ RangeReport order_kernels(const ChainView<T>& ch, const FeatureView<T>& phi1, co
   template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                                   \
   template void doubled_right_environments<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&, \
                                               std::vector<double>&);                                                 \
-  template void taylor_terms<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, T*,        \
+  template void taylor_terms<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*,  \
                                 double*);                                                                            \
   template RangeReport order_kernels<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
                                         const double*, const std::vector<index_t>&, T*);

@@ -70,11 +70,12 @@ void doubled_right_environments(const ChainView<T>& chain, const double* weights
 /// slot: O(n N min(N, K) d D^2) open, times D_0 periodic.
 /// @param step the step Delta: a chain of the same structure and scales as @p chain.
 /// @param max_order K in 0..n_sites.
-/// @param mantissa, log_scale (K + 1, n, C): P_k = mantissa * exp(log_scale).
+/// @param remainder also write sum_{k > K} P_k (exactly, as one more polynomial order).
+/// @param mantissa, log_scale (K + 1 [+ 1], n, C): P_k = mantissa * exp(log_scale).
 /// @throws std::invalid_argument on inconsistent shapes or a step of another structure.
 template <class T>
 void taylor_terms(const ChainView<T>& chain, const ChainView<T>& step, const FeatureView<T>& phi, index_t max_order,
-                  T* mantissa, double* log_scale);
+                  bool remainder, T* mantissa, double* log_scale);
 
 /// @brief Whether values written in the dtype left its range.
 struct RangeReport {

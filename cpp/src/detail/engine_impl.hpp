@@ -50,9 +50,10 @@ MPSNTK_INSTANTIATE(float)
 MPSNTK_INSTANTIATE(double)
 #undef MPSNTK_INSTANTIATE
 
-#define MPSNTK_INSTANTIATE_TAYLOR(T)                                                                                   \
-  template void taylor_impl<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, T*, double*); \
-  template RangeReport order_kernels_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,        \
+#define MPSNTK_INSTANTIATE_TAYLOR(T)                                                                               \
+  template void taylor_impl<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*, \
+                               double*);                                                                           \
+  template RangeReport order_kernels_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,    \
                                              const double*, const std::vector<index_t>&, T*);
 
 MPSNTK_INSTANTIATE_TAYLOR(float)

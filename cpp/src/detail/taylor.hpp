@@ -81,40 +81,59 @@ struct PolySlot {
   double* logs(index_t k) { return lg.data() + k * lstride; }
 };
 
-/// Mantissas and log-scales (max_order + 1, n, C) of the Taylor terms (contract of
-/// mpsntk::taylor_terms in engine.hpp).
+/// Mantissas and log-scales (max_order + 1 [+ 1], n, C) of the Taylor terms (contract of
+/// mpsntk::taylor_terms in engine.hpp).  With `remainder`, slot row K + 1 carries the sum of
+/// all orders above K: R <- R (M_j + V_j) + L^(K) V_j, exact and without cancellation.
 template <class T>
-void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const FeatureView<T>& phi, index_t K, T* mantissa,
-                 double* log_scale) {
+void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const FeatureView<T>& phi, index_t K, bool remainder,
+                 T* mantissa, double* log_scale) {
   const index_t N = ch.n_sites, n = phi.n_samples, h = ch.channels(), C = ch.n_outputs, d = ch.phys_dim;
-  auto left_orders = [&](index_t s) { return std::min(s, K) + 1; };
-  auto right_orders = [&](index_t s) { return std::min(N - s, K) + 1; };
+  const index_t R = K + 1;  // row of the remainder
+  // A slot `len` sites from its boundary holds the orders 0..min(len, K), and the remainder
+  // once len > K.  Transfers through a site from such a slot: the core on every order, the
+  // step on orders below K (and on K into the remainder), the stepped core on the remainder.
+  auto top_of = [&](index_t len) { return std::min(len, K); };
+  auto tail_of = [&](index_t len) { return remainder && len > K; };
+  auto transfers = [&](index_t len) {
+    const index_t top = top_of(len);
+    return double(top + 1 + std::min(top + 1, K) + (remainder && top == K) + tail_of(len));
+  };
 
-  // Split slot: the least work of both sweeps (rows x depth x columns of their GEMMs; order K
-  // gets no step transfer) plus the final contraction.
+  // Split slot: the least work of both sweeps (rows x depth x columns of their GEMMs) plus the
+  // final contraction.
   index_t split = 0;
   {
     std::vector<double> left(N + 1, 0.0), right(N + 1, 0.0);
     for (index_t j = 0; j < N; ++j) {
       const double gemm = double(h) * d * ch.bond[j] * ch.bond[j + 1] * (j == ch.output_site ? C : 1);
-      const index_t ol = left_orders(j), orr = right_orders(j + 1);
-      left[j + 1] = left[j] + double(ol + std::min(ol, K)) * ch.left_mult(j) * gemm;
-      right[j] = double(orr + std::min(orr, K)) * ch.right_mult(j + 1) * gemm;
+      left[j + 1] = left[j] + transfers(j) * ch.left_mult(j) * gemm;
+      right[j] = transfers(N - j - 1) * ch.right_mult(j + 1) * gemm;
     }
     for (index_t j = N - 1; j >= 0; --j) right[j] += right[j + 1];
     double best = std::numeric_limits<double>::infinity();
     for (index_t s = 0; s <= N; ++s) {
-      const double cost = left[s] + right[s] + double(left_orders(s)) * right_orders(s) * C * h * ch.bond[s];
+      const double rows_l = top_of(s) + 1 + tail_of(s), rows_r = top_of(N - s) + 1 + tail_of(N - s);
+      const double cost = left[s] + right[s] + rows_l * rows_r * C * h * ch.bond[s];
       if (cost < best) best = cost, split = s;
     }
   }
 
-  std::vector<buffer<T>> core_l(N), step_l(N), core_r(N), step_r(N);
+  // The stepped chain W + Delta carries the remainder.
+  std::vector<buffer<T>> stepped(remainder ? N : 0);
+  ChainView<T> sum = ch;
+  for (index_t j = 0; j < static_cast<index_t>(stepped.size()); ++j) {
+    const index_t size = ch.core_size(j);
+    stepped[j].resize(size);
+    for (index_t e = 0; e < size; ++e) stepped[j][e] = ch.cores[j][e] + step.cores[j][e];
+    sum.cores[j] = stepped[j].data();
+  }
+  std::vector<buffer<T>> core_p(N), step_p(N), sum_p(N);
 #pragma omp parallel for schedule(dynamic) if (N > 1 && n * ch.bond[N / 2] > 4096)
   for (index_t j = 0; j < N; ++j) {
     const bool to_right = j < split;
-    (to_right ? core_l : core_r)[j] = pack_core(ch, j, to_right);
-    (to_right ? step_l : step_r)[j] = pack_core(step, j, to_right);
+    core_p[j] = pack_core(ch, j, to_right);
+    step_p[j] = pack_core(step, j, to_right);
+    if (remainder) sum_p[j] = pack_core(sum, j, to_right);
   }
 
   // Blocks of samples: about 48 rows per order (as the environments), fewer when that leaves
@@ -136,16 +155,16 @@ void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const Feature
   struct Work {
     PolySlot<T> cur, next, left, delta;
     buffer<T> scratch;
-    std::vector<double> dots, logs;
+    std::vector<LogSum> acc;
   };
   std::vector<Work> work;
   work.reserve(n_threads);
   for (index_t t = 0; t < n_threads; ++t)
-    work.push_back(Work{PolySlot<T>(K + 1, stride, lstride), PolySlot<T>(K + 1, stride, lstride),
-                        PolySlot<T>(K + 1, stride, lstride), PolySlot<T>(1, stride, lstride),
-                        buffer<T>(round_up(block * rows_per_x, Simd<T>::PAD) * d * widest), std::vector<double>(K + 1),
-                        std::vector<double>(K + 1)});
-  const double work_estimate = double(n) * N * N * d * ch.bond[N / 2] * ch.bond[N / 2];
+    work.push_back(Work{PolySlot<T>(K + 2, stride, lstride), PolySlot<T>(K + 2, stride, lstride),
+                        PolySlot<T>(K + 2, stride, lstride), PolySlot<T>(1, stride, lstride),
+                        buffer<T>(round_up(block * rows_per_x, Simd<T>::PAD) * d * widest),
+                        std::vector<LogSum>(K + 2)});
+  const double work_estimate = double(n) * N * (std::min(N, K) + 2) * d * ch.bond[N / 2] * ch.bond[N / 2];
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1 && work_estimate > 1e6)
   {
 #ifdef _OPENMP
@@ -156,64 +175,66 @@ void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const Feature
 #pragma omp for schedule(dynamic)
     for (index_t b = 0; b < n_blocks; ++b) {
       const index_t x0 = b * block, x1 = std::min(n, x0 + block), nb = x1 - x0;
-      // One sweep from slot `first` (the boundary) to slot `last`, ending in `cur`; returns the
-      // highest order it holds.
-      auto sweep = [&](bool to_right, index_t first, index_t last) -> index_t {
+      // One sweep from slot `first` (the boundary) to slot `last`, ending in `cur`.
+      auto sweep = [&](bool to_right, index_t first, index_t last) {
         identity_slot<T>(nb, h, w.cur.rows(0), w.cur.logs(0));
-        index_t top = 0;
-        for (index_t s = first; s != last; s += to_right ? 1 : -1) {
+        for (index_t s = first, len = 0; s != last; s += to_right ? 1 : -1, ++len) {
           const index_t j = to_right ? s : s - 1;
           const index_t mult_in = to_right ? ch.left_mult(j) : ch.right_mult(j + 1);
           const index_t fan = j == ch.output_site ? C : 1;
           const index_t groups = nb * mult_in * fan, group = h * ch.bond[to_right ? j + 1 : j];
-          const T* core = (to_right ? core_l : core_r)[j].data();
-          const T* dcore = (to_right ? step_l : step_r)[j].data();
-          const index_t new_top = std::min(top + 1, K);
+          const index_t top = top_of(len), new_top = top_of(len + 1);
+          // into order k of the next slot: (k of this one) through the core, (k - 1) through the
+          // step; the two meet with their own scales.
+          auto step_into = [&](const ChainView<T>& chain, const std::vector<buffer<T>>& packed, index_t from,
+                               index_t to, bool add) {
+            transfer_rows<T>(chain, phi, j, to_right, h, mult_in, packed[j].data(), x0, x1, w.cur.rows(from),
+                             w.cur.logs(from), add ? w.delta.rows(0) : w.next.rows(to),
+                             add ? w.delta.logs(0) : w.next.logs(to), w.scratch);
+            if (add)
+              add_scaled_groups<T>(groups, group, w.next.rows(to), w.next.logs(to), w.delta.rows(0), w.delta.logs(0));
+          };
           for (index_t k = 0; k <= new_top; ++k) {
-            if (k <= top)
-              transfer_rows<T>(ch, phi, j, to_right, h, mult_in, core, x0, x1, w.cur.rows(k), w.cur.logs(k),
-                               w.next.rows(k), w.next.logs(k), w.scratch);
-            if (k == 0) continue;
-            const bool both = k <= top;  // order k also comes through the core: add the two
-            transfer_rows<T>(step, phi, j, to_right, h, mult_in, dcore, x0, x1, w.cur.rows(k - 1), w.cur.logs(k - 1),
-                             both ? w.delta.rows(0) : w.next.rows(k), both ? w.delta.logs(0) : w.next.logs(k),
-                             w.scratch);
-            if (both)
-              add_scaled_groups<T>(groups, group, w.next.rows(k), w.next.logs(k), w.delta.rows(0), w.delta.logs(0));
+            if (k <= top) step_into(ch, core_p, k, k, false);
+            if (k >= 1) step_into(step, step_p, k - 1, k, k <= top);
           }
+          if (tail_of(len)) step_into(sum, sum_p, R, R, false);
+          if (remainder && top == K) step_into(step, step_p, K, R, tail_of(len));
           std::swap(w.cur, w.next);
-          top = new_top;
         }
-        return top;
       };
-      const index_t top_l = sweep(true, 0, split);
+      sweep(true, 0, split);
       std::swap(w.cur, w.left);
-      const index_t top_r = sweep(false, N, split);
-      PolySlot<T>& L = w.left;
-      PolySlot<T>& R = w.cur;
-      // P_k = sum_{a + b = k} <L^(a), R^(b)> at the split slot, each term with its own scale.
+      sweep(false, N, split);
+      PolySlot<T>& Lt = w.left;
+      PolySlot<T>& Rt = w.cur;
+      // P_k = sum_{a + b = k} <L^(a), R^(b)> at the split slot; pairs above K (or with a
+      // remainder row) add to the remainder.
       const index_t mL = ch.left_mult(split), mR = ch.right_mult(split), len = h * ch.bond[split];
+      const index_t top_l = top_of(split), top_r = top_of(N - split);
+      const bool tail_l = tail_of(split), tail_r = tail_of(N - split);
+      const index_t rows = K + 1 + remainder;
       for (index_t x = 0; x < nb; ++x)
         for (index_t l = 0; l < C; ++l) {
           const index_t rl = x * mL + (mL > 1 ? l : 0), rr = x * mR + (mR > 1 ? l : 0);
-          for (index_t k = 0; k <= K; ++k) {
-            double m = -std::numeric_limits<double>::infinity();
-            index_t terms = 0;
-            for (index_t a = std::max<index_t>(0, k - top_r); a <= std::min(k, top_l); ++a) {
-              const T* pl = L.rows(a) + rl * len;
-              const T* pr = R.rows(k - a) + rr * len;
+          std::fill(w.acc.begin(), w.acc.end(), LogSum());
+          for (index_t a = 0; a <= R; ++a) {
+            if ((a > top_l && a < R) || (a == R && !tail_l)) continue;
+            for (index_t c = 0; c <= R; ++c) {
+              if ((c > top_r && c < R) || (c == R && !tail_r)) continue;
+              const index_t k = (a == R || c == R || a + c > K) ? R : a + c;
+              if (k == R && !remainder) continue;
+              const T* pl = Lt.rows(a) + rl * len;
+              const T* pr = Rt.rows(c) + rr * len;
               double dot = 0;
               for (index_t i = 0; i < len; ++i) dot += double(pl[i]) * double(pr[i]);
-              if (dot == 0) continue;
-              w.dots[terms] = dot;
-              w.logs[terms] = L.logs(a)[rl] + R.logs(k - a)[rr];
-              m = std::max(m, w.logs[terms++]);
+              w.acc[k].add(dot, Lt.logs(a)[rl] + Rt.logs(c)[rr]);
             }
-            double sum = 0;
-            for (index_t t = 0; t < terms; ++t) sum += w.dots[t] * pow2_ratio(w.logs[t], m);
+          }
+          for (index_t k = 0; k < rows; ++k) {
             const index_t o = (k * n + x0 + x) * C + l;
-            mantissa[o] = static_cast<T>(sum);
-            log_scale[o] = terms ? m : 0.0;
+            mantissa[o] = static_cast<T>(w.acc[k].m);
+            log_scale[o] = w.acc[k].m != 0 ? w.acc[k].lg : 0.0;
           }
         }
     }

@@ -132,68 +132,87 @@ def _check_max_order(max_order, n_sites):
 
 
 # ----------------------------------------------------------------------------- Taylor terms
-def _raw_taylor(mps, phi, steps, max_order):
-    """Mantissas and log-scales (max_order + 1, n, C) on the model's device."""
+def _raw_taylor(mps, phi, steps, max_order, remainder=False):
+    """Mantissas and log-scales (max_order + 1 [+ 1], n, C) on the model's device; with
+    ``remainder`` the last row is ``sum_{k > max_order} P_k``."""
     xp = mps.xp
     n, C = phi.shape[0], mps.n_outputs
     if xp is np:
         _check_fits(
-            (max_order + 1) * n * C * (mps.dtype.itemsize + 8),
+            (max_order + 2) * n * C * (mps.dtype.itemsize + 8),
             f"the Taylor terms of {n} samples up to order {max_order}",
             "compute fewer samples at a time",
         )
         cores, scales, boundary, osite = mps._engine_args()
-        return _core.taylor_terms(cores, steps, scales, boundary, osite, phi, max_order)
-    return _taylor_device(mps, phi, steps, max_order)
+        return _core.taylor_terms(cores, steps, scales, boundary, osite, phi, max_order, remainder)
+    return _taylor_device(mps, phi, steps, max_order, remainder)
 
 
-def _taylor_device(mps, phi, steps, max_order):
+def _taylor_device(mps, phi, steps, max_order, remainder):
     """The same expansion with the model's array module (CuPy): one left sweep of polynomial
     environments ``(orders, n, outputs, h, D)`` by batched matmuls, each (order, sample, output)
-    group normalised by a power of two, as the engine does."""
+    group normalised by a power of two, as the engine does; the remainder row, when asked for,
+    goes through the stepped cores ``R <- R (M + V) + L^(K) V``."""
     xp, dtype = mps.xp, mps.dtype
     n, K = phi.shape[0], max_order
     h = mps.bond_dims[0] if mps.boundary == "periodic" else 1
 
-    def normalise(v, lg):
+    def scale_of(v, lg):  # the log-scales of the groups, -inf for all-zero ones
+        return xp.where(xp.max(xp.abs(v), axis=(-2, -1)) > 0, lg, -xp.inf)
+
+    def add(a, la, b, lb):  # a e^la + b e^lb on a common scale
+        la, lb = scale_of(a, la), scale_of(b, lb)
+        m = xp.maximum(la, lb)
+        m = xp.where(xp.isfinite(m), m, 0.0)
+        fa, fb = (xp.exp(t - m).astype(dtype)[..., None, None] for t in (la, lb))
+        return a * fa + b * fb, m
+
+    def normalise(v, lg):  # each group by the power of two of its largest entry
         peak = xp.max(xp.abs(v), axis=(-2, -1))
         _, e = xp.frexp(peak.astype(xp.float64))
         e = xp.where(peak > 0, e, 0)
         factor = xp.ldexp(xp.ones_like(peak, dtype=xp.float64), -e)[..., None, None]
-        scaled = (v.astype(xp.float64) * factor).astype(dtype)
-        return scaled, xp.where(peak > 0, lg + e * math.log(2.0), -xp.inf)
+        return (v.astype(xp.float64) * factor).astype(dtype), lg + e * math.log(2.0)
 
     env = xp.zeros((1, n, 1, h, h), dtype=dtype)
     env[..., xp.arange(h), xp.arange(h)] = 1
     lg = xp.zeros((1, n, 1))
+    tail = tail_lg = None  # the remainder, once it exists
     for j in range(mps.n_sites):
-        ph = phi[:, j]
-        if j == mps.output_site:
-            M = xp.einsum("xs,lsab->xlab", ph, mps.cores[j])
-            V = xp.einsum("xs,lsab->xlab", ph, steps[j])
-        else:
-            M = xp.einsum("xs,sab->xab", ph, mps.cores[j])[:, None]
-            V = xp.einsum("xs,sab->xab", ph, steps[j])[:, None]
         c = dtype.type(mps.scales[j])
+        spec = "xs,lsab->xlab" if j == mps.output_site else "xs,sab->xab"
+        M, V = (c * xp.einsum(spec, phi[:, j], t) for t in (mps.cores[j], steps[j]))
+        if j != mps.output_site:
+            M, V = M[:, None], V[:, None]
         top = env.shape[0] - 1
-        core = env @ (c * M)[None]  # orders 0..top
-        step = env[: min(top + 1, K)] @ (c * V)[None]  # orders 1..min(top + 1, K)
-        new = xp.zeros((min(top + 1, K) + 1,) + core.shape[1:], dtype=dtype)
-        la = xp.full(new.shape[:3], -xp.inf)
-        lb = xp.full(new.shape[:3], -xp.inf)
-        new[: top + 1] = core
-        la[: top + 1] = xp.where(xp.max(xp.abs(core), axis=(-2, -1)) > 0, lg, -xp.inf)
-        lb[1 : step.shape[0] + 1] = xp.where(xp.max(xp.abs(step), axis=(-2, -1)) > 0,
-                                             lg[: step.shape[0]], -xp.inf)
-        m = xp.maximum(la, lb)
-        m = xp.where(xp.isfinite(m), m, 0.0)
-        fa = xp.exp(la - m).astype(dtype)[..., None, None]
-        fb = xp.exp(lb - m).astype(dtype)[..., None, None]
-        new = new * fa
-        new[1 : step.shape[0] + 1] += step * fb[1 : step.shape[0] + 1]
+        new_top = min(top + 1, K)
+        core = env @ M[None]  # orders 0..top
+        shape = (new_top + 1,) + core.shape[1:]
+        a, b = xp.zeros(shape, dtype=dtype), xp.zeros(shape, dtype=dtype)
+        lg_new = xp.broadcast_to(lg, (top + 1,) + shape[1:3])
+        la, lb = xp.full(shape[:3], -xp.inf), xp.full(shape[:3], -xp.inf)
+        a[: top + 1], la[: top + 1] = core, lg_new
+        b[1:] = env[:new_top] @ V[None]  # orders 1..new_top
+        lb[1:] = lg_new[:new_top]
+        new, m = add(a, la, b, lb)
+        if remainder and (tail is not None or top == K):
+            parts = []
+            if tail is not None:
+                parts.append((tail @ (M + V), xp.broadcast_to(tail_lg, shape[1:3])))
+            if top == K:
+                parts.append((env[K] @ V, lg_new[K]))
+            tail, tail_lg = add(*parts[0], *parts[1]) if len(parts) == 2 else parts[0]
+            tail, tail_lg = normalise(tail, tail_lg)
         env, lg = normalise(new, m)
-    mant = xp.ascontiguousarray(xp.trace(env, axis1=-2, axis2=-1))  # (orders, n, C)
-    lg = xp.where(mant != 0, lg, 0.0)
+    rows = [xp.trace(env, axis1=-2, axis2=-1)]  # (orders, n, C)
+    logs = [lg]
+    if remainder:
+        if tail is None:  # max_order = n_sites: nothing above it
+            tail, tail_lg = xp.zeros_like(env[0]), xp.zeros_like(lg[0])
+        rows.append(xp.trace(tail, axis1=-2, axis2=-1)[None])
+        logs.append(tail_lg[None])
+    mant = xp.ascontiguousarray(xp.concatenate(rows))
+    lg = xp.where(mant != 0, xp.concatenate(logs), 0.0)
     return mant, xp.ascontiguousarray(lg)
 
 
@@ -212,7 +231,7 @@ def _squeeze(mps, a):
     return a[..., 0] if mps.output_site is None else a
 
 
-def taylor_terms(mps, phi, delta, *, max_order=None, log_scale=False):
+def taylor_terms(mps, phi, delta, *, max_order=None, remainder=False, log_scale=False):
     """Every term of the exact Taylor expansion of the MPS in a step of its cores.
 
     ``f(x; W + Delta) = sum_{k=0}^{n_sites} P_k(x; Delta)`` exactly: ``P_k`` sums, over the
@@ -234,6 +253,10 @@ def taylor_terms(mps, phi, delta, *, max_order=None, log_scale=False):
         structure and scales, whose cores minus ``mps.cores`` are the step.
     max_order : int, optional
         Highest order ``K`` in ``0..n_sites`` (default ``n_sites``: all terms).
+    remainder : bool
+        Append ``sum_{k > K} P_k`` as one more row, computed exactly (as one more polynomial
+        order carried through the stepped cores, not as a difference), at about the cost of one
+        more order: the terms then sum to ``f(W + Delta)`` whatever ``K``.
     log_scale : bool
         Return ``(mantissa, log_scale)`` with ``P = mantissa * exp(log_scale)`` instead of ``P``:
         the form for chains whose terms leave the dtype's range.
@@ -241,7 +264,8 @@ def taylor_terms(mps, phi, delta, *, max_order=None, log_scale=False):
     Returns
     -------
     ndarray, shape (K + 1, n_samples) or (K + 1, n_samples, n_outputs)
-        ``P_k(x)`` along the leading axis; or the pair described under ``log_scale``.
+        ``P_k(x)`` along the leading axis (``K + 2`` rows with ``remainder``); or the pair
+        described under ``log_scale``.
 
     Raises
     ------
@@ -253,8 +277,9 @@ def taylor_terms(mps, phi, delta, *, max_order=None, log_scale=False):
     phi = mps.check_features(phi)
     steps = _as_step(mps, delta)
     max_order = _check_max_order(max_order, mps.n_sites)
+    remainder = _check_bool(remainder, "remainder")
     log_scale = _check_bool(log_scale, "log_scale")
-    mant, lg = _raw_taylor(mps, phi, steps, max_order)
+    mant, lg = _raw_taylor(mps, phi, steps, max_order, remainder)
     if log_scale:
         return _squeeze(mps, mant), _squeeze(mps, lg)
     return _squeeze(mps, _apply_log_scale(mps, mant, lg, "a Taylor term", "use log_scale=True"))
@@ -282,8 +307,7 @@ def _log_norm(xp, tilde, ref):
 
 
 def _norm(xp, tilde, ref):
-    ln = _log_norm(xp, tilde, ref)
-    return math.exp(ln) if ln < 709.0 else math.inf
+    return _exp(_log_norm(xp, tilde, ref))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,28 +325,39 @@ class NonlinearFraction:
         ``||f_t - f_0|| = ||sum_{k>=1} P_k||``.
     nonlinear : float
         ``||sum_{k>=2} P_k||``.
-    term_norms : ndarray, shape (n_sites + 1,)
-        ``||P_k||`` for ``k = 0 .. n_sites``.
+    term_norms : ndarray, shape (max_order + 1,)
+        ``||P_k||`` for ``k = 0 .. max_order``.
+    remainder : float
+        ``||sum_{k > max_order} P_k||`` (0 when ``max_order = n_sites``).
+    n_sites : int
     """
 
     nu: float
     change: float
     nonlinear: float
     term_norms: np.ndarray
+    remainder: float
+    n_sites: int
 
     def term_norm(self, k):
-        """``||P_k||`` (0 for ``k > n_sites``: the expansion ends there)."""
+        """``||P_k||``; 0 for ``k > n_sites`` (the expansion ends there)."""
         k = _check_int(k, "k", 0)
-        return float(self.term_norms[k]) if k < len(self.term_norms) else 0.0
+        if k < len(self.term_norms):
+            return float(self.term_norms[k])
+        if k > self.n_sites:
+            return 0.0
+        raise ValueError(f"||P_{k}|| was not computed: pass max_order >= {k}")
 
 
-def nonlinear_fraction(mps_0, mps_t, phi):
+def nonlinear_fraction(mps_0, mps_t, phi, *, max_order=3):
     """The nonlinear fraction ``nu = ||sum_{k>=2} P_k(Delta_t)|| / ||f_t - f_0||`` of a step.
 
-    ``Delta_t = W_t - W_0`` is the change of the trainable cores, ``P_k`` the terms of its exact
-    Taylor expansion around ``mps_0`` (:func:`taylor_terms`, all orders), so ``f_t - f_0`` is
-    ``sum_{k>=1} P_k`` and its part beyond the linearisation is ``sum_{k>=2} P_k``; both are
-    summed from the terms (no cancellation of ``f_t - f_0 - J Delta``) with per-sample scales.
+    ``Delta_t = W_t - W_0`` is the change of the trainable cores and ``P_k`` the terms of its
+    exact Taylor expansion around ``mps_0`` (:func:`taylor_terms`), so ``f_t - f_0`` is
+    ``sum_{k>=1} P_k`` and its part beyond the linearisation ``sum_{k>=2} P_k``.  Both sums are
+    formed from the terms up to ``max_order`` and the exact remainder above it (no cancellation
+    of ``f_t - f_0 - J Delta``), with per-sample scales, so ``nu`` is exact however small.  The
+    cost is that of the expansion to ``max_order + 1`` orders.
 
     Parameters
     ----------
@@ -330,12 +365,15 @@ def nonlinear_fraction(mps_0, mps_t, phi):
         The models before and after (same structure, scales and device).
     phi : ndarray, shape (n_samples, n_sites, phys_dim)
         The probe set.
+    max_order : int
+        Orders whose norms ``||P_k||`` are reported one by one (``1..n_sites``; larger values
+        are capped at ``n_sites``); ``nu`` does not depend on it.
 
     Returns
     -------
     NonlinearFraction
-        ``nu``, the two norms, and ``||P_k||`` for every ``k`` (``term_norm(2)``,
-        ``term_norm(3)``).
+        ``nu``, the two norms, ``||P_k||`` for ``k <= max_order`` (``term_norm(2)``,
+        ``term_norm(3)``) and the norm of the remainder.
     """
     _check_mps(mps_0)
     if not isinstance(mps_t, MPS):
@@ -343,14 +381,15 @@ def nonlinear_fraction(mps_0, mps_t, phi):
     mps_0.same_device(array_module(phi, names=["phi"]), "phi")
     phi = mps_0.check_features(phi)
     steps = _as_step(mps_0, mps_t, "mps_t")
-    return _fraction(mps_0, phi, steps)
+    max_order = min(_check_int(max_order, "max_order", 1), mps_0.n_sites)
+    return _fraction(mps_0, phi, steps, max_order)
 
 
-def _fraction(mps_0, phi, steps):
+def _fraction(mps_0, phi, steps, max_order):
     xp = mps_0.xp
-    mant, lg = _raw_taylor(mps_0, phi, steps, mps_0.n_sites)
-    tilde, ref = _scaled(mps_0, mant, lg)
-    norms = np.array([_norm(xp, tilde[k], ref) for k in range(tilde.shape[0])])
+    mant, lg = _raw_taylor(mps_0, phi, steps, max_order, remainder=True)
+    tilde, ref = _scaled(mps_0, mant, lg)  # rows 0..max_order, then the remainder
+    norms = np.array([_norm(xp, tilde[k], ref) for k in range(max_order + 1)])
     lin = _log_norm(xp, xp.sum(tilde[1:], axis=0), ref)
     non = _log_norm(xp, xp.sum(tilde[2:], axis=0), ref)
     if non == -math.inf:
@@ -361,10 +400,16 @@ def _fraction(mps_0, phi, steps):
         nu = math.exp(non - lin)
     return NonlinearFraction(
         nu=nu,
-        change=math.exp(lin) if lin < 709.0 else math.inf,
-        nonlinear=math.exp(non) if non < 709.0 else math.inf,
+        change=_exp(lin),
+        nonlinear=_exp(non),
         term_norms=norms,
+        remainder=_norm(xp, tilde[-1], ref),
+        n_sites=mps_0.n_sites,
     )
+
+
+def _exp(log_value):
+    return math.exp(log_value) if log_value < 709.0 else math.inf
 
 
 class NonlinearityMonitor:
@@ -391,7 +436,8 @@ class NonlinearityMonitor:
     def __call__(self, step, mps):
         if not isinstance(mps, MPS):
             raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
-        r = _fraction(self.mps_0, self.probe, _as_step(self.mps_0, mps, "mps"))
+        r = _fraction(self.mps_0, self.probe, _as_step(self.mps_0, mps, "mps"),
+                      min(3, self.mps_0.n_sites))
         return {
             "nonlinear_fraction": r.nu,
             "taylor_norm_1": r.term_norm(1),
