@@ -20,8 +20,8 @@ weak_correlations
 
 Each call is warmed up (``--warmup``), then repeated until ``--min-time`` seconds have passed
 (at least ``--repeats`` times, at most 100); the median is reported, with the peak resident
-memory above the process's baseline during the timed calls (``/proc/self/clear_refs``), and the
-ratio to the NTK's median measured in the same run.  Before timing, the expansion is checked:
+memory above the process's baseline during the calls (``/proc/self/clear_refs``), and the ratio
+to the NTK's median measured in the same run.  Before timing, the expansion is checked:
 ``max|sum_k P_k - f(W + Delta)| / max|f(W + Delta)|`` is recorded as ``check_rel_err``.
 
 One JSON line per (configuration, tool) goes to ``--out``; a markdown table is printed at the
@@ -82,10 +82,12 @@ def _calls(mps, phi, step, moved, phi_train, y_train):
 
 
 def _time(fn, warmup, repeats, min_time):
-    """Median of timed calls after ``warmup`` untimed ones, and the peak extra RSS (MiB)."""
+    """Median of timed calls after ``warmup`` untimed ones, and the peak RSS (MiB) above the
+    baseline before the first call (the process is shared by the tools: memory that an earlier
+    tool freed to the allocator but not to the system is not counted again)."""
+    base, method = _reset_peak_rss()
     for _ in range(warmup):
         fn()
-    base, method = _reset_peak_rss()
     times = []
     start = time.perf_counter()
     while len(times) < MAX_CALLS and (

@@ -32,7 +32,6 @@ from .._validate import _check_bool, _check_fits, _check_int, _describe
 from ..grad import vjp
 from ..mps import MPS
 from ..ntk import _check_mps, environment_bytes
-from ..train import _check_targets
 
 __all__ = [
     "NonlinearFraction",
@@ -447,6 +446,20 @@ class NonlinearityMonitor:
 
 
 # ----------------------------------------------------------------------------- weak correlations
+def _check_targets(mps, n, y, name="y_train"):
+    """Regression targets of the model's dtype and output shape, finite."""
+    y = as_array(y, mps.xp)
+    want = (n,) if mps.output_site is None else (n, mps.n_outputs)
+    if y.dtype != mps.dtype:
+        raise TypeError(f"{name} must be a real array of the model's dtype {mps.dtype.name}; got "
+                        f"dtype {y.dtype} (convert explicitly)")
+    if y.shape != want:
+        raise ValueError(f"{name} must have shape {want}; got {y.shape}")
+    if not bool(mps.xp.all(mps.xp.isfinite(y))):
+        raise ValueError(f"{name} must be finite; got NaN or Inf entries")
+    return y
+
+
 @dataclasses.dataclass(frozen=True)
 class WeakCorrelations:
     """Weak-correlation ratios along the initial gradient-descent direction
@@ -502,7 +515,7 @@ def weak_correlations(mps, phi_train, y_train, probe=None, *, orders=(2, 3), sca
     xp = mps.same_device(array_module(phi_train, y_train, probe,
                                       names=["phi_train", "y_train", "probe"]), "phi_train")
     phi_train = mps.check_features(phi_train, "phi_train")
-    y_train = _check_targets("mse", mps, phi_train, y_train, "y_train")
+    y_train = _check_targets(mps, phi_train.shape[0], y_train)
     probe = phi_train if probe is None else mps.check_features(probe, "probe")
     orders = _check_orders(orders, mps.n_sites)
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
@@ -585,7 +598,13 @@ def order_kernels(mps, phi1, phi2=None, *, orders=(1, 2, 3)):
             "(mps.to_host())"
         )
     shape = (len(orders), n1, n2)
-    work = mps.n_outputs * environment_bytes(mps, n1 + (0 if phi2 is None else n2))
+    # environments of every output slice, and per thread the pair states: one D x D matrix per
+    # order below the highest and per channel (D_0^2 boundary channels or one per first site)
+    h = mps.bond_dims[0] if mps.boundary == "periodic" else 1
+    channels = mps.n_sites if h > 1 and mps.n_sites / 2 < h * h else h * h
+    states = channels * max(max(orders) - 1, 1) * mps.max_bond_dim**2
+    work = environment_bytes(mps, n1 + (0 if phi2 is None else n2))
+    work += 4 * _core.get_num_threads() * states * mps.dtype.itemsize
     _check_fits(int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize + work,
                 f"order kernels of shape {shape} ({mps.dtype.name})",
                 "compute fewer samples at a time")
