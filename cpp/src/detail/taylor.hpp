@@ -7,7 +7,8 @@
 // R^(k) <- M_j R^(k) + V_j R^(k-1) going left, each product one transfer_rows step with the core
 // or the step core.  The left sweep stops at a split slot s where the right sweep ends, and
 // P_k = sum_{a+b=k} <L^(a)_s, R^(b)_s>: slot s holds min(s, K) + 1 left and min(N - s, K) + 1
-// right orders, so meeting in the middle halves the O(N^2) order-site work of one sweep.
+// right orders, so meeting in the middle halves the O(N^2) order-site work of one sweep.  An
+// optional remainder row carries every order above K at once, through the stepped cores.
 //
 // Order kernels.  K_k(x, y) = sum_{|S|=k} prod_{j in S} lambda_j <d_S f(x), d_S f(y)> with the
 // derivatives taken in the effective cores A_j.  On the doubled chain a site outside S maps the
