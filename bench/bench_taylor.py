@@ -18,11 +18,13 @@ weak_correlations
     ``diagnostics.weak_correlations(mps, phi_train, y_train, phi, orders=(2, 3))``: a forward
     and a vjp on ``--n-train`` samples, then the expansion to order 3 on the probe set.
 
-Each call is warmed up (``--warmup``), then repeated until ``--min-time`` seconds have passed
-(at least ``--repeats`` times, at most 100); the median is reported, with the peak resident
-memory above the process's baseline during the calls (``/proc/self/clear_refs``), and the ratio
-to the NTK's median measured in the same run.  Before timing, the expansion is checked:
-``max|sum_k P_k - f(W + Delta)| / max|f(W + Delta)|`` is recorded as ``check_rel_err``.
+Every (configuration, tool) measurement runs in a fresh ``multiprocessing`` *spawn* child, which
+builds the problem, resets its RSS high-water mark (``/proc/self/clear_refs``), warms the call
+up (``--warmup``), then repeats it until ``--min-time`` seconds have passed (at least
+``--repeats`` times, at most 100).  The median is reported, with the peak resident memory above
+the child's baseline, and the ratio to the NTK's median measured in the same run.  Before
+timing, the expansion is checked: ``max|sum_k P_k - f(W + Delta)| / max|f(W + Delta)|`` is
+recorded as ``check_rel_err``.
 
 One JSON line per (configuration, tool) goes to ``--out``; a markdown table is printed at the
 end (``--summary FILE`` prints it for a results file).
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -83,8 +86,7 @@ def _calls(mps, phi, step, moved, phi_train, y_train):
 
 def _time(fn, warmup, repeats, min_time):
     """Median of timed calls after ``warmup`` untimed ones, and the peak RSS (MiB) above the
-    baseline before the first call (the process is shared by the tools: memory that an earlier
-    tool freed to the allocator but not to the system is not counted again)."""
+    baseline before the first call."""
     base, method = _reset_peak_rss()
     for _ in range(warmup):
         fn()
@@ -100,31 +102,71 @@ def _time(fn, warmup, repeats, min_time):
     return statistics.median(times), times, None if base is None else max(peak - base, 0.0)
 
 
+def _measure(tool, cfg, opts):
+    """One measurement (spawn-child side)."""
+    import mpsntk as mn
+
+    if opts["threads"]:
+        mn.set_num_threads(opts["threads"])
+    problem = _problem(cfg["n_sites"], cfg["bond_dim"], cfg["n_samples"], opts["n_train"],
+                       cfg["dtype"], opts["step_scale"])
+    median, times, rss = _time(_calls(*problem)[tool], opts["warmup"], opts["repeats"],
+                               opts["min_time"])
+    return {"status": "ok", "median_s": median, "times": times, "peak_rss_mb": rss,
+            "n_threads": mn.get_num_threads()}
+
+
+def _child(conn, tool, cfg, opts):
+    try:
+        conn.send(_measure(tool, cfg, opts))
+    except BaseException as exc:  # report, whatever happened
+        conn.send({"status": f"error: {exc!r}"})
+    conn.close()
+
+
+def run_child(tool, cfg, opts, timeout):
+    """Run one measurement in a fresh spawn child; ``status: timeout`` past ``timeout`` s."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, tool, cfg, opts))
+    proc.start()
+    send.close()
+    res = recv.recv() if recv.poll(timeout) else {"status": "timeout"}
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return res
+
+
 def run_config(n_sites, bond_dim, n_samples, dtype, args, common):
     import numpy as np
 
-    mps, phi, step, moved, phi_train, y_train = _problem(
-        n_sites, bond_dim, n_samples, args.n_train, dtype, args.step_scale)
-    # the expansion is exact before it is timed
     from mpsntk import diagnostics as dg
 
+    cfg = dict(n_sites=n_sites, bond_dim=bond_dim, n_samples=n_samples, dtype=dtype)
+    # the expansion is exact: checked here, before any timing
+    mps, phi, step, moved, _, _ = _problem(n_sites, bond_dim, n_samples, args.n_train, dtype,
+                                           args.step_scale)
     total = dg.taylor_terms(mps, phi, step).astype(np.float64).sum(0)
     want = moved(phi).astype(np.float64)
     check = float(np.max(np.abs(total - want)) / np.max(np.abs(want)))
     nu = dg.nonlinear_fraction(mps, moved, phi).nu
-    calls = _calls(mps, phi, step, moved, phi_train, y_train)
+    del mps, phi, step, moved
+    opts = {k: getattr(args, k) for k in ("threads", "n_train", "step_scale", "warmup",
+                                          "repeats", "min_time")}
     records = []
     for tool in args.tools:
-        median, times, rss = _time(calls[tool], args.warmup, args.repeats, args.min_time)
-        records.append(dict(common, tool=tool, dtype=dtype, n_samples=n_samples, n_sites=n_sites,
-                            bond_dim=bond_dim, n_train=args.n_train, step_scale=args.step_scale,
-                            median_s=median, times=times, peak_rss_mb=rss,
-                            check_rel_err=check, nonlinear_fraction=nu,
-                            load_avg=os.getloadavg()[0]))
-        print(f"  {tool:>20s}: {median:.4f} s", file=sys.stderr, flush=True)
-    ntk = next((r["median_s"] for r in records if r["tool"] == "ntk"), None)
+        res = run_child(tool, cfg, opts, args.timeout)
+        records.append(dict(common, tool=tool, **cfg, n_train=args.n_train,
+                            step_scale=args.step_scale, check_rel_err=check,
+                            nonlinear_fraction=nu, load_avg=os.getloadavg()[0], **res))
+        shown = f"{res['median_s']:.4f} s" if res["status"] == "ok" else res["status"]
+        print(f"  {tool:>20s}: {shown}", file=sys.stderr, flush=True)
+    ntk = next((r["median_s"] for r in records if r["tool"] == "ntk" and r["status"] == "ok"),
+               None)
     for r in records:
-        r["ratio_to_ntk"] = None if ntk is None else r["median_s"] / ntk
+        r["ratio_to_ntk"] = None if ntk is None or r["status"] != "ok" else r["median_s"] / ntk
     return records
 
 
@@ -142,8 +184,8 @@ def summarize(records):
         g = groups[key]
         cells = []
         for t in tools:
-            if t not in g:
-                cells.append("")
+            if t not in g or g[t]["status"] != "ok":
+                cells.append(g[t]["status"] if t in g else "")
                 continue
             ratio = g[t].get("ratio_to_ntk")
             cells.append(f"{g[t]['median_s']:.3f} s" + ("" if t == "ntk" or ratio is None
@@ -170,6 +212,7 @@ def _parse(argv):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--min-time", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=None, help="mpsntk OpenMP threads")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement child")
     p.add_argument("--out", default=None, help="append JSON lines here")
     p.add_argument("--summary", default=None, help="print the table of a results file and exit")
     return p.parse_args(argv)
@@ -187,7 +230,6 @@ def main(argv=None):
         mn.set_num_threads(args.threads)
     info = machine_info()
     common = dict(device="cpu", cpu=info["cpu"], isa=info["isa"], versions=info["versions"],
-                  n_threads=mn.get_num_threads(),
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   load_avg_start=os.getloadavg()[0])
     records = []
