@@ -428,8 +428,18 @@ def test_device_model_stays_on_the_device():
             assert r.nu == pytest.approx(dg.nonlinear_fraction(mps, moved, phi).nu, rel=1e-12)
             with pytest.raises(TypeError, match="host"):
                 dg.taylor_terms(dev, phi, dstep)
-            with pytest.raises(mn.CudaUnavailableError, match="host engine only"):
-                dg.order_kernels(dev, dphi, orders=(1,))
+            # the order kernels, by the same recursion over tiles of pairs
+            orders = tuple(range(1, mps.n_sites + 1))
+            dphi2 = cp.asarray(random_features(rng, 4, mps.n_sites))
+            for other in (None, dphi2):
+                got = dg.order_kernels(dev, dphi, other, orders=orders)
+                assert isinstance(got, cp.ndarray) and got.dtype == mps.dtype
+                want = dg.order_kernels(mps, phi, None if other is None else other.get(),
+                                        orders=orders)
+                assert relerr(got.get(), want) < 1e-12
+                # tiles of 2 x 2 pairs (and the mirrored ones of the symmetric case)
+                tiled = dg._taylor._order_kernels_device(dev, dphi, other, orders, edge=2)
+                assert relerr(tiled.get(), want) < 1e-12
         # the log-scales of a long chain on the device are the engine's
         mps = mn.MPS.random(300, 3, seed=rng)
         step = [0.1 * rng.standard_normal(c.shape) for c in mps.cores]

@@ -16,6 +16,9 @@ The order-``k`` kernels ``K_k(x, x') = sum_{|S|=k} prod_{j in S} r_j <d_S f(x), 
 (derivatives in ``W``, one per core of ``S``; ``r_j`` the per-site rates) are the Gram matrices
 of the data maps of that expansion: ``K_1`` is the NTK, and in the NTK parametrisation
 ``E K_k = C(n_sites, k) K`` with ``K`` the NNGP kernel.
+
+Models on a CUDA device (CuPy cores) run the same recursions with their array module and keep
+their results on the device; the C++ engine runs those on the host.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numbers
 import numpy as np
 
 from .. import _core
-from .._backend import CudaUnavailableError, array_module, as_array
+from .._backend import array_module, as_array
 from .._validate import _check_bool, _check_fits, _check_int, _describe
 from ..grad import vjp
 from ..mps import MPS
@@ -583,6 +586,11 @@ def order_kernels(mps, phi1, phi2=None, *, orders=(1, 2, 3)):
     ------
     FloatingPointError
         If an entry over- or underflows the dtype.
+
+    Notes
+    -----
+    A model on a CUDA device runs the same recursion with its array module, in tiles of pairs
+    (periodic chains with the ``D_0^2`` boundary channels), and returns a device array.
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi1, phi2, names=["phi1", "phi2"]), "phi1")
@@ -592,12 +600,9 @@ def order_kernels(mps, phi1, phi2=None, *, orders=(1, 2, 3)):
     orders = _check_orders(orders, mps.n_sites)
     n1 = phi1.shape[0]
     n2 = n1 if phi2 is None else phi2.shape[0]
-    if xp is not np:
-        raise CudaUnavailableError(
-            "order_kernels runs on the host engine only; pass a host model and NumPy features "
-            "(mps.to_host())"
-        )
     shape = (len(orders), n1, n2)
+    if xp is not np:
+        return _order_kernels_device(mps, phi1, phi2, orders)
     # environments of every output slice, and per thread the pair states: one D x D matrix per
     # order below the highest and per channel (D_0^2 boundary channels or one per first site)
     h = mps.bond_dims[0] if mps.boundary == "periodic" else 1
@@ -614,5 +619,122 @@ def order_kernels(mps, phi1, phi2=None, *, orders=(1, 2, 3)):
                                               phi2, list(orders), out)
     for bad, how in ((overflow, "overflows"), (underflow, "underflows")):
         if bad:
-            raise FloatingPointError(f"an order kernel {how} the range of {mps.dtype.name}")
+            raise FloatingPointError(
+                f"an order kernel {how} the range of {mps.dtype.name}; compute in float64")
     return out
+
+
+def _pair_gram(xp, env1, env2, a, b):
+    """Grams ``(b1, b2, h * h)`` of the boundary rows of two sample blocks, and their
+    log-scales ``(b1, b2)``."""
+    (v1, l1), (v2, l2) = env1, env2
+    v1, v2 = v1[a], v2[b]
+    g = xp.einsum("xad,ybd->xyab", v1, v2).reshape(v1.shape[0], v2.shape[0], -1)
+    return g, l1[a][:, None] + l2[b][None, :]
+
+
+def _order_kernels_device(mps, phi1, phi2, orders, edge=None):
+    """order_kernels with the model's array module (CuPy): the engine's recursion batched over
+    a tile of pairs, with the D_0^2 boundary channels for periodic chains; every state and
+    partial sum carries its own log-scale."""
+    xp, dtype = mps.xp, mps.dtype
+    N, kmax = mps.n_sites, max(orders)
+    h = mps.bond_dims[0] if mps.boundary == "periodic" else 1
+    lam = mps.scales**2 * mps.site_lr
+    sym = phi2 is None
+    phi2 = phi1 if sym else phi2
+    n1, n2 = phi1.shape[0], phi2.shape[0]
+    nm, D = kmax - 1, mps.max_bond_dim
+    # pairs per tile edge: the states of a tile within about 256 MiB
+    per_pair = 4 * h * h * max(nm, 1) * D * D * dtype.itemsize + 64 * h * h
+    if edge is None:
+        edge = max(1, min(max(n1, n2), math.isqrt(max(1, (256 << 20) // per_pair))))
+
+    def normalise(v, lg):  # each trailing matrix by the power of two of its largest entry
+        peak = xp.max(xp.abs(v), axis=(-2, -1))
+        _, e = xp.frexp(peak.astype(xp.float64))
+        e = xp.where(peak > 0, e, 0)
+        factor = xp.ldexp(xp.ones_like(peak, dtype=xp.float64), -e)[..., None, None]
+        return (v * factor).astype(dtype), xp.where(peak > 0, lg + e * math.log(2.0), -xp.inf)
+
+    def common(values, logs):  # the largest log of the non-zero values (0 if none)
+        top = xp.where(values != 0, logs, -xp.inf)
+        return xp.where(xp.isfinite(top), top, 0.0)
+
+    def log_add(am, al, v, lv):  # am e^al + v e^lv on a common scale, elementwise
+        al, lv = xp.where(am != 0, al, -xp.inf), xp.where(v != 0, lv, -xp.inf)
+        m = common(xp.maximum(al, lv), xp.maximum(al, lv))
+        return am * xp.exp(al - m) + v * xp.exp(lv - m), m
+
+    def log_sum(values, logs):  # sum over the last axis of values e^logs: (mantissa, log)
+        logs = xp.where(values != 0, logs, -xp.inf)
+        top = common(xp.max(logs, axis=-1), xp.max(logs, axis=-1))
+        return xp.sum(values * xp.exp(logs - top[..., None]), axis=-1), top
+
+    def environments(phi, cores):
+        """Site matrices, left slots L_j and right slots R_j (n, h, D_j) with log-scales."""
+        n = phi.shape[0]
+        eye = xp.broadcast_to(xp.eye(h, dtype=dtype), (n, h, h))
+        mats = [dtype.type(mps.scales[j]) * xp.einsum("xs,sab->xab", phi[:, j], cores[j])
+                for j in range(N)]
+        left, right = [(eye, xp.zeros(n))], [None] * N + [(eye, xp.zeros(n))]
+        for j in range(N):
+            v, lg = left[-1]
+            left.append(normalise(v @ mats[j], lg))
+        for j in range(N - 1, 0, -1):
+            v, lg = right[j + 1]
+            right[j] = normalise(xp.swapaxes(mats[j] @ xp.swapaxes(v, 1, 2), 1, 2), lg)
+        return mats, left, right
+
+    acc = xp.zeros((kmax + 1, n1, n2))
+    acc_lg = xp.zeros((kmax + 1, n1, n2))
+    for out in range(mps.n_outputs):  # traced outputs: the label core sliced at each
+        cores = [c[out] if j == mps.output_site else c for j, c in enumerate(mps.cores)]
+        m1, left1, right1 = environments(phi1, cores)
+        m2, left2, right2 = (m1, left1, right1) if sym else environments(phi2, cores)
+        for i0 in range(0, n1, edge):
+            for k0 in range(i0 if sym else 0, n2, edge):
+                a, b = slice(i0, min(i0 + edge, n1)), slice(k0, min(k0 + edge, n2))
+                b1, b2 = a.stop - a.start, b.stop - b.start
+                tile = xp.zeros((kmax + 1, b1, b2))
+                tile_lg = xp.zeros((kmax + 1, b1, b2))
+                X = xp.zeros((b1, b2, h * h, max(nm, 1), h, h), dtype=dtype)
+                lx = xp.full(X.shape[:4], -xp.inf)
+                for j in range(N):
+                    lk = lam[j] * (phi1[a, j] @ phi2[b, j].T)
+                    z, zl = _pair_gram(xp, left1[j], left2[j], a, b)
+                    w, wl = _pair_gram(xp, right1[j + 1], right2[j + 1], a, b)
+                    tile[1], tile_lg[1] = log_add(tile[1], tile_lg[1],
+                                                  lk * xp.sum(z * w, axis=-1), zl + wl)
+                    if nm == 0:
+                        continue
+                    traces = xp.trace(X, axis1=-2, axis2=-1)  # (b1, b2, channels, nm)
+                    for m in range(1, nm + 1):  # S ends at site j: K_{m+1}
+                        v, lv = log_sum(traces[..., m - 1] * w, lx[..., m - 1] + wl[..., None])
+                        tile[m + 1], tile_lg[m + 1] = log_add(tile[m + 1], tile_lg[m + 1],
+                                                              lk * v, lv)
+                    if j == N - 1:
+                        break
+                    # X^(m) <- M_j(x)^T X^(m) M_j(y) + lambda_j k_j Tr(X^(m-1)) I (X^(0): Z_j)
+                    X = (xp.swapaxes(m1[j][a], 1, 2)[:, None, None, None] @ X
+                         @ m2[j][b][None, :, None, None])
+                    src = xp.concatenate([z[..., None], traces[..., :-1]], axis=-1)
+                    src = lk[..., None, None] * src
+                    ls = xp.concatenate([xp.broadcast_to(zl[..., None, None], z.shape + (1,)),
+                                         lx[..., :-1]], axis=-1)
+                    lx = xp.where(xp.max(xp.abs(X), axis=(-2, -1)) > 0, lx, -xp.inf)
+                    ls = xp.where(src != 0, ls, -xp.inf)
+                    top = common(xp.maximum(lx, ls), xp.maximum(lx, ls))
+                    eye = xp.eye(X.shape[-1], dtype=dtype)
+                    X = (X * xp.exp(lx - top).astype(dtype)[..., None, None]
+                         + (src * xp.exp(ls - top)).astype(dtype)[..., None, None] * eye)
+                    X, lx = normalise(X, top)
+                parts = [(a, b, tile, tile_lg)]
+                if sym and k0 != i0:  # the mirrored tile
+                    parts.append((b, a, xp.swapaxes(tile, 1, 2), xp.swapaxes(tile_lg, 1, 2)))
+                for ra, rb, t, tl in parts:
+                    acc[:, ra, rb], acc_lg[:, ra, rb] = log_add(acc[:, ra, rb],
+                                                               acc_lg[:, ra, rb], t, tl)
+    mant = xp.stack([acc[k] for k in orders])
+    lg = xp.stack([acc_lg[k] for k in orders])
+    return _apply_log_scale(mps, mant, lg, "an order kernel", "compute in float64")
