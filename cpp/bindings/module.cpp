@@ -165,6 +165,51 @@ py::tuple doubled_right_py(const py::list& cores, const carray<double>& scales, 
 }
 
 template <class T>
+py::tuple taylor_terms_py(const py::list& cores, const py::list& step, const carray<double>& scales,
+                          const std::string& boundary, index_t output_site, const carray<T>& phi, index_t max_order,
+                          bool remainder) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  auto st = make_chain<T>(step, scales, boundary, output_site);
+  const auto fv = make_features<T>(phi, "phi");
+  MPSNTK_EXPECTS(max_order >= 0 && max_order <= ch.view.n_sites, "max_order must lie in 0..n_sites");
+  const index_t rows = max_order + 1 + (remainder ? 1 : 0);
+  carray<T> mant({rows, fv.n_samples, ch.view.n_outputs});
+  carray<double> lg({rows, fv.n_samples, ch.view.n_outputs});
+  T* m = mant.mutable_data();
+  double* l = lg.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    taylor_terms<T>(ch.view, st.view, fv, max_order, remainder, m, l);
+  }
+  return py::make_tuple(mant, lg);
+}
+
+template <class T>
+py::tuple order_kernels_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
+                           const std::string& boundary, index_t output_site, const carray<T>& phi1,
+                           const py::object& phi2, const std::vector<index_t>& orders, carray<T> out) {
+  auto ch = make_chain<T>(cores, scales, boundary, output_site);
+  const auto f1 = make_features<T>(phi1, "phi1");
+  carray<T> p2arr;
+  FeatureView<T> f2;
+  const bool sym = phi2.is_none();
+  if (!sym) {
+    p2arr = as_carray<T>(phi2, "phi2");
+    f2 = make_features<T>(p2arr, "phi2");
+  }
+  MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
+  const index_t n2 = sym ? f1.n_samples : f2.n_samples;
+  T* o = writable(out, "out", static_cast<index_t>(orders.size()) * f1.n_samples * n2);
+  const double* lr = site_lr.data();
+  RangeReport r;
+  {
+    py::gil_scoped_release nogil;
+    r = order_kernels<T>(ch.view, f1, sym ? nullptr : &f2, lr, orders, o);
+  }
+  return py::make_tuple(r.overflow, r.underflow);
+}
+
+template <class T>
 void register_dtype(py::module_& m) {
   // No array argument of type T here to steer overload resolution: one name per dtype.
   const std::string suffix = sizeof(T) == 8 ? "_float64" : "_float32";
@@ -184,6 +229,11 @@ void register_dtype(py::module_& m) {
         py::arg("phi").noconvert(), py::arg("tangents"), py::arg("out").noconvert());
   m.def("ntk_vp", &ntk_vp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
+        py::arg("out").noconvert());
+  m.def("taylor_terms", &taylor_terms_py<T>, py::arg("cores"), py::arg("step"), py::arg("scales"), py::arg("boundary"),
+        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("max_order"), py::arg("remainder"));
+  m.def("order_kernels", &order_kernels_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"),
+        py::arg("boundary"), py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"), py::arg("orders"),
         py::arg("out").noconvert());
   m.def("jacobian", &jacobian_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
         py::arg("phi").noconvert(), py::arg("out").noconvert());

@@ -28,6 +28,11 @@ namespace mpsntk {
   template <class T>                                                                                                 \
   void doubled_right_impl(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,                     \
                           std::vector<double>&);                                                                     \
+  template <class T>                                                                                                 \
+  void taylor_impl(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*, double*);     \
+  template <class T>                                                                                                 \
+  RangeReport order_kernels_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const double*,   \
+                                 const std::vector<index_t>&, T*);                                                   \
   }
 
 MPSNTK_DECLARE_ISA(isa_generic)
@@ -183,6 +188,37 @@ void doubled_right_environments(const ChainView<T>& ch, const double* w, std::ve
   MPSNTK_ROUTE(doubled_right_impl<T>(ch, w, slots, log_scale))
 }
 
+namespace {
+template <class T>
+void check_step(const ChainView<T>& ch, const ChainView<T>& step) {
+  step.validate();
+  MPSNTK_EXPECTS(step.n_sites == ch.n_sites && step.phys_dim == ch.phys_dim && step.bond == ch.bond &&
+                     step.boundary == ch.boundary && step.output_site == ch.output_site &&
+                     step.n_outputs == ch.n_outputs,
+                 "step: the step must have the structure of the MPS (one array shaped like each core)");
+  MPSNTK_EXPECTS(step.scales == ch.scales, "step: the step must have the scales of the MPS");
+}
+}  // namespace
+
+template <class T>
+void taylor_terms(const ChainView<T>& ch, const ChainView<T>& step, const FeatureView<T>& phi, index_t max_order,
+                  bool remainder, T* mantissa, double* log_scale) {
+  check_features(ch, phi, "phi");
+  check_step(ch, step);
+  MPSNTK_EXPECTS(max_order >= 0 && max_order <= ch.n_sites, "max_order must lie in 0..n_sites");
+  MPSNTK_ROUTE(taylor_impl<T>(ch, step, phi, max_order, remainder, mantissa, log_scale))
+}
+
+template <class T>
+RangeReport order_kernels(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+                          const double* site_lr, const std::vector<index_t>& orders, T* out) {
+  check_features(ch, phi1, "phi1");
+  if (phi2) check_features(ch, *phi2, "phi2");
+  MPSNTK_EXPECTS(!orders.empty(), "orders: need at least one order");
+  for (index_t k : orders) MPSNTK_EXPECTS(k >= 1 && k <= ch.n_sites, "orders must lie in 1..n_sites");
+  MPSNTK_ROUTE(order_kernels_impl<T>(ch, phi1, phi2, site_lr, orders, out))
+}
+
 #define MPSNTK_PUBLIC(T)                                                                                             \
   template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                 \
   template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&,         \
@@ -193,7 +229,11 @@ void doubled_right_environments(const ChainView<T>& ch, const double* w, std::ve
   template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                         \
   template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                                   \
   template void doubled_right_environments<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&, \
-                                              std::vector<double>&);
+                                              std::vector<double>&);                                                 \
+  template void taylor_terms<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*,  \
+                                double*);                                                                            \
+  template RangeReport order_kernels<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
+                                        const double*, const std::vector<index_t>&, T*);
 MPSNTK_PUBLIC(float)
 MPSNTK_PUBLIC(double)
 

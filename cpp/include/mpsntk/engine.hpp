@@ -62,6 +62,38 @@ template <class T>
 void doubled_right_environments(const ChainView<T>& chain, const double* weights,
                                 std::vector<std::vector<double>>& slots, std::vector<double>& log_scale);
 
+/// @brief Exact finite Taylor (RKBS) expansion in a step: f(W + Delta) = sum_k P_k(x; Delta).
+///
+/// P_k is the sum, over the k-subsets S of sites, of the chain contracted with the step cores on
+/// S and the cores elsewhere; the effective step of site j is scales[j] * step core j.  With
+/// max_order = n_sites the terms sum to f(W + Delta) exactly.  Polynomial environments meet at one
+/// slot: O(n N min(N, K) d D^2) open, times D_0 periodic.
+/// @param step the step Delta: a chain of the same structure and scales as @p chain.
+/// @param max_order K in 0..n_sites.
+/// @param remainder also write sum_{k > K} P_k (exactly, as one more polynomial order).
+/// @param mantissa, log_scale (K + 1 [+ 1], n, C): P_k = mantissa * exp(log_scale).
+/// @throws std::invalid_argument on inconsistent shapes or a step of another structure.
+template <class T>
+void taylor_terms(const ChainView<T>& chain, const ChainView<T>& step, const FeatureView<T>& phi, index_t max_order,
+                  bool remainder, T* mantissa, double* log_scale);
+
+/// @brief Whether values written in the dtype left its range.
+struct RangeReport {
+  bool overflow = false;   ///< an entry is not finite
+  bool underflow = false;  ///< a non-zero entry rounded to zero
+};
+
+/// @brief Order-k kernels K_k(x, y) = sum_{|S|=k} prod_{j in S} lambda_j <d_S f(x), d_S f(y)>,
+/// derivatives in the effective cores, lambda_j = scales_j^2 site_lr_j (K_1 is the NTK); traced
+/// over the outputs of a label site.  One doubled chain per pair with a polynomial state:
+/// O(n1 n2 N (k_max - 1) D^3) open; periodic O(n1 n2 min(N D_0^2, N^2 / 2) (k_max - 1) D^3).
+/// @param phi2 nullptr for K(X1, X1) (each pair once).
+/// @param orders the k in 1..n_sites to return.
+/// @param out (orders.size(), n1, n2).
+template <class T>
+RangeReport order_kernels(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2,
+                          const double* site_lr, const std::vector<index_t>& orders, T* out);
+
 /// @brief Instruction sets compiled in, best first, and the one in use.
 std::vector<std::string> available_isas();
 std::string current_isa();

@@ -28,6 +28,7 @@ using detail::buffer;
 #include "detail/ntk.hpp"
 #include "detail/grad.hpp"
 #include "detail/born.hpp"
+#include "detail/taylor.hpp"
 
 #define MPSNTK_INSTANTIATE(T)                                                                                     \
   template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                         \
@@ -48,6 +49,16 @@ using detail::buffer;
 MPSNTK_INSTANTIATE(float)
 MPSNTK_INSTANTIATE(double)
 #undef MPSNTK_INSTANTIATE
+
+#define MPSNTK_INSTANTIATE_TAYLOR(T)                                                                               \
+  template void taylor_impl<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*, \
+                               double*);                                                                           \
+  template RangeReport order_kernels_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,    \
+                                             const double*, const std::vector<index_t>&, T*);
+
+MPSNTK_INSTANTIATE_TAYLOR(float)
+MPSNTK_INSTANTIATE_TAYLOR(double)
+#undef MPSNTK_INSTANTIATE_TAYLOR
 
 }  // namespace MPSNTK_ISA_NS
 }  // namespace mpsntk

@@ -12,7 +12,10 @@ that one training run logs all of them.
   Tracy-Widom outliers, spacing ratios (:class:`SpectrumMonitor`), and the Dyson-Brownian-motion
   scaling experiment (:func:`dyson_scaling`);
 * the path kernel and kernel regression with it (:class:`PathKernel`,
-  :func:`compare_kernel_regression`).
+  :func:`compare_kernel_regression`);
+* the exact finite Taylor (RKBS) expansion, the order-k kernels, the nonlinear fraction and
+  the weak-correlation ratios (:func:`taylor_terms`, :func:`order_kernels`,
+  :class:`NonlinearityMonitor`, :func:`weak_correlations`).
 """
 
 from ._dbm import DysonScaling, dyson_scaling
@@ -48,6 +51,15 @@ from ._rmt import (
     spacing_ratios,
     spectral_statistics,
     tracy_widom_quantile,
+)
+from ._taylor import (
+    NonlinearFraction,
+    NonlinearityMonitor,
+    WeakCorrelations,
+    nonlinear_fraction,
+    order_kernels,
+    taylor_terms,
+    weak_correlations,
 )
 
 __all__ = [
@@ -90,4 +102,12 @@ __all__ = [
     "compare_kernel_regression",
     "kernel_regression_table",
     "path_kernel",
+    # Taylor expansion, order-k kernels, weak correlations (_taylor)
+    "NonlinearFraction",
+    "NonlinearityMonitor",
+    "WeakCorrelations",
+    "nonlinear_fraction",
+    "order_kernels",
+    "taylor_terms",
+    "weak_correlations",
 ]
