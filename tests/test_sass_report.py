@@ -1,6 +1,7 @@
 """bench/sass_report.py: its reading of cuobjdump listings, on a hand-written listing whose loop,
-paths and counts are known; and, where the CUDA engine was built and cuobjdump is at hand (the
-test extra installs it on Linux x86-64), the compiled kernels themselves."""
+paths and counts are known; and, where the CUDA engine was built and cuobjdump and nvdisasm are at
+hand (the sass extra installs them on Linux x86-64; the test skips, saying so, without them), the
+compiled kernels themselves."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def _built_kernels():
     try:
         sass_report._cuobjdump()
     except SystemExit as e:
-        pytest.skip(str(e))
+        pytest.skip(f"{e} (or pip install 'mpsntk[sass]')")
     return sass_report.report(Path(spec.origin), ["sm_80", "sm_90"])
 
 

@@ -255,6 +255,16 @@ py::dict build_info() {
   d["openmp"] = false;
 #endif
   d["isas"] = available_isas();
+  // Set by CMakeLists.txt: the flags common to every variant of the engine, and the variants.
+  d["compile_flags"] = MPSNTK_COMPILE_FLAGS;
+  std::vector<std::string> compiled;
+  for (std::string rest = MPSNTK_COMPILED_ISAS;;) {
+    const auto comma = rest.find(',');
+    compiled.push_back(rest.substr(0, comma));
+    if (comma == std::string::npos) break;
+    rest.erase(0, comma + 1);
+  }
+  d["compiled_isas"] = compiled;
   return d;
 }
 

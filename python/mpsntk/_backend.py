@@ -85,9 +85,12 @@ def build_info() -> dict:
     Returns
     -------
     dict
-        ``version``, ``compiler``, ``openmp``, ``isas`` (instruction sets compiled in and usable
-        on this CPU, best first), ``isa`` (the one in use), ``n_threads``, ``numpy``,
-        ``cuda`` (bool) and ``cuda_reason`` (why CUDA is unavailable, or None).
+        ``version``, ``compiler``, ``openmp``, ``compiled_isas`` (the instruction sets the
+        engine was compiled for), ``isas`` (those usable on this CPU, best first), ``isa`` (the
+        one in use: the best, or ``MPSNTK_ISA``), ``compile_flags`` (the C++ flags common to
+        every instruction set: none may target the build machine), ``n_threads``, ``numpy``,
+        ``cuda`` (bool) and ``cuda_reason`` (why CUDA is unavailable, or None); with the CUDA
+        engine built, ``cuda_runtime`` (its CUDA version) and ``cuda_architectures``.
     """
     info = dict(_core.build_info())
     info["isa"] = _core.current_isa()
