@@ -1,0 +1,1 @@
+"""Diagnostics of the kernel regime of MPS models."""
