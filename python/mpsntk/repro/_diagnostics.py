@@ -32,65 +32,127 @@ def _require(*names):
 
 
 # ------------------------------------------------------------------------------------------ T7
-GOE_R, GUE_R, POISSON_R = 0.5307, 0.5996, 2 * math.log(2) - 1
+GOE_R, GUE_R, POISSON_R = 0.5307, 0.5996, 2 * math.log(2) - 1  # theory 5.5 (Atas et al.)
 
 
 def run_t7(s, rng):
-    core_spectrum, mp_pdf, mp_ks, spacing_ratio = _require(
-        "core_spectrum", "marchenko_pastur_pdf", "mp_ks_distance", "spacing_ratio")
-    gamma = 1.0 / s["phys_dim"]
-    ks_by, r_by, hist = {}, {}, None
+    core_spectrum, ks_distance, mp_pdf, spacing_ratios = _require(
+        "core_spectrum", "ks_distance", "marchenko_pastur_pdf", "spacing_ratios")
+    ks_by, r_by, r_se_by, hist = {}, {}, {}, {}
     for D in s["bond_dims"]:
-        mps = MPS.random(s["n_sites"], D, phys_dim=s["phys_dim"], seed=rng)
-        sites = range(1, s["n_sites"] - 1)  # interior cores: (d D) x D matricisations
-        spectra = [core_spectrum(mps, j) for j in sites]
-        ks_by[D] = float(np.mean([mp_ks(ev, gamma) for ev in spectra]))
-        r_by[D] = float(np.mean([spacing_ratio(ev) for ev in spectra]))
-        hist = np.concatenate(spectra)
+        # Interior cores of NTK-parametrised draws (W ~ N(0, 1): the variance is known), pooled
+        # over sites and draws: left matricisations (d D) x D, MP ratio gamma = 1/d.
+        spectra = [core_spectrum(MPS.random(s["n_sites"], D, phys_dim=s["phys_dim"], seed=rng),
+                                 j, matrix="left", variance="init")
+                   for _ in range(s["n_draws"]) for j in range(1, s["n_sites"] - 1)]
+        ev = np.concatenate([sp.eigenvalues for sp in spectra])  # (n_matrices, D)
+        ks_by[D] = float(ks_distance(ev.reshape(-1), spectra[0].cdf))
+        r = spacing_ratios(ev)
+        r_by[D], r_se_by[D] = float(r.mean()), float(r.std(ddof=1) / np.sqrt(r.size))
+        hist[D] = ev.reshape(-1)
+    gamma = 1.0 / s["phys_dim"]
     big = [D for D in s["bond_dims"] if D >= 128]
-    r_tilde = r_by[max(r_by)]
-    grid = np.linspace((1 - gamma**0.5) ** 2, (1 + gamma**0.5) ** 2, 200)
+    top = max(r_by)
+    r_tilde, r_se = r_by[top], r_se_by[top]
+    grid = np.linspace((1 - gamma**0.5) ** 2, (1 + gamma**0.5) ** 2, 400)[1:-1]
     return Outcome(
-        measured=dict(mp_ks_by_D=ks_by, r_tilde=r_tilde, r_tilde_by_D=r_by),
+        measured=dict(mp_ks_by_D=ks_by, r_tilde=r_tilde, r_tilde_se=r_se, r_tilde_by_D=r_by,
+                      r_tilde_se_by_D=r_se_by, mp_edges=[float(grid[0]), float(grid[-1])]),
         reference=dict(mp_ks_D256=0.0015, mp_edges=[0.0858, 2.914], r_tilde_goe=GOE_R,
                        r_tilde_gue=GUE_R, r_tilde_poisson=POISSON_R, r_tilde_mps_init=0.534),
-        tolerance=dict(mp_ks="< 0.01 for D >= 128", r_tilde="in [0.52, 0.55]"),
-        checks=dict(mp_ks=all(ks_by[D] < 0.01 for D in big) and bool(big),
+        tolerance=dict(mp_ks="< 0.01 for D >= 128 (pooled interior cores and draws)",
+                       r_tilde=f"in [0.52, 0.55] at D = {top}"),
+        checks=dict(mp_ks=bool(big) and all(ks_by[D] < 0.01 for D in big),
                     r_tilde=0.52 <= r_tilde <= 0.55),
-        data=dict(hist=hist, grid=grid, pdf=mp_pdf(grid, gamma), ks=ks_by, r=r_by))
+        data=dict(hist=hist[top], D=top, grid=grid, pdf=mp_pdf(grid, gamma), ks=ks_by, r=r_by,
+                  r_se=r_se_by))
 
 
 def plot_t7(o, fig):
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.hist(o.data["hist"], bins=80, density=True, alpha=0.6, label="core eigenvalues")
-    ax1.plot(o.data["grid"], o.data["pdf"], "k-", lw=1.2, label="Marchenko-Pastur")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1.hist(o.data["hist"], bins=100, density=True, alpha=0.6,
+             label=f"interior cores, D={o.data['D']}")
+    ax1.plot(o.data["grid"], o.data["pdf"], "k-", lw=1.2, label=r"Marchenko-Pastur, $\gamma=1/d$")
     ax1.set(xlabel=r"eigenvalue of $A_L^TA_L/(p v)$", ylabel="density")
+    ax1.set_title("spectrum at initialisation", fontsize=9)
     ax1.legend(fontsize=7)
     ks = o.data["ks"]
     ax2.loglog(list(ks), list(ks.values()), "o-", label="KS distance to MP")
-    ax2.axhline(0.01, color="k", ls="--", lw=1)
+    ax2.axhline(0.01, color="k", ls="--", lw=1, label="pass bound (D >= 128)")
     ax2.set(xlabel="bond dimension D", ylabel="KS distance")
     ax2.legend(fontsize=7)
+    r, se = o.data["r"], o.data["r_se"]
+    ax3.errorbar(list(r), list(r.values()), yerr=list(se.values()), fmt="o", capsize=3,
+                 label=r"$\langle\tilde r\rangle$ (bulk 60%)")
+    for val, name, ls in ((GOE_R, "GOE", "-"), (GUE_R, "GUE", "--"),
+                          (POISSON_R, "Poisson", ":")):
+        ax3.axhline(val, color="k", ls=ls, lw=1, label=f"{name} {val:.4f}")
+    ax3.axhspan(0.52, 0.55, color="0.9")
+    ax3.set(xscale="log", xlabel="bond dimension D", ylabel=r"$\langle\tilde r\rangle$")
+    ax3.set_title("spacing ratio: GOE class at init", fontsize=9)
+    ax3.legend(fontsize=6)
+
+
+def summary_t7(o):
+    m = o.measured
+    ks = ", ".join(f"D={D} {v:.4f}" for D, v in m["mp_ks_by_D"].items())
+    return f"MP KS {ks}; r~ {m['r_tilde']:.4f}+-{m['r_tilde_se']:.4f} ([0.52, 0.55])"
 
 
 # ------------------------------------------------------------------------------------------ T8
 def run_t8(s, rng):
-    (dbm_scaling,) = _require("dbm_scaling")
-    res = dbm_scaling(pairs=s["pairs"], control=s["control"], n_steps=s["n_steps"],
-                      seed=int(rng.integers(0, 2**31 - 1)))
+    (dyson_scaling,) = _require("dyson_scaling")
+    mps, phi, y = experiments.dbm_task(seed=int(rng.integers(0, 2**31 - 1)))
+    res = dyson_scaling(mps, phi, y, pairs=[tuple(p) for p in s["pairs"]],
+                        controls=[tuple(p) for p in s["controls"]],
+                        label_noise=s["label_noise"], duration=s["duration"],
+                        burn_in=s["burn_in"], sample_every=s["sample_every"], top_k=s["top_k"],
+                        seed=int(rng.integers(0, 2**31 - 1)))
     spread = float(res.collapse_rel_spread)
+    runs = [dict(alpha=r["alpha"], batch_size=r["batch_size"], ratio=r["ratio"],
+                 control=r["control"], variance=r["variance"],
+                 normalized_variance=r["normalized_variance"], times=r["times"],
+                 top=np.asarray(r["top"])[:, 0, 0]) for r in res.runs]
     return Outcome(
-        measured=dict(collapse_rel_spread=spread),
-        reference=dict(collapse_rel_spread="< 0.15 (new experiment; no reference numbers)"),
-        tolerance=dict(collapse_rel_spread="< 0.15 across the equal-ratio pairs"),
-        checks=dict(collapse=spread < 0.15),
-        data=dict(result=getattr(res, "table", {})))
+        measured=dict(collapse_rel_spread=spread,
+                      control_rel_spread=list(res.control_rel_spread),
+                      control_variance_ratio=list(res.control_variance_ratio),
+                      control_ratio_predicted=list(res.control_ratio_predicted),
+                      normalized_variance={f"({r['alpha']:g}, {r['batch_size']})":
+                                           r["normalized_variance"] for r in runs}),
+        reference=dict(collapse_rel_spread="< 0.15 (new experiment; no reference numbers)",
+                       control_variance_ratio=list(res.control_ratio_predicted)),
+        tolerance=dict(collapse_rel_spread="< 0.15 across the equal-ratio pairs",
+                       control="each control's spread above the pairs' collapse spread"),
+        checks=dict(collapse=spread < 0.15,
+                    control=all(c > spread for c in res.control_rel_spread)),
+        data=dict(runs=runs, sites=list(res.sites)))
 
 
 def plot_t8(o, fig):
-    ax = fig.subplots(1, 1)
-    ax.text(0.5, 0.5, f"collapse relative spread {o.measured['collapse_rel_spread']:.3f}",
-            ha="center")
+    ax1, ax2 = fig.subplots(1, 2)
+    runs = o.data["runs"]
+    for r in runs:
+        ax1.plot(r["times"], r["top"], lw=0.8, alpha=0.8,
+                 label=f"alpha={r['alpha']:g}, |B|={r['batch_size']}"
+                       + (" (control)" if r["control"] else ""))
+    ax1.set(xlabel=r"$t = \alpha\cdot$step",
+            ylabel=f"top eigenvalue of $X_j$ (site {o.data['sites'][0]})")
+    ax1.set_title("label-noise SGD: eigenvalue fluctuations", fontsize=9)
+    ax1.legend(fontsize=6)
+    labels = [f"({r['alpha']:g},{r['batch_size']})" for r in runs]
+    colors = ["C3" if r["control"] else "C0" for r in runs]
+    ax2.bar(range(len(runs)), [r["normalized_variance"] for r in runs], color=colors)
+    ax2.set_xticks(range(len(runs)), labels, fontsize=7)
+    ax2.set(ylabel=r"variance / ($\alpha/|B|$)")
+    ax2.set_title(f"collapse: equal ratios (blue) vs control (red); spread "
+                  f"{o.measured['collapse_rel_spread']:.3f}", fontsize=9)
+
+
+def summary_t8(o):
+    m = o.measured
+    return (f"collapse spread {m['collapse_rel_spread']:.3f} (< 0.15); control spread "
+            f"{', '.join(f'{v:.2f}' for v in m['control_rel_spread'])}")
 
 
 # ------------------------------------------------------------------------------------------ T9
@@ -136,16 +198,21 @@ def plot_t9(o, fig):
 
 TARGETS = [
     Target("T7", "random-matrix statistics of the cores at initialisation", run_t7, plot_t7,
-           full=dict(n_sites=6, phys_dim=2, bond_dims=[16, 32, 64, 128, 256]),
-           quick=dict(n_sites=4, phys_dim=2, bond_dims=[16, 64, 128])),
+           full=dict(n_sites=6, phys_dim=2, bond_dims=[16, 32, 64, 128, 256], n_draws=10),
+           quick=dict(n_sites=6, phys_dim=2, bond_dims=[16, 64, 128], n_draws=6),
+           summary=summary_t7),
     Target("T8", "Dyson-Brownian-motion scaling of the top eigenvalues", run_t8, plot_t8,
-           full=dict(pairs=[[0.01, 8], [0.02, 16], [0.04, 32]], control=[0.04, 8],
-                     n_steps=20000),
-           quick=dict(pairs=[[0.01, 8], [0.02, 16], [0.04, 32]], control=[0.04, 8],
-                      n_steps=3000)),
+           full=dict(pairs=[[0.1, 8], [0.2, 16], [0.4, 32]], controls=[[0.4, 8], [0.1, 32]],
+                     label_noise=0.5, duration=960, burn_in=40, sample_every=2.0, top_k=3),
+           quick=dict(pairs=[[0.1, 8], [0.2, 16], [0.4, 32]], controls=[[0.4, 8]],
+                      label_noise=0.5, duration=240, burn_in=40, sample_every=2.0, top_k=3),
+           summary=summary_t8),
     Target("T9", "exact finite Taylor expansion and order-2 kernels", run_t9, plot_t9,
            full=dict(bond_dims=[8, 32], n_steps=400, k2_n_sites=5, k2_bond_dim=4,
                      k2_n_samples=4, k2_draws=20000),
            quick=dict(bond_dims=[8], n_steps=100, k2_n_sites=5, k2_bond_dim=4, k2_n_samples=4,
-                      k2_draws=2000)),
+                      k2_draws=2000),
+           summary=lambda o: (f"sum_k P_k - f: {o.measured['taylor_max_err']:.1e} (< 1e-12); "
+                              f"E K_2 / (C(N,2) K) = {o.measured['k2_ratio_mean']:.4f} +- "
+                              f"{o.measured['k2_ratio_se']:.4f}")),
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "MseRun",
     "born_case",
     "born_kernel_check",
+    "dbm_task",
     "mean_mode_run",
     "mean_mode_setting",
     "mse_run",
@@ -206,6 +207,27 @@ def born_kernel_check(learning_rate, theta=None, *, seed=0, n_sites=8, n_data=10
     return dict(trajectory=traj, closed=closed, max_err=float(np.max(np.abs(traj.p - closed))),
                 z_drift=float(abs(traj.z[-1] / z_0 - 1)), counts=counts, n_steps=n_steps,
                 tau=float(tau))
+
+
+def dbm_task(seed=0, *, n_sites=4, bond_dim=16, copies=4, teacher_seed=100):
+    """The regression task of target T8 (label-noise SGD, theory 5.5).
+
+    All ``2^n_sites`` bit strings, each ``copies`` times, with one-hot features (so
+    ``Theta_inf`` is a multiple of the identity on the configurations), and the outputs of a
+    bond-dimension-2 teacher as targets (realisable: at the minimum the gradient noise is the
+    label noise alone).
+
+    Returns
+    -------
+    mps : MPS
+        The student, ``MPS.random(n_sites, bond_dim, seed=seed)``.
+    phi : ndarray, shape (copies 2^n_sites, n_sites, 2)
+    y : ndarray, shape (copies 2^n_sites,)
+    """
+    x = np.repeat(datasets.all_configurations(n_sites), copies, axis=0)
+    phi = features.onehot(x)
+    y = MPS.random(n_sites, 2, seed=teacher_seed)(phi)
+    return MPS.random(n_sites, bond_dim, seed=seed), phi, y
 
 
 def _bits(n_sites):
