@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import experiments
-from ._runner import Outcome, Target
+from ._runner import Outcome, Target, bond_axis
 
 SPEC_T5 = dict(
     obc_err={4: 0.094, 8: 0.086, 16: 0.044, 32: 0.034},
@@ -98,11 +98,13 @@ def plot_t5(o, fig):
         spec = SPEC_T5[f"{tag}_err"]
         ax2.loglog(list(spec), list(spec.values()), "x", color=color, alpha=0.7)
     ax2.set(xlabel="bond dimension D", ylabel=r"$\max_t\max_x|p_t - \mathrm{prediction}|$")
+    bond_axis(ax2, [d for b in SPEC_T5.values() for d in b] + list(m["obc_err_by_D"]))
     ax2.set_title("error against the kernel predictions (x: spec)", fontsize=9)
     ax2.legend(fontsize=6)
     k = o.data["kernel"]
-    ax3.semilogy(k["steps"], k["err"] + 1e-18, "-", label=r"$\max_x|p_k - p^{closed}_k|$")
-    ax3.semilogy(k["steps"], k["z_drift"] + 1e-18, "--", label=r"$|Z_k/Z_0 - 1|$")
+    steps = np.asarray(k["steps"])[1:]  # both vanish at step 0
+    ax3.semilogy(steps, np.asarray(k["err"])[1:], "-", label=r"$\max_x|p_k - p^{closed}_k|$")
+    ax3.semilogy(steps, np.asarray(k["z_drift"])[1:], "--", label=r"$|Z_k/Z_0 - 1|$")
     ax3.set(xlabel="step", ylabel="error")
     ax3.set_title(rf"pure kernel $\Theta=\kappa I$, $\eta$=2e-4 ($\tau$={k['tau']:.0f} steps)",
                   fontsize=9)

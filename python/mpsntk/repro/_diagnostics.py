@@ -15,7 +15,7 @@ from .. import features
 from ..infinite import nngp_infinite
 from ..mps import MPS
 from . import experiments
-from ._runner import Outcome, Target, TargetPending
+from ._runner import Outcome, Target, TargetPending, bond_axis
 
 
 def _require(*names):
@@ -80,6 +80,7 @@ def plot_t7(o, fig):
     ax2.loglog(list(ks), list(ks.values()), "o-", label="KS distance to MP")
     ax2.axhline(0.01, color="k", ls="--", lw=1, label="pass bound (D >= 128)")
     ax2.set(xlabel="bond dimension D", ylabel="KS distance")
+    bond_axis(ax2, ks)
     ax2.legend(fontsize=7)
     r, se = o.data["r"], o.data["r_se"]
     ax3.errorbar(list(r), list(r.values()), yerr=list(se.values()), fmt="o", capsize=3,
@@ -88,7 +89,8 @@ def plot_t7(o, fig):
                           (POISSON_R, "Poisson", ":")):
         ax3.axhline(val, color="k", ls=ls, lw=1, label=f"{name} {val:.4f}")
     ax3.axhspan(0.52, 0.55, color="0.9")
-    ax3.set(xscale="log", xlabel="bond dimension D", ylabel=r"$\langle\tilde r\rangle$")
+    ax3.set(xlabel="bond dimension D", ylabel=r"$\langle\tilde r\rangle$")
+    bond_axis(ax3, r)
     ax3.set_title("spacing ratio: GOE class at init", fontsize=9)
     ax3.legend(fontsize=6)
 

@@ -16,7 +16,7 @@ from ..infinite import ntk_infinite
 from ..mps import MPS
 from ..ntk import ntk
 from . import experiments
-from ._runner import Outcome, Target
+from ._runner import Outcome, Target, bond_axis
 
 Z_BAND = 3.0  # statistical widening of a reference band: the estimate's 3 standard errors
 
@@ -160,13 +160,16 @@ def plot_t2(o, fig):
                      fmt="o-", color=color, capsize=2,
                      label=r"$\sqrt{D}\,$err (open)" if boundary == "open" else
                      r"$D\,$err (periodic)")
-    ax1.set(xscale="log", yscale="log", xlabel="bond dimension D",
+    ax1.set(yscale="log", xlabel="bond dimension D",
             ylabel=r"$E\|\Theta_D-\Theta_\infty\|_F/\|\Theta_\infty\|_F$")
+    dims = [d for c in o.data["curves"].values() for d in c["D"]]
+    bond_axis(ax1, dims + [d for b in SPEC_T2.values() for d in b])
+    bond_axis(ax3, dims)
     ax1.set_title("finite-D fluctuation of the NTK", fontsize=9)
     ax1.legend(fontsize=6)
     ax3.axhline(2.5, color="C0", ls=":", lw=1)
     ax3.axhline(4.6, color="C3", ls=":", lw=1)
-    ax3.set(xscale="log", xlabel="bond dimension D", ylabel="scaled error")
+    ax3.set(xlabel="bond dimension D", ylabel="scaled error")
     ax3.set_title("scaled error (dotted: spec prefactors)", fontsize=9)
     ax3.legend(fontsize=7)
     k = o.data["kurtosis"]
@@ -174,8 +177,8 @@ def plot_t2(o, fig):
     grid = np.geomspace(min(k["D"]) * 0.8, max(k["D"]) * 1.25, 60)
     ax2.plot(grid, 3 * (1 + 2 / grid) ** (o.data["n_sites"] - 1), "k-", lw=1,
              label=r"$3(1+2/D)^{N-1}$")
-    ax2.set(xscale="log", yscale="log", xlabel="bond dimension D",
-            ylabel=r"$E f^4 / (E f^2)^2$")
+    ax2.set(yscale="log", xlabel="bond dimension D", ylabel=r"$E f^4 / (E f^2)^2$")
+    bond_axis(ax2, k["D"])
     ax2.set_title("open-chain output kurtosis", fontsize=9)
     ax2.legend(fontsize=7)
 

@@ -83,6 +83,14 @@ def _new_figure(size):
     return Figure(figsize=size, layout="constrained")
 
 
+def bond_axis(ax, dims):
+    """Log-scaled bond-dimension axis ticked at ``dims`` (no crowded minor labels)."""
+    dims = sorted({int(d) for d in dims})
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(dims, [str(d) for d in dims])
+
+
 def _version():
     from .. import __version__
 

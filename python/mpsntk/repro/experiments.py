@@ -138,7 +138,9 @@ def mean_mode_run(bond_dim, boundary, seed, *, n_steps=60, eta_factor=0.1):
     ``e_0 = 1`` (the top eigenvector of ``Theta_inf``): with random targets the mean of
     ``f_0`` fluctuates by O(1) (the points are strongly correlated) and ``e_0`` can nearly
     vanish.  The rate is the least-squares slope of ``-log |e_k|`` against the time
-    ``eta k`` over all steps.
+    ``eta k`` while ``|e_k| >= 0.05 |e_0|`` (28 steps in the kernel limit): at finite D the
+    mean mode leaks into the slow modes (rate ``N (1 - r)``, 12 times slower), whose residue
+    flattens ``|e_k|`` later on and is not the decay the theory describes.
     """
     phi, lam = mean_mode_setting()
     eta = eta_factor / lam[-1]
@@ -147,7 +149,9 @@ def mean_mode_run(bond_dim, boundary, seed, *, n_steps=60, eta_factor=0.1):
     res = train(mps, phi, y, learning_rate=eta, n_steps=n_steps, reduction="sum", probe=phi,
                 log_every=1)
     e = (np.asarray(res.probe_outputs) - y).mean(axis=1)
-    slope = np.polyfit(eta * res.steps, np.log(np.abs(e)), 1)[0]
+    below = np.flatnonzero(np.abs(e) < 0.05 * abs(e[0]))
+    n = max(3, below[0] if below.size else e.size)  # the leading window, at least 3 points
+    slope = np.polyfit(eta * res.steps[:n], np.log(np.abs(e[:n])), 1)[0]
     return MeanModeRun(steps=res.steps, mean_residual=e, rate=float(-slope),
                        predicted_rate=float(-np.log1p(-eta * lam[-1]) / eta))
 
