@@ -13,9 +13,12 @@ import pytest
 
 import mpsntk as mn
 from mpsntk import repro
-from mpsntk.repro import _runner
+from mpsntk.repro import _diagnostics, _runner
 
-RUNNABLE = ["T1", "T2", "T3", "T4", "T5", "T6"]
+# T7-T9 run on routines of mpsntk.diagnostics; they join the quick run where installed.
+PENDING = [t for t in ("T7", "T8", "T9") if not _diagnostics.available(t)]
+RUNNABLE = ["T1", "T2", "T3", "T4", "T5", "T6"] + [
+    t for t in ("T7", "T8", "T9") if t not in PENDING]
 KEYS = {"target", "settings", "measured", "reference", "tolerance", "passed", "version", "seed",
         "status", "checks"}
 NAMES = dict(
@@ -25,6 +28,9 @@ NAMES = dict(
     T4=["pbc_rate_by_D", "predicted_rate"],
     T5=["kernel_max_err", "kernel_z_drift", "obc_err_by_D", "pbc_err_by_D"],
     T6=["dup_min_eig", "distinct_min_eig", "kappa"],
+    T7=["mp_ks_by_D", "r_tilde"],
+    T8=["collapse_rel_spread"],
+    T9=["taylor_max_err", "k2_ratio_mean", "k2_ratio_se"],
 )
 
 
@@ -123,20 +129,31 @@ def test_t6_quick_numbers(quick):
     assert m["dup_min_eig_rel"] < 1e-14 and m["finite_D_dup_min_rel"] < 1e-13
 
 
+@pytest.mark.skipif(not PENDING, reason="every diagnostic is installed")
 def test_targets_needing_missing_diagnostics_are_pending(tmp_path):
-    from mpsntk import diagnostics
-
-    missing = {"T7": "spacing_ratio", "T8": "dbm_scaling", "T9": "taylor_terms"}
-    names = [t for t, fn in missing.items() if not hasattr(diagnostics, fn)]
-    if not names:
-        pytest.skip("every diagnostic is installed")
-    records, status = repro.run(names, quick=True, out=tmp_path, verbose=False)
+    records, status = repro.run(PENDING, quick=True, out=tmp_path, verbose=False)
     assert status == repro.EXIT_PENDING
     for r in records:
         rec = json.loads((tmp_path / f"{r['target']}.json").read_text())
         assert rec["status"] == "pending" and rec["passed"] is None
         assert "mpsntk.diagnostics." in rec["reason"]
         assert not (tmp_path / f"{r['target']}.png").exists()
+
+
+@pytest.mark.skipif("T7" in PENDING, reason="needs the random-matrix diagnostics")
+def test_t7_quick_numbers(quick):
+    m = quick[3]["T7"]["measured"]
+    # 20 draws x 4 interior cores at D = 128: about 6000 bulk ratios, SE 0.003, so the spec's
+    # band [0.52, 0.55] around the Wishart value 0.534 is 4-5 SE wide on either side.
+    assert 0.52 <= m["r_tilde"] <= 0.55 and m["r_tilde_se"] < 0.005
+    assert m["mp_ks_by_D"]["128"] < 0.01 < m["mp_ks_by_D"]["16"]  # KS falls with D
+
+
+@pytest.mark.skipif("T9" in PENDING, reason="needs the Taylor expansion")
+def test_t9_quick_numbers(quick):
+    m = quick[3]["T9"]["measured"]
+    assert m["taylor_max_err"] < 1e-12
+    assert abs(m["k2_ratio_mean"] - 1) < 4 * m["k2_ratio_se"] and m["k2_ratio_se"] < 0.1
 
 
 def test_failures_and_errors_set_the_exit_status(tmp_path, monkeypatch):

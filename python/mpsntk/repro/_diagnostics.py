@@ -17,6 +17,22 @@ from ..mps import MPS
 from . import experiments
 from ._runner import Outcome, Target, TargetPending, bond_axis
 
+#: The public routines of mpsntk.diagnostics each target runs on.
+REQUIRES = dict(
+    T7=("core_spectrum", "ks_distance", "marchenko_pastur_pdf", "spacing_ratios"),
+    T8=("dyson_scaling",),
+    T9=("taylor_terms", "order_kernels"),
+)
+
+
+def available(target):
+    """Whether this installation has every routine ``target`` (T7, T8 or T9) needs."""
+    try:
+        from .. import diagnostics
+    except ImportError:  # pragma: no cover - the package ships with mpsntk
+        return False
+    return all(hasattr(diagnostics, n) for n in REQUIRES[target])
+
 
 def _require(*names):
     """The named public routines of mpsntk.diagnostics, or TargetPending naming the missing."""
@@ -36,8 +52,7 @@ GOE_R, GUE_R, POISSON_R = 0.5307, 0.5996, 2 * math.log(2) - 1  # theory 5.5 (Ata
 
 
 def run_t7(s, rng):
-    core_spectrum, ks_distance, mp_pdf, spacing_ratios = _require(
-        "core_spectrum", "ks_distance", "marchenko_pastur_pdf", "spacing_ratios")
+    core_spectrum, ks_distance, mp_pdf, spacing_ratios = _require(*REQUIRES["T7"])
     ks_by, r_by, r_se_by, hist = {}, {}, {}, {}
     for D in s["bond_dims"]:
         # Interior cores of NTK-parametrised draws (W ~ N(0, 1): the variance is known), pooled
@@ -103,7 +118,7 @@ def summary_t7(o):
 
 # ------------------------------------------------------------------------------------------ T8
 def run_t8(s, rng):
-    (dyson_scaling,) = _require("dyson_scaling")
+    (dyson_scaling,) = _require(*REQUIRES["T8"])
     mps, phi, y = experiments.dbm_task(seed=int(rng.integers(0, 2**31 - 1)))
     res = dyson_scaling(mps, phi, y, pairs=[tuple(p) for p in s["pairs"]],
                         controls=[tuple(p) for p in s["controls"]],
@@ -160,7 +175,7 @@ def summary_t8(o):
 
 # ------------------------------------------------------------------------------------------ T9
 def run_t9(s, rng):
-    taylor_terms, order_kernels = _require("taylor_terms", "order_kernels")
+    taylor_terms, order_kernels = _require(*REQUIRES["T9"])
     errs, norms = {}, {}
     for boundary in ("open", "periodic"):
         for D in s["bond_dims"]:
