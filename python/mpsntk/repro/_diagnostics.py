@@ -158,13 +158,20 @@ def plot_t8(o, fig):
             ylabel=f"top eigenvalue of $X_j$ (site {o.data['sites'][0]})")
     ax1.set_title("label-noise SGD: eigenvalue fluctuations", fontsize=9)
     ax1.legend(fontsize=6)
-    labels = [f"({r['alpha']:g},{r['batch_size']})" for r in runs]
-    colors = ["C3" if r["control"] else "C0" for r in runs]
-    ax2.bar(range(len(runs)), [r["normalized_variance"] for r in runs], color=colors)
-    ax2.set_xticks(range(len(runs)), labels, fontsize=7)
-    ax2.set(ylabel=r"variance / ($\alpha/|B|$)")
-    ax2.set_title(f"collapse: equal ratios (blue) vs control (red); spread "
+    pairs = [r for r in runs if not r["control"]]
+    for r in runs:
+        ax2.loglog(r["ratio"], r["variance"], "o" if not r["control"] else "s",
+                   color="C3" if r["control"] else "C0", ms=7, alpha=0.7)
+        ax2.annotate(f"({r['alpha']:g}, {r['batch_size']})", (r["ratio"], r["variance"]),
+                     textcoords="offset points", xytext=(6, -3), fontsize=7)
+    c = np.mean([r["normalized_variance"] for r in pairs])
+    grid = np.geomspace(min(r["ratio"] for r in runs) / 1.5, max(r["ratio"] for r in runs) * 1.5)
+    ax2.loglog(grid, c * grid, "k--", lw=1,
+               label=r"variance $\propto \alpha/|B|$ (through the pairs)")
+    ax2.set(xlabel=r"$\alpha/|B|$", ylabel="stationary variance of the top eigenvalues")
+    ax2.set_title(f"collapse (blue: equal ratios, red: controls); spread "
                   f"{o.measured['collapse_rel_spread']:.3f}", fontsize=9)
+    ax2.legend(fontsize=7)
 
 
 def summary_t8(o):
