@@ -80,7 +80,7 @@ def test_kurtosis_law_against_plain_gaussian_chains():
 
 def test_output_kurtosis_of_the_engine_matches_the_law():
     phi = _phi(m=2, n_sites=4, seed=3)
-    k = output_kurtosis(phi, 8, 20000, seed=4)
+    k = output_kurtosis(phi, 8, 12000, seed=4)
     exact = kurtosis_open_chain(4, 8)  # 3 (1.25)^3 = 5.86
     assert k.kurtosis.shape == (2,) and np.all(k.se > 0)
     assert np.all(np.abs(k.kurtosis - exact) < 4 * k.se), (k.kurtosis, k.se, exact)
