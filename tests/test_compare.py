@@ -7,16 +7,13 @@ import numpy as np
 import pytest
 
 import mpsntk as mn
-from mpsntk.compare import compare_born, compare_mse
+from mpsntk.compare import compare_mse
+from mpsntk.repro.experiments import born_case, mse_run, mse_setting
 
 
 def _setting(seed, n_outputs=1):
     """Spec 5.1: N = 6 sites, 6 train + 4 test points, sum loss, eta = 0.25 / lambda_max."""
-    rng = np.random.default_rng(seed)
-    phi = mn.features.trig(rng.uniform(size=(10, 6)))
-    y = rng.standard_normal((6, n_outputs) if n_outputs > 1 else 6)
-    eta = 0.25 / np.linalg.eigvalsh(mn.ntk_infinite(phi[:6])).max()
-    return phi, y, eta
+    return mse_setting(seed, n_outputs)
 
 
 def _iterate(kernel, f0, y, eta, steps, s=1.0):
@@ -67,9 +64,7 @@ def test_T3_linearisation_error_meets_the_spec_targets():
     """Delta_lin shrinks with D; OBC D = 256 < 0.02 and PBC D = 64 < 0.01 (spec T3), mean of 2
     seeds each."""
     def delta(D, boundary, seed):
-        phi, y, eta = _setting(seed)
-        c = compare_mse(mn.MPS.random(6, D, boundary=boundary, seed=seed + 10), phi[:6], y,
-                        phi[6:], learning_rate=eta, n_steps=400, log_every=20)
+        c = mse_run(D, boundary, seed, n_steps=400, log_every=20).comparison
         assert c.loss[-1] < 1e-3 * c.loss[0]
         return c.delta_lin, c.delta_inf
     obc8 = np.mean([delta(8, "open", s) for s in range(2)], axis=0)
@@ -94,16 +89,7 @@ def test_ensemble_matches_gp_prediction_roughly():
 
 
 def _born_case(boundary, D):
-    rng = np.random.default_rng(0)
-    omega = mn.datasets.all_configurations(8)
-    data = omega[rng.choice(256, 10, replace=False)]
-    mps = mn.MPS.random(8, D, boundary=boundary, seed=1)
-    z0 = np.exp(mn.born.log_partition(mps, 2**-0.5))
-    kappa = mn.dynamics.born_kappa_infinite(8, phi_norm2=0.5)
-    eta = 2e-3
-    tau = mn.dynamics.born_tau(z0, eta, 10, kappa)
-    return compare_born(mps, data, learning_rate=eta, n_steps=int(4 * tau),
-                        log_every=max(1, int(tau / 5)))
+    return born_case(boundary, D, data_seed=0, model_seed=1, learning_rate=2e-3)
 
 
 def test_T5_born_machine_approaches_the_closed_form_with_D():

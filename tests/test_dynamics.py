@@ -6,6 +6,7 @@ import pytest
 from mpsntk import datasets, dynamics
 from mpsntk.features import onehot, trig
 from mpsntk.infinite import nngp_infinite, ntk_infinite
+from mpsntk.repro.experiments import born_kernel_check
 
 
 @pytest.fixture
@@ -307,33 +308,17 @@ def test_born_tau_and_closed_form():
     assert dynamics.born_closed_form(p_hat, p_0, 3.0, 3.0).shape == (4,)
 
 
-def _t5_setup(seed=0):
-    n_sites, m = 8, 10
-    data = datasets.random_patterns(n_sites, m, seed=seed, distinct=True)
-    counts = datasets.configuration_counts(data)
-    kappa = dynamics.born_kappa_infinite(n_sites)  # NTP, one-hot with |phi|^2 = 1/2
-    # E psi_0(x)^2 = K(x, x) = 2^-N, so E Z_0 = 1.
-    psi_0 = np.random.default_rng(seed).normal(size=2**n_sites) * 2.0 ** (-n_sites / 2)
-    return counts, kappa, psi_0
-
-
 def _t5_errors(eta, theta=None):
-    counts, kappa, psi_0 = _t5_setup()
-    m = int(counts.sum())
-    z_0 = float(psi_0 @ psi_0)
-    tau = dynamics.born_tau(z_0, eta, m, kappa)
-    n_steps = int(np.ceil(4 * tau))
-    traj = dynamics.born_frozen_kernel(
-        kappa if theta is None else theta, psi_0, counts, eta, n_steps, log_every=25
-    )
-    closed = dynamics.born_closed_form(counts / m, psi_0**2 / z_0, traj.steps, tau)
-    return traj, float(np.max(np.abs(traj.p - closed))), abs(traj.z[-1] / z_0 - 1), n_steps
+    r = born_kernel_check(eta, theta, seed=0)
+    return r["trajectory"], r["max_err"], r["z_drift"], r["n_steps"]
 
 
 def test_t5_pure_kernel_born_machine_follows_closed_form():
     """Spec T5 unit test: Theta = kappa I on Omega, eta = 2e-4, t = 4 tau."""
-    counts, kappa, _ = _t5_setup()
+    counts = datasets.configuration_counts(datasets.random_patterns(8, 10, seed=0))
+    kappa = dynamics.born_kappa_infinite(8)  # NTP, one-hot with |phi|^2 = 1/2
     assert np.count_nonzero(counts) == 10 and counts.sum() == 10 and counts.size == 256
+    assert np.array_equal(born_kernel_check(2e-4, seed=0)["counts"], counts)
     traj, err, z_drift, n_steps = _t5_errors(2e-4, theta=kappa * np.eye(256))
     assert n_steps > 10_000
     assert traj.steps[0] == 0 and traj.steps[-1] == n_steps

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import mpsntk as mn
+from mpsntk.diagnostics._fluctuations import kernel_statistics
+from mpsntk.repro.experiments import positive_definiteness_cases
 
 
 @pytest.mark.parametrize("boundary", ["open", "periodic"])
@@ -23,21 +25,15 @@ def test_T1_expected_ntk_and_covariance(boundary, D):
     K = mn.nngp_infinite(phi)
     theta_inf = mn.ntk_infinite(phi)
     assert np.allclose(theta_inf, n_sites * K, rtol=1e-14)
-    thetas = np.empty((draws, m, m))
-    outs = np.empty((draws, m))
-    for t in range(draws):
-        mps = mn.MPS.random(n_sites, D, boundary=boundary, seed=rng)
-        thetas[t] = mn.ntk(mps, phi)
-        outs[t] = mps(phi)
+    st = kernel_statistics(phi, D, draws, boundary=boundary, seed=rng)
+    assert st.n_draws == draws and np.array_equal(st.ntk_infinite, theta_inf)
     iu = np.triu_indices(m)
-    mean, se = thetas.mean(0), thetas.std(0, ddof=1) / np.sqrt(draws)
-    z = np.abs(mean - theta_inf)[iu] / se[iu]
+    z = st.ntk_z[iu]
     assert z.max() < 5.0, z
-    prods = outs[:, :, None] * outs[:, None, :]
-    zc = np.abs(prods.mean(0) - K)[iu] / (prods.std(0, ddof=1)[iu] / np.sqrt(draws))
+    zc = st.nngp_z[iu]
     assert zc.max() < 5.0, zc
     # The check can fail: a kernel 25 % off is rejected by the same statistic.
-    z_wrong = np.abs(mean - 1.25 * theta_inf)[iu] / se[iu]
+    z_wrong = np.abs(st.ntk_mean - 1.25 * theta_inf)[iu] / st.ntk_se[iu]
     assert z_wrong.max() > 5.0
 
 
@@ -49,43 +45,29 @@ def test_T1_standard_parametrisation_rates():
     phi = mn.features.trig(rng.uniform(size=(m, n_sites)))
     want = mn.ntk_infinite(phi, sigma=sigma, parametrization="standard")
     assert np.allclose(want, np.sum(sigma**-2.0) * mn.nngp_infinite(phi, sigma=sigma))
-    thetas = np.array(
-        [
-            mn.ntk(
-                mn.MPS.random(n_sites, 3, sigma=sigma, parametrization="standard", seed=rng), phi
-            )
-            for _ in range(draws)
-        ]
-    )
-    z = np.abs(thetas.mean(0) - want) / (thetas.std(0, ddof=1) / np.sqrt(draws))
-    assert z.max() < 5.0, z
-
-
-def _bits(n_sites):
-    return np.array([[(i >> k) & 1 for k in range(n_sites)] for i in range(2**n_sites)])
+    st = kernel_statistics(phi, 3, draws, sigma=sigma, parametrization="standard", seed=rng)
+    assert np.allclose(st.ntk_infinite, want, rtol=1e-14)
+    assert st.ntk_z.max() < 5.0, st.ntk_z
 
 
 def test_T6_positive_definiteness():
-    n_sites = 4
-    scale = 1 / np.sqrt(2)  # Guo-Draper's Born-machine map: |phi|^2 = 1/2
-    bits = _bits(n_sites)
+    cases = positive_definiteness_cases(n_sites=4, seed=0)
+    n_sites, scale = 4, 1 / np.sqrt(2)  # Guo-Draper's Born-machine map: |phi|^2 = 1/2
     kappa = n_sites * (scale**2) ** n_sites  # Theta_inf = kappa * delta for one-hot data
+    assert cases["kappa"] == pytest.approx(kappa, rel=1e-15)
     # Distinct configurations: Theta_inf = kappa I, lambda_min = kappa.
-    distinct = mn.features.onehot(bits[[0, 3, 5, 9, 14]], scale=scale)
-    lam = np.linalg.eigvalsh(mn.ntk_infinite(distinct))
-    assert np.allclose(lam, kappa, rtol=1e-13)
+    lam = np.linalg.eigvalsh(mn.ntk_infinite(cases["distinct"]))
+    assert lam.size == 5 and np.allclose(lam, kappa, rtol=1e-13)
     # A duplicated sample: singular, lambda_min = 0 to machine precision.
-    dup = mn.features.onehot(bits[[0, 3, 5, 3]], scale=scale)
+    dup = cases["duplicate"]
     lam = np.linalg.eigvalsh(mn.ntk_infinite(dup))
     assert abs(lam[0]) < 1e-14 * lam[-1] and lam[1] > 0.5 * kappa
     # m > d^N: rank at most d^N = 16, so the extra eigenvalues vanish.
-    rng = np.random.default_rng(0)
-    many = mn.features.onehot(bits[rng.integers(0, 16, size=24)], scale=scale)
-    lam = np.linalg.eigvalsh(mn.ntk_infinite(many))
-    assert np.all(np.abs(lam[: 24 - 16]) < 1e-13 * lam[-1])
+    lam = np.linalg.eigvalsh(mn.ntk_infinite(cases["too_many"]))
+    assert lam.size == 24 and np.all(np.abs(lam[: 24 - 16]) < 1e-13 * lam[-1])
     # Continuous features with m > d^N = 2^N: also rank-deficient (rank <= d^N).
-    x = rng.uniform(size=(40, 5))
-    lam = np.linalg.eigvalsh(mn.ntk_infinite(mn.features.trig(x)))
+    lam = np.linalg.eigvalsh(mn.ntk_infinite(cases["continuous"]))
+    assert lam.size == 40
     assert np.all(np.abs(lam[: 40 - 32]) < 1e-12 * lam[-1])
     assert lam[40 - 32] > 1e-8 * lam[-1]
     # The finite-D empirical NTK inherits the duplicate-sample singularity.

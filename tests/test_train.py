@@ -8,6 +8,7 @@ import pytest
 
 import mpsntk as mn
 from mpsntk import _reference as ref
+from mpsntk.repro.experiments import mean_mode_run, mean_mode_setting
 from mpsntk.train import max_ntk_eigenvalue, train
 
 
@@ -69,21 +70,16 @@ def test_cross_entropy_step_matches_finite_differences():
 def test_T4_mean_mode_follows_largest_eigenvalue():
     """Spec 4.2 / T4: equidistant data, eta = 0.1 / lambda_max, 60 steps; PBC D = 128: the mean
     residual decays at -ln(1 - eta lambda_max) / eta (= 27.0) within 10 %."""
-    n, a, delta = 6, 0.3, 0.4
-    x = a + delta * np.eye(n)
-    phi = mn.features.trig(x)
-    lam = np.linalg.eigvalsh(mn.ntk_infinite(phi))
+    phi, lam = mean_mode_setting()
+    x = 0.3 + 0.4 * np.eye(6)
+    np.testing.assert_allclose(phi, mn.features.trig(x), rtol=1e-15)
     assert abs(lam[-1] - 25.635) < 5e-3 and np.allclose(lam[:-1], 2.073, atol=5e-3)
     eta = 0.1 / lam[-1]
     target = -np.log(1 - eta * lam[-1]) / eta
-    rates = []
-    for seed in range(3):
-        mps = mn.MPS.random(n, 128, boundary="periodic", seed=seed)
-        y = np.ones(n)
-        res = train(mps, phi, y, learning_rate=eta, n_steps=60, reduction="sum", probe=phi)
-        ebar = (res.probe_outputs - y).mean(1)
-        t = eta * res.steps
-        rates.append(-np.polyfit(t, np.log(np.abs(ebar)), 1)[0])
+    runs = [mean_mode_run(128, "periodic", seed) for seed in range(3)]
+    assert all(r.predicted_rate == pytest.approx(target, rel=1e-12) for r in runs)
+    assert all(len(r.mean_residual) == 61 for r in runs)
+    rates = [r.rate for r in runs]
     assert abs(np.mean(rates) - target) < 0.1 * target, (rates, target)
 
 

@@ -15,7 +15,10 @@ that one training run logs all of them.
   :func:`compare_kernel_regression`);
 * the exact finite Taylor (RKBS) expansion, the order-k kernels, the nonlinear fraction and
   the weak-correlation ratios (:func:`taylor_terms`, :func:`order_kernels`,
-  :class:`NonlinearityMonitor`, :func:`weak_correlations`).
+  :class:`NonlinearityMonitor`, :func:`weak_correlations`);
+* finite-D fluctuations of the kernel about its limit: mean and spread of Theta_D over draws,
+  the power law in D, the exact open-chain kurtosis law (:func:`kernel_statistics`,
+  :func:`fluctuation_scaling`, :func:`kurtosis_open_chain`, :func:`output_kurtosis`).
 """
 
 from ._dbm import DysonScaling, dyson_scaling
@@ -26,6 +29,17 @@ from ._drift import (
     kernel_drift,
     kernel_velocity,
     parameter_drift,
+)
+from ._fluctuations import (
+    FluctuationScaling,
+    KernelStatistics,
+    OutputKurtosis,
+    PowerLawFit,
+    fit_power_law,
+    fluctuation_scaling,
+    kernel_statistics,
+    kurtosis_open_chain,
+    output_kurtosis,
 )
 from ._linearization import LinearizationMonitor, linearization_error
 from ._path import PathKernel, compare_kernel_regression, kernel_regression_table, path_kernel
@@ -70,6 +84,16 @@ __all__ = [
     "kernel_drift",
     "kernel_velocity",
     "parameter_drift",
+    # finite-D fluctuations (_fluctuations)
+    "FluctuationScaling",
+    "KernelStatistics",
+    "OutputKurtosis",
+    "PowerLawFit",
+    "fit_power_law",
+    "fluctuation_scaling",
+    "kernel_statistics",
+    "kurtosis_open_chain",
+    "output_kurtosis",
     # linearisation (_linearization)
     "LinearizationMonitor",
     "linearization_error",
