@@ -1,10 +1,6 @@
 // The _core extension: host C++ engine exposed to the Python layer (python/mpsntk).
 #include <pybind11/stl.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "convert.hpp"
 #include "mpsntk/mma_tile.hpp"
 
@@ -13,6 +9,46 @@ using namespace mpsntk;
 using namespace mpsntk::bind;
 
 namespace {
+
+// The signal handler's exception (KeyboardInterrupt for Ctrl-C), kept from the interruption
+// check until the abandoned engine call has unwound back to this thread.
+thread_local PyObject* t_signal_type = nullptr;
+thread_local PyObject* t_signal_value = nullptr;
+thread_local PyObject* t_signal_traceback = nullptr;
+
+/// The engine's interruption check: runs Python's signal handlers (on the calling thread, with
+/// the GIL taken back for the moment) and asks the engine to stop when one of them raised.
+bool check_signals() {
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() == 0) return false;
+  Py_XDECREF(t_signal_type), Py_XDECREF(t_signal_value), Py_XDECREF(t_signal_traceback);
+  PyErr_Fetch(&t_signal_type, &t_signal_value, &t_signal_traceback);
+  return true;
+}
+
+/// Run an engine call with the GIL released.  A call abandoned on a signal re-raises here the
+/// exception of the signal's handler (KeyboardInterrupt for Ctrl-C).
+template <class F>
+auto without_gil(F&& call) -> decltype(call()) {
+  try {
+    py::gil_scoped_release nogil;
+    return call();
+  } catch (const Interrupted&) {
+    if (t_signal_type) {
+      PyErr_Restore(t_signal_type, t_signal_value, t_signal_traceback);
+      t_signal_type = t_signal_value = t_signal_traceback = nullptr;
+    } else {
+      PyErr_SetNone(PyExc_KeyboardInterrupt);
+    }
+    throw py::error_already_set();
+  } catch (const OutOfMemory&) {
+    throw;  // MemoryError with the size
+  } catch (const std::bad_alloc&) {
+    PyErr_SetString(PyExc_MemoryError,
+                    "mpsntk: out of memory: a small work array of the engine could not be allocated");
+    throw py::error_already_set();
+  }
+}
 
 template <class T>
 py::tuple forward_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
@@ -23,10 +59,7 @@ py::tuple forward_py(const py::list& cores, const carray<double>& scales, const 
   carray<double> lg({fv.n_samples, ch.view.n_outputs});
   T* m = mant.mutable_data();
   double* l = lg.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    forward<T>(ch.view, fv, m, l);
-  }
+  without_gil([&] { forward<T>(ch.view, fv, m, l); });
   return py::make_tuple(mant, lg);
 }
 
@@ -56,8 +89,7 @@ bool ntk_py(const py::list& cores, const carray<double>& scales, const carray<do
   opt.normalized = normalized;
   opt.tile = tile;
   const double* lr = site_lr.data();
-  py::gil_scoped_release nogil;
-  return ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2);
+  return without_gil([&] { return ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2); });
 }
 
 template <class T>
@@ -80,8 +112,7 @@ void vjp_py(const py::list& cores, const carray<double>& scales, const std::stri
   MPSNTK_EXPECTS(cot.size() == fv.n_samples * ch.view.n_outputs, "cotangent: expected (n_samples, n_outputs)");
   std::vector<carray<T>> keep;
   auto g = core_like_outputs(ch, grads, "grads", keep);
-  py::gil_scoped_release nogil;
-  vjp<T>(ch.view, fv, cot.data(), g.data());
+  without_gil([&] { vjp<T>(ch.view, fv, cot.data(), g.data()); });
 }
 
 template <class T>
@@ -98,8 +129,7 @@ void jvp_py(const py::list& cores, const carray<double>& scales, const std::stri
     t.push_back(keep.back().data());
   }
   T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs);
-  py::gil_scoped_release nogil;
-  jvp<T>(ch.view, fv, t.data(), o);
+  without_gil([&] { jvp<T>(ch.view, fv, t.data(), o); });
 }
 
 template <class T>
@@ -113,8 +143,7 @@ void ntk_vp_py(const py::list& cores, const carray<double>& scales, const carray
   MPSNTK_EXPECTS(v.size() == size, "v: expected (n_samples, n_outputs, k)");
   T* o = writable(out, "out", size);
   const double* lr = site_lr.data();
-  py::gil_scoped_release nogil;
-  ntk_vp<T>(ch.view, fv, lr, v.data(), k, o);
+  without_gil([&] { ntk_vp<T>(ch.view, fv, lr, v.data(), k, o); });
 }
 
 template <class T>
@@ -125,8 +154,7 @@ void jacobian_py(const py::list& cores, const carray<double>& scales, const std:
   index_t P = 0;
   for (index_t j = 0; j < ch.view.n_sites; ++j) P += ch.view.core_size(j);
   T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs * P);
-  py::gil_scoped_release nogil;
-  jacobian<T>(ch.view, fv, o);
+  without_gil([&] { jacobian<T>(ch.view, fv, o); });
 }
 
 template <class T>
@@ -138,8 +166,7 @@ double log_partition_py(const py::list& cores, const carray<double>& scales, con
   std::vector<T*> g;
   if (!grads.is_none()) g = core_like_outputs(ch, grads.cast<py::list>(), "grads", keep);
   const double* w = weights.data();
-  py::gil_scoped_release nogil;
-  return log_partition<T>(ch.view, w, g.empty() ? nullptr : g.data());
+  return without_gil([&] { return log_partition<T>(ch.view, w, g.empty() ? nullptr : g.data()); });
 }
 
 template <class T>
@@ -149,10 +176,7 @@ py::tuple doubled_right_py(const py::list& cores, const carray<double>& scales, 
   MPSNTK_EXPECTS(weights.ndim() == 1 && weights.shape(0) == ch.view.phys_dim, "weights: need one per state");
   std::vector<std::vector<double>> slots;
   std::vector<double> logs;
-  {
-    py::gil_scoped_release nogil;
-    doubled_right_environments<T>(ch.view, weights.data(), slots, logs);
-  }
+  without_gil([&] { doubled_right_environments<T>(ch.view, weights.data(), slots, logs); });
   const index_t h = ch.view.boundary == Boundary::open ? 1 : ch.view.bond[0] * ch.view.bond[0];
   py::list out;
   for (size_t j = 0; j < slots.size(); ++j) {
@@ -305,20 +329,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def("mma_tile_map", &mma_tile_map, py::arg("kind"));
   m.def("tile_order", &tile_order, py::arg("t1"), py::arg("t2"), py::arg("upper"));
-  m.def("get_num_threads", []() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-  });
-  m.def(
-      "set_num_threads",
-      [](int n) {
-        if (n < 1) throw py::value_error("mpsntk: n_threads must be >= 1");
-#ifdef _OPENMP
-        omp_set_num_threads(n);
-#endif
-      },
-      py::arg("n_threads"));
+  m.def("get_num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n_threads"));
+  m.def("forked_child", &forked_child);
+  set_interrupt_check(&check_signals);
 }

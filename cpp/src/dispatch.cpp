@@ -1,10 +1,12 @@
 // Routes each public entry point to the best instruction set compiled in (or the one chosen
-// with set_isa / the MPSNTK_ISA environment variable), validating the chain first.
+// with set_isa / the MPSNTK_ISA environment variable), validating the chain first.  Each entry
+// point marks its thread as the calling thread (detail::CallScope) for interruption checks.
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 
 #include "mpsntk/engine.hpp"
+#include "detail/parallel.hpp"
 
 namespace mpsntk {
 
@@ -123,6 +125,7 @@ void check_features(const ChainView<T>& ch, const FeatureView<T>& phi, const cha
 template <class T>
 void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, double* log_scale) {
   check_features(ch, phi, "phi");
+  detail::CallScope scope;
   MPSNTK_ROUTE(forward_impl<T>(ch, phi, mantissa, log_scale))
 }
 
@@ -132,18 +135,21 @@ bool ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   check_features(ch, phi1, "phi1");
   if (phi2) check_features(ch, *phi2, "phi2");
   MPSNTK_EXPECTS(opt.tile >= 1, "tile must be >= 1");
+  detail::CallScope scope;
   MPSNTK_ROUTE(ntk_impl<T>(ch, phi1, phi2, opt, site_lr, out, log1, log2))
 }
 
 template <class T>
 void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads) {
   check_features(ch, phi, "phi");
+  detail::CallScope scope;
   MPSNTK_ROUTE(vjp_impl(ch, phi, cot, grads))
 }
 
 template <class T>
 void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out) {
   check_features(ch, phi, "phi");
+  detail::CallScope scope;
   MPSNTK_ROUTE(jvp_impl(ch, phi, tangents, out))
 }
 
@@ -151,12 +157,14 @@ template <class T>
 void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out) {
   check_features(ch, phi, "phi");
   MPSNTK_EXPECTS(k >= 1, "v: need at least one column");
+  detail::CallScope scope;
   MPSNTK_ROUTE(ntk_vp_impl<T>(ch, phi, site_lr, v, k, out))
 }
 
 template <class T>
 void jacobian(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
   check_features(ch, phi, "phi");
+  detail::CallScope scope;
   MPSNTK_ROUTE(jacobian_impl<T>(ch, phi, out))
 }
 
@@ -173,6 +181,7 @@ void check_born(const ChainView<T>& ch, const double* w) {
 template <class T>
 double log_partition(const ChainView<T>& ch, const double* w, T* const* grads) {
   check_born(ch, w);
+  detail::CallScope scope;
   MPSNTK_ROUTE(log_partition_impl<T>(ch, w, grads))
 }
 
@@ -180,6 +189,7 @@ template <class T>
 void doubled_right_environments(const ChainView<T>& ch, const double* w, std::vector<std::vector<double>>& slots,
                                 std::vector<double>& log_scale) {
   check_born(ch, w);
+  detail::CallScope scope;
   MPSNTK_ROUTE(doubled_right_impl<T>(ch, w, slots, log_scale))
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "mpsntk/chain.hpp"
+#include "mpsntk/runtime.hpp"
 
 namespace mpsntk {
 

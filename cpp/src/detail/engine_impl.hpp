@@ -16,11 +16,13 @@
 #include "mpsntk/engine.hpp"
 #include "mpsntk/tile_math.hpp"
 #include "detail/buffer.hpp"
+#include "detail/parallel.hpp"
 
 namespace mpsntk {
 namespace MPSNTK_ISA_NS {
 
 using detail::buffer;
+using detail::Region;
 
 #include "detail/micro.hpp"
 #include "detail/environments.hpp"

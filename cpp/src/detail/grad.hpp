@@ -86,11 +86,15 @@ inline double row_scale(const Factors<T>& F, index_t j, index_t x, index_t l) {
 template <class T>
 void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads) {
   const index_t N = F.chain->n_sites, C = F.n_outputs();
-#pragma omp parallel for schedule(dynamic) if (F.n * F.chain->phys_dim * F.site[N / 2].da > 4096)
-  for (index_t j = 0; j < N; ++j) {
-    std::fill(grads[j], grads[j] + F.chain->core_size(j), T(0));
-    vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * row_scale(F, j, x, l); }, grads[j]);
-  }
+  Region region;
+#pragma omp parallel for schedule(dynamic) \
+    num_threads(region.threads()) if (F.n * F.chain->phys_dim * F.site[N / 2].da > 4096)
+  for (index_t j = 0; j < N; ++j)
+    region.run([&] {
+      std::fill(grads[j], grads[j] + F.chain->core_size(j), T(0));
+      vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * row_scale(F, j, x, l); }, grads[j]);
+    });
+  region.finish();
 }
 
 /// out (n, C) = J . tangents.  Per site and output, (u (x) a) of a block of samples times the
@@ -101,45 +105,53 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out) {
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
   // Tangent cores as packed B operands: db rows of depth K, per site and visited output.
   std::vector<std::vector<buffer<T>>> packed(N);
-#pragma omp parallel for schedule(dynamic) if (N > 1 && n * d * F.site[N / 2].da > 4096)
-  for (index_t j = 0; j < N; ++j) {
-    const auto& s = F.site[j];
-    const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da, nl = outputs_at(F, j);
-    const bool label = j == ch.output_site;
-    packed[j].resize(nl);
-    for (index_t l = 0; l < nl; ++l) {
-      const T* Tj = tangents[j] + (label ? l * K * db : 0);
-      packed[j][l].resize(round_up(db, Simd<T>::PAD) * K);
-      pack_elems<T>(db, K, [&](index_t b, index_t k) { return Tj[k * db + b]; }, packed[j][l].data());
-    }
-  }
+  Region pack_region;
+#pragma omp parallel for schedule(dynamic) \
+    num_threads(pack_region.threads()) if (N > 1 && n * d * F.site[N / 2].da > 4096)
+  for (index_t j = 0; j < N; ++j)
+    pack_region.run([&] {
+      const auto& s = F.site[j];
+      const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da, nl = outputs_at(F, j);
+      const bool label = j == ch.output_site;
+      packed[j].resize(nl);
+      for (index_t l = 0; l < nl; ++l) {
+        const T* Tj = tangents[j] + (label ? l * K * db : 0);
+        packed[j][l].resize(round_up(db, Simd<T>::PAD) * K);
+        pack_elems<T>(db, K, [&](index_t b, index_t k) { return Tj[k * db + b]; }, packed[j][l].data());
+      }
+    });
+  pack_region.finish();
   const index_t chunk = 64;  // samples per block (rows of the packed A operand)
-#pragma omp parallel if (n > chunk && n * d * F.site[N / 2].da > 4096)
+  Region region;
+#pragma omp parallel num_threads(region.threads()) if (n > chunk && n * d * F.site[N / 2].da > 4096)
   {
     buffer<T> pa;
-    std::vector<double> acc;
-    std::vector<T> dot;
+    buffer<double> acc;
+    buffer<T> dot;
 #pragma omp for schedule(dynamic)
-    for (index_t x0 = 0; x0 < n; x0 += chunk) {
-      const index_t m = std::min(chunk, n - x0);
-      acc.assign(m * C, 0.0);
-      for (index_t j = 0; j < N; ++j) {
-        const auto& s = F.site[j];
-        const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da;
-        pa.resize(round_up(m, Simd<T>::PAD) * K);
-        for (index_t l = 0; l < outputs_at(F, j); ++l) {
-          pack_khatri_rao<T>(F, j, l, x0, m, [](index_t) { return 1.0; }, true, pa.data());
-          dot.assign(m, T(0));
-          gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(),
-                         [&](index_t r, index_t c, T v) { dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1)); });
-          // nl == C whenever C > 1 (one side always carries l)
-          for (index_t r = 0; r < m; ++r) acc[r * C + l] += row_scale(F, j, x0 + r, l) * dot[r];
+    for (index_t x0 = 0; x0 < n; x0 += chunk)
+      region.run([&] {
+        const index_t m = std::min(chunk, n - x0);
+        acc.assign(m * C, 0.0);
+        for (index_t j = 0; j < N; ++j) {
+          region.checkpoint();
+          const auto& s = F.site[j];
+          const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da;
+          pa.resize(round_up(m, Simd<T>::PAD) * K);
+          for (index_t l = 0; l < outputs_at(F, j); ++l) {
+            pack_khatri_rao<T>(F, j, l, x0, m, [](index_t) { return 1.0; }, true, pa.data());
+            dot.assign(m, T(0));
+            gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(),
+                           [&](index_t r, index_t c, T v) { dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1)); });
+            // nl == C whenever C > 1 (one side always carries l)
+            for (index_t r = 0; r < m; ++r) acc[r * C + l] += row_scale(F, j, x0 + r, l) * dot[r];
+          }
         }
-      }
-      for (index_t r = 0; r < m; ++r)
-        for (index_t l = 0; l < C; ++l) out[(x0 + r) * C + l] = static_cast<T>(acc[r * C + l]);
-    }
+        for (index_t r = 0; r < m; ++r)
+          for (index_t l = 0; l < C; ++l) out[(x0 + r) * C + l] = static_cast<T>(acc[r * C + l]);
+      });
   }
+  region.finish();
 }
 
 /// out (n, C, k) = Theta(X, X) v without forming Theta: J diag(site_lr) J^T v, column by column.
@@ -148,10 +160,10 @@ void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double
                  T* out) {
   const Factors<T> F = compute_factors<T>(ch, phi);
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n;
-  std::vector<std::vector<T>> g(N);
+  std::vector<buffer<T>> g(N);
   std::vector<T*> gp(N);
   for (index_t j = 0; j < N; ++j) g[j].resize(ch.core_size(j)), gp[j] = g[j].data();
-  std::vector<T> col(n * C), res(n * C);
+  buffer<T> col(n * C), res(n * C);
   for (index_t c = 0; c < k; ++c) {
     for (index_t i = 0; i < n * C; ++i) col[i] = v[i * k + c];
     vjp_from_factors<T>(F, col.data(), gp.data());
@@ -171,19 +183,23 @@ void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
   for (index_t j = 0; j < N; ++j) offset[j + 1] = offset[j] + ch.core_size(j);
   const index_t P = offset[N];
   std::fill(out, out + n * C * P, T(0));
-#pragma omp parallel for schedule(static) if (n * C * P > 65536)
+  Region region;
+#pragma omp parallel for schedule(static) num_threads(region.threads()) if (n * C * P > 65536)
   for (index_t x = 0; x < n; ++x)
-    for (index_t l = 0; l < C; ++l)
-      for (index_t j = 0; j < N; ++j) {
-        const auto& s = F.site[j];
-        const index_t da = s.da, db = std::max<index_t>(s.db, 1);
-        const T sc = static_cast<T>(row_scale(F, j, x, l));
-        const T* u = F.u_row(j, x);
-        const T* a = F.a_row(j, x, l);
-        const T* b = F.b_row(j, x, l);
-        T* o = out + (x * C + l) * P + offset[j] + (j == ch.output_site ? l * d * da * db : 0);
-        for (index_t si = 0; si < d; ++si)
-          for (index_t ai = 0; ai < da; ++ai)
-            for (index_t bi = 0; bi < db; ++bi) o[(si * da + ai) * db + bi] = sc * u[si] * a[ai] * (b ? b[bi] : T(1));
-      }
+    region.run([&] {
+      for (index_t l = 0; l < C; ++l)
+        for (index_t j = 0; j < N; ++j) {
+          const auto& s = F.site[j];
+          const index_t da = s.da, db = std::max<index_t>(s.db, 1);
+          const T sc = static_cast<T>(row_scale(F, j, x, l));
+          const T* u = F.u_row(j, x);
+          const T* a = F.a_row(j, x, l);
+          const T* b = F.b_row(j, x, l);
+          T* o = out + (x * C + l) * P + offset[j] + (j == ch.output_site ? l * d * da * db : 0);
+          for (index_t si = 0; si < d; ++si)
+            for (index_t ai = 0; ai < da; ++ai)
+              for (index_t bi = 0; bi < db; ++bi) o[(si * da + ai) * db + bi] = sc * u[si] * a[ai] * (b ? b[bi] : T(1));
+        }
+    });
+  region.finish();
 }
