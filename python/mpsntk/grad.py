@@ -76,7 +76,7 @@ def vjp(mps, phi, cotangent):
     else:
         grads = [np.empty_like(c) for c in mps.cores]
         _core.vjp(*mps._engine_args(), phi, cot, grads)
-    return _check_in_range(xp, grads, "the vjp", mps.dtype)
+    return _check_in_range(xp, grads, "the vjp", mps.dtype, mps)
 
 
 def jvp(mps, phi, tangents):
@@ -125,5 +125,5 @@ def jvp(mps, phi, tangents):
     else:
         out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
         _core.jvp(*mps._engine_args(), phi, ts, out)
-    _check_in_range(xp, [out], "the jvp", mps.dtype)
+    _check_in_range(xp, [out], "the jvp", mps.dtype, mps)
     return out[:, 0] if mps.output_site is None else out

@@ -97,7 +97,13 @@ def ntk(
         for long chains (hundreds of sites) whose kernel over- or underflows.
     out : ndarray, optional
         Preallocated C-contiguous output of the result's shape and dtype (a ``numpy.memmap``
-        works: the kernel is written tile by tile).
+        works: the kernel is written tile by tile).  It is first filled with NaN, and every
+        entry is then written once, with its final value: a call that does not finish (an
+        error, Ctrl-C, a killed process) leaves NaN wherever the kernel was not written, so
+        that a half-written kernel cannot pass for a whole one (``numpy.isnan(out).any()``
+        tells; a finished call never leaves NaN).  The fill is one extra pass of writes over
+        ``out`` (for a memory map, over its pages before the kernel's own writes), against
+        ``n_sites * (phys_dim + 2 * bond_dim)`` operations per entry for the kernel.
     tile : int, optional
         Output tile edge of the CPU engine (rounded up to its micro-tile); each thread holds a
         ``tile^2`` buffer. Default: the largest of 512, 256, 128, 64 that still gives every
@@ -119,7 +125,11 @@ def ntk(
     ------
     FloatingPointError
         If the kernel overflows the dtype without ``normalized=True``, or underflows it (the
-        whole non-zero kernel below the dtype's smallest normal number).
+        whole non-zero kernel below the dtype's smallest normal number); with
+        ``normalized=True``, if even the normalised kernel overflows (features too large for
+        the dtype: its entries carry the products of the features, which are not normalised).
+    ValueError
+        If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi1, phi2, out, names=["phi1", "phi2", "out"]), "phi1")
@@ -140,6 +150,9 @@ def ntk(
             + ("the host" if xp is np else "a CUDA device")
         )
     site_lr = _site_lr(mps, site_weights)
+    if outputs == "mean" and mps.n_outputs > 1:
+        # In the site weights, not a pass over the result: every entry is written once.
+        site_lr = site_lr / mps.n_outputs
     n1 = phi1.shape[0]
     n2 = n1 if phi2 is None else phi2.shape[0]
     full = outputs == "full" and mps.n_outputs > 1
@@ -148,6 +161,7 @@ def ntk(
         shape = (mps.n_sites,) + shape
     if out is not None:
         out = _check_out(out, shape, mps.dtype, xp=xp)
+        out.fill(np.nan)  # entries not (yet) written stay NaN: see the docstring
     if xp is np:
         out, log1, log2, finite = _host_ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile
@@ -158,15 +172,20 @@ def ntk(
         out, log1, log2 = _device.gpu().ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tf32
         )
-        finite = normalized or bool(xp.all(xp.isfinite(out)))
-    if outputs == "mean" and mps.n_outputs > 1:
-        out /= mps.n_outputs
-    if normalized:
-        return out, log1, log2
+        finite = bool(xp.all(xp.isfinite(out)))
     if not finite:
+        mps.check_parameters()
+        if normalized:
+            raise FloatingPointError(
+                f"the normalised NTK overflows the range of {mps.dtype.name}: its entries carry "
+                "the products of the features, which are too large for it; scale the features "
+                "down or compute in float64"
+            )
         raise FloatingPointError(
             "the NTK overflows the range of " + mps.dtype.name + "; use normalized=True"
         )
+    if normalized:
+        return out, log1, log2
     if _underflows(mps, phi1, phi2, out, full, per_site, site_weights, precision, xp):
         raise FloatingPointError(
             "the NTK underflows the range of " + mps.dtype.name + " (every entry is below "
@@ -291,7 +310,7 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
             cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat, flat.shape[2],
             res,
         )
-    _check_in_range(xp, [res], "Theta v", mps.dtype)
+    _check_in_range(xp, [res], "Theta v", mps.dtype, mps)
     return res.reshape(v.shape)
 
 
