@@ -104,20 +104,29 @@ std::vector<T*> core_like_outputs(const Chain<T>& ch, const py::list& arrays, co
   return ptr;
 }
 
+/// An optional float64 output of @p size entries (None: not wanted).
+inline double* optional_log(const py::object& obj, const std::string& name, py::ssize_t size, carray<double>& keep) {
+  if (obj.is_none()) return nullptr;
+  keep = as_carray<double>(obj, name);
+  return writable(keep, name, size);
+}
+
 template <class T>
 void vjp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
-            const carray<T>& phi, const carray<T>& cot, const py::list& grads) {
+            const carray<T>& phi, const carray<T>& cot, const py::list& grads, const py::object& grad_log) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   MPSNTK_EXPECTS(cot.size() == fv.n_samples * ch.view.n_outputs, "cotangent: expected (n_samples, n_outputs)");
   std::vector<carray<T>> keep;
   auto g = core_like_outputs(ch, grads, "grads", keep);
-  without_gil([&] { vjp<T>(ch.view, fv, cot.data(), g.data()); });
+  carray<double> keep_log;
+  double* gl = optional_log(grad_log, "grad_log", ch.view.n_sites, keep_log);
+  without_gil([&] { vjp<T>(ch.view, fv, cot.data(), g.data(), gl); });
 }
 
 template <class T>
 void jvp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
-            const carray<T>& phi, const py::list& tangents, carray<T> out) {
+            const carray<T>& phi, const py::list& tangents, carray<T> out, const py::object& out_log) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   std::vector<carray<T>> keep;
@@ -129,21 +138,25 @@ void jvp_py(const py::list& cores, const carray<double>& scales, const std::stri
     t.push_back(keep.back().data());
   }
   T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs);
-  without_gil([&] { jvp<T>(ch.view, fv, t.data(), o); });
+  carray<double> keep_log;
+  double* ol = optional_log(out_log, "out_log", fv.n_samples, keep_log);
+  without_gil([&] { jvp<T>(ch.view, fv, t.data(), o, ol); });
 }
 
 template <class T>
 void ntk_vp_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
                const std::string& boundary, index_t output_site, const carray<T>& phi, const carray<T>& v, index_t k,
-               carray<T> out) {
+               carray<T> out, const py::object& out_log) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
   const index_t size = fv.n_samples * ch.view.n_outputs * k;
   MPSNTK_EXPECTS(v.size() == size, "v: expected (n_samples, n_outputs, k)");
   T* o = writable(out, "out", size);
+  carray<double> keep_log;
+  double* ol = optional_log(out_log, "out_log", fv.n_samples * k, keep_log);
   const double* lr = site_lr.data();
-  without_gil([&] { ntk_vp<T>(ch.view, fv, lr, v.data(), k, o); });
+  without_gil([&] { ntk_vp<T>(ch.view, fv, lr, v.data(), k, o, ol); });
 }
 
 template <class T>
@@ -203,12 +216,13 @@ void register_dtype(py::module_& m) {
         py::arg("log_scale1").noconvert(), py::arg("log_scale2").noconvert(), py::arg("full_outputs"),
         py::arg("per_site"), py::arg("normalized"), py::arg("tile"));
   m.def("vjp", &vjp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert(), py::arg("cotangent").noconvert(), py::arg("grads"));
+        py::arg("phi").noconvert(), py::arg("cotangent").noconvert(), py::arg("grads"),
+        py::arg("grad_log") = py::none());
   m.def("jvp", &jvp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert(), py::arg("tangents"), py::arg("out").noconvert());
+        py::arg("phi").noconvert(), py::arg("tangents"), py::arg("out").noconvert(), py::arg("out_log") = py::none());
   m.def("ntk_vp", &ntk_vp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
-        py::arg("out").noconvert());
+        py::arg("out").noconvert(), py::arg("out_log") = py::none());
   m.def("jacobian", &jacobian_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
         py::arg("phi").noconvert(), py::arg("out").noconvert());
 }

@@ -17,12 +17,12 @@ namespace mpsntk {
   template <class T>                                                                                                 \
   bool ntk_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, const double*, \
                 T*, double*, double*);                                                                               \
-  void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*);                    \
-  void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*);                \
-  void jvp_impl(const ChainView<float>&, const FeatureView<float>&, const float* const*, float*);                    \
-  void jvp_impl(const ChainView<double>&, const FeatureView<double>&, const double* const*, double*);                \
+  void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*, double*);           \
+  void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*, double*);       \
+  void jvp_impl(const ChainView<float>&, const FeatureView<float>&, const float* const*, float*, double*);           \
+  void jvp_impl(const ChainView<double>&, const FeatureView<double>&, const double* const*, double*, double*);       \
   template <class T>                                                                                                 \
-  void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*);                \
+  void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, double*);       \
   template <class T>                                                                                                 \
   void jacobian_impl(const ChainView<T>&, const FeatureView<T>&, T*);                                                \
   template <class T>                                                                                                 \
@@ -140,25 +140,26 @@ bool ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
 }
 
 template <class T>
-void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads) {
+void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, double* grad_log) {
   check_features(ch, phi, "phi");
   detail::CallScope scope;
-  MPSNTK_ROUTE(vjp_impl(ch, phi, cot, grads))
+  MPSNTK_ROUTE(vjp_impl(ch, phi, cot, grads, grad_log))
 }
 
 template <class T>
-void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out) {
+void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out, double* out_log) {
   check_features(ch, phi, "phi");
   detail::CallScope scope;
-  MPSNTK_ROUTE(jvp_impl(ch, phi, tangents, out))
+  MPSNTK_ROUTE(jvp_impl(ch, phi, tangents, out, out_log))
 }
 
 template <class T>
-void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out) {
+void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
+            double* out_log) {
   check_features(ch, phi, "phi");
   MPSNTK_EXPECTS(k >= 1, "v: need at least one column");
   detail::CallScope scope;
-  MPSNTK_ROUTE(ntk_vp_impl<T>(ch, phi, site_lr, v, k, out))
+  MPSNTK_ROUTE(ntk_vp_impl<T>(ch, phi, site_lr, v, k, out, out_log))
 }
 
 template <class T>
@@ -193,16 +194,16 @@ void doubled_right_environments(const ChainView<T>& ch, const double* w, std::ve
   MPSNTK_ROUTE(doubled_right_impl<T>(ch, w, slots, log_scale))
 }
 
-#define MPSNTK_PUBLIC(T)                                                                                             \
-  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                 \
-  template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&,         \
-                       const double*, T*, double*, double*);                                                         \
-  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*);                             \
-  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*);                             \
-  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*);         \
-  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                         \
-  template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                                   \
-  template void doubled_right_environments<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&, \
+#define MPSNTK_PUBLIC(T)                                                                                              \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                  \
+  template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&,          \
+                       const double*, T*, double*, double*);                                                          \
+  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, double*);                     \
+  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, double*);                     \
+  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, double*); \
+  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                          \
+  template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                                    \
+  template void doubled_right_environments<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,  \
                                               std::vector<double>&);
 MPSNTK_PUBLIC(float)
 MPSNTK_PUBLIC(double)

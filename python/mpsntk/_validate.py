@@ -309,18 +309,30 @@ def _check_fits(nbytes, what, hint=""):
         )
 
 
-def _check_in_range(xp, arrays, what, dtype, mps=None):
+def _check_in_range(xp, arrays, what, dtype, mps=None, hint=None):
     """FloatingPointError unless every entry of ``arrays`` is finite: the inputs are (validated),
     so an Inf or NaN here is an overflow of ``dtype`` -- unless the parameters of ``mps`` were
     overwritten with NaN or Inf after it was built, which ValueError then says."""
     if not all(bool(xp.all(xp.isfinite(a))) for a in arrays):
         if mps is not None:
             mps.check_parameters()
-        raise FloatingPointError(
-            f"{what} overflows the range of {np.dtype(dtype).name}; scale the features or the "
-            "cores down (or compute in float64)"
-        )
+        hint = hint or "scale the features or the cores down (or compute in float64)"
+        raise FloatingPointError(f"{what} overflows the range of {np.dtype(dtype).name}; {hint}")
     return arrays
+
+
+def _below_normal(xp, a, dtype):
+    """Whether every entry of ``a`` lies below the smallest normal number of ``dtype`` (an
+    underflow, unless the exact result is zero: the caller asks the normalised form)."""
+    if a.size == 0:
+        return False
+    return max(float(xp.max(a)), -float(xp.min(a))) < np.finfo(dtype).tiny
+
+
+_NORMALISED_OVERFLOW = (
+    "its entries carry the products of the features, which are not normalised: scale the "
+    "features down or compute in float64"
+)
 
 
 def _check_out(out, shape, dtype, name="out", xp=np):

@@ -17,7 +17,9 @@ import numpy as np
 from . import _core
 from ._backend import array_module, as_array
 from ._validate import (
+    _NORMALISED_OVERFLOW,
     _as_site_vector,
+    _below_normal,
     _check_bool,
     _check_choice,
     _check_fits,
@@ -268,10 +270,11 @@ def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, 
     return out, log1, log2, finite
 
 
-def ntk_vp(mps, phi, v, *, site_weights=None):
+def ntk_vp(mps, phi, v, *, site_weights=None, normalized=False):
     """``Theta(X, X) @ v`` without forming ``Theta``, in ``O(n_samples * n_params)``.
 
-    Computed as ``J diag(lambda) J^T v`` through the environments.
+    Computed as ``J diag(lambda) J^T v`` through the environments, in the normalised forms of
+    :func:`mpsntk.vjp` and :func:`mpsntk.jvp`.
 
     Parameters
     ----------
@@ -283,35 +286,59 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
         output-resolved kernel ``Theta_{l l'}``.
     site_weights : optional
         As in :func:`ntk`.
+    normalized : bool
+        Return ``(tv_tilde, log_scale)``, the form to use for long chains: ``log_scale`` has
+        the shape of ``v`` without its output axis -- (n_samples,) or (n_samples, k) -- and
+        ``Theta v = exp(log_scale) * tv_tilde`` with ``log_scale`` broadcast along the outputs
+        (``exp(log_scale)[:, None, :]`` for ``v`` of shape (n_samples, n_outputs, k)).
 
     Returns
     -------
-    ndarray of the shape of ``v``.
+    ndarray of the shape of ``v``; or the pair described under ``normalized``.
 
     Raises
     ------
     FloatingPointError
-        If an entry overflows the dtype.
+        If an entry overflows the dtype, or the result underflows it (every entry below the
+        dtype's smallest normal number though it is not zero): use ``normalized=True``.
+    ValueError
+        If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi, v, names=["phi", "v"]), "phi")
     phi = mps.check_features(phi)
+    normalized = _check_bool(normalized, "normalized")
     v = _as_vector_block(mps, v, phi.shape[0], "v")
     n, C = phi.shape[0], mps.n_outputs
     flat = xp.ascontiguousarray(v.reshape(n, C, -1))
-    if xp is not np:  # pragma: no cover - needs a GPU
+    site_lr = _site_lr(mps, site_weights)
+    res, log = _ntk_vp(mps, phi, site_lr, flat, normalized)
+    columns = v.shape[1:] if mps.output_site is None else v.shape[2:]
+    if normalized:
+        _check_in_range(xp, [res], "the normalised Theta v", mps.dtype, mps, _NORMALISED_OVERFLOW)
+        return res.reshape(v.shape), log.reshape((n,) + columns)
+    _check_in_range(xp, [res], "Theta v", mps.dtype, mps, "use normalized=True")
+    if _below_normal(xp, res, mps.dtype) and bool(
+        xp.any(_ntk_vp(mps, phi, site_lr, flat, True)[0] != 0)
+    ):
+        raise FloatingPointError(
+            f"Theta v underflows the range of {mps.dtype.name} (every entry is below "
+            f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero); use normalized=True"
+        )
+    return res.reshape(v.shape)
+
+
+def _ntk_vp(mps, phi, site_lr, flat, normalized):
+    """The engine's Theta v for v (n, C, k); with ``normalized``, also its (n, k) log-scales."""
+    if mps.xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        res = _device.gpu().ntk_vp(mps, phi, _site_lr(mps, site_weights), flat)
-    else:
-        res = np.empty_like(flat)
-        cores, scales, boundary, osite = mps._engine_args()
-        _core.ntk_vp(
-            cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat, flat.shape[2],
-            res,
-        )
-    _check_in_range(xp, [res], "Theta v", mps.dtype, mps)
-    return res.reshape(v.shape)
+        return _device.gpu().ntk_vp(mps, phi, site_lr, flat, normalized)
+    res = np.empty_like(flat)
+    log = np.empty((flat.shape[0], flat.shape[2])) if normalized else None
+    cores, scales, boundary, osite = mps._engine_args()
+    _core.ntk_vp(cores, scales, site_lr, boundary, osite, phi, flat, flat.shape[2], res, log)
+    return res, log
 
 
 def _as_vector_block(mps, v, n, name):

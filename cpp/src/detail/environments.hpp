@@ -45,14 +45,16 @@ void normalise_groups(index_t n_groups, index_t group, T* v, double* log_scale) 
 }
 
 /// Core j as the packed B operand of a transfer step: column (l, o) at depth (s, i) is
-/// c_j * A[l, s, a, b] with (a, b) = (i, o) going right, (o, i) going left.
+/// m_j * A[l, s, a, b] with (a, b) = (i, o) going right, (o, i) going left, where c_j = m_j
+/// exp(log_rest): the rest of the scale joins the step's log-scales (tile::split_scale).
 template <class T>
 buffer<T> pack_core(const ChainView<T>& ch, index_t j, bool to_right) {
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t ncols = (j == ch.output_site ? ch.n_outputs : 1) * dout, K = d * din;
   const T* core = ch.cores[j];
-  const T c = static_cast<T>(ch.scales[j]);
+  double log_rest = 0;
+  const T c = static_cast<T>(tile::split_scale(ch.scales[j], &log_rest));
   buffer<T> b(round_up(ncols, Simd<T>::PAD) * K);
   pack_elems<T>(
       ncols, K,
@@ -71,11 +73,14 @@ buffer<T> pack_core(const ChainView<T>& ch, index_t j, bool to_right) {
 /// A[s,a,b] phi_s v[b].  At the output site the rows fan out to n_outputs.  One GEMM of the
 /// Khatri-Rao operand (phi (x) v) with the packed core; then each (x, l) group is normalised.
 /// vin, out, log_in, log_out point at the block's first row / group of their slots; `scratch`
-/// holds the packed Khatri-Rao rows.
+/// holds the packed Khatri-Rao rows.  The core is packed by pack_core, whose scale leaves
+/// log(c_j / m_j) to add to the log-scales.
 template <class T>
 void transfer_rows(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right, index_t h,
                    index_t mult_in, const T* core_packed, index_t x0, index_t x1, const T* vin, const double* log_in,
                    T* out, double* log_out, buffer<T>& scratch) {
+  double log_rest = 0;
+  tile::split_scale(ch.scales[j], &log_rest);
   using S = Simd<T>;
   constexpr int L = S::L;
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
@@ -118,7 +123,7 @@ void transfer_rows(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
       }
     }
   const index_t ng = (x1 - x0) * mult_out;
-  for (index_t g = 0; g < ng; ++g) log_out[g] = log_in[g / fan];
+  for (index_t g = 0; g < ng; ++g) log_out[g] = log_in[g / fan] + log_rest;
   normalise_groups<T>(ng, h * dout, out, log_out);
 }
 
