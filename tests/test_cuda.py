@@ -89,6 +89,48 @@ def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
     assert relerr(mn.ntk_vp(dev, dphi, cp.asarray(v)).get(), mn.ntk_vp(host, phi, v)) < tol
 
 
+@pytest.mark.parametrize("spec", MODELS[:5])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_normalised_vjp_jvp_ntk_vp_on_device(spec, dtype):
+    """Far below the dtype's range (every scale times alpha): the device, like the host, raises
+    for the plain forms and returns normalised ones equal to the host's (log-scales included);
+    log_forward keeps the scales out of the dtype (its logs match float64 on the host)."""
+    rng, host, _ = _pair(spec, dtype, seed=2)
+    log_alpha = (np.log(np.finfo(dtype).tiny) - 40) / host.n_sites
+    host = host.with_cores(host.cores)
+    host.scales = host.scales * np.exp(log_alpha)
+    dev = host.to_device()
+    phi = random_features(rng, 40, host.n_sites, 3, dtype)
+    dphi = cp.asarray(phi)
+    tol = RTOL[np.dtype(dtype)] * 10
+    shape = (40,) if host.output_site is None else (40, host.n_outputs)
+    cot = rng.standard_normal(shape).astype(dtype)
+    tangents = [rng.standard_normal(c.shape).astype(dtype) for c in host.cores]
+    v = rng.standard_normal(shape + (2,)).astype(dtype)
+
+    def same(dev_pair, host_pair):
+        (a, la), (b, lb) = dev_pair, host_pair
+        for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert isinstance(x, cp.ndarray) and relerr(x.get(), y) < tol
+        assert isinstance(la, cp.ndarray) and np.max(np.abs(la.get() - lb)) < tol * np.abs(lb).max()
+
+    same(mn.vjp(dev, dphi, cp.asarray(cot), normalized=True),
+         mn.vjp(host, phi, cot, normalized=True))
+    same(mn.jvp(dev, dphi, [cp.asarray(t) for t in tangents], normalized=True),
+         mn.jvp(host, phi, tangents, normalized=True))
+    same(mn.ntk_vp(dev, dphi, cp.asarray(v), normalized=True),
+         mn.ntk_vp(host, phi, v, normalized=True))
+    with pytest.raises(FloatingPointError, match="vjp underflows"):
+        mn.vjp(dev, dphi, cp.asarray(cot))
+    with pytest.raises(FloatingPointError, match="Theta v underflows"):
+        mn.ntk_vp(dev, dphi, cp.asarray(v))
+    want = host.with_cores([c.astype(np.float64) for c in host.cores]).log_forward(
+        phi.astype(np.float64))[1]
+    # log|f| to an absolute error of f's relative precision (float32 features of both signs
+    # cancel: a few 1e-4 for some samples), where the scale cast to float32 gave -inf
+    assert np.max(np.abs(dev.log_forward(dphi)[1].get() - want)) < (1e-9 if tol < 1e-8 else 1e-2)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_grams_deeper_than_one_staged_chunk(dtype):
     """Bond dimensions whose Grams span several 16-deep chunks, with partial last chunks, and
