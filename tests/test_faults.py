@@ -367,6 +367,22 @@ def test_log_forward_of_float32_models_with_extreme_scales(scale):
     np.testing.assert_allclose(np.exp(l64 - 10 * np.log(scale)), np.abs(f_tiny), rtol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e-25, 1e-60, 1e30])
+def test_normalised_ntk_of_float32_models_with_extreme_scales(scale):
+    """The site weights c_j^2 leave float32 long before the kernel's log-scales do: the
+    normalised float32 kernel must agree with float64 (it used to be zeros, subnormals or an
+    overflow)."""
+    m64 = mn.MPS.random(10, 3, seed=0)
+    m64 = mn.MPS(m64.cores, scales=np.full(10, scale))
+    m32 = mn.MPS([c.astype(np.float32) for c in m64.cores], scales=m64.scales)
+    phi = mn.features.trig(np.random.default_rng(1).uniform(size=(5, 10)))
+    t64, a64, b64 = mn.ntk(m64, phi, phi[:3], normalized=True)
+    t32, a32, b32 = mn.ntk(m32, phi.astype(np.float32), phi[:3].astype(np.float32),
+                           normalized=True)
+    shift = (a32 - a64)[:, None] + (b32 - b64)[None, :]
+    np.testing.assert_allclose(t32 * np.exp(shift), t64, rtol=1e-5, atol=1e-5 * np.abs(t64).max())
+
+
 def _scaled(mps, alpha):
     """The model with every scale times alpha: f, J, J t scale by alpha^N, Theta by alpha^2N."""
     return mn.MPS(mps.cores, mps.boundary, scales=mps.scales * alpha, site_lr=mps.site_lr,

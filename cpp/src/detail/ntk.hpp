@@ -88,11 +88,25 @@ struct PackedSide {
   buffer<T> own;
 };
 
-/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) - c(x)) and
-/// sqrt(w_j), so that the product of the three Grams is the site's whole term.
+/// Per-sample reference log-scale of the NTK: the largest log-scale of a site's weighted row,
+/// log(j, x, l) + log sqrt(w_j), over sites and outputs (-inf when every row vanishes).  The
+/// packed row weights exp(log(j, x, l) + log sqrt(w_j) - c(x)) then lie in [0, 1], however far
+/// the factors or the site weights are from the range of T.
+template <class T>
+std::vector<double> ntk_log_scale(const Factors<T>& F, const std::vector<double>& half_log_weight) {
+  std::vector<double> c(F.n, -std::numeric_limits<double>::infinity());
+  for (index_t x = 0; x < F.n; ++x)
+    for (index_t j = 0; j < F.chain->n_sites; ++j)
+      for (index_t l = 0; l < F.n_outputs(); ++l) c[x] = std::max(c[x], F.log(j, x, l) + half_log_weight[j]);
+  return c;
+}
+
+/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) + log sqrt(w_j)
+/// - c(x)), so that the product of the three Grams is the site's whole term relative to
+/// exp(c_i + c_k).
 template <class T>
 PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double>& c,
-                        const std::vector<double>& weight) {
+                        const std::vector<double>& half_log_weight) {
   PackedSide<T> P;
   const index_t N = F.chain->n_sites, npad = round_up(F.n, Simd<T>::PAD);
   P.n = F.n;
@@ -122,7 +136,7 @@ PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double
     region.run([&] {
       pack_rows<T>(
           F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
-          [&](index_t x) { return std::sqrt(weight[j]) * tile::row_weight(F.log(j, x, l), c[x]); }, base + off_u[j]);
+          [&](index_t x) { return tile::row_weight(F.log(j, x, l) + half_log_weight[j], c[x]); }, base + off_u[j]);
       if (off_a[j] >= 0)
         pack_rows<T>(
             F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_a[j]);
@@ -269,11 +283,15 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   if (!sym) make_panels(F2storage);
   Factors<T>& F2 = sym ? F1 : F2storage;
   const index_t n1 = F1.n, n2 = F2.n;
-  const std::vector<double> c1 = F1.sample_log_scale();
-  const std::vector<double> c2 = sym ? c1 : F2.sample_log_scale();
+  // log sqrt(w_j) of the site weights w_j = c_j^2 site_lr_j (times C at the label site when the
+  // outputs are traced: C equal terms), in double, where no weight leaves the range
   std::vector<double> weight(N);
-  for (index_t j = 0; j < N; ++j) weight[j] = ch.scales[j] * ch.scales[j] * site_lr[j];
-  if (!full && ch.output_site >= 0) weight[ch.output_site] *= C;  // its trace: C equal terms
+  for (index_t j = 0; j < N; ++j) {
+    const double traced = !full && j == ch.output_site ? std::log(double(C)) : 0.0;
+    weight[j] = 0.5 * (2 * std::log(ch.scales[j]) + std::log(site_lr[j]) + traced);
+  }
+  const std::vector<double> c1 = ntk_log_scale(F1, weight);
+  const std::vector<double> c2 = sym ? c1 : ntk_log_scale(F2, weight);
 
   const index_t cc = full ? C * C : 1;
   const index_t block = n1 * n2 * cc;

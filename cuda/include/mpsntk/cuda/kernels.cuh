@@ -684,7 +684,7 @@ struct SiteFactorDev {
   const T* b;  // nullptr when db == 0
   index_t db, mult_b;
   const double* log_b;
-  double weight;  // c_j^2 * site_lr_j (NTK) or c_j (vjp / jvp)
+  double log_weight;  // log of the rows' multiplier: log sqrt(c_j^2 site_lr_j) (NTK), log c_j (vjp, jvp)
 };
 
 template <class T>
@@ -745,8 +745,8 @@ DeviceFactors<T> plan_factors(const ChainView<T>& ch, index_t n, Arena& arena) {
   return F;
 }
 
-/// Sweep the environments and describe the factors; weight_j = scale_j^2 * lr_j if lr given,
-/// else scale_j.
+/// Sweep the environments and describe the factors; log_weight_j = log sqrt(scale_j^2 lr_j) if lr
+/// is given, else log scale_j (in the log domain, where no scale leaves the range of double).
 template <class T>
 void build_factors(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceFactors<T>& F, const double* lr,
                    cudaStream_t stream) {
@@ -755,7 +755,7 @@ void build_factors(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceFact
   F.host_sites.assign(N, SiteFactorDev<T>{});
   for (index_t j = 0; j < N; ++j) {
     auto& s = F.host_sites[j];
-    s.weight = lr ? ch.scales[j] * ch.scales[j] * lr[j] : ch.scales[j];
+    s.log_weight = std::log(ch.scales[j]) + (lr ? 0.5 * std::log(lr[j]) : 0.0);
     if (ch.boundary == Boundary::open) {
       s.a = F.env.left[j], s.da = ch.bond[j], s.mult_a = ch.left_mult(j), s.log_a = F.env.left_log[j];
       s.b = F.env.right[j + 1], s.db = ch.bond[j + 1], s.mult_b = ch.right_mult(j + 1);
