@@ -249,8 +249,9 @@ def train(
         callbacks as that run; anything that differs (but the callbacks) is a ValueError.
         The result -- model, logged history -- is the same, bit for bit, as that of the run
         without the interruption, whatever the number of steps done before it.  ``n_steps``
-        may be larger than the first run's (to train further).  The callback values of the
-        checkpoint are unpickled: resume only from checkpoints you trust.
+        may be larger than the first run's (to train further).  The stability check is not
+        repeated.  The callback values of the checkpoint are unpickled: resume only from
+        checkpoints you trust.
 
     Returns
     -------
@@ -331,8 +332,11 @@ def train(
         if max(logged, default=0) > n_steps:
             raise ValueError(f"log_steps must be <= n_steps = {n_steps}")
 
-    cfg = _checkpoint.config(mps, feats, y, probe, loss=loss, reduction=reduction,
-                             learning_rate=eta, batch_size=batch_size, feature_scale=feature_scale)
+    cfg = None
+    if checkpoint is not None or resume is not None:  # (digests of the data: one pass over it)
+        cfg = _checkpoint.config(mps, feats, y, probe, loss=loss, reduction=reduction,
+                                 learning_rate=eta, batch_size=batch_size,
+                                 feature_scale=feature_scale)
     if check_stability and loss == "mse" and resume is None:
         # The kernel-regime condition eta * lambda_max(Theta_BB) / s < 2 on the data of one
         # update: the full training set, or one random mini-batch (a sample, hence a warning).
@@ -468,15 +472,18 @@ def _frozen_copy(model):
 
 
 def _diverged(fn, step, after_updates, *args):
-    """``fn(*args)``; after updates, an overflow it reports means that the training diverged:
-    say so."""
+    """``fn(*args)``; after updates, an overflow it reports (not an underflow) means that the
+    training diverged: say so, rather than pass on advice for long chains."""
     if not after_updates:
         return fn(*args)
     try:
         return fn(*args)
     except FloatingPointError as exc:
+        if "underflows" in str(exc):
+            raise
         raise FloatingPointError(
-            f"training diverged at step {step}: {exc}; lower learning_rate"
+            f"training diverged at step {step}: the loss, the outputs or the gradients left the "
+            "range of the dtype; lower learning_rate"
         ) from exc
 
 
