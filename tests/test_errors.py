@@ -761,6 +761,17 @@ def test_nan_written_into_a_model_is_named_not_called_an_overflow(where, phi):
             call()
 
 
+def test_scales_and_rates_written_out_of_range_are_named(phi):
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    mps.scales[0] = -1.0
+    with pytest.raises(ValueError, match=r"scales must be > 0 at every site; got minimum -1"):
+        mn.ntk(mps, phi)
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    mps.site_lr[3] = -0.5
+    with pytest.raises(ValueError, match=r"site_lr must be >= 0 at every site"):
+        mn.ntk_vp(mps, phi, np.ones(5))
+
+
 def test_a_diverging_training_says_so(phi):
     mps = mn.MPS.random(N_SITES, 3, seed=0)
     y = np.ones(5)

@@ -1,6 +1,8 @@
 // The _core extension: host C++ engine exposed to the Python layer (python/mpsntk).
 #include <pybind11/stl.h>
 
+#include <memory>
+
 #include "convert.hpp"
 #include "mpsntk/mma_tile.hpp"
 
@@ -12,17 +14,14 @@ namespace {
 
 // The signal handler's exception (KeyboardInterrupt for Ctrl-C), kept from the interruption
 // check until the abandoned engine call has unwound back to this thread.
-thread_local PyObject* t_signal_type = nullptr;
-thread_local PyObject* t_signal_value = nullptr;
-thread_local PyObject* t_signal_traceback = nullptr;
+thread_local std::unique_ptr<py::error_already_set> t_signal_error;
 
 /// The engine's interruption check: runs Python's signal handlers (on the calling thread, with
 /// the GIL taken back for the moment) and asks the engine to stop when one of them raised.
 bool check_signals() {
   py::gil_scoped_acquire gil;
   if (PyErr_CheckSignals() == 0) return false;
-  Py_XDECREF(t_signal_type), Py_XDECREF(t_signal_value), Py_XDECREF(t_signal_traceback);
-  PyErr_Fetch(&t_signal_type, &t_signal_value, &t_signal_traceback);
+  t_signal_error = std::make_unique<py::error_already_set>();  // takes the error indicator
   return true;
 }
 
@@ -34,13 +33,13 @@ auto without_gil(F&& call) -> decltype(call()) {
     py::gil_scoped_release nogil;
     return call();
   } catch (const Interrupted&) {
-    if (t_signal_type) {
-      PyErr_Restore(t_signal_type, t_signal_value, t_signal_traceback);
-      t_signal_type = t_signal_value = t_signal_traceback = nullptr;
-    } else {
+    if (!t_signal_error) {  // (not expected: the engine stops only when the check says so)
       PyErr_SetNone(PyExc_KeyboardInterrupt);
+      throw py::error_already_set();
     }
-    throw py::error_already_set();
+    py::error_already_set error = std::move(*t_signal_error);
+    t_signal_error.reset();
+    throw error;
   } catch (const OutOfMemory&) {
     throw;  // MemoryError with the size
   } catch (const std::bad_alloc&) {

@@ -411,11 +411,13 @@ class MPS:
         )
 
     def check_parameters(self):
-        """Raise ValueError if a core, ``scales`` or ``site_lr`` holds NaN or Inf entries.
+        """Raise ValueError if a core holds NaN or Inf entries, or ``scales`` / ``site_lr`` hold
+        values the constructor would refuse.
 
         The constructor checks them, so such entries were written in afterwards (an in-place
-        edit, a diverged update): the engine routines call this on their error paths, so that
-        a NaN parameter is not reported as an overflow.
+        edit, a diverged update).  Every routine checks ``scales`` and ``site_lr`` (one value
+        per site) before it runs, and the cores on its error paths, so that a NaN parameter is
+        not reported as an overflow.
         """
         xp = self.xp
         for j, c in enumerate(self.cores):
@@ -424,10 +426,19 @@ class MPS:
                     f"cores[{j}] holds NaN or Inf entries (written after the MPS was built); "
                     "every result of this model is undefined"
                 )
-        for name in ("scales", "site_lr"):
-            if not np.all(np.isfinite(getattr(self, name))):
+        self._check_site_vectors()
+
+    def _check_site_vectors(self):
+        for name, low, ok in (("scales", "> 0", np.greater), ("site_lr", ">= 0", np.greater_equal)):
+            v = getattr(self, name)
+            if not np.all(np.isfinite(v)):
                 raise ValueError(
                     f"{name} holds NaN or Inf entries (written after the MPS was built)"
+                )
+            if not np.all(ok(v, 0.0)):
+                raise ValueError(
+                    f"{name} must be {low} at every site; got minimum {v.min()} (written after "
+                    "the MPS was built)"
                 )
 
     # ------------------------------------------------------------------ engine plumbing
@@ -441,7 +452,11 @@ class MPS:
         )
 
     def check_features(self, phi, name="phi"):
-        """Validate features for this model; returns a C-contiguous array on the model's device."""
+        """Validate features for this model; returns a C-contiguous array on the model's device.
+
+        Every routine starts here, so the per-site vectors are checked here as well (cheap:
+        one value per site)."""
+        self._check_site_vectors()
         xp = self.same_device(array_module(phi, names=[name]), name)
         phi = _as_phi(phi, name, xp)
         if phi.shape[1] != self.n_sites:
