@@ -279,6 +279,27 @@ def test_training_stays_on_the_device():
     assert relerr(got.probe_outputs.get(), want.probe_outputs) < 1e-10
 
 
+def test_interrupted_training_on_the_device_resumes_bit_for_bit(tmp_path):
+    rng = np.random.default_rng(8)
+    dev = mn.MPS.random(5, 4, seed=2).to_device()
+    phi, y = cp.asarray(mn.features.trig(rng.uniform(size=(20, 5)))), cp.asarray(rng.random(20))
+    kw = dict(learning_rate=0.1, n_steps=12, batch_size=6, seed=1, probe=phi[:3], log_every=2)
+
+    def stop(step, model):
+        assert isinstance(model.cores[0], cp.ndarray)
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mn.train(dev, phi, y, **kw, callbacks=stop, checkpoint=tmp_path / "c", checkpoint_every=3)
+    got = mn.train(dev, phi, y, **kw, resume=tmp_path / "c")
+    want = mn.train(dev, phi, y, **kw)
+    assert isinstance(got.mps.cores[0], cp.ndarray) and isinstance(got.probe_outputs, cp.ndarray)
+    assert all(np.array_equal(a.get(), b.get()) for a, b in zip(got.mps.cores, want.mps.cores))
+    assert np.array_equal(got.loss, want.loss)
+    assert np.array_equal(got.probe_outputs.get(), want.probe_outputs.get())
+
+
 sim_only = pytest.mark.skipif(ON_GPU, reason="fakes what the simulated card reports")
 
 

@@ -574,6 +574,36 @@ def test_a_killed_sgd_run_resumes_bit_for_bit(tmp_path):
     assert resumed.callbacks == whole.callbacks
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "born_nll"])
+def test_other_losses_resume_bit_for_bit(tmp_path, loss):
+    rng = np.random.default_rng(6)
+    if loss == "born_nll":
+        mps = mn.MPS.random(6, 4, seed=1)
+        data, y = mn.datasets.random_patterns(6, 12, seed=2), None
+        kw = dict(learning_rate=0.5, n_steps=9, log_every=2, feature_scale=2**-0.5,
+                  probe=data[:3])
+    else:
+        mps = mn.MPS.random(6, 4, n_outputs=3, seed=1)
+        data = mn.features.trig(rng.uniform(size=(12, 6)))
+        y = rng.integers(0, 3, 12)
+        kw = dict(learning_rate=0.5, n_steps=9, log_every=2, batch_size=5, seed=4)
+
+    def stop(step, model):
+        if step == 6:
+            raise KeyboardInterrupt  # between two checkpoints (every 4 steps)
+
+    path = tmp_path / "c.npz"
+    with pytest.raises(KeyboardInterrupt):
+        mn.train(mps, data, y, loss=loss, **kw, callbacks=stop, checkpoint=path,
+                 checkpoint_every=4)
+    got = mn.train(mps, data, y, loss=loss, **kw, resume=path)
+    want = mn.train(mps, data, y, loss=loss, **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(got.mps.cores, want.mps.cores))
+    assert np.array_equal(got.loss, want.loss) and np.array_equal(got.steps, want.steps)
+    if "probe" in kw:
+        assert np.array_equal(got.probe_outputs, want.probe_outputs)
+
+
 def test_resume_rejects_another_run_and_continues_a_finished_one(tmp_path):
     mps, phi, y, kw = sgd_problem()
     kw = {**kw, "n_steps": 20}
