@@ -194,7 +194,8 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
     buffer<T>& buf = buffers[0];
 #endif
     // Each tile is written to `out` whole (per site with per_site) from the thread's buffer, so
-    // an interrupted call leaves every entry either untouched or final.
+    // an interrupted call leaves every entry either untouched or final: with `out` NaN-filled
+    // first (the Python layer does), the tiles that still hold NaN are exactly those to redo.
 #pragma omp for schedule(dynamic)
     for (index_t t = 0; t < static_cast<index_t>(tiles.size()); ++t)
       region.run([&] {
