@@ -52,7 +52,8 @@ def test_kernel_paths_equal_iterated_linear_models(reduction):
 def test_multi_output_linearisation_uses_the_full_kernel():
     phi, y, eta = _setting(1, n_outputs=3)
     mps = mn.MPS.random(6, 8, n_outputs=3, seed=2)
-    c = compare_mse(mps, phi[:6], y, phi[6:], learning_rate=eta, n_steps=40, log_every=20)
+    c = compare_mse(mps, phi[:6], y, phi[6:], learning_rate=eta, n_steps=40, log_every=20,
+                    reduction="sum")
     full = mn.ntk(mps, phi, phi[:6], outputs="full")
     kernel = full.transpose(0, 2, 1, 3).reshape(30, 18)
     lin, _ = _iterate(kernel, mps(phi).reshape(-1), y.reshape(-1), eta, list(c.steps))
@@ -79,7 +80,7 @@ def test_T3_linearisation_error_meets_the_spec_targets():
 def test_ensemble_matches_gp_prediction_roughly():
     phi, y, eta = _setting(3)
     c = compare_mse(mn.MPS.random(6, 128, seed=4), phi[:6], y, phi[6:], learning_rate=eta,
-                    n_steps=100, log_every=100, n_ensemble=40)
+                    n_steps=100, log_every=100, n_ensemble=40, reduction="sum")
     e = c.ensemble
     se = np.sqrt(e["var"] / e["n"])
     assert np.all(np.abs(e["mean"] - e["mean_pred"]) < 4 * se + 0.05), e

@@ -89,6 +89,48 @@ def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
     assert relerr(mn.ntk_vp(dev, dphi, cp.asarray(v)).get(), mn.ntk_vp(host, phi, v)) < tol
 
 
+@pytest.mark.parametrize("spec", MODELS[:5])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_normalised_vjp_jvp_ntk_vp_on_device(spec, dtype):
+    """Far below the dtype's range (every scale times alpha): the device, like the host, raises
+    for the plain forms and returns normalised ones equal to the host's (log-scales included);
+    log_forward keeps the scales out of the dtype (its logs match float64 on the host)."""
+    rng, host, _ = _pair(spec, dtype, seed=2)
+    log_alpha = (np.log(np.finfo(dtype).tiny) - 40) / host.n_sites
+    host = host.with_cores(host.cores)
+    host.scales = host.scales * np.exp(log_alpha)
+    dev = host.to_device()
+    phi = random_features(rng, 40, host.n_sites, 3, dtype)
+    dphi = cp.asarray(phi)
+    tol = RTOL[np.dtype(dtype)] * 10
+    shape = (40,) if host.output_site is None else (40, host.n_outputs)
+    cot = rng.standard_normal(shape).astype(dtype)
+    tangents = [rng.standard_normal(c.shape).astype(dtype) for c in host.cores]
+    v = rng.standard_normal(shape + (2,)).astype(dtype)
+
+    def same(dev_pair, host_pair):
+        (a, la), (b, lb) = dev_pair, host_pair
+        for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert isinstance(x, cp.ndarray) and relerr(x.get(), y) < tol
+        assert isinstance(la, cp.ndarray) and np.max(np.abs(la.get() - lb)) < tol * np.abs(lb).max()
+
+    same(mn.vjp(dev, dphi, cp.asarray(cot), normalized=True),
+         mn.vjp(host, phi, cot, normalized=True))
+    same(mn.jvp(dev, dphi, [cp.asarray(t) for t in tangents], normalized=True),
+         mn.jvp(host, phi, tangents, normalized=True))
+    same(mn.ntk_vp(dev, dphi, cp.asarray(v), normalized=True),
+         mn.ntk_vp(host, phi, v, normalized=True))
+    with pytest.raises(FloatingPointError, match="vjp underflows"):
+        mn.vjp(dev, dphi, cp.asarray(cot))
+    with pytest.raises(FloatingPointError, match="Theta v underflows"):
+        mn.ntk_vp(dev, dphi, cp.asarray(v))
+    want = host.with_cores([c.astype(np.float64) for c in host.cores]).log_forward(
+        phi.astype(np.float64))[1]
+    # log|f| to an absolute error of f's relative precision (float32 features of both signs
+    # cancel: a few 1e-4 for some samples), where the scale cast to float32 gave -inf
+    assert np.max(np.abs(dev.log_forward(dphi)[1].get() - want)) < (1e-9 if tol < 1e-8 else 1e-2)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_grams_deeper_than_one_staged_chunk(dtype):
     """Bond dimensions whose Grams span several 16-deep chunks, with partial last chunks, and
@@ -235,6 +277,27 @@ def test_training_stays_on_the_device():
     assert isinstance(got.mps.cores[0], cp.ndarray) and isinstance(got.probe_outputs, cp.ndarray)
     assert np.allclose(got.loss, want.loss, rtol=1e-10)
     assert relerr(got.probe_outputs.get(), want.probe_outputs) < 1e-10
+
+
+def test_interrupted_training_on_the_device_resumes_bit_for_bit(tmp_path):
+    rng = np.random.default_rng(8)
+    dev = mn.MPS.random(5, 4, seed=2).to_device()
+    phi, y = cp.asarray(mn.features.trig(rng.uniform(size=(20, 5)))), cp.asarray(rng.random(20))
+    kw = dict(learning_rate=0.1, n_steps=12, batch_size=6, seed=1, probe=phi[:3], log_every=2)
+
+    def stop(step, model):
+        assert isinstance(model.cores[0], cp.ndarray)
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mn.train(dev, phi, y, **kw, callbacks=stop, checkpoint=tmp_path / "c", checkpoint_every=3)
+    got = mn.train(dev, phi, y, **kw, resume=tmp_path / "c")
+    want = mn.train(dev, phi, y, **kw)
+    assert isinstance(got.mps.cores[0], cp.ndarray) and isinstance(got.probe_outputs, cp.ndarray)
+    assert all(np.array_equal(a.get(), b.get()) for a, b in zip(got.mps.cores, want.mps.cores))
+    assert np.array_equal(got.loss, want.loss)
+    assert np.array_equal(got.probe_outputs.get(), want.probe_outputs.get())
 
 
 sim_only = pytest.mark.skipif(ON_GPU, reason="fakes what the simulated card reports")

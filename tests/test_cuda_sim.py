@@ -67,8 +67,11 @@ def test_other_schedules_change_no_bit(spec, monkeypatch):
             sim_ntk(mps, phi1, phi2, outputs="full"),
             sim_ntk(mps32, phi32, tf32=True),
             *SIM.forward(mps, phi1),
-            *SIM.vjp(mps, phi1, v[:, :, 0].copy()),
-            SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v),
+            *SIM.vjp(mps, phi1, v[:, :, 0].copy())[0],
+            *SIM.vjp(mps, phi1, v[:, :, 0].copy(), True)[0],
+            SIM.vjp(mps, phi1, v[:, :, 0].copy(), True)[1],
+            SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v)[0],
+            *SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v, True),
         ]
 
     def all_paths():  # DMMA m16n8k8 (the simulated card is an sm_90 part), m8n8k4, FMAs

@@ -717,3 +717,164 @@ def test_available_memory_counts_reclaimable_cache(tmp_path):
     (cgroup / "memory.stat").write_text("anon 500\nfile 400\n")
     assert v._cgroup_headroom(str(cgroup)) == 500  # 1000 - 900 + 400 of page cache
     assert v._cgroup_headroom(str(tmp_path)) is None
+
+
+def test_rlimit_headroom_reads_the_process_limits(monkeypatch):
+    import resource
+
+    from mpsntk import _validate as v
+
+    monkeypatch.setattr(v, "_proc_status_bytes", lambda fields: {"VmSize": 3 << 30,
+                                                                  "VmData": 1 << 30})
+    limits = {resource.RLIMIT_AS: (4 << 30, resource.RLIM_INFINITY),
+              resource.RLIMIT_DATA: (resource.RLIM_INFINITY, resource.RLIM_INFINITY)}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits[which])
+    assert v._rlimit_headroom() == 1 << 30
+    limits[resource.RLIMIT_DATA] = (1 << 29, resource.RLIM_INFINITY)  # below what is used
+    assert v._rlimit_headroom() == 0
+    limits[resource.RLIMIT_AS] = limits[resource.RLIMIT_DATA] = (resource.RLIM_INFINITY,) * 2
+    assert v._rlimit_headroom() is None
+
+
+# --------------------------------------------------------------------------- what went wrong
+
+
+@pytest.mark.parametrize("where", ["core", "scales", "site_lr"])
+def test_nan_written_into_a_model_is_named_not_called_an_overflow(where, phi):
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    if where == "core":
+        mps.cores[2][0, 0, 0] = np.nan
+        match = r"cores\[2\] holds NaN or Inf entries \(written after the MPS was built\)"
+    else:
+        getattr(mps, where)[1] = np.inf
+        match = rf"{where} holds NaN or Inf entries"
+    calls = [lambda: mps.forward(phi), lambda: mn.vjp(mps, phi, np.ones(5)),
+             lambda: mn.jvp(mps, phi, [np.ones_like(c) for c in mps.cores]),
+             lambda: mn.ntk_vp(mps, phi, np.ones(5))]
+    if where != "site_lr":  # the rates do not enter f, the vjp or the jvp
+        calls += [lambda: mps.log_forward(phi), lambda: mn.ntk(mps, phi),
+                  lambda: mn.ntk(mps, phi, normalized=True), lambda: mn.jacobian(mps, phi)]
+    else:
+        calls = calls[3:] + [lambda: mn.ntk(mps, phi)]
+    for call in calls:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_scales_and_rates_written_out_of_range_are_named(phi):
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    mps.scales[0] = -1.0
+    with pytest.raises(ValueError, match=r"scales must be > 0 at every site; got minimum -1"):
+        mn.ntk(mps, phi)
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    mps.site_lr[3] = -0.5
+    with pytest.raises(ValueError, match=r"site_lr must be >= 0 at every site"):
+        mn.ntk_vp(mps, phi, np.ones(5))
+
+
+def test_a_diverging_training_says_so(phi):
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    y = np.ones(5)
+    with pytest.raises(FloatingPointError, match=r"training diverged at step \d+: .*lower "
+                                                 r"learning_rate"):
+        mn.train(mps, phi, y, learning_rate=1e6, n_steps=50, check_stability=False)
+
+
+@pytest.mark.parametrize("corrupt", ["truncated", "garbage", "member", "n_sites-huge",
+                                     "n_sites-negative", "n_sites-array", "n_sites-float"])
+def test_load_of_a_damaged_file_is_a_value_error_naming_it(tmp_path, model, corrupt):
+    import time
+
+    good = tmp_path / "good.npz"
+    model.save(good)
+    raw = good.read_bytes()
+    path = tmp_path / f"{corrupt}.npz"
+    if corrupt == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif corrupt == "garbage":
+        path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    elif corrupt == "member":  # a core's bytes damaged inside an intact archive
+        at = raw.index(b"core_1.npy") + 200
+        path.write_bytes(raw[:at] + b"\xff" * 16 + raw[at + 16:])
+    else:
+        data = dict(np.load(good))
+        data["n_sites"] = {"n_sites-huge": np.array(10**12), "n_sites-negative": np.array(-3),
+                           "n_sites-array": np.arange(4), "n_sites-float": np.array(4.0)}[corrupt]
+        np.savez(path, **data)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"{corrupt}\.npz: (corrupt|not an mpsntk)"):
+        mn.MPS.load(path)
+    assert time.perf_counter() - start < 2.0  # the header is checked first
+
+
+def test_load_prefers_the_saved_file_over_a_folder_of_the_same_name(tmp_path, model):
+    (tmp_path / "m").mkdir()
+    model.save(tmp_path / "m")  # writes m.npz
+    assert np.array_equal(mn.MPS.load(tmp_path / "m").cores[1], model.cores[1])
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError, match="a folder, not an MPS file"):
+        mn.MPS.load(tmp_path / "d")
+
+
+def test_random_refuses_a_model_that_cannot_fit_before_allocating(monkeypatch):
+    import time
+
+    monkeypatch.setattr(validate, "_available_memory", lambda: 2**30)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"an MPS with 10000000 sites and 8e\+07 float64 "
+                                         r"parameters needs [0-9.]+ GiB but only 1\.00 GiB"):
+        mn.MPS.random(10**7, 2)
+    with pytest.raises(ValueError, match=r"an MPS with 3 sites .* needs [0-9.]+ GiB"):
+        mn.MPS.random(3, 10**6)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: mn.features.linear(np.array([[1e39, 0.5]]), dtype=np.float32),
+     r"x has entries up to 1e\+39 .* linear features overflow float32"),
+    (lambda: mn.features.poly(np.array([[1e200, 0.5]]), degree=2),
+     r"poly \(degree 2\) features overflow float64"),
+    (lambda: mn.features.poly(np.array([[3e12, 0.5]]), degree=4, dtype=np.float32),
+     r"overflow float32 .* dtype=numpy.float64"),
+])
+def test_feature_maps_refuse_to_overflow(call, match):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, not just a NumPy warning
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"checkpoint": "c.npz"}, ValueError, r"checkpoint and checkpoint_every go together"),
+    ({"checkpoint_every": 5}, ValueError, r"checkpoint and checkpoint_every go together"),
+    ({"checkpoint": "c.npz", "checkpoint_every": 0}, ValueError,
+     r"checkpoint_every must be an integer >= 1"),
+    ({"checkpoint": 3, "checkpoint_every": 2}, TypeError, r"checkpoint must be a file path"),
+    ({"resume": ["c.npz"]}, TypeError, r"resume must be a file path"),
+])
+def test_train_rejects_bad_checkpoint_arguments(model, phi, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        mn.train(model, phi, np.ones(5), learning_rate=0.1, n_steps=2, **kwargs)
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint(model, phi, tmp_path):
+    model.save(tmp_path / "plain.npz")  # an MPS file, but no training state
+    with pytest.raises(ValueError, match=r"plain\.npz is not an mpsntk training checkpoint"):
+        mn.train(model, phi, np.ones(5), learning_rate=0.1, n_steps=2,
+                 resume=tmp_path / "plain.npz")
+
+
+@pytest.mark.parametrize("fn", ["vjp", "jvp", "ntk_vp"])
+def test_normalized_must_be_a_bool(model, phi, fn):
+    arg = [np.ones_like(c) for c in model.cores] if fn == "jvp" else np.ones(5)
+    with pytest.raises(TypeError, match=r"normalized must be True or False"):
+        getattr(mn, fn)(model, phi, arg, normalized=1)
+
+
+def test_set_num_threads_rejects_bad_counts():
+    with pytest.raises(ValueError, match=r"n_threads must be an integer >= 1; got 0"):
+        mn.set_num_threads(0)
+    with pytest.raises(TypeError, match=r"n_threads must be an integer >= 1"):
+        mn.set_num_threads(2.0)

@@ -116,38 +116,41 @@ void register_dtype(py::module_& m, const std::string& sfx) {
         [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os, index_t n) {
           return mc::grad_workspace_bytes<T>(device_chain<T>(c, s, sc, bc, os), n);
         });
-  m.def(("vjp" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os,
-                                  std::uintptr_t phi, const std::vector<index_t>& pshape, std::uintptr_t cot,
-                                  const Ptrs& grads, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
-    const auto ch = device_chain<T>(c, s, sc, bc, os);
-    const auto f = device_features<T>(phi, pshape);
-    MPSNTK_EXPECTS(static_cast<index_t>(grads.size()) == ch.n_sites, "grads: need one array per core");
-    std::vector<T*> g;
-    for (auto p : grads) g.push_back(ptr<T>(p));
-    py::gil_scoped_release nogil;
-    mc::vjp<T>(ch, f, ptr<const T>(cot), g.data(), ptr<void>(ws), wsb, stream);
-  });
-  m.def(("jvp" + sfx).c_str(), [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os,
-                                  std::uintptr_t phi, const std::vector<index_t>& pshape, const Ptrs& tangents,
-                                  std::uintptr_t out, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
-    const auto ch = device_chain<T>(c, s, sc, bc, os);
-    const auto f = device_features<T>(phi, pshape);
-    MPSNTK_EXPECTS(static_cast<index_t>(tangents.size()) == ch.n_sites, "tangents: need one array per core");
-    std::vector<const T*> t;
-    for (auto p : tangents) t.push_back(ptr<const T>(p));
-    py::gil_scoped_release nogil;
-    mc::jvp<T>(ch, f, t.data(), ptr<T>(out), ptr<void>(ws), wsb, stream);
-  });
+  m.def(("vjp" + sfx).c_str(),
+        [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os, std::uintptr_t phi,
+           const std::vector<index_t>& pshape, std::uintptr_t cot, const Ptrs& grads, std::uintptr_t grad_log,
+           std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
+          const auto ch = device_chain<T>(c, s, sc, bc, os);
+          const auto f = device_features<T>(phi, pshape);
+          MPSNTK_EXPECTS(static_cast<index_t>(grads.size()) == ch.n_sites, "grads: need one array per core");
+          std::vector<T*> g;
+          for (auto p : grads) g.push_back(ptr<T>(p));
+          py::gil_scoped_release nogil;
+          mc::vjp<T>(ch, f, ptr<const T>(cot), g.data(), ptr<double>(grad_log), ptr<void>(ws), wsb, stream);
+        });
+  m.def(("jvp" + sfx).c_str(),
+        [](const Ptrs& c, const Shapes& s, const Scales& sc, const std::string& bc, index_t os, std::uintptr_t phi,
+           const std::vector<index_t>& pshape, const Ptrs& tangents, std::uintptr_t out, std::uintptr_t out_log,
+           std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
+          const auto ch = device_chain<T>(c, s, sc, bc, os);
+          const auto f = device_features<T>(phi, pshape);
+          MPSNTK_EXPECTS(static_cast<index_t>(tangents.size()) == ch.n_sites, "tangents: need one array per core");
+          std::vector<const T*> t;
+          for (auto p : tangents) t.push_back(ptr<const T>(p));
+          py::gil_scoped_release nogil;
+          mc::jvp<T>(ch, f, t.data(), ptr<T>(out), ptr<double>(out_log), ptr<void>(ws), wsb, stream);
+        });
   m.def(("ntk_vp" + sfx).c_str(),
         [](const Ptrs& c, const Shapes& s, const Scales& sc, const Scales& lr, const std::string& bc, index_t os,
            std::uintptr_t phi, const std::vector<index_t>& pshape, std::uintptr_t v, index_t k, std::uintptr_t out,
-           std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
+           std::uintptr_t out_log, std::uintptr_t ws, std::size_t wsb, std::uintptr_t stream) {
           const auto ch = device_chain<T>(c, s, sc, bc, os);
           MPSNTK_EXPECTS(lr.ndim() == 1 && lr.shape(0) == ch.n_sites, "site_lr: need one per site");
           const auto f = device_features<T>(phi, pshape);
           const double* rates = lr.data();
           py::gil_scoped_release nogil;
-          mc::ntk_vp<T>(ch, f, rates, ptr<const T>(v), k, ptr<T>(out), ptr<void>(ws), wsb, stream);
+          mc::ntk_vp<T>(ch, f, rates, ptr<const T>(v), k, ptr<T>(out), ptr<double>(out_log), ptr<void>(ws), wsb,
+                        stream);
         });
 }
 

@@ -1,9 +1,7 @@
 // The _core extension: host C++ engine exposed to the Python layer (python/mpsntk).
 #include <pybind11/stl.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <memory>
 
 #include "convert.hpp"
 #include "mpsntk/mma_tile.hpp"
@@ -14,6 +12,43 @@ using namespace mpsntk::bind;
 
 namespace {
 
+// The signal handler's exception (KeyboardInterrupt for Ctrl-C), kept from the interruption
+// check until the abandoned engine call has unwound back to this thread.
+thread_local std::unique_ptr<py::error_already_set> t_signal_error;
+
+/// The engine's interruption check: runs Python's signal handlers (on the calling thread, with
+/// the GIL taken back for the moment) and asks the engine to stop when one of them raised.
+bool check_signals() {
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() == 0) return false;
+  t_signal_error = std::make_unique<py::error_already_set>();  // takes the error indicator
+  return true;
+}
+
+/// Run an engine call with the GIL released.  A call abandoned on a signal re-raises here the
+/// exception of the signal's handler (KeyboardInterrupt for Ctrl-C).
+template <class F>
+auto without_gil(F&& call) -> decltype(call()) {
+  try {
+    py::gil_scoped_release nogil;
+    return call();
+  } catch (const Interrupted&) {
+    if (!t_signal_error) {  // (not expected: the engine stops only when the check says so)
+      PyErr_SetNone(PyExc_KeyboardInterrupt);
+      throw py::error_already_set();
+    }
+    py::error_already_set error = std::move(*t_signal_error);
+    t_signal_error.reset();
+    throw error;
+  } catch (const OutOfMemory&) {
+    throw;  // MemoryError with the size
+  } catch (const std::bad_alloc&) {
+    PyErr_SetString(PyExc_MemoryError,
+                    "mpsntk: out of memory: a small work array of the engine could not be allocated");
+    throw py::error_already_set();
+  }
+}
+
 template <class T>
 py::tuple forward_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
                      index_t output_site, const carray<T>& phi) {
@@ -23,10 +58,7 @@ py::tuple forward_py(const py::list& cores, const carray<double>& scales, const 
   carray<double> lg({fv.n_samples, ch.view.n_outputs});
   T* m = mant.mutable_data();
   double* l = lg.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    forward<T>(ch.view, fv, m, l);
-  }
+  without_gil([&] { forward<T>(ch.view, fv, m, l); });
   return py::make_tuple(mant, lg);
 }
 
@@ -56,8 +88,7 @@ bool ntk_py(const py::list& cores, const carray<double>& scales, const carray<do
   opt.normalized = normalized;
   opt.tile = tile;
   const double* lr = site_lr.data();
-  py::gil_scoped_release nogil;
-  return ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2);
+  return without_gil([&] { return ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2); });
 }
 
 template <class T>
@@ -72,21 +103,29 @@ std::vector<T*> core_like_outputs(const Chain<T>& ch, const py::list& arrays, co
   return ptr;
 }
 
+/// An optional float64 output of @p size entries (None: not wanted).
+inline double* optional_log(const py::object& obj, const std::string& name, py::ssize_t size, carray<double>& keep) {
+  if (obj.is_none()) return nullptr;
+  keep = as_carray<double>(obj, name);
+  return writable(keep, name, size);
+}
+
 template <class T>
 void vjp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
-            const carray<T>& phi, const carray<T>& cot, const py::list& grads) {
+            const carray<T>& phi, const carray<T>& cot, const py::list& grads, const py::object& grad_log) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   MPSNTK_EXPECTS(cot.size() == fv.n_samples * ch.view.n_outputs, "cotangent: expected (n_samples, n_outputs)");
   std::vector<carray<T>> keep;
   auto g = core_like_outputs(ch, grads, "grads", keep);
-  py::gil_scoped_release nogil;
-  vjp<T>(ch.view, fv, cot.data(), g.data());
+  carray<double> keep_log;
+  double* gl = optional_log(grad_log, "grad_log", ch.view.n_sites, keep_log);
+  without_gil([&] { vjp<T>(ch.view, fv, cot.data(), g.data(), gl); });
 }
 
 template <class T>
 void jvp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
-            const carray<T>& phi, const py::list& tangents, carray<T> out) {
+            const carray<T>& phi, const py::list& tangents, carray<T> out, const py::object& out_log) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   std::vector<carray<T>> keep;
@@ -98,23 +137,25 @@ void jvp_py(const py::list& cores, const carray<double>& scales, const std::stri
     t.push_back(keep.back().data());
   }
   T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs);
-  py::gil_scoped_release nogil;
-  jvp<T>(ch.view, fv, t.data(), o);
+  carray<double> keep_log;
+  double* ol = optional_log(out_log, "out_log", fv.n_samples, keep_log);
+  without_gil([&] { jvp<T>(ch.view, fv, t.data(), o, ol); });
 }
 
 template <class T>
 void ntk_vp_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
                const std::string& boundary, index_t output_site, const carray<T>& phi, const carray<T>& v, index_t k,
-               carray<T> out) {
+               carray<T> out, const py::object& out_log) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
   const index_t size = fv.n_samples * ch.view.n_outputs * k;
   MPSNTK_EXPECTS(v.size() == size, "v: expected (n_samples, n_outputs, k)");
   T* o = writable(out, "out", size);
+  carray<double> keep_log;
+  double* ol = optional_log(out_log, "out_log", fv.n_samples * k, keep_log);
   const double* lr = site_lr.data();
-  py::gil_scoped_release nogil;
-  ntk_vp<T>(ch.view, fv, lr, v.data(), k, o);
+  without_gil([&] { ntk_vp<T>(ch.view, fv, lr, v.data(), k, o, ol); });
 }
 
 template <class T>
@@ -125,8 +166,7 @@ void jacobian_py(const py::list& cores, const carray<double>& scales, const std:
   index_t P = 0;
   for (index_t j = 0; j < ch.view.n_sites; ++j) P += ch.view.core_size(j);
   T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs * P);
-  py::gil_scoped_release nogil;
-  jacobian<T>(ch.view, fv, o);
+  without_gil([&] { jacobian<T>(ch.view, fv, o); });
 }
 
 template <class T>
@@ -138,8 +178,7 @@ double log_partition_py(const py::list& cores, const carray<double>& scales, con
   std::vector<T*> g;
   if (!grads.is_none()) g = core_like_outputs(ch, grads.cast<py::list>(), "grads", keep);
   const double* w = weights.data();
-  py::gil_scoped_release nogil;
-  return log_partition<T>(ch.view, w, g.empty() ? nullptr : g.data());
+  return without_gil([&] { return log_partition<T>(ch.view, w, g.empty() ? nullptr : g.data()); });
 }
 
 template <class T>
@@ -149,10 +188,7 @@ py::tuple doubled_right_py(const py::list& cores, const carray<double>& scales, 
   MPSNTK_EXPECTS(weights.ndim() == 1 && weights.shape(0) == ch.view.phys_dim, "weights: need one per state");
   std::vector<std::vector<double>> slots;
   std::vector<double> logs;
-  {
-    py::gil_scoped_release nogil;
-    doubled_right_environments<T>(ch.view, weights.data(), slots, logs);
-  }
+  without_gil([&] { doubled_right_environments<T>(ch.view, weights.data(), slots, logs); });
   const index_t h = ch.view.boundary == Boundary::open ? 1 : ch.view.bond[0] * ch.view.bond[0];
   py::list out;
   for (size_t j = 0; j < slots.size(); ++j) {
@@ -177,10 +213,7 @@ py::tuple taylor_terms_py(const py::list& cores, const py::list& step, const car
   carray<double> lg({rows, fv.n_samples, ch.view.n_outputs});
   T* m = mant.mutable_data();
   double* l = lg.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    taylor_terms<T>(ch.view, st.view, fv, max_order, remainder, m, l);
-  }
+  without_gil([&] { taylor_terms<T>(ch.view, st.view, fv, max_order, remainder, m, l); });
   return py::make_tuple(mant, lg);
 }
 
@@ -201,11 +234,7 @@ py::tuple order_kernels_py(const py::list& cores, const carray<double>& scales, 
   const index_t n2 = sym ? f1.n_samples : f2.n_samples;
   T* o = writable(out, "out", static_cast<index_t>(orders.size()) * f1.n_samples * n2);
   const double* lr = site_lr.data();
-  RangeReport r;
-  {
-    py::gil_scoped_release nogil;
-    r = order_kernels<T>(ch.view, f1, sym ? nullptr : &f2, lr, orders, o);
-  }
+  const RangeReport r = without_gil([&] { return order_kernels<T>(ch.view, f1, sym ? nullptr : &f2, lr, orders, o); });
   return py::make_tuple(r.overflow, r.underflow);
 }
 
@@ -224,12 +253,13 @@ void register_dtype(py::module_& m) {
         py::arg("log_scale1").noconvert(), py::arg("log_scale2").noconvert(), py::arg("full_outputs"),
         py::arg("per_site"), py::arg("normalized"), py::arg("tile"));
   m.def("vjp", &vjp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert(), py::arg("cotangent").noconvert(), py::arg("grads"));
+        py::arg("phi").noconvert(), py::arg("cotangent").noconvert(), py::arg("grads"),
+        py::arg("grad_log") = py::none());
   m.def("jvp", &jvp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert(), py::arg("tangents"), py::arg("out").noconvert());
+        py::arg("phi").noconvert(), py::arg("tangents"), py::arg("out").noconvert(), py::arg("out_log") = py::none());
   m.def("ntk_vp", &ntk_vp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
-        py::arg("out").noconvert());
+        py::arg("out").noconvert(), py::arg("out_log") = py::none());
   m.def("taylor_terms", &taylor_terms_py<T>, py::arg("cores"), py::arg("step"), py::arg("scales"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("max_order"), py::arg("remainder"));
   m.def("order_kernels", &order_kernels_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"),
@@ -365,20 +395,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def("mma_tile_map", &mma_tile_map, py::arg("kind"));
   m.def("tile_order", &tile_order, py::arg("t1"), py::arg("t2"), py::arg("upper"));
-  m.def("get_num_threads", []() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-  });
-  m.def(
-      "set_num_threads",
-      [](int n) {
-        if (n < 1) throw py::value_error("mpsntk: n_threads must be >= 1");
-#ifdef _OPENMP
-        omp_set_num_threads(n);
-#endif
-      },
-      py::arg("n_threads"));
+  m.def("get_num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n_threads"));
+  m.def("forked_child", &forked_child);
+  set_interrupt_check(&check_signals);
 }

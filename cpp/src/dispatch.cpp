@@ -1,10 +1,12 @@
 // Routes each public entry point to the best instruction set compiled in (or the one chosen
-// with set_isa / the MPSNTK_ISA environment variable), validating the chain first.
+// with set_isa / the MPSNTK_ISA environment variable), validating the chain first.  Each entry
+// point marks its thread as the calling thread (detail::CallScope) for interruption checks.
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 
 #include "mpsntk/engine.hpp"
+#include "detail/parallel.hpp"
 
 namespace mpsntk {
 
@@ -15,12 +17,12 @@ namespace mpsntk {
   template <class T>                                                                                                 \
   bool ntk_impl(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, const double*, \
                 T*, double*, double*);                                                                               \
-  void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*);                    \
-  void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*);                \
-  void jvp_impl(const ChainView<float>&, const FeatureView<float>&, const float* const*, float*);                    \
-  void jvp_impl(const ChainView<double>&, const FeatureView<double>&, const double* const*, double*);                \
+  void vjp_impl(const ChainView<float>&, const FeatureView<float>&, const float*, float* const*, double*);           \
+  void vjp_impl(const ChainView<double>&, const FeatureView<double>&, const double*, double* const*, double*);       \
+  void jvp_impl(const ChainView<float>&, const FeatureView<float>&, const float* const*, float*, double*);           \
+  void jvp_impl(const ChainView<double>&, const FeatureView<double>&, const double* const*, double*, double*);       \
   template <class T>                                                                                                 \
-  void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*);                \
+  void ntk_vp_impl(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, double*);       \
   template <class T>                                                                                                 \
   void jacobian_impl(const ChainView<T>&, const FeatureView<T>&, T*);                                                \
   template <class T>                                                                                                 \
@@ -128,6 +130,7 @@ void check_features(const ChainView<T>& ch, const FeatureView<T>& phi, const cha
 template <class T>
 void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, double* log_scale) {
   check_features(ch, phi, "phi");
+  detail::CallScope scope;
   MPSNTK_ROUTE(forward_impl<T>(ch, phi, mantissa, log_scale))
 }
 
@@ -137,31 +140,37 @@ bool ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T
   check_features(ch, phi1, "phi1");
   if (phi2) check_features(ch, *phi2, "phi2");
   MPSNTK_EXPECTS(opt.tile >= 1, "tile must be >= 1");
+  detail::CallScope scope;
   MPSNTK_ROUTE(ntk_impl<T>(ch, phi1, phi2, opt, site_lr, out, log1, log2))
 }
 
 template <class T>
-void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads) {
+void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, double* grad_log) {
   check_features(ch, phi, "phi");
-  MPSNTK_ROUTE(vjp_impl(ch, phi, cot, grads))
+  detail::CallScope scope;
+  MPSNTK_ROUTE(vjp_impl(ch, phi, cot, grads, grad_log))
 }
 
 template <class T>
-void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out) {
+void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out, double* out_log) {
   check_features(ch, phi, "phi");
-  MPSNTK_ROUTE(jvp_impl(ch, phi, tangents, out))
+  detail::CallScope scope;
+  MPSNTK_ROUTE(jvp_impl(ch, phi, tangents, out, out_log))
 }
 
 template <class T>
-void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out) {
+void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
+            double* out_log) {
   check_features(ch, phi, "phi");
   MPSNTK_EXPECTS(k >= 1, "v: need at least one column");
-  MPSNTK_ROUTE(ntk_vp_impl<T>(ch, phi, site_lr, v, k, out))
+  detail::CallScope scope;
+  MPSNTK_ROUTE(ntk_vp_impl<T>(ch, phi, site_lr, v, k, out, out_log))
 }
 
 template <class T>
 void jacobian(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
   check_features(ch, phi, "phi");
+  detail::CallScope scope;
   MPSNTK_ROUTE(jacobian_impl<T>(ch, phi, out))
 }
 
@@ -178,6 +187,7 @@ void check_born(const ChainView<T>& ch, const double* w) {
 template <class T>
 double log_partition(const ChainView<T>& ch, const double* w, T* const* grads) {
   check_born(ch, w);
+  detail::CallScope scope;
   MPSNTK_ROUTE(log_partition_impl<T>(ch, w, grads))
 }
 
@@ -185,6 +195,7 @@ template <class T>
 void doubled_right_environments(const ChainView<T>& ch, const double* w, std::vector<std::vector<double>>& slots,
                                 std::vector<double>& log_scale) {
   check_born(ch, w);
+  detail::CallScope scope;
   MPSNTK_ROUTE(doubled_right_impl<T>(ch, w, slots, log_scale))
 }
 
@@ -206,6 +217,7 @@ void taylor_terms(const ChainView<T>& ch, const ChainView<T>& step, const Featur
   check_features(ch, phi, "phi");
   check_step(ch, step);
   MPSNTK_EXPECTS(max_order >= 0 && max_order <= ch.n_sites, "max_order must lie in 0..n_sites");
+  detail::CallScope scope;
   MPSNTK_ROUTE(taylor_impl<T>(ch, step, phi, max_order, remainder, mantissa, log_scale))
 }
 
@@ -216,23 +228,24 @@ RangeReport order_kernels(const ChainView<T>& ch, const FeatureView<T>& phi1, co
   if (phi2) check_features(ch, *phi2, "phi2");
   MPSNTK_EXPECTS(!orders.empty(), "orders: need at least one order");
   for (index_t k : orders) MPSNTK_EXPECTS(k >= 1 && k <= ch.n_sites, "orders must lie in 1..n_sites");
+  detail::CallScope scope;
   MPSNTK_ROUTE(order_kernels_impl<T>(ch, phi1, phi2, site_lr, orders, out))
 }
 
-#define MPSNTK_PUBLIC(T)                                                                                             \
-  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                 \
-  template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&,         \
-                       const double*, T*, double*, double*);                                                         \
-  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*);                             \
-  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*);                             \
-  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*);         \
-  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                         \
-  template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                                   \
-  template void doubled_right_environments<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&, \
-                                              std::vector<double>&);                                                 \
-  template void taylor_terms<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*,  \
-                                double*);                                                                            \
-  template RangeReport order_kernels<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,           \
+#define MPSNTK_PUBLIC(T)                                                                                              \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                  \
+  template bool ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&,          \
+                       const double*, T*, double*, double*);                                                          \
+  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, double*);                     \
+  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, double*);                     \
+  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, double*); \
+  template void jacobian<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                          \
+  template double log_partition<T>(const ChainView<T>&, const double*, T* const*);                                    \
+  template void doubled_right_environments<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,  \
+                                              std::vector<double>&);                                                  \
+  template void taylor_terms<T>(const ChainView<T>&, const ChainView<T>&, const FeatureView<T>&, index_t, bool, T*,   \
+                                double*);                                                                             \
+  template RangeReport order_kernels<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*,            \
                                         const double*, const std::vector<index_t>&, T*);
 MPSNTK_PUBLIC(float)
 MPSNTK_PUBLIC(double)

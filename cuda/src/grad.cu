@@ -23,9 +23,65 @@ index_t outputs_at(const ChainView<T>& ch, const SiteFactorDev<T>& s, index_t j)
   return (s.mult_a > 1 || s.mult_b > 1 || j == ch.output_site) ? ch.n_outputs : 1;
 }
 
+/// Outputs whose factors differ at site s (outputs_at), on the device.
+template <class T>
+__device__ index_t outputs_dev(const SiteFactorDev<T>& s, index_t j, index_t output_site, index_t C) {
+  return (s.mult_a > 1 || s.mult_b > 1 || j == output_site) ? C : 1;
+}
+
+/// Block-wide maximum of 128 threads' values (every thread gets it).
+__device__ inline double block_max(double v) {
+  __shared__ double red[128];
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const double m = red[0];
+  __syncthreads();
+  return m;
+}
+
+/// The vjp's normaliser of site j = blockIdx.x (as vjp_from_factors in grad.hpp):
+/// g_j = max over (x, l) of log|cot(x, l, col)| + log(j, x, l), plus log c_j; 0 for a zero
+/// gradient.  The site's coefficients are then cot c_j exp(log - g_j), all in [-1, 1].
+template <class T>
+__global__ void vjp_log_kernel(const SiteFactorDev<T>* sites, const double* log_c, const T* cot, index_t n, index_t C,
+                               index_t k, index_t col, index_t output_site, double* g) {
+  const index_t j = blockIdx.x;
+  const SiteFactorDev<T> s = sites[j];
+  const index_t nl = outputs_dev(s, j, output_site, C);
+  double m = -INFINITY;
+  for (index_t i = threadIdx.x; i < n * nl; i += blockDim.x) {
+    const index_t x = i / nl, l = i % nl;
+    m = fmax(m, log(fabs(static_cast<double>(cot[(x * C + l) * k + col]))) + FactorRows<T>::log(s, x, l));
+  }
+  m = block_max(m);
+  if (threadIdx.x == 0) g[j] = isfinite(m) ? m + log_c[j] : 0.0;
+}
+
+/// The jvp's reference log-scale of sample x (as jvp_from_factors in grad.hpp): the largest
+/// log(j, x, l) + site_log[j] (+ tangent_log[j]) over the sites and outputs; 0 for none.
+template <class T>
+__global__ void jvp_ref_kernel(const SiteFactorDev<T>* sites, index_t n_sites, const double* site_log,
+                               const double* tangent_log, index_t n, index_t C, index_t output_site, double* ref) {
+  const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (x >= n) return;
+  double m = -INFINITY;
+  for (index_t j = 0; j < n_sites; ++j) {
+    const double c = site_log[j] + (tangent_log ? tangent_log[j] : 0.0);
+    if (c == -INFINITY) continue;
+    const SiteFactorDev<T>& s = sites[j];
+    for (index_t l = 0; l < outputs_dev(s, j, output_site, C); ++l) m = fmax(m, FactorRows<T>::log(s, x, l) + c);
+  }
+  ref[x] = isfinite(m) ? m : 0.0;
+}
+
 /// Operands of the vjp GEMM of site j, over the depth k = (l, x), outputs l0 .. l0 + nl - 1 and
 /// samples x (the gradient of a site sums over the outputs its factors differ in):
-///   A((s, a), (l, x)) = wt(x, l) u_s(x) a_a(x, l), wt(x, l) = cot(x, l, col) c_j exp(log(x, l)),
+///   A((s, a), (l, x)) = wt(x, l) u_s(x) a_a(x, l), wt(x, l) = cot(x, l, col) exp(log(x, l) + log c_j
+///   - g_j) with the site's normaliser g_j (vjp_log_kernel),
 ///   B((l, x), b) = b_b(x, l) (1 without a right factor).
 /// The cursor fixes each slot's (s, a) once and, per chunk, this thread's (l, x): its weight (one
 /// exponential) and where its rows start.
@@ -37,6 +93,8 @@ struct VjpOperands {
   index_t l0, nl, C, k, col;  // outputs in the depth; cotangent (n, C, k), column col
   const T* cot;
   index_t n, M, N;
+  double log_c;     // log c_j
+  const double* g;  // the normalisers of every site (device)
   struct Cursor {
     const VjpOperands& op;
     int s[kSlots], a[kSlots];  // s < 0: row outside the data
@@ -51,7 +109,8 @@ struct VjpOperands {
       while (x >= op.n) x -= op.n, ++l;
       in_depth = l < op.l0 + op.nl;
       if (in_depth) {
-        const double w = op.cot[(x * op.C + l) * op.k + op.col] * op.f.weight * exp(FactorRows<T>::log(op.f, x, l));
+        const double w =
+            op.cot[(x * op.C + l) * op.k + op.col] * exp(FactorRows<T>::log(op.f, x, l) + op.log_c - op.g[op.j]);
         wt = static_cast<T>(w);
         u = op.phi + (x * op.n_sites + op.j) * op.d;
         av = FactorRows<T>::a(op.f, x, l);
@@ -81,30 +140,38 @@ struct VjpOperands {
 };
 
 template <class T>
-struct GradStore {  // G[m * ld + c] = v * scale
+struct GradStore {  // G[m * ld + c] = v, times exp(*log) (in double) when log is given
   T* g;
   index_t ld;
-  T scale;
-  __device__ void operator()(index_t m, index_t c, T v) const { g[m * ld + c] = scale * v; }
+  const double* log;
+  __device__ void operator()(index_t m, index_t c, T v) const {
+    g[m * ld + c] = log ? static_cast<T>(exp(*log) * static_cast<double>(v)) : v;
+  }
 };
 
 template <class T>
 using VjpTask = GemmTask<VjpOperands<T>, GradStore<T>>;
 
 /// Epilogue of the jvp GEMM t(x, b) = sum_(s, a) u_s(x) a_a(x, l) T[s, a, b] of site j and
-/// output l: partial(x) = c_j exp(log(x, l)) sum_b t(x, b) b_b(x, l) over the block's columns
-/// (b_b = 1 without a right factor), at partial[(c0 / kTile) * n + x].
+/// output l: partial(x) = exp(log(x, l) + site_log (+ tangent_log[j]) - ref[x]) sum_b t(x, b)
+/// b_b(x, l) over the block's columns (b_b = 1 without a right factor), at
+/// partial[(c0 / kTile) * n + x]: the site's term relative to the sample's reference scale.
 template <class T>
 struct JvpDotStore {
   SiteFactorDev<T> f;
   index_t l, n;
   double* partial;
+  index_t j;
+  double site_log;            // log c_j (+ log site_lr_j for ntk_vp)
+  const double* tangent_log;  // device, nullable
+  const double* ref;          // device, per sample
   __device__ double term(index_t x, index_t b, T v) const {
     const T* bv = FactorRows<T>::b(f, x, l);
     return static_cast<double>(v) * (bv ? static_cast<double>(bv[b]) : 1.0);
   }
   __device__ void put(index_t x, index_t c0, double sum) const {
-    partial[(c0 / kTile) * n + x] = f.weight * exp(FactorRows<T>::log(f, x, l)) * sum;
+    const double e = FactorRows<T>::log(f, x, l) + site_log + (tangent_log ? tangent_log[j] : 0.0) - ref[x];
+    partial[(c0 / kTile) * n + x] = e == -INFINITY ? 0.0 : exp(e) * sum;
   }
 };
 
@@ -112,10 +179,11 @@ template <class T>
 using JvpTask = GemmTask<KhatriRaoOperands<T>, JvpDotStore<T>>;
 
 /// out(x, l, col) = the sum of the partial dots of the tasks of output l (tasks l * n_sites ..
-/// (l + 1) * n_sites - 1, each with ceil(N / kTile) column blocks), in a fixed order.
+/// (l + 1) * n_sites - 1, each with ceil(N / kTile) column blocks), in a fixed order; times
+/// exp(ref[x]) (in double), or, with out_log, as it is, with out_log[x * k + col] = ref[x].
 template <class T>
 __global__ void jvp_sum_kernel(const JvpTask<T>* tasks, index_t n_sites, index_t n, index_t C, index_t k, index_t col,
-                               T* out) {
+                               const double* ref, T* out, double* out_log) {
   const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (i >= n * C) return;
   const index_t x = i / C, l = i % C;
@@ -124,7 +192,8 @@ __global__ void jvp_sum_kernel(const JvpTask<T>* tasks, index_t n_sites, index_t
     const JvpDotStore<T>& st = tasks[q].st;
     for (index_t cb = 0; cb * kTile < tasks[q].N; ++cb) sum += st.partial[cb * n + x];
   }
-  out[(x * C + l) * k + col] = static_cast<T>(sum);
+  out[(x * C + l) * k + col] = static_cast<T>(out_log ? sum : exp(ref[x]) * sum);
+  if (out_log && l == 0) out_log[x * k + col] = ref[x];
 }
 
 template <class T>
@@ -134,6 +203,11 @@ struct GradPlan {
   VjpTask<T>* vjp_tasks = nullptr;  // the vjp GEMMs of one column, one launch
   JvpTask<T>* jvp_tasks = nullptr;  // the jvp GEMMs of one column, one launch
   double* partial = nullptr;        // their partial dots: (sites x outputs, column blocks, n)
+  double* log_c = nullptr;          // log c_j per site (device)
+  double* log_lr = nullptr;         // ntk_vp: log c_j + log site_lr_j per site (device)
+  double* g = nullptr;              // the vjp's normalisers per site
+  double* ref = nullptr;            // the jvp's reference log-scales per sample
+  std::vector<double> host_log_c, host_log_lr;
 };
 
 template <class T>
@@ -146,37 +220,78 @@ GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n, Arena& arena) {
   p.vjp_tasks = arena.take<VjpTask<T>>(ch.n_sites + ch.n_outputs);
   p.jvp_tasks = arena.take<JvpTask<T>>(ch.n_sites * ch.n_outputs);
   p.partial = arena.take<double>(ch.n_sites * ch.n_outputs * ((dmax + kTile - 1) / kTile) * n);
+  p.log_c = arena.take<double>(ch.n_sites);
+  p.log_lr = arena.take<double>(ch.n_sites);
+  p.g = arena.take<double>(ch.n_sites);
+  p.ref = arena.take<double>(n);
   return p;
 }
 
-/// The gradient of every core for cotangent column col, in one launch: one GEMM per site (per
-/// output at the output site, whose gradient has an output axis), all sites side by side.
+/// The per-site log constants: log c_j, and with site_lr, log c_j + log site_lr_j (-inf for a
+/// site not trained), copied to the workspace.
 template <class T>
-void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* cot, index_t k,
-                index_t col, T* const* grads, const double* site_lr, VjpTask<T>* device_tasks, cudaStream_t stream) {
+void upload_site_logs(const ChainView<T>& ch, const double* site_lr, GradPlan<T>& P, cudaStream_t stream) {
+  const index_t N = ch.n_sites;
+  P.host_log_c.resize(N), P.host_log_lr.resize(N);
+  for (index_t j = 0; j < N; ++j) {
+    P.host_log_c[j] = std::log(ch.scales[j]);
+    P.host_log_lr[j] = site_lr ? P.host_log_c[j] + std::log(site_lr[j]) : P.host_log_c[j];
+  }
+  MPSNTK_CUDA_TRY(cudaMemcpyAsync(P.log_c, P.host_log_c.data(), N * sizeof(double), cudaMemcpyHostToDevice, stream));
+  MPSNTK_CUDA_TRY(cudaMemcpyAsync(P.log_lr, P.host_log_lr.data(), N * sizeof(double), cudaMemcpyHostToDevice, stream));
+}
+
+/// The gradient of every core for cotangent column col, in two launches: the sites' normalisers
+/// g (vjp_log_kernel), then one GEMM per site (per output at the output site, whose gradient has
+/// an output axis), all sites side by side.  normalized: grads[j] = exp(-g_j) J_j^T cot;
+/// otherwise exp(g_j) is multiplied back.
+template <class T>
+void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const GradPlan<T>& P,
+                const T* cot, index_t k, index_t col, T* const* grads, double* g, bool normalized,
+                cudaStream_t stream) {
+  launch("vjp_log_kernel", static_cast<unsigned>(ch.n_sites), 128, stream, vjp_log_kernel<T>, F.sites, P.log_c, cot,
+         phi.n_samples, ch.n_outputs, k, col, ch.output_site, g);
   std::vector<VjpTask<T>> tasks;
   for (index_t j = 0; j < ch.n_sites; ++j) {
     const SiteFactorDev<T>& f = F.host_sites[j];
     const index_t db = std::max<index_t>(f.db, 1), M = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
     const bool label = j == ch.output_site;
-    const T scale = static_cast<T>(site_lr ? site_lr[j] : 1.0);
     for (index_t l = 0; l < (label ? nl : 1); ++l) {
-      const VjpOperands<T> op{phi.data, ch.n_sites, ch.phys_dim,   j, f, label ? l : 0, label ? 1 : nl, ch.n_outputs, k,
-                              col,      cot,        phi.n_samples, M, db};
-      tasks.push_back(VjpTask<T>{M, db, op, GradStore<T>{grads[j] + l * M * db, db, scale}});
+      const VjpOperands<T> op{phi.data,
+                              ch.n_sites,
+                              ch.phys_dim,
+                              j,
+                              f,
+                              label ? l : 0,
+                              label ? 1 : nl,
+                              ch.n_outputs,
+                              k,
+                              col,
+                              cot,
+                              phi.n_samples,
+                              M,
+                              db,
+                              P.host_log_c[j],
+                              g};
+      tasks.push_back(VjpTask<T>{M, db, op, GradStore<T>{grads[j] + l * M * db, db, normalized ? nullptr : g + j}});
     }
   }
-  gemm_batch<T>(stream, tasks, device_tasks);
+  gemm_batch<T>(stream, tasks, P.vjp_tasks);
 }
 
-/// Column col of the jvp, in two launches: the GEMMs of every site and output side by side, each
-/// ending in its partial dots with the right factor, then their sums.  Every site has one
-/// output (single-output chains) or all of them (an environment or the core carries the output
-/// index), so the tasks are ordered output by output.
+/// Column col of the jvp, in three launches: the samples' reference log-scales, the GEMMs of
+/// every site and output side by side, each ending in its partial dots with the right factor,
+/// then their sums.  Every site has one output (single-output chains) or all of them (an
+/// environment or the core carries the output index), so the tasks are ordered output by
+/// output.  Tangent j is exp(site_log[j] - log c_j + tangent_log[j]) tangents[j]
+/// (tangent_log nullable); out_log: the normalised form (jvp_sum_kernel).
 template <class T>
 void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* const* tangents,
-                const GradPlan<T>& P, T* out, index_t k, index_t col, cudaStream_t stream) {
+                const GradPlan<T>& P, const double* site_log, const std::vector<double>& host_site_log,
+                const double* tangent_log, T* out, double* out_log, index_t k, index_t col, cudaStream_t stream) {
   const index_t n = phi.n_samples, C = ch.n_outputs;
+  launch("jvp_ref_kernel", blocks_for(n, 128), 128, stream, jvp_ref_kernel<T>, F.sites, ch.n_sites, site_log,
+         tangent_log, n, C, ch.output_site, P.ref);
   std::vector<JvpTask<T>> tasks(ch.n_sites * C);
   index_t offset = 0;
   for (index_t l = 0; l < C; ++l)
@@ -193,12 +308,12 @@ void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
       op.v = f.a + (f.mult_a > 1 ? l : 0) * f.da, op.din = f.da, op.v_stride = f.mult_a * f.da;
       op.core = tangents[j] + (label ? l * K * db : 0), op.c = T(1), op.Dl = f.da, op.Dr = db, op.dout = db;
       op.to_right = true, op.M = n, op.N = db;
-      t.st = JvpDotStore<T>{f, l, n, P.partial + offset};
+      t.st = JvpDotStore<T>{f, l, n, P.partial + offset, j, host_site_log[j], tangent_log, P.ref};
       offset += (db + kTile - 1) / kTile * n;
     }
   gemm_batch<T>(stream, tasks, P.jvp_tasks);
   launch("jvp_sum_kernel", blocks_for(n * C, 256), 256, stream, jvp_sum_kernel<T>, P.jvp_tasks, ch.n_sites, n, C, k,
-         col, out);
+         col, P.ref, out, out_log);
 }
 
 }  // namespace
@@ -230,49 +345,54 @@ std::size_t grad_workspace_bytes(const ChainView<T>& ch, index_t n) {
 }
 
 template <class T>
-void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, void* ws, std::size_t bytes,
-         std::uintptr_t stream_handle) {
-  const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws), 0, bytes};
-  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
-  build_factors<T>(ch, phi, P.f, nullptr, stream);
-  vjp_column<T>(ch, phi, P.f, cot, 1, 0, grads, nullptr, P.vjp_tasks, stream);
-}
-
-template <class T>
-void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out, void* ws,
+void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, double* grad_log, void* ws,
          std::size_t bytes, std::uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   Arena arena{static_cast<char*>(ws), 0, bytes};
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
   build_factors<T>(ch, phi, P.f, nullptr, stream);
-  jvp_column<T>(ch, phi, P.f, tangents, P, out, 1, 0, stream);
+  upload_site_logs<T>(ch, nullptr, P, stream);
+  vjp_column<T>(ch, phi, P.f, P, cot, 1, 0, grads, grad_log ? grad_log : P.g, grad_log != nullptr, stream);
 }
 
 template <class T>
-void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
-            void* ws, std::size_t bytes, std::uintptr_t stream_handle) {
+void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out, double* out_log, void* ws,
+         std::size_t bytes, std::uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   Arena arena{static_cast<char*>(ws), 0, bytes};
   GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
   build_factors<T>(ch, phi, P.f, nullptr, stream);
+  upload_site_logs<T>(ch, nullptr, P, stream);
+  jvp_column<T>(ch, phi, P.f, tangents, P, P.log_c, P.host_log_c, nullptr, out, out_log, 1, 0, stream);
+}
+
+template <class T>
+void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
+            double* out_log, void* ws, std::size_t bytes, std::uintptr_t stream_handle) {
+  const cudaStream_t stream = as_stream(stream_handle);
+  Arena arena{static_cast<char*>(ws), 0, bytes};
+  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
+  build_factors<T>(ch, phi, P.f, nullptr, stream);
+  upload_site_logs<T>(ch, site_lr, P, stream);
+  // J diag(site_lr) J^T v in the normalised forms: the vjp's normalisers g and the rates join
+  // the tangents' log-scales (as ntk_vp_impl in grad.hpp).
   for (index_t col = 0; col < k; ++col) {
-    vjp_column<T>(ch, phi, P.f, v, k, col, P.grads.data(), site_lr, P.vjp_tasks, stream);
-    jvp_column<T>(ch, phi, P.f, P.grads.data(), P, out, k, col, stream);
+    vjp_column<T>(ch, phi, P.f, P, v, k, col, P.grads.data(), P.g, true, stream);
+    jvp_column<T>(ch, phi, P.f, P.grads.data(), P, P.log_lr, P.host_log_lr, P.g, out, out_log, k, col, stream);
   }
 }
 
-#define MPSNTK_CUDA_GRAD(T)                                                                                        \
-  template std::size_t forward_workspace_bytes<T>(const ChainView<T>&, index_t);                                   \
-  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*, void*, std::size_t,            \
-                           std::uintptr_t);                                                                        \
-  template std::size_t grad_workspace_bytes<T>(const ChainView<T>&, index_t);                                      \
-  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, void*, std::size_t,        \
-                       std::uintptr_t);                                                                            \
-  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, void*, std::size_t,        \
-                       std::uintptr_t);                                                                            \
-  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, void*, \
-                          std::size_t, std::uintptr_t);
+#define MPSNTK_CUDA_GRAD(T)                                                                                          \
+  template std::size_t forward_workspace_bytes<T>(const ChainView<T>&, index_t);                                     \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*, void*, std::size_t,              \
+                           std::uintptr_t);                                                                          \
+  template std::size_t grad_workspace_bytes<T>(const ChainView<T>&, index_t);                                        \
+  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, double*, void*, std::size_t, \
+                       std::uintptr_t);                                                                              \
+  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, double*, void*, std::size_t, \
+                       std::uintptr_t);                                                                              \
+  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, double*, \
+                          void*, std::size_t, std::uintptr_t);
 MPSNTK_CUDA_GRAD(float)
 MPSNTK_CUDA_GRAD(double)
 

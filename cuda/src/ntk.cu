@@ -15,7 +15,7 @@ template <class T>
 struct NtkSideDev {
   const SiteFactorDev<T>* sites;
   const double* c;  // reference log-scale per sample (may be -inf)
-  const T* u;       // weighted features (site, output, sample, d): phi_j(x) sqrt(w_j) e^(log_j(x, l) - c(x))
+  const T* u;       // weighted features (site, output, sample, d): phi_j(x) e^(log_j(x, l) + log sqrt(w_j) - c(x))
   index_t n;
 };
 
@@ -206,11 +206,12 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
   if (!per_site) write(0);
 }
 
-/// c(x) = max over sites and outputs of the factor log-scales (the CPU's sample_log_scale), and
-/// the weighted feature rows u[(j, l, x)] = phi_j(x) s with s = sqrt(weight_j) exp(log_j(x, l) -
-/// c(x)) rounded to T, as the CPU packs them (sqrt on both sides makes the product of the Grams
-/// the whole weighted term, and a row of features far from its sample's scale meets its
-/// weight before any Gram: neither the Gram nor the weights' product leaves the range of T).
+/// c(x) = max over sites and outputs of the weighted rows' log-scales, log_j(x, l) + log sqrt(w_j)
+/// (the CPU's ntk_log_scale), and the weighted feature rows u[(j, l, x)] = phi_j(x) s with
+/// s = exp(log_j(x, l) + log sqrt(w_j) - c(x)) in [0, 1] rounded to T, as the CPU packs them
+/// (sqrt(w_j) on both sides makes the product of the Grams the whole weighted term, and a row of
+/// features far from its sample's scale meets its weight before any Gram: neither the Gram nor
+/// the weights, however extreme, leave the range of T).
 template <class T>
 __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, const T* phi, index_t n_sites, index_t n_outputs,
                                     index_t d, index_t n, double* c, double* log_out, T* u) {
@@ -218,12 +219,12 @@ __global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, const T* phi,
   if (x >= n) return;
   double m = -INFINITY;
   for (index_t j = 0; j < n_sites; ++j)
-    for (index_t l = 0; l < n_outputs; ++l) m = fmax(m, FactorRows<T>::log(sites[j], x, l));
+    for (index_t l = 0; l < n_outputs; ++l) m = fmax(m, FactorRows<T>::log(sites[j], x, l) + sites[j].log_weight);
   c[x] = m;
   log_out[x] = (m > -INFINITY && m < INFINITY) ? m : 0.0;
   for (index_t j = 0; j < n_sites; ++j)
     for (index_t l = 0; l < n_outputs; ++l) {
-      const T s = static_cast<T>(sqrt(sites[j].weight) * tile::row_weight(FactorRows<T>::log(sites[j], x, l), m));
+      const T s = static_cast<T>(tile::row_weight(FactorRows<T>::log(sites[j], x, l) + sites[j].log_weight, m));
       T* row = u + ((j * n_outputs + l) * n + x) * d;
       for (index_t k = 0; k < d; ++k) row[k] = s * phi[(x * n_sites + j) * d + k];
     }

@@ -7,6 +7,8 @@ fails with that reason instead of a bare ImportError.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _core
@@ -199,12 +201,39 @@ def require_host(*arrays, names):
 
 
 def set_num_threads(n_threads: int) -> None:
-    """Set the number of OpenMP threads used by the host engine."""
+    """Set the number of threads of the host engine, for the whole process.
+
+    Every later call of the engine uses ``n_threads`` threads, whichever Python thread makes it
+    (OpenMP's own setting, ``omp_set_num_threads``, applies to the calling thread only, so
+    engine calls from a thread pool would otherwise each start the default number of threads).
+    The initial value is OpenMP's default: ``OMP_NUM_THREADS``, or the number of cores.
+
+    Processes forked after the engine was first used (``os.fork``, ``multiprocessing`` with the
+    "fork" start method) run it on one thread: GNU OpenMP's thread pool does not survive
+    ``fork``, and a team started there would wait forever.  There ``set_num_threads(n > 1)``
+    warns and the engine stays on one thread; use the "spawn" or "forkserver" start method
+    for multi-threaded workers.
+
+    Parameters
+    ----------
+    n_threads : int
+        At least 1.
+    """
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
         raise TypeError(f"n_threads must be an integer >= 1; got {n_threads!r}")
-    _core.set_num_threads(int(n_threads))
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be an integer >= 1; got {n_threads}")
+    if not _core.set_num_threads(int(n_threads)):
+        warnings.warn(
+            f"set_num_threads({int(n_threads)}): this process was forked after mpsntk's engine "
+            "was used, and OpenMP's threads do not survive fork; the engine stays on one thread "
+            "here (start workers with the 'spawn' or 'forkserver' method for more)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def get_num_threads() -> int:
-    """Number of OpenMP threads used by the host engine."""
+    """Number of threads the host engine uses (process-wide; 1 in forked children, see
+    :func:`set_num_threads`)."""
     return int(_core.get_num_threads())

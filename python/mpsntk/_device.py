@@ -104,34 +104,43 @@ class Engine:
     def _grad_workspace(self, mps, n):
         return self._workspace(self._fn("grad_workspace_bytes", mps)(*self._chain(mps), n))
 
-    def vjp(self, mps, phi, cot):
+    def _log(self, shape, normalized):
+        """A float64 output for the log-scales of a normalised result (None and a null pointer
+        otherwise)."""
+        log = self.xp.empty(shape, dtype=self.xp.float64) if normalized else None
+        return log, 0 if log is None else self._ptr(log)
+
+    def vjp(self, mps, phi, cot, normalized=False):
         grads = [self.xp.empty_like(c) for c in mps.cores]
+        log, log_ptr = self._log(mps.n_sites, normalized)
         ws = self._grad_workspace(mps, phi.shape[0])
         self._fn("vjp", mps)(
             *self._chain(mps), self._ptr(phi), list(phi.shape), self._ptr(cot),
-            [self._ptr(g) for g in grads], self._ptr(ws), ws.nbytes, self._stream(),
+            [self._ptr(g) for g in grads], log_ptr, self._ptr(ws), ws.nbytes, self._stream(),
         )
-        return grads
+        return grads, log
 
-    def jvp(self, mps, phi, tangents):
+    def jvp(self, mps, phi, tangents, normalized=False):
         out = self.xp.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
+        log, log_ptr = self._log(phi.shape[0], normalized)
         ws = self._grad_workspace(mps, phi.shape[0])
         self._fn("jvp", mps)(
             *self._chain(mps), self._ptr(phi), list(phi.shape), [self._ptr(t) for t in tangents],
-            self._ptr(out), self._ptr(ws), ws.nbytes, self._stream(),
+            self._ptr(out), log_ptr, self._ptr(ws), ws.nbytes, self._stream(),
         )
-        return out
+        return out, log
 
-    def ntk_vp(self, mps, phi, site_lr, v):
+    def ntk_vp(self, mps, phi, site_lr, v, normalized=False):
         out = self.xp.empty_like(v)
+        log, log_ptr = self._log((phi.shape[0], v.shape[2]), normalized)
         ws = self._grad_workspace(mps, phi.shape[0])
         chain = self._chain(mps)
         self._fn("ntk_vp", mps)(
             *chain[:3], np.ascontiguousarray(site_lr), *chain[3:], self._ptr(phi),
-            list(phi.shape), self._ptr(v), v.shape[2], self._ptr(out), self._ptr(ws), ws.nbytes,
-            self._stream(),
+            list(phi.shape), self._ptr(v), v.shape[2], self._ptr(out), log_ptr, self._ptr(ws),
+            ws.nbytes, self._stream(),
         )
-        return out
+        return out, log
 
 
 _gpu = None

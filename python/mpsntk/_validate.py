@@ -226,15 +226,49 @@ def _as_site_vector(value, name, n_sites, *, positive):
 def _available_memory():
     """Bytes that new allocations can take without swapping (None when the OS does not say):
     Linux's MemAvailable (free memory plus the page cache it can reclaim), within the headroom
-    of a cgroup (v2) memory limit."""
+    of a cgroup (v2) memory limit and of the process's own limits (``ulimit -v`` / ``-d``)."""
     avail = _meminfo_available()
     if avail is None:
         try:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
             return None
-    headroom = _cgroup_headroom()
-    return avail if headroom is None else min(avail, headroom)
+    for headroom in (_cgroup_headroom(), _rlimit_headroom()):
+        if headroom is not None:
+            avail = min(avail, headroom)
+    return avail
+
+
+def _rlimit_headroom():
+    """What RLIMIT_AS (address space) and RLIMIT_DATA (private data) leave to this process,
+    None without such limits or where the OS does not say."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    used = _proc_status_bytes(("VmSize", "VmData"))
+    headroom = None
+    for limit, field in (("RLIMIT_AS", "VmSize"), ("RLIMIT_DATA", "VmData")):
+        soft = resource.getrlimit(getattr(resource, limit))[0]
+        if soft == resource.RLIM_INFINITY or used.get(field) is None:
+            continue
+        left = max(soft - used[field], 0)
+        headroom = left if headroom is None else min(headroom, left)
+    return headroom
+
+
+def _proc_status_bytes(fields, path="/proc/self/status"):
+    """Fields of /proc/self/status given in kB, as bytes ({} where it cannot be read)."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in fields:
+                    out[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
 
 
 def _meminfo_available(path="/proc/meminfo"):
@@ -275,15 +309,30 @@ def _check_fits(nbytes, what, hint=""):
         )
 
 
-def _check_in_range(xp, arrays, what, dtype):
+def _check_in_range(xp, arrays, what, dtype, mps=None, hint=None):
     """FloatingPointError unless every entry of ``arrays`` is finite: the inputs are (validated),
-    so an Inf or NaN here is an overflow of ``dtype``."""
+    so an Inf or NaN here is an overflow of ``dtype`` -- unless the parameters of ``mps`` were
+    overwritten with NaN or Inf after it was built, which ValueError then says."""
     if not all(bool(xp.all(xp.isfinite(a))) for a in arrays):
-        raise FloatingPointError(
-            f"{what} overflows the range of {np.dtype(dtype).name}; scale the features or the "
-            "cores down (or compute in float64)"
-        )
+        if mps is not None:
+            mps.check_parameters()
+        hint = hint or "scale the features or the cores down (or compute in float64)"
+        raise FloatingPointError(f"{what} overflows the range of {np.dtype(dtype).name}; {hint}")
     return arrays
+
+
+def _below_normal(xp, a, dtype):
+    """Whether every entry of ``a`` lies below the smallest normal number of ``dtype`` (an
+    underflow, unless the exact result is zero: the caller asks the normalised form)."""
+    if a.size == 0:
+        return False
+    return max(float(xp.max(a)), -float(xp.min(a))) < np.finfo(dtype).tiny
+
+
+_NORMALISED_OVERFLOW = (
+    "its entries carry the products of the features, which are not normalised: scale the "
+    "features down or compute in float64"
+)
 
 
 def _check_out(out, shape, dtype, name="out", xp=np):

@@ -214,7 +214,7 @@ def kernel_predictions(mps, phi_train, y_train, probe=None, *, learning_rate, re
 
 
 def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_steps, log_every=1,
-                reduction="sum", sigma=None, n_ensemble=0, seed=0):
+                reduction="mean", sigma=None, n_ensemble=0, seed=0):
     """Train ``mps`` by full-batch GD on the squared loss next to its kernel predictions.
 
     Parameters
@@ -223,8 +223,11 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
     phi_train, y_train : training features (m, n_sites, d) and targets (m,) or (m, C)
     phi_test : optional test features; the probe set is train followed by test
     learning_rate, n_steps, log_every : as in :func:`mpsntk.train`
-    reduction : {"sum", "mean"}
-        ``s = 1`` (theory 4.1) or ``s = y.size``.
+    reduction : {"mean", "sum"}
+        ``s = y.size`` (the default, as in :func:`mpsntk.train` and
+        :func:`mpsntk.dynamics.gradient_descent_mse`, so that one ``learning_rate`` means the same
+        step everywhere) or ``s = 1`` (the sum form of theory 4.1, in which the spec states its
+        step sizes, e.g. ``eta = 0.25 / lambda_max`` in T3).
     sigma : optional per-site initial scale for Theta_inf (default: from ``MPS.random``)
     n_ensemble : int
         Also train this many fresh initialisations (``MPS.random`` with seeds seed+1, ...)
@@ -341,8 +344,12 @@ def compare_born(mps, data, *, learning_rate, n_steps, log_every=1, feature_scal
     """Train a Born machine on configurations ``data`` next to its kernel predictions.
 
     Enumerates all ``phys_dim ** n_sites`` configurations (small chains).  The NLL uses
-    ``reduction`` ("sum": theory 4.3; tau = Z_0 / (4 eta m kappa)).  ``sigma`` is the per-site
-    initial scale for kappa_inf (default: from ``MPS.random``; required for other models).
+    ``reduction`` ("sum": theory 4.3; tau = Z_0 / (4 eta m kappa)).  Its default, "sum", is
+    that of the Born-machine closed forms it is compared with (:func:`mpsntk.dynamics.born_tau`,
+    :func:`mpsntk.dynamics.born_frozen_kernel`), not :func:`mpsntk.train`'s "mean": pass
+    ``reduction="mean"`` to train with the step of ``train(loss="born_nll")``.  ``sigma`` is
+    the per-site initial scale for kappa_inf (default: from ``MPS.random``; required for other
+    models).
     All arguments are validated before any training starts.
     """
     if not isinstance(mps, MPS):

@@ -40,6 +40,18 @@ from ._validate import (
 # ---------------------------------------------------------------------------
 
 
+def _check_in_range(phi, x, kind, dtype):
+    """ValueError if features of finite inputs overflowed ``dtype`` (rather than returning
+    +-inf with a mere NumPy warning)."""
+    if not np.all(np.isfinite(phi)):
+        raise ValueError(
+            f"x has entries up to {np.max(np.abs(x)):.3g} in magnitude: their {kind} features "
+            f"overflow {np.dtype(dtype).name} (largest finite value {np.finfo(dtype).max:.3g}); "
+            "scale x down" + ("" if dtype == np.float64 else " or use dtype=numpy.float64")
+        )
+    return phi
+
+
 def trig(x, *, dtype=np.float64):
     """Stoudenmire's trigonometric feature map.
 
@@ -102,12 +114,14 @@ def linear(x, *, dtype=np.float64):
     TypeError
         If ``x`` is not real numeric or ``dtype`` is not float32/float64.
     ValueError
-        If ``x`` is not 2-D, is empty or contains NaN/Inf.
+        If ``x`` is not 2-D, is empty or contains NaN/Inf, or if a feature overflows
+        ``dtype``.
     """
     out_dtype = _check_feature_dtype(dtype)
     x = _as_inputs(x)
-    phi = np.stack([x, 1.0 - x], axis=-1)
-    return phi.astype(out_dtype, copy=False)
+    with np.errstate(over="ignore"):
+        phi = np.stack([x, 1.0 - x], axis=-1).astype(out_dtype, copy=False)
+    return _check_in_range(phi, x, "linear", out_dtype)
 
 
 def poly(x, degree=1, *, dtype=np.float64):
@@ -136,14 +150,16 @@ def poly(x, degree=1, *, dtype=np.float64):
         If ``x`` is not real numeric, ``degree`` is not an integer or
         ``dtype`` is not float32/float64.
     ValueError
-        If ``x`` is not 2-D, is empty or contains NaN/Inf, or ``degree < 1``.
+        If ``x`` is not 2-D, is empty or contains NaN/Inf, if ``degree < 1``, or if a power
+        of ``x`` overflows ``dtype``.
     """
     degree = _check_int(degree, "degree", 1)
     out_dtype = _check_feature_dtype(dtype)
     x = _as_inputs(x)
     powers = np.arange(degree + 1, dtype=np.float64)
-    phi = np.power(x[..., None], powers)
-    return phi.astype(out_dtype, copy=False)
+    with np.errstate(over="ignore"):
+        phi = np.power(x[..., None], powers).astype(out_dtype, copy=False)
+    return _check_in_range(phi, x, f"poly (degree {degree})", out_dtype)
 
 
 def onehot(x, phys_dim=2, scale=1.0, *, dtype=np.float64):

@@ -11,7 +11,13 @@ import numpy as np
 
 from . import _core
 from ._backend import array_module, as_array, require_host
-from ._validate import _check_fits, _check_in_range
+from ._validate import (
+    _NORMALISED_OVERFLOW,
+    _below_normal,
+    _check_bool,
+    _check_fits,
+    _check_in_range,
+)
 from .ntk import _as_vector_block, _check_mps
 
 __all__ = ["jacobian", "vjp", "jvp"]
@@ -37,30 +43,41 @@ def jacobian(mps, phi):
     )
     out = np.empty(shape, dtype=mps.dtype)
     _core.jacobian(*mps._engine_args(), phi, out)
+    _check_in_range(np, [out], "the Jacobian", mps.dtype, mps)
     return out[:, 0] if mps.output_site is None else out
 
 
-def vjp(mps, phi, cotangent):
+def vjp(mps, phi, cotangent, *, normalized=False):
     """Gradients ``J^T cotangent`` with respect to every core.
 
     Parameters
     ----------
     cotangent : ndarray, shape (n_samples,) or (n_samples, n_outputs)
         E.g. ``dL/df`` of a loss.
+    normalized : bool
+        Return ``(grads_tilde, log_scale)`` with ``grads[j] = exp(log_scale[j]) *
+        grads_tilde[j]``: the form to use for long chains, whose gradients leave the range of
+        the dtype (the engine computes every gradient relative to its largest term).
 
     Returns
     -------
     list of ndarray
-        One array per core, shaped like ``mps.cores[j]``.
+        One array per core, shaped like ``mps.cores[j]``; with ``normalized=True``, that list
+        and ``log_scale``, a float64 array of shape (n_sites,).
 
     Raises
     ------
     FloatingPointError
-        If a gradient overflows the dtype.
+        If a gradient overflows the dtype, or underflows it (the whole gradient of a core
+        below the dtype's smallest normal number though it is not zero): use
+        ``normalized=True``.
+    ValueError
+        If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi, cotangent, names=["phi", "cotangent"]), "phi")
     phi = mps.check_features(phi)
+    normalized = _check_bool(normalized, "normalized")
     n, C = phi.shape[0], mps.n_outputs
     cot = _as_vector_block(mps, cotangent, n, "cotangent")
     if cot.ndim != (1 if mps.output_site is None else 2):
@@ -69,32 +86,60 @@ def vjp(mps, phi, cotangent):
             f"got {cot.shape}"
         )
     cot = xp.ascontiguousarray(cot.reshape(n, C))
-    if xp is not np:  # pragma: no cover - needs a GPU
+    grads, logs = _vjp(mps, phi, cot, normalized)
+    if normalized:
+        _check_in_range(xp, grads, "the normalised vjp", mps.dtype, mps, _NORMALISED_OVERFLOW)
+        return grads, logs
+    _check_in_range(xp, grads, "the vjp", mps.dtype, mps, "use normalized=True")
+    low = [j for j, g in enumerate(grads) if _below_normal(xp, g, mps.dtype)]
+    if low:
+        tilde, _ = _vjp(mps, phi, cot, True)
+        lost = [j for j in low if bool(xp.any(tilde[j] != 0))]
+        if lost:
+            raise FloatingPointError(
+                f"the vjp underflows the range of {mps.dtype.name}: the gradient of "
+                f"cores[{lost[0]}]{' (and of other cores)' if len(lost) > 1 else ''} lies below "
+                f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero; use normalized=True"
+            )
+    return grads
+
+
+def _vjp(mps, phi, cot, normalized):
+    """The engine's vjp; with ``normalized``, also the per-core log-scales (else None)."""
+    if mps.xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        grads = _device.gpu().vjp(mps, phi, cot)
-    else:
-        grads = [np.empty_like(c) for c in mps.cores]
-        _core.vjp(*mps._engine_args(), phi, cot, grads)
-    return _check_in_range(xp, grads, "the vjp", mps.dtype)
+        return _device.gpu().vjp(mps, phi, cot, normalized)
+    grads = [np.empty_like(c) for c in mps.cores]
+    logs = np.empty(mps.n_sites) if normalized else None
+    _core.vjp(*mps._engine_args(), phi, cot, grads, logs)
+    return grads, logs
 
 
-def jvp(mps, phi, tangents):
+def jvp(mps, phi, tangents, *, normalized=False):
     """Directional derivative ``J . tangents`` of the outputs.
 
     Parameters
     ----------
     tangents : sequence of ndarray
         One array per core, shaped like ``mps.cores[j]``.
+    normalized : bool
+        Return ``(out_tilde, log_scale)`` with ``out[i] = exp(log_scale[i]) * out_tilde[i]``
+        (each sample's sum of site terms taken relative to its largest scale): the form to use
+        for long chains.
 
     Returns
     -------
     ndarray, shape (n_samples,) or (n_samples, n_outputs)
+        With ``normalized=True``, that array and ``log_scale``, float64 of shape (n_samples,).
 
     Raises
     ------
     FloatingPointError
-        If an entry overflows the dtype.
+        If an entry overflows the dtype, or the result underflows it (every entry below the
+        dtype's smallest normal number though it is not zero): use ``normalized=True``.
+    ValueError
+        If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
     if isinstance(tangents, np.ndarray) or not isinstance(tangents, (list, tuple)):
@@ -104,6 +149,7 @@ def jvp(mps, phi, tangents):
     names = ["phi"] + [f"tangents[{j}]" for j in range(len(tangents))]
     xp = mps.same_device(array_module(phi, *tangents, names=names), "phi")
     phi = mps.check_features(phi)
+    normalized = _check_bool(normalized, "normalized")
     if len(tangents) != mps.n_sites:
         raise ValueError(
             f"tangents must hold one array per core ({mps.n_sites}); got {len(tangents)}"
@@ -118,12 +164,27 @@ def jvp(mps, phi, tangents):
         if not bool(xp.all(xp.isfinite(t))):
             raise ValueError(f"tangents[{j}] must be finite; got NaN or Inf entries")
         ts.append(xp.ascontiguousarray(t))
-    if xp is not np:  # pragma: no cover - needs a GPU
+    out, log = _jvp(mps, phi, ts, normalized)
+    squeeze = (lambda a: a[:, 0]) if mps.output_site is None else (lambda a: a)
+    if normalized:
+        _check_in_range(xp, [out], "the normalised jvp", mps.dtype, mps, _NORMALISED_OVERFLOW)
+        return squeeze(out), log
+    _check_in_range(xp, [out], "the jvp", mps.dtype, mps, "use normalized=True")
+    if _below_normal(xp, out, mps.dtype) and bool(xp.any(_jvp(mps, phi, ts, True)[0] != 0)):
+        raise FloatingPointError(
+            f"the jvp underflows the range of {mps.dtype.name} (every entry is below "
+            f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero); use normalized=True"
+        )
+    return squeeze(out)
+
+
+def _jvp(mps, phi, tangents, normalized):
+    """The engine's jvp (n, C); with ``normalized``, also the per-sample log-scales."""
+    if mps.xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        out = _device.gpu().jvp(mps, phi, ts)
-    else:
-        out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
-        _core.jvp(*mps._engine_args(), phi, ts, out)
-    _check_in_range(xp, [out], "the jvp", mps.dtype)
-    return out[:, 0] if mps.output_site is None else out
+        return _device.gpu().jvp(mps, phi, tangents, normalized)
+    out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
+    log = np.empty(phi.shape[0]) if normalized else None
+    _core.jvp(*mps._engine_args(), phi, tangents, out, log)
+    return out, log

@@ -31,6 +31,8 @@ import errno
 import json
 import numbers
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -44,6 +46,7 @@ from ._backend import (
     cuda_unavailable_reason,
     cupy_module,
 )
+from ._io import atomic_write
 from ._validate import (
     _FEATURE_DTYPES,
     _as_phi,
@@ -51,13 +54,40 @@ from ._validate import (
     _check_bool,
     _check_choice,
     _check_feature_dtype,
+    _check_fits,
     _check_int,
     _describe,
+    _short_repr,
 )
 
 __all__ = ["MPS"]
 
 _FORMAT_VERSION = 1
+
+
+# Bytes a core costs beyond its entries (array object, list slot, allocator), measured.
+_CORE_OVERHEAD = 512
+
+
+def _check_model_fits(bonds, phys_dim, n_outputs, dtype):
+    """ValueError, before anything is allocated, when an MPS with these bond dimensions would
+    not fit in the available memory (its entries, a float64 draw of the largest core, and the
+    Python objects of every core)."""
+    b = np.asarray(bonds, dtype=np.float64)
+    sizes = b[:-1] * b[1:] * phys_dim
+    n_params = float(sizes.sum()) + (n_outputs - 1) * float(sizes.max())  # label core: upper bound
+    nbytes = n_params * np.dtype(dtype).itemsize + 16 * n_outputs * float(sizes.max())
+    nbytes += _CORE_OVERHEAD * len(sizes)
+    _check_fits(
+        nbytes,
+        f"an MPS with {len(sizes)} sites and {n_params:.4g} {np.dtype(dtype).name} parameters",
+        "reduce n_sites or bond_dim",
+    )
+
+
+def _scalar(a, kinds):
+    """The value of a 0-d array of one of the dtype ``kinds`` (e.g. "iu"), else None."""
+    return a.item() if a.shape == () and a.dtype.kind in kinds else None
 
 
 def _jsonable(init):
@@ -244,7 +274,8 @@ class MPS:
         if isinstance(bond_dim, numbers.Integral) and not isinstance(bond_dim, bool):
             D = _check_int(bond_dim, "bond_dim", 1)
             end = 1 if boundary == "open" else D
-            bonds = [end] + [D] * (n_sites - 1) + [end]
+            bonds = np.full(n_sites + 1, D, dtype=np.int64)
+            bonds[[0, -1]] = end
         else:
             bonds = (
                 [_check_int(b, "bond_dim entries", 1) for b in np.asarray(bond_dim).tolist()]
@@ -262,6 +293,7 @@ class MPS:
             output_site = _check_int(output_site, "output_site", 0)
             if output_site >= n_sites:
                 raise ValueError(f"output_site must be < n_sites = {n_sites}; got {output_site}")
+        _check_model_fits(bonds, phys_dim, n_outputs if output_site is not None else 1, dtype)
         sigma = _as_site_vector(sigma, "sigma", n_sites, positive=True)
         try:
             rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -270,7 +302,9 @@ class MPS:
                 f"seed must be None, a non-negative int or a numpy.random.Generator; "
                 f"got {_describe(seed)}"
             ) from exc
-        fan = np.sqrt(np.array([bonds[j] * bonds[j + 1] for j in range(n_sites)], dtype=float))
+        bonds = np.asarray(bonds, dtype=np.int64)
+        fan = np.sqrt((bonds[:-1] * bonds[1:]).astype(float))
+        bonds = bonds.tolist()
         cores = []
         for j in range(n_sites):
             shape = (phys_dim, bonds[j], bonds[j + 1])
@@ -376,6 +410,37 @@ class MPS:
             f"dtype={self.dtype.name})"
         )
 
+    def check_parameters(self):
+        """Raise ValueError if a core holds NaN or Inf entries, or ``scales`` / ``site_lr`` hold
+        values the constructor would refuse.
+
+        The constructor checks them, so such entries were written in afterwards (an in-place
+        edit, a diverged update).  Every routine checks ``scales`` and ``site_lr`` (one value
+        per site) before it runs, and the cores on its error paths, so that a NaN parameter is
+        not reported as an overflow.
+        """
+        xp = self.xp
+        for j, c in enumerate(self.cores):
+            if not bool(xp.all(xp.isfinite(c))):
+                raise ValueError(
+                    f"cores[{j}] holds NaN or Inf entries (written after the MPS was built); "
+                    "every result of this model is undefined"
+                )
+        self._check_site_vectors()
+
+    def _check_site_vectors(self):
+        for name, low, ok in (("scales", "> 0", np.greater), ("site_lr", ">= 0", np.greater_equal)):
+            v = getattr(self, name)
+            if not np.all(np.isfinite(v)):
+                raise ValueError(
+                    f"{name} holds NaN or Inf entries (written after the MPS was built)"
+                )
+            if not np.all(ok(v, 0.0)):
+                raise ValueError(
+                    f"{name} must be {low} at every site; got minimum {v.min()} (written after "
+                    "the MPS was built)"
+                )
+
     # ------------------------------------------------------------------ engine plumbing
     def _engine_args(self):
         """Arguments identifying the chain for the _core routines."""
@@ -387,7 +452,11 @@ class MPS:
         )
 
     def check_features(self, phi, name="phi"):
-        """Validate features for this model; returns a C-contiguous array on the model's device."""
+        """Validate features for this model; returns a C-contiguous array on the model's device.
+
+        Every routine starts here, so the per-site vectors are checked here as well (cheap:
+        one value per site)."""
+        self._check_site_vectors()
         xp = self.same_device(array_module(phi, names=[name]), name)
         phi = _as_phi(phi, name, xp)
         if phi.shape[1] != self.n_sites:
@@ -444,6 +513,13 @@ class MPS:
         phi = self.check_features(phi)
         mant, lg = self._raw_forward(phi)
         xp = self.xp
+        if not bool(xp.all(xp.isfinite(mant))):
+            self.check_parameters()
+            raise FloatingPointError(
+                f"log_forward: a partial product overflows {self.dtype.name} inside the "
+                "contraction (features or cores too large for it); scale the features down or "
+                "compute in float64"
+            )
         with np.errstate(divide="ignore"):
             logabs = xp.log(xp.abs(mant).astype(xp.float64)) + lg
         return self._squeeze_outputs(xp.sign(mant)), self._squeeze_outputs(logabs)
@@ -465,14 +541,18 @@ class MPS:
         FloatingPointError
             If an output overflows the dtype, or underflows it (a non-zero output that rounds to
             zero); use :meth:`log_forward` for such chains.
+        ValueError
+            If the cores (or scales, site_lr) hold NaN or Inf entries, written into them after
+            the model was built.
         """
         phi = self.check_features(phi)
         mant, lg = self._raw_forward(phi)
         xp = self.xp
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             f = (mant * xp.exp(lg)).astype(self.dtype)
         for lost, how in ((~xp.isfinite(f), "overflows"), ((f == 0) & (mant != 0), "underflows")):
             if bool(xp.any(lost)):
+                self.check_parameters()
                 raise FloatingPointError(
                     f"MPS output {how} the range of {self.dtype.name}; use log_forward()"
                 )
@@ -481,12 +561,8 @@ class MPS:
     __call__ = forward
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write the model to an ``.npz`` file (cores, scales, rates, boundary, output site).
-
-        As with ``numpy.savez``, ``.npz`` is appended to a ``path`` that does not end in it:
-        ``save("model")`` writes ``model.npz``.  :meth:`load` accepts either name.
-        """
+    def _arrays(self):
+        """The model as named host arrays: the content of the files :meth:`save` writes."""
         data = {f"core_{j}": c for j, c in enumerate(self.to_host().cores)}
         data.update(
             format_version=np.array(_FORMAT_VERSION),
@@ -498,23 +574,65 @@ class MPS:
             parametrization=np.array(self.parametrization or ""),
             init=np.array(json.dumps(_jsonable(self.init))),
         )
-        np.savez(os.fspath(path), **data)
+        return data
+
+    def save(self, path):
+        """Write the model to an ``.npz`` file (cores, scales, rates, boundary, output site).
+
+        As with ``numpy.savez``, ``.npz`` is appended to a ``path`` that does not end in it:
+        ``save("model")`` writes ``model.npz``.  :meth:`load` accepts either name.
+
+        The write is atomic: the model goes to a temporary file in the same folder, which is
+        fsync'ed and then renamed over the destination, so an existing file is replaced only by
+        a complete new one; a crash or kill during ``save`` leaves the previous file intact
+        (and possibly a hidden ``.<name>.<random>.tmp`` file beside it).
+
+        Returns
+        -------
+        str
+            The path of the file written.
+        """
+        path = os.fsdecode(os.fspath(path))
+        if not path.endswith(".npz"):
+            path += ".npz"
+        data = self._arrays()
+        atomic_write(path, lambda f: np.savez(f, **data))
+        return path
 
     @classmethod
     def load(cls, path):
         """Read a model written by :meth:`save`.
 
-        ``path`` is the path given to :meth:`save`: if no file of that name exists and it does
-        not end in ``.npz``, ``path + ".npz"`` (the file ``save`` wrote) is read instead.
+        ``path`` is the path given to :meth:`save`: a file of exactly that name is read;
+        otherwise, for a ``path`` that does not end in ``.npz``, ``path + ".npz"`` (the file
+        ``save`` wrote), even where ``path`` itself is a folder.
+
+        Raises
+        ------
+        FileNotFoundError
+            If neither file exists.
+        ValueError
+            If the file is not an mpsntk MPS file, or is truncated or corrupt (the message
+            names the file).
         """
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            ext = ".npz" if isinstance(path, str) else b".npz"
-            tried = [path] if path.endswith(ext) else [path, path + ext]
-            if not os.path.exists(tried[-1]):
-                names = " nor ".join(repr(t) for t in tried)
-                raise FileNotFoundError(errno.ENOENT, f"no MPS file {names}", path)
-            path = tried[-1]
+        path = os.fsdecode(os.fspath(path))
+        tried = [path] if path.endswith(".npz") else [path, path + ".npz"]
+        found = [t for t in tried if os.path.isfile(t)]
+        if not found:
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "a folder, not an MPS file", path)
+            names = " nor ".join(repr(t) for t in tried)
+            raise FileNotFoundError(errno.ENOENT, f"no MPS file {names}", path)
+        path = found[0]
+        try:
+            return cls._from_file(path)
+        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, TypeError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(f"{path}: "):
+                raise
+            raise ValueError(f"{path}: corrupt or truncated mpsntk MPS file ({exc})") from exc
+
+    @classmethod
+    def _from_file(cls, path):
         not_ours = f"{path}: not an mpsntk MPS file (format {_FORMAT_VERSION})"
         try:
             f = np.load(path, allow_pickle=False)
@@ -523,23 +641,39 @@ class MPS:
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise ValueError(not_ours)
         with f:
-            if "format_version" not in f or int(f["format_version"]) != _FORMAT_VERSION:
+            if "format_version" not in f or _scalar(f["format_version"], "iu") != _FORMAT_VERSION:
                 raise ValueError(not_ours)
             keys = ["n_sites", "boundary", "scales", "site_lr", "output_site", "parametrization"]
-            if "n_sites" in f:
-                keys += [f"core_{j}" for j in range(int(f["n_sites"]))]
             missing = [k for k in keys if k not in f]
             if missing:
                 raise ValueError(f"{path}: corrupt mpsntk MPS file, missing {', '.join(missing)}")
-            n = int(f["n_sites"])
-            out = int(f["output_site"])
-            mps = cls(
-                [f[f"core_{j}"] for j in range(n)],
-                str(f["boundary"]),
-                scales=f["scales"],
-                site_lr=f["site_lr"],
-                output_site=None if out < 0 else out,
-            )
+            # The header first: a corrupt n_sites must not drive any allocation or loop.
+            n = _scalar(f["n_sites"], "iu")
+            if n is None or n < 1:
+                raise ValueError(
+                    f"{path}: corrupt mpsntk MPS file, n_sites = {_short_repr(f['n_sites'])} is "
+                    "not an integer >= 1"
+                )
+            n_cores = sum(1 for k in f.files if k.startswith("core_"))
+            missing = [f"core_{j}" for j in range(min(n, n_cores + 4)) if f"core_{j}" not in f]
+            if missing or n > n_cores:
+                raise ValueError(
+                    f"{path}: corrupt mpsntk MPS file, n_sites = {n} but it holds {n_cores} "
+                    f"cores; missing {', '.join(missing)}{', ...' if n > n_cores + 4 else ''}"
+                )
+            out = _scalar(f["output_site"], "iu")
+            if out is None:
+                raise ValueError(f"{path}: corrupt mpsntk MPS file, bad output_site")
+            try:
+                mps = cls(
+                    [f[f"core_{j}"] for j in range(n)],
+                    str(f["boundary"]),
+                    scales=f["scales"],
+                    site_lr=f["site_lr"],
+                    output_site=None if out < 0 else out,
+                )
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{path}: corrupt mpsntk MPS file: {exc}") from exc
             mps.parametrization = str(f["parametrization"]) or None
             mps.init = json.loads(str(f["init"])) if "init" in f else None
         return mps

@@ -17,7 +17,9 @@ import numpy as np
 from . import _core
 from ._backend import array_module, as_array
 from ._validate import (
+    _NORMALISED_OVERFLOW,
     _as_site_vector,
+    _below_normal,
     _check_bool,
     _check_choice,
     _check_fits,
@@ -97,7 +99,13 @@ def ntk(
         for long chains (hundreds of sites) whose kernel over- or underflows.
     out : ndarray, optional
         Preallocated C-contiguous output of the result's shape and dtype (a ``numpy.memmap``
-        works: the kernel is written tile by tile).
+        works: the kernel is written tile by tile).  It is first filled with NaN, and every
+        entry is then written once, with its final value: a call that does not finish (an
+        error, Ctrl-C, a killed process) leaves NaN wherever the kernel was not written, so
+        that a half-written kernel cannot pass for a whole one (``numpy.isnan(out).any()``
+        tells; a finished call never leaves NaN).  The fill is one extra pass of writes over
+        ``out`` (for a memory map, over its pages before the kernel's own writes), against
+        ``n_sites * (phys_dim + 2 * bond_dim)`` operations per entry for the kernel.
     tile : int, optional
         Output tile edge of the CPU engine (rounded up to its micro-tile); each thread holds a
         ``tile^2`` buffer. Default: the largest of 512, 256, 128, 64 that still gives every
@@ -119,7 +127,11 @@ def ntk(
     ------
     FloatingPointError
         If the kernel overflows the dtype without ``normalized=True``, or underflows it (the
-        whole non-zero kernel below the dtype's smallest normal number).
+        whole non-zero kernel below the dtype's smallest normal number); with
+        ``normalized=True``, if even the normalised kernel overflows (features too large for
+        the dtype: its entries carry the products of the features, which are not normalised).
+    ValueError
+        If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi1, phi2, out, names=["phi1", "phi2", "out"]), "phi1")
@@ -140,6 +152,9 @@ def ntk(
             + ("the host" if xp is np else "a CUDA device")
         )
     site_lr = _site_lr(mps, site_weights)
+    if outputs == "mean" and mps.n_outputs > 1:
+        # In the site weights, not a pass over the result: every entry is written once.
+        site_lr = site_lr / mps.n_outputs
     n1 = phi1.shape[0]
     n2 = n1 if phi2 is None else phi2.shape[0]
     full = outputs == "full" and mps.n_outputs > 1
@@ -148,6 +163,7 @@ def ntk(
         shape = (mps.n_sites,) + shape
     if out is not None:
         out = _check_out(out, shape, mps.dtype, xp=xp)
+        out.fill(np.nan)  # entries not (yet) written stay NaN: see the docstring
     if xp is np:
         out, log1, log2, finite = _host_ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile
@@ -158,15 +174,20 @@ def ntk(
         out, log1, log2 = _device.gpu().ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tf32
         )
-        finite = normalized or bool(xp.all(xp.isfinite(out)))
-    if outputs == "mean" and mps.n_outputs > 1:
-        out /= mps.n_outputs
-    if normalized:
-        return out, log1, log2
+        finite = bool(xp.all(xp.isfinite(out)))
     if not finite:
+        mps.check_parameters()
+        if normalized:
+            raise FloatingPointError(
+                f"the normalised NTK overflows the range of {mps.dtype.name}: its entries carry "
+                "the products of the features, which are too large for it; scale the features "
+                "down or compute in float64"
+            )
         raise FloatingPointError(
             "the NTK overflows the range of " + mps.dtype.name + "; use normalized=True"
         )
+    if normalized:
+        return out, log1, log2
     if _underflows(mps, phi1, phi2, out, full, per_site, site_weights, precision, xp):
         raise FloatingPointError(
             "the NTK underflows the range of " + mps.dtype.name + " (every entry is below "
@@ -249,10 +270,11 @@ def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, 
     return out, log1, log2, finite
 
 
-def ntk_vp(mps, phi, v, *, site_weights=None):
+def ntk_vp(mps, phi, v, *, site_weights=None, normalized=False):
     """``Theta(X, X) @ v`` without forming ``Theta``, in ``O(n_samples * n_params)``.
 
-    Computed as ``J diag(lambda) J^T v`` through the environments.
+    Computed as ``J diag(lambda) J^T v`` through the environments, in the normalised forms of
+    :func:`mpsntk.vjp` and :func:`mpsntk.jvp`.
 
     Parameters
     ----------
@@ -264,35 +286,59 @@ def ntk_vp(mps, phi, v, *, site_weights=None):
         output-resolved kernel ``Theta_{l l'}``.
     site_weights : optional
         As in :func:`ntk`.
+    normalized : bool
+        Return ``(tv_tilde, log_scale)``, the form to use for long chains: ``log_scale`` has
+        the shape of ``v`` without its output axis -- (n_samples,) or (n_samples, k) -- and
+        ``Theta v = exp(log_scale) * tv_tilde`` with ``log_scale`` broadcast along the outputs
+        (``exp(log_scale)[:, None, :]`` for ``v`` of shape (n_samples, n_outputs, k)).
 
     Returns
     -------
-    ndarray of the shape of ``v``.
+    ndarray of the shape of ``v``; or the pair described under ``normalized``.
 
     Raises
     ------
     FloatingPointError
-        If an entry overflows the dtype.
+        If an entry overflows the dtype, or the result underflows it (every entry below the
+        dtype's smallest normal number though it is not zero): use ``normalized=True``.
+    ValueError
+        If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
     xp = mps.same_device(array_module(phi, v, names=["phi", "v"]), "phi")
     phi = mps.check_features(phi)
+    normalized = _check_bool(normalized, "normalized")
     v = _as_vector_block(mps, v, phi.shape[0], "v")
     n, C = phi.shape[0], mps.n_outputs
     flat = xp.ascontiguousarray(v.reshape(n, C, -1))
-    if xp is not np:  # pragma: no cover - needs a GPU
+    site_lr = _site_lr(mps, site_weights)
+    res, log = _ntk_vp(mps, phi, site_lr, flat, normalized)
+    columns = v.shape[1:] if mps.output_site is None else v.shape[2:]
+    if normalized:
+        _check_in_range(xp, [res], "the normalised Theta v", mps.dtype, mps, _NORMALISED_OVERFLOW)
+        return res.reshape(v.shape), log.reshape((n,) + columns)
+    _check_in_range(xp, [res], "Theta v", mps.dtype, mps, "use normalized=True")
+    if _below_normal(xp, res, mps.dtype) and bool(
+        xp.any(_ntk_vp(mps, phi, site_lr, flat, True)[0] != 0)
+    ):
+        raise FloatingPointError(
+            f"Theta v underflows the range of {mps.dtype.name} (every entry is below "
+            f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero); use normalized=True"
+        )
+    return res.reshape(v.shape)
+
+
+def _ntk_vp(mps, phi, site_lr, flat, normalized):
+    """The engine's Theta v for v (n, C, k); with ``normalized``, also its (n, k) log-scales."""
+    if mps.xp is not np:  # pragma: no cover - needs a GPU
         from . import _device
 
-        res = _device.gpu().ntk_vp(mps, phi, _site_lr(mps, site_weights), flat)
-    else:
-        res = np.empty_like(flat)
-        cores, scales, boundary, osite = mps._engine_args()
-        _core.ntk_vp(
-            cores, scales, _site_lr(mps, site_weights), boundary, osite, phi, flat, flat.shape[2],
-            res,
-        )
-    _check_in_range(xp, [res], "Theta v", mps.dtype)
-    return res.reshape(v.shape)
+        return _device.gpu().ntk_vp(mps, phi, site_lr, flat, normalized)
+    res = np.empty_like(flat)
+    log = np.empty((flat.shape[0], flat.shape[2])) if normalized else None
+    cores, scales, boundary, osite = mps._engine_args()
+    _core.ntk_vp(cores, scales, site_lr, boundary, osite, phi, flat, flat.shape[2], res, log)
+    return res, log
 
 
 def _as_vector_block(mps, v, n, name):

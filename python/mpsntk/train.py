@@ -17,12 +17,13 @@ trajectory can be compared with the kernel-regime predictions of :mod:`mpsntk.dy
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import warnings
 
 import numpy as np
 
-from . import born
+from . import _checkpoint, born
 from ._backend import as_array
 from ._validate import (
     _check_bool,
@@ -177,6 +178,9 @@ def train(
     check_stability=True,
     progress=None,
     label_noise=0.0,
+    checkpoint=None,
+    checkpoint_every=None,
+    resume=None,
 ):
     """Train an MPS by gradient descent and log its trajectory.
 
@@ -215,9 +219,13 @@ def train(
         ``probe_outputs`` has a leading axis of length 0.
     callbacks : callable or sequence of callables
         ``cb(step, mps) -> dict | None`` called at the logged steps (diagnostics); a single
-        callable is the same as a one-element list.
+        callable is the same as a one-element list.  ``mps`` is a frozen copy of the model at
+        that step: a new :class:`MPS` whose cores are copies (read-only on the host), so a
+        callback may keep it -- it stays the model of that step -- and cannot alter the
+        training.  One copy per logged step, shared by the callbacks.
     seed : None, int >= 0 or numpy.random.Generator
         Mini-batch order, label noise (and the mini-batch that the stability check samples).
+        With ``resume``, the generator's state comes from the checkpoint.
     feature_scale : float, optional
         One-hot scale of the Born machine (``loss="born_nll"`` only; default 1.0).  Passing it
         with another loss is an error, as it would have no effect.
@@ -233,10 +241,34 @@ def train(
         normal ``xi`` of the targets' shape, drawn from the ``seed`` generator (label-noise SGD,
         whose gradient noise persists at a minimum; see :mod:`mpsntk.diagnostics`).  The logged
         loss is that of the clean targets.  Default 0: no noise, and no draws.
+    checkpoint : str or os.PathLike, optional
+        Write the state of the run to this file every ``checkpoint_every`` steps and after the
+        last one: the model, the step, the random generator's state, the mini-batch order and
+        position, the logged losses, probe outputs and callback values.  Each write is atomic
+        (a temporary file renamed over the previous checkpoint), so a run killed at any moment
+        leaves its last complete checkpoint.  The file is also an MPS file:
+        ``MPS.load(checkpoint)`` reads the model at that step.
+    checkpoint_every : int, optional
+        Steps between checkpoints (required with ``checkpoint``).
+    resume : str or os.PathLike, optional
+        Continue the run that wrote this checkpoint, from its step: pass the same ``mps``
+        (the initial model), data, probe, loss, learning rate, reduction, batch size and
+        callbacks as that run; anything that differs (but the callbacks) is a ValueError.
+        The result -- model, logged history -- is the same, bit for bit, as that of the run
+        without the interruption, whatever the number of steps done before it.  ``n_steps``
+        may be larger than the first run's (to train further).  The stability check is not
+        repeated.  The callback values of the checkpoint are unpickled: resume only from
+        checkpoints you trust.
 
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    FloatingPointError
+        If the training diverges (the loss, the outputs or the cores leave the range of the
+        dtype); the message names the step.
     """
     if not isinstance(mps, MPS):
         raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
@@ -269,6 +301,16 @@ def train(
     for j, cb in enumerate(callbacks):
         if not callable(cb):
             raise TypeError(f"callbacks[{j}] must be callable; got {_describe(cb)}")
+    if (checkpoint is None) != (checkpoint_every is None):
+        raise ValueError(
+            "checkpoint and checkpoint_every go together: pass both (the file and the number "
+            "of steps between checkpoints) or neither"
+        )
+    if checkpoint_every is not None:
+        checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    for name, value in (("checkpoint", checkpoint), ("resume", resume)):
+        if value is not None and not isinstance(value, (str, bytes, os.PathLike)):
+            raise TypeError(f"{name} must be a file path; got {_describe(value)}")
     if loss == "born_nll":
         x_configs = born._as_configs(mps, phi, "phi")
         feats = born._features(mps, x_configs, feature_scale)
@@ -300,7 +342,12 @@ def train(
         if max(logged, default=0) > n_steps:
             raise ValueError(f"log_steps must be <= n_steps = {n_steps}")
 
-    if check_stability and loss == "mse":
+    cfg = None
+    if checkpoint is not None or resume is not None:  # (digests of the data: one pass over it)
+        cfg = _checkpoint.config(mps, feats, y, probe, loss=loss, reduction=reduction,
+                                 learning_rate=eta, batch_size=batch_size,
+                                 feature_scale=feature_scale, label_noise=label_noise)
+    if check_stability and loss == "mse" and resume is None:
         # The kernel-regime condition eta * lambda_max(Theta_BB) / s < 2 on the data of one
         # update: the full training set, or one random mini-batch (a sample, hence a warning).
         batch = feats if batch_size is None else feats[rng.permutation(n)[:batch_size]]
@@ -322,23 +369,48 @@ def train(
     model = mps.with_cores(cores, copy=False)
     rates = [eta * r for r in mps.site_lr]
     steps, losses, probes, cb_out = [], [], [], []
+    start, order, pos = 0, None, 0
+    if resume is not None:
+        state = _checkpoint.load(resume, cfg, rng, model.xp)
+        start, order, pos = state["step"], state["order"], state["pos"]
+        if start > n_steps:
+            raise ValueError(
+                f"n_steps must be >= the checkpoint's step {start} to resume; got {n_steps}"
+            )
+        for c, saved in zip(cores, state["cores"]):
+            c[...] = model.xp.asarray(saved)
+        steps, losses = state["steps"], state["losses"]
+        probes, cb_out = state["probes"], state["callbacks"]
+    elif batch_size:
+        order = rng.permutation(n)
 
-    def log(step):
+    def measure():
         if loss == "born_nll":  # the NLL alone, without its gradient
             value = born.nll(model, x_configs, feature_scale, reduction)
         else:
             value = _loss_and_cotangent(loss, model, feats, y, reduction, feature_scale, None)[0]
+        if not np.isfinite(value):
+            raise FloatingPointError(f"the training loss is {value}")
+        if probe is None:
+            return value, None
+        if loss == "born_nll":
+            return value, np.exp(born.log_probabilities(model, probe, feature_scale))
+        return value, model.forward(probe)
+
+    def gradients(bf, by, bx):
+        _, cot, grads = _loss_and_cotangent(loss, model, bf, by, reduction, feature_scale, bx)
+        return vjp(model, bf, cot) if grads is None else grads
+
+    def log(step):
+        value, outputs = _diverged(measure, step, step > 0)
         steps.append(step)
         losses.append(value)
         if probe is not None:
-            probes.append(
-                np.exp(born.log_probabilities(model, probe, feature_scale))
-                if loss == "born_nll"
-                else model.forward(probe)
-            )
+            probes.append(outputs)
         merged = {}
+        snapshot = _frozen_copy(model) if callbacks else None
         for j, cb in enumerate(callbacks):
-            res = cb(step, model)
+            res = cb(step, snapshot)
             if res is None:
                 continue
             if not isinstance(res, dict):
@@ -349,12 +421,15 @@ def train(
             merged.update(res)
         cb_out.append(merged)
 
-    bar = _progress_bar(n_steps, progress)
-    order = rng.permutation(n) if batch_size else None
-    pos = 0
-    for step in range(n_steps + 1):
-        if step in logged:
+    bar = _progress_bar(n_steps, progress, start)
+    for step in range(start, n_steps + 1):
+        if step in logged and not (resume is not None and step == start):  # logged before
             log(step)
+        if checkpoint is not None and step > start and (
+            step % checkpoint_every == 0 or step == n_steps
+        ):
+            _checkpoint.save(checkpoint, step=step, model=model, rng=rng, order=order, pos=pos,
+                             steps=steps, losses=losses, probes=probes, callbacks=cb_out, cfg=cfg)
         if step == n_steps:
             break
         if batch_size:
@@ -371,9 +446,7 @@ def train(
         if label_noise:
             xi = rng.standard_normal(by.shape).astype(model.dtype)
             by = by + label_noise * model.xp.asarray(xi)
-        _, cot, grads = _loss_and_cotangent(loss, model, bf, by, reduction, feature_scale, bx)
-        if grads is None:
-            grads = vjp(model, bf, cot)
+        grads = _diverged(gradients, step, step > 0, bf, by, bx)
         for c, g, r in zip(cores, grads, rates):
             c -= r * g
         if not all(bool(model.xp.all(model.xp.isfinite(c))) for c in cores):
@@ -402,7 +475,32 @@ def train(
     )
 
 
-def _progress_bar(n_steps, progress):
+def _frozen_copy(model):
+    """A copy of the model whose cores are read-only on the host (callbacks may keep it)."""
+    snap = model.copy()
+    if snap.xp is np:
+        for c in snap.cores:
+            c.flags.writeable = False
+    return snap
+
+
+def _diverged(fn, step, after_updates, *args):
+    """``fn(*args)``; after updates, an overflow it reports (not an underflow) means that the
+    training diverged: say so, rather than pass on advice for long chains."""
+    if not after_updates:
+        return fn(*args)
+    try:
+        return fn(*args)
+    except FloatingPointError as exc:
+        if "underflows" in str(exc):
+            raise
+        raise FloatingPointError(
+            f"training diverged at step {step}: the loss, the outputs or the gradients left the "
+            "range of the dtype; lower learning_rate"
+        ) from exc
+
+
+def _progress_bar(n_steps, progress, start=0):
     if progress is False:
         return None
     try:
@@ -415,4 +513,4 @@ def _progress_bar(n_steps, progress):
         return None
     if progress is None and not (n_steps >= 1000 and sys.stderr.isatty()):
         return None
-    return tqdm(total=n_steps, desc="mpsntk.train")
+    return tqdm(total=n_steps, initial=start, desc="mpsntk.train")

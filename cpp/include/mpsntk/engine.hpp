@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "mpsntk/chain.hpp"
+#include "mpsntk/runtime.hpp"
 
 namespace mpsntk {
 
@@ -34,16 +35,23 @@ bool ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureVie
          const double* site_lr, T* out, double* log1, double* log2);
 
 /// @brief grads[j] (shaped like core j) = J_j^T cotangent; cotangent is (n, C).
+/// @param grad_log nullptr, or n_sites log-scales: then grads[j] = exp(-grad_log[j]) J_j^T cot
+/// (normalised: in range however long the chain).
 template <class T>
-void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads);
+void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads,
+         double* grad_log = nullptr);
 
 /// @brief out (n, C) = sum_j J_j tangents[j].
+/// @param out_log nullptr, or n log-scales: then out[x, :] = exp(-out_log[x]) (J t)[x, :].
 template <class T>
-void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out);
+void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out,
+         double* out_log = nullptr);
 
 /// @brief out (n, C, k) = Theta(X, X) v for v (n, C, k), via J diag(site_lr) J^T v.
+/// @param out_log nullptr, or (n, k) log-scales: then out[x, :, c] = exp(-out_log[x, c]) (Theta v)[x, :, c].
 template <class T>
-void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out);
+void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
+            double* out_log = nullptr);
 
 /// @brief Dense Jacobian (n, C, P), parameters ordered by site, each core in C order.
 template <class T>

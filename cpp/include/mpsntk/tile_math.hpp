@@ -25,6 +25,16 @@ MPSNTK_HD double pow2_normaliser(double maxabs, double* log_scale) {
   return ldexp(1.0, -e);
 }
 
+/// @brief A site's scale c > 0 split as c = m 2^e, m in [0.5, 1): the environment sweeps fold m
+/// into the core (in T) and add e*ln(2) to the log-scales (in double), so that no scale, however
+/// far outside the range of T, is lost.  Returns m; *log_rest = e*ln(2).
+MPSNTK_HD double split_scale(double c, double* log_rest) {
+  int e = 0;
+  const double m = frexp(c, &e);
+  *log_rest = e * 0.69314718055994530942;
+  return m;
+}
+
 /// @brief One site's NTK term for a pair of rows, (u.u') * [(a.a') (b.b')], given the product
 /// of the environment Grams @p gab.  The u rows carry sqrt(w_j) and the rows' relative scales,
 /// so this is the whole term.  Elementwise on scalars and SIMD vectors alike.

@@ -37,23 +37,29 @@ void doubled_step(const T* core, double c, index_t d, index_t Dl, index_t Dr, co
   for (index_t s = 0; s < d; ++s) {
     const buffer<double> ap = pack_core_columns(core + s * Dl * Dr, Dl, Dr, to_right);
     const double ws = w[s] * c * c;
-#pragma omp parallel if (h > 1 && h * din * din * dout > 65536)
+    Region region;
+#pragma omp parallel num_threads(region.threads()) if (h > 1 && h * din * din * dout > 65536)
     {
-      buffer<double> ep(round_up(din, Simd<double>::PAD) * din);
-      buffer<double> tp(round_up(dout, Simd<double>::PAD) * din, 0.0);  // padding rows stay 0
+      buffer<double> ep, tp;
+      region.run([&] {
+        ep.resize(round_up(din, Simd<double>::PAD) * din);
+        tp.assign(round_up(dout, Simd<double>::PAD) * din, 0.0);  // padding rows stay 0
+      });
 #pragma omp for schedule(static)
-      for (index_t ch = 0; ch < h; ++ch) {
-        const double* Ec = E + ch * din * din;
-        double* oc = out + ch * dout * dout;
-        pack_rows<double>(din, din, [&](index_t i) { return Ec + i * din; }, [](index_t) { return 1.0; }, ep.data());
-        // (E_c A)[i][o], stored as the packed operand with rows o and depth i
-        gemm_packed<double>(din, dout, din, ep.data(), ap.data(), [&](index_t i, index_t o, double v) {
-          tp[panel_offset<double>(o, din) + o % L + i * L] = v;
+      for (index_t ch = 0; ch < h; ++ch)
+        region.run([&] {
+          const double* Ec = E + ch * din * din;
+          double* oc = out + ch * dout * dout;
+          pack_rows<double>(din, din, [&](index_t i) { return Ec + i * din; }, [](index_t) { return 1.0; }, ep.data());
+          // (E_c A)[i][o], stored as the packed operand with rows o and depth i
+          gemm_packed<double>(din, dout, din, ep.data(), ap.data(), [&](index_t i, index_t o, double v) {
+            tp[panel_offset<double>(o, din) + o % L + i * L] = v;
+          });
+          gemm_packed<double>(dout, dout, din, ap.data(), tp.data(),
+                              [&](index_t o, index_t o2, double v) { oc[o * dout + o2] += ws * v; });
         });
-        gemm_packed<double>(dout, dout, din, ap.data(), tp.data(),
-                            [&](index_t o, index_t o2, double v) { oc[o * dout + o2] += ws * v; });
-      }
     }
+    region.finish();
   }
 }
 
@@ -127,10 +133,6 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
   // with (a,a') of the suffix (the trace).  Per channel two GEMMs, channels in parallel; each
   // thread sums its own channels and the partial sums are added in thread order.
   constexpr int L = Simd<double>::L;
-  int threads = 1;
-#ifdef _OPENMP
-  threads = omp_get_max_threads();
-#endif
   for (index_t j = 0; j < N; ++j) {
     const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
     const double rel = std::exp(env.left_log[j] + env.right_log[j + 1] - logz);
@@ -141,30 +143,37 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
       // A as the right operand of P_c A: rows b, depth k
       buffer<double> ap(round_up(Dr, Simd<double>::PAD) * Dl);
       pack_elems<double>(Dr, Dl, [&](index_t b, index_t k) { return static_cast<double>(A[k * Dr + b]); }, ap.data());
-      std::vector<std::vector<double>> partial(parallel ? threads : 1, std::vector<double>(Dl * Dr, 0.0));
-#pragma omp parallel num_threads(threads) if (parallel)
+      Region region;
+      const int threads = parallel ? region.threads() : 1;
+      std::vector<buffer<double>> partial(threads, buffer<double>(Dl * Dr, 0.0));
+#pragma omp parallel num_threads(threads) if (threads > 1)
       {
 #ifdef _OPENMP
-        std::vector<double>& acc = partial[parallel ? omp_get_thread_num() : 0];
+        buffer<double>& acc = partial[omp_get_thread_num()];
 #else
-        std::vector<double>& acc = partial[0];
+        buffer<double>& acc = partial[0];
 #endif
-        buffer<double> pp(round_up(Dl, Simd<double>::PAD) * Dl), sp(round_up(Dr, Simd<double>::PAD) * Dr);
-        buffer<double> tp(round_up(Dl, Simd<double>::PAD) * Dr, 0.0);  // padding rows stay 0
+        buffer<double> pp, sp, tp;
+        region.run([&] {
+          pp.resize(round_up(Dl, Simd<double>::PAD) * Dl), sp.resize(round_up(Dr, Simd<double>::PAD) * Dr);
+          tp.assign(round_up(Dl, Simd<double>::PAD) * Dr, 0.0);  // padding rows stay 0
+        });
 #pragma omp for schedule(static)
-        for (index_t cch = 0; cch < h; ++cch) {
-          const double* P = env.left[j].data() + cch * Dl * Dl;
-          const double* S = env.right[j + 1].data() + cch * Dr * Dr;
-          pack_rows<double>(Dl, Dl, [&](index_t a) { return P + a * Dl; }, [](index_t) { return 1.0; }, pp.data());
-          pack_rows<double>(Dr, Dr, [&](index_t b) { return S + b * Dr; }, [](index_t) { return 1.0; }, sp.data());
-          // (P_c A)[a][k] as the packed operand with rows a and depth k, then acc += (P_c A) S_c^T
-          gemm_packed<double>(Dl, Dr, Dl, pp.data(), ap.data(), [&](index_t a, index_t k, double v) {
-            tp[panel_offset<double>(a, Dr) + a % L + k * L] = v;
+        for (index_t cch = 0; cch < h; ++cch)
+          region.run([&] {
+            const double* P = env.left[j].data() + cch * Dl * Dl;
+            const double* S = env.right[j + 1].data() + cch * Dr * Dr;
+            pack_rows<double>(Dl, Dl, [&](index_t a) { return P + a * Dl; }, [](index_t) { return 1.0; }, pp.data());
+            pack_rows<double>(Dr, Dr, [&](index_t b) { return S + b * Dr; }, [](index_t) { return 1.0; }, sp.data());
+            // (P_c A)[a][k] as the packed operand with rows a and depth k, then acc += (P_c A) S_c^T
+            gemm_packed<double>(Dl, Dr, Dl, pp.data(), ap.data(), [&](index_t a, index_t k, double v) {
+              tp[panel_offset<double>(a, Dr) + a % L + k * L] = v;
+            });
+            gemm_packed<double>(Dl, Dr, Dr, tp.data(), sp.data(),
+                                [&](index_t a, index_t b, double v) { acc[a * Dr + b] += v; });
           });
-          gemm_packed<double>(Dl, Dr, Dr, tp.data(), sp.data(),
-                              [&](index_t a, index_t b, double v) { acc[a * Dr + b] += v; });
-        }
       }
+      region.finish();
       // d log Z / dW = c * dZ/dA / Z; dZ/dA_s = 2 w_s c (P (cA_s) S^T) with A = c W.
       const double f = 2.0 * w[s] * c * c * rel;
       T* g = grads[j] + s * Dl * Dr;

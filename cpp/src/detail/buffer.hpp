@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include "mpsntk/runtime.hpp"
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #elif defined(_WIN32)
@@ -19,7 +21,7 @@ namespace detail {
 /// before it is read, and zeroing would cost a full extra pass over memory).  Arrays of 32 MiB
 /// and more (beyond malloc's reuse: they are fresh mappings on every call) are 2 MiB aligned and
 /// advised as transparent huge pages; faulting them in 4 KiB at a time costs several per cent
-/// of a large NTK.
+/// of a large NTK.  A failed allocation throws OutOfMemory, which names the size.
 template <class T>
 struct uninit_allocator {
   using value_type = T;
@@ -35,16 +37,20 @@ struct uninit_allocator {
   uninit_allocator(const uninit_allocator<U>&) noexcept {}
 
   T* allocate(std::size_t n) {
-    if (n > std::size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
+    if (n > std::size_t(-1) / sizeof(T)) throw OutOfMemory(std::size_t(-1));
     const std::size_t bytes = n * sizeof(T);
-    if (bytes < huge_threshold) return static_cast<T*>(::operator new(bytes));
+    if (bytes < huge_threshold) {
+      void* p = ::operator new(bytes, std::nothrow);
+      if (!p) throw OutOfMemory(bytes);
+      return static_cast<T*>(p);
+    }
     const std::size_t rounded = (bytes + huge_page - 1) / huge_page * huge_page;
 #if defined(_WIN32)
     void* p = _aligned_malloc(rounded, huge_page);
 #else
     void* p = std::aligned_alloc(huge_page, rounded);
 #endif
-    if (!p) throw std::bad_alloc();
+    if (!p) throw OutOfMemory(rounded);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure leaves ordinary pages
 #endif

@@ -16,11 +16,13 @@
 #include "mpsntk/engine.hpp"
 #include "mpsntk/tile_math.hpp"
 #include "detail/buffer.hpp"
+#include "detail/parallel.hpp"
 
 namespace mpsntk {
 namespace MPSNTK_ISA_NS {
 
 using detail::buffer;
+using detail::Region;
 
 #include "detail/micro.hpp"
 #include "detail/environments.hpp"
@@ -34,13 +36,14 @@ using detail::buffer;
   template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                         \
   template bool ntk_impl<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
                             const double*, T*, double*, double*);                                                 \
-  void vjp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* g) {                   \
-    vjp_from_factors<T>(compute_factors<T>(ch, phi), cot, g);                                                     \
+  void vjp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* g, double* glog) {     \
+    vjp_from_factors<T>(compute_factors<T>(ch, phi), cot, g, glog);                                               \
   }                                                                                                               \
-  void jvp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* t, T* out) {                   \
-    jvp_from_factors<T>(compute_factors<T>(ch, phi), t, out);                                                     \
+  void jvp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* t, T* out, double* olog) {     \
+    jvp_from_factors<T>(compute_factors<T>(ch, phi), t, out, nullptr, olog);                                      \
   }                                                                                                               \
-  template void ntk_vp_impl<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*); \
+  template void ntk_vp_impl<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*,  \
+                               double*);                                                                          \
   template void jacobian_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*);                                 \
   template double log_partition_impl<T>(const ChainView<T>&, const double*, T* const*);                           \
   template void doubled_right_impl<T>(const ChainView<T>&, const double*, std::vector<std::vector<double>>&,      \

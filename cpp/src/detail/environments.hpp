@@ -12,7 +12,7 @@ struct Environments {
   index_t n = 0, h = 1;
   buffer<T> left_store, right_store;  ///< the slots of each side, back to back (one allocation)
   std::vector<T*> left, right;        ///< slot s, pointing into the stores
-  std::vector<std::vector<double>> left_log, right_log;
+  std::vector<buffer<double>> left_log, right_log;
 
   Environments() = default;
   Environments(Environments&&) = default;  // moving the stores keeps the slot pointers valid
@@ -45,14 +45,16 @@ void normalise_groups(index_t n_groups, index_t group, T* v, double* log_scale) 
 }
 
 /// Core j as the packed B operand of a transfer step: column (l, o) at depth (s, i) is
-/// c_j * A[l, s, a, b] with (a, b) = (i, o) going right, (o, i) going left.
+/// m_j * A[l, s, a, b] with (a, b) = (i, o) going right, (o, i) going left, where c_j = m_j
+/// exp(log_rest): the rest of the scale joins the step's log-scales (tile::split_scale).
 template <class T>
 buffer<T> pack_core(const ChainView<T>& ch, index_t j, bool to_right) {
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
   const index_t din = to_right ? Dl : Dr, dout = to_right ? Dr : Dl;
   const index_t ncols = (j == ch.output_site ? ch.n_outputs : 1) * dout, K = d * din;
   const T* core = ch.cores[j];
-  const T c = static_cast<T>(ch.scales[j]);
+  double log_rest = 0;
+  const T c = static_cast<T>(tile::split_scale(ch.scales[j], &log_rest));
   buffer<T> b(round_up(ncols, Simd<T>::PAD) * K);
   pack_elems<T>(
       ncols, K,
@@ -71,11 +73,14 @@ buffer<T> pack_core(const ChainView<T>& ch, index_t j, bool to_right) {
 /// A[s,a,b] phi_s v[b].  At the output site the rows fan out to n_outputs.  One GEMM of the
 /// Khatri-Rao operand (phi (x) v) with the packed core; then each (x, l) group is normalised.
 /// vin, out, log_in, log_out point at the block's first row / group of their slots; `scratch`
-/// holds the packed Khatri-Rao rows.
+/// holds the packed Khatri-Rao rows.  The core is packed by pack_core, whose scale leaves
+/// log(c_j / m_j) to add to the log-scales.
 template <class T>
 void transfer_rows(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j, bool to_right, index_t h,
                    index_t mult_in, const T* core_packed, index_t x0, index_t x1, const T* vin, const double* log_in,
                    T* out, double* log_out, buffer<T>& scratch) {
+  double log_rest = 0;
+  tile::split_scale(ch.scales[j], &log_rest);
   using S = Simd<T>;
   constexpr int L = S::L;
   const index_t d = ch.phys_dim, Dl = ch.bond[j], Dr = ch.bond[j + 1];
@@ -118,7 +123,7 @@ void transfer_rows(const ChainView<T>& ch, const FeatureView<T>& phi, index_t j,
       }
     }
   const index_t ng = (x1 - x0) * mult_out;
-  for (index_t g = 0; g < ng; ++g) log_out[g] = log_in[g / fan];
+  for (index_t g = 0; g < ng; ++g) log_out[g] = log_in[g / fan] + log_rest;
   normalise_groups<T>(ng, h * dout, out, log_out);
 }
 
@@ -146,7 +151,7 @@ Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T
   env.h = h;
   auto rows_of = [&](bool left, index_t s) { return (left ? ch.left_mult(s) : ch.right_mult(s)) * h; };
   auto layout = [&](bool left, index_t first, buffer<T>& store, std::vector<T*>& slot,
-                    std::vector<std::vector<double>>& lg) {
+                    std::vector<buffer<double>>& lg) {
     std::vector<index_t> off(N + 1, 0);
     index_t total = 0;
     for (index_t s = first; s <= N; ++s) {
@@ -174,54 +179,66 @@ Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T
     identity_slot<T>(n, h, env.right[N], env.right_log[N].data());
     right_cores.resize(N);
   }
-#pragma omp parallel for schedule(dynamic) if (N > 1 && n * ch.bond[N / 2] > 4096)
-  for (index_t j = 0; j < N; ++j) {
-    if (want_left) left_cores[j] = pack_core(ch, j, true);
-    if (want_right && j >= 1) right_cores[j] = pack_core(ch, j, false);
+  {
+    Region region;
+#pragma omp parallel for schedule(dynamic) num_threads(region.threads()) if (N > 1 && n * ch.bond[N / 2] > 4096)
+    for (index_t j = 0; j < N; ++j)
+      region.run([&] {
+        if (want_left) left_cores[j] = pack_core(ch, j, true);
+        if (want_right && j >= 1) right_cores[j] = pack_core(ch, j, false);
+      });
+    region.finish();
   }
 
   // Blocks of about 48 rows (a multiple of the micro-tile padding), fewer when that leaves
   // too few blocks for the threads, but never under one micro-tile of rows.
-  index_t max_rows_per_x = h * ch.n_outputs, threads = 1, widest = 1;
+  Region region;
+  index_t max_rows_per_x = h * ch.n_outputs, threads = region.threads(), widest = 1;
   for (index_t s = 0; s <= N; ++s) widest = std::max(widest, ch.bond[s]);
-#ifdef _OPENMP
-  threads = omp_get_max_threads();
-#endif
   index_t block = std::max<index_t>(1, 48 / max_rows_per_x);
   while (block > 1 && (n + block - 1) / block < 4 * threads && block * max_rows_per_x > Simd<T>::MR) block /= 2;
   const index_t n_blocks = (n + block - 1) / block;
   const double work = double(n) * N * ch.phys_dim * ch.bond[N / 2] * ch.bond[N / 2];
-#pragma omp parallel if (n_blocks > 1 && work > 1e6)
+#pragma omp parallel num_threads(region.threads()) if (n_blocks > 1 && work > 1e6)
   {
     buffer<T> scratch;
     // Without keep_all the inner slots of a block alternate between two block-sized buffers.
     buffer<T> inner[2];
-    std::vector<double> inner_log[2];
+    buffer<double> inner_log[2];
     if (!keep_all)
-      for (int k = 0; k < 2; ++k) {
-        inner[k].resize(block * max_rows_per_x * widest);
-        inner_log[k].resize(block * ch.n_outputs);
-      }
+      region.run([&] {
+        for (int k = 0; k < 2; ++k) {
+          inner[k].resize(block * max_rows_per_x * widest);
+          inner_log[k].resize(block * ch.n_outputs);
+        }
+      });
 #pragma omp for schedule(dynamic)
-    for (index_t b = 0; b < n_blocks; ++b) {
-      const index_t x0 = b * block, x1 = std::min(n, x0 + block);
-      // Slot s of this block: its first row and first log group.
-      auto row = [&](std::vector<T*>& slot, bool left, index_t s, index_t dim) -> T* {
-        return slot[s] ? slot[s] + x0 * rows_of(left, s) * dim : inner[s % 2].data();
-      };
-      auto grp = [&](std::vector<T*>& slot, std::vector<std::vector<double>>& lg, bool left, index_t s) -> double* {
-        return slot[s] ? lg[s].data() + x0 * rows_of(left, s) / h : inner_log[s % 2].data();
-      };
-      for (index_t j = 0; want_left && j < N; ++j)
-        transfer_rows<T>(ch, phi, j, true, h, ch.left_mult(j), left_cores[j].data(), x0, x1,
-                         row(env.left, true, j, ch.bond[j]), grp(env.left, env.left_log, true, j),
-                         row(env.left, true, j + 1, ch.bond[j + 1]), grp(env.left, env.left_log, true, j + 1), scratch);
-      for (index_t j = N - 1; want_right && j >= 1; --j)
-        transfer_rows<T>(ch, phi, j, false, h, ch.right_mult(j + 1), right_cores[j].data(), x0, x1,
-                         row(env.right, false, j + 1, ch.bond[j + 1]), grp(env.right, env.right_log, false, j + 1),
-                         row(env.right, false, j, ch.bond[j]), grp(env.right, env.right_log, false, j), scratch);
-    }
+    for (index_t b = 0; b < n_blocks; ++b)
+      region.run([&] {
+        const index_t x0 = b * block, x1 = std::min(n, x0 + block);
+        // Slot s of this block: its first row and first log group.
+        auto row = [&](std::vector<T*>& slot, bool left, index_t s, index_t dim) -> T* {
+          return slot[s] ? slot[s] + x0 * rows_of(left, s) * dim : inner[s % 2].data();
+        };
+        auto grp = [&](std::vector<T*>& slot, std::vector<buffer<double>>& lg, bool left, index_t s) -> double* {
+          return slot[s] ? lg[s].data() + x0 * rows_of(left, s) / h : inner_log[s % 2].data();
+        };
+        for (index_t j = 0; want_left && j < N; ++j) {
+          region.checkpoint();
+          transfer_rows<T>(ch, phi, j, true, h, ch.left_mult(j), left_cores[j].data(), x0, x1,
+                           row(env.left, true, j, ch.bond[j]), grp(env.left, env.left_log, true, j),
+                           row(env.left, true, j + 1, ch.bond[j + 1]), grp(env.left, env.left_log, true, j + 1),
+                           scratch);
+        }
+        for (index_t j = N - 1; want_right && j >= 1; --j) {
+          region.checkpoint();
+          transfer_rows<T>(ch, phi, j, false, h, ch.right_mult(j + 1), right_cores[j].data(), x0, x1,
+                           row(env.right, false, j + 1, ch.bond[j + 1]), grp(env.right, env.right_log, false, j + 1),
+                           row(env.right, false, j, ch.bond[j]), grp(env.right, env.right_log, false, j), scratch);
+        }
+      });
   }
+  region.finish();
   // Zero the padding rows of every kept slot (make_panels reads them as whole panels).
   auto pad = [&](bool left, index_t s, T* v) {
     const index_t rows = n * (left ? ch.left_mult(s) : ch.right_mult(s)) * h;
@@ -232,7 +249,7 @@ Environments<T> compute_environments(const ChainView<T>& ch, const FeatureView<T
     for (index_t s = 1; want_right && s < N; ++s) pad(false, s, env.right[s]);
   } else if (want_left) {  // only the last slot is kept
     env.left[0] = nullptr;
-    std::vector<double>().swap(env.left_log[0]);
+    buffer<double>().swap(env.left_log[0]);
   }
   return env;
 }

@@ -22,8 +22,8 @@ struct Factors {
   index_t n = 0;
   Environments<T> env;
   std::vector<SiteFactor<T>> site;
-  std::vector<std::vector<T>> open_env;  // periodic chains: E_j^T per row
-  std::vector<std::vector<double>> open_log;
+  std::vector<buffer<T>> open_env;  // periodic chains: E_j^T per row
+  std::vector<buffer<double>> open_log;
 
   index_t n_outputs() const { return chain->n_outputs; }
   const T* u_row(index_t j, index_t x) const { return phi.at(x, j); }
@@ -88,21 +88,25 @@ Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi) {
     lg.assign(n * m, 0.0);
     const T* P = F.env.left[j];
     const T* S = F.env.right[j + 1];
-#pragma omp parallel for schedule(static) if (n * m * h * Dl * Dr > 65536)
+    Region region;
+#pragma omp parallel for schedule(static) num_threads(region.threads()) if (n * m * h * Dl * Dr > 65536)
     for (index_t x = 0; x < n; ++x)
-      for (index_t l = 0; l < m; ++l) {
-        const index_t rp = x * mp + (mp > 1 ? l : 0), rs = x * ms + (ms > 1 ? l : 0);
-        T* e = E.data() + (x * m + l) * Dl * Dr;
-        for (index_t beta = 0; beta < h; ++beta) {
-          const T* p = P + (rp * h + beta) * Dl;
-          const T* sv = S + (rs * h + beta) * Dr;
-          for (index_t a = 0; a < Dl; ++a) {
-            const T pa = p[a];
-            for (index_t b = 0; b < Dr; ++b) e[a * Dr + b] += pa * sv[b];
+      region.run([&] {
+        for (index_t l = 0; l < m; ++l) {
+          const index_t rp = x * mp + (mp > 1 ? l : 0), rs = x * ms + (ms > 1 ? l : 0);
+          T* e = E.data() + (x * m + l) * Dl * Dr;
+          for (index_t beta = 0; beta < h; ++beta) {
+            const T* p = P + (rp * h + beta) * Dl;
+            const T* sv = S + (rs * h + beta) * Dr;
+            for (index_t a = 0; a < Dl; ++a) {
+              const T pa = p[a];
+              for (index_t b = 0; b < Dr; ++b) e[a * Dr + b] += pa * sv[b];
+            }
           }
+          lg[x * m + l] = F.env.left_log[j][rp] + F.env.right_log[j + 1][rs];
         }
-        lg[x * m + l] = F.env.left_log[j][rp] + F.env.right_log[j + 1][rs];
-      }
+      });
+    region.finish();
     auto& s = F.site[j];
     s.a = E.data();
     s.da = Dl * Dr;

@@ -82,83 +82,144 @@ inline double row_scale(const Factors<T>& F, index_t j, index_t x, index_t l) {
   return F.chain->scales[j] * std::exp(F.log(j, x, l));
 }
 
-/// grads[j] = J_j^T cotangent, cotangent (n, C) row-major.
+/// grads[j] = J_j^T cotangent, cotangent (n, C) row-major.  The coefficients of a site,
+/// cot(x, l) c_j exp(log(j, x, l)), are taken relative to the largest, exp(g_j) (in double), so
+/// that none leaves the range of T however long the chain.  With grad_log the gradients stay in
+/// that form, grads[j] = exp(-g_j) J_j^T cot and grad_log[j] = g_j (0 for a zero gradient);
+/// without, exp(g_j) is multiplied back in double (an entry may then over- or underflow T).
 template <class T>
-void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads) {
-  const index_t N = F.chain->n_sites, C = F.n_outputs();
-#pragma omp parallel for schedule(dynamic) if (F.n * F.chain->phys_dim * F.site[N / 2].da > 4096)
-  for (index_t j = 0; j < N; ++j) {
-    std::fill(grads[j], grads[j] + F.chain->core_size(j), T(0));
-    vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * row_scale(F, j, x, l); }, grads[j]);
-  }
+void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads, double* grad_log = nullptr) {
+  const index_t N = F.chain->n_sites, C = F.n_outputs(), n = F.n;
+  buffer<double> log_cot(n * C);  // log |cot|, -inf for zeros
+  for (index_t i = 0; i < n * C; ++i) log_cot[i] = std::log(std::abs(static_cast<double>(cot[i])));
+  Region region;
+#pragma omp parallel for schedule(dynamic) \
+    num_threads(region.threads()) if (n * F.chain->phys_dim * F.site[N / 2].da > 4096)
+  for (index_t j = 0; j < N; ++j)
+    region.run([&] {
+      const double log_c = std::log(F.chain->scales[j]);
+      double g = -std::numeric_limits<double>::infinity();
+      for (index_t x = 0; x < n; ++x)
+        for (index_t l = 0; l < outputs_at(F, j); ++l) g = std::max(g, log_cot[x * C + l] + F.log(j, x, l));
+      g = std::isfinite(g) ? g + log_c : 0.0;  // all-zero cotangent: a zero gradient
+      T* G = grads[j];
+      const index_t size = F.chain->core_size(j);
+      std::fill(G, G + size, T(0));
+      vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * std::exp(F.log(j, x, l) + log_c - g); }, G);
+      if (grad_log) {
+        grad_log[j] = g;
+      } else if (g != 0.0) {
+        const double scale = std::exp(g);
+        for (index_t e = 0; e < size; ++e) G[e] = static_cast<T>(scale * static_cast<double>(G[e]));
+      }
+    });
+  region.finish();
 }
 
 /// out (n, C) = J . tangents.  Per site and output, (u (x) a) of a block of samples times the
-/// tangent core (K x db) is one packed GEMM; each product row is then dotted with b.
+/// tangent core (K x db) is one packed GEMM; each product row is then dotted with b.  Tangent j
+/// is exp(tangent_log[j]) tangents[j] when tangent_log is given (-inf: a zero tangent).  The
+/// site terms of sample x are summed (in double) relative to the largest scale among them,
+/// exp(o_x): with out_log the result stays in that form, out[x, l] = exp(-o_x) (J . t)(x, l)
+/// and out_log[x] = o_x (0 for a zero row); without, exp(o_x) is multiplied back in double.
 template <class T>
-void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out) {
+void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out, const double* tangent_log = nullptr,
+                      double* out_log = nullptr) {
   const ChainView<T>& ch = *F.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
+  // log of each site's factor c_j exp(tangent_log[j]) beyond the rows' own log-scales
+  std::vector<double> log_site(N);
+  for (index_t j = 0; j < N; ++j) log_site[j] = std::log(ch.scales[j]) + (tangent_log ? tangent_log[j] : 0.0);
+  auto skipped = [&](index_t j) { return log_site[j] == -std::numeric_limits<double>::infinity(); };
   // Tangent cores as packed B operands: db rows of depth K, per site and visited output.
   std::vector<std::vector<buffer<T>>> packed(N);
-#pragma omp parallel for schedule(dynamic) if (N > 1 && n * d * F.site[N / 2].da > 4096)
-  for (index_t j = 0; j < N; ++j) {
-    const auto& s = F.site[j];
-    const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da, nl = outputs_at(F, j);
-    const bool label = j == ch.output_site;
-    packed[j].resize(nl);
-    for (index_t l = 0; l < nl; ++l) {
-      const T* Tj = tangents[j] + (label ? l * K * db : 0);
-      packed[j][l].resize(round_up(db, Simd<T>::PAD) * K);
-      pack_elems<T>(db, K, [&](index_t b, index_t k) { return Tj[k * db + b]; }, packed[j][l].data());
-    }
-  }
+  Region pack_region;
+#pragma omp parallel for schedule(dynamic) \
+    num_threads(pack_region.threads()) if (N > 1 && n * d * F.site[N / 2].da > 4096)
+  for (index_t j = 0; j < N; ++j)
+    pack_region.run([&] {
+      if (skipped(j)) return;
+      const auto& s = F.site[j];
+      const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da, nl = outputs_at(F, j);
+      const bool label = j == ch.output_site;
+      packed[j].resize(nl);
+      for (index_t l = 0; l < nl; ++l) {
+        const T* Tj = tangents[j] + (label ? l * K * db : 0);
+        packed[j][l].resize(round_up(db, Simd<T>::PAD) * K);
+        pack_elems<T>(db, K, [&](index_t b, index_t k) { return Tj[k * db + b]; }, packed[j][l].data());
+      }
+    });
+  pack_region.finish();
   const index_t chunk = 64;  // samples per block (rows of the packed A operand)
-#pragma omp parallel if (n > chunk && n * d * F.site[N / 2].da > 4096)
+  Region region;
+#pragma omp parallel num_threads(region.threads()) if (n > chunk && n * d * F.site[N / 2].da > 4096)
   {
     buffer<T> pa;
-    std::vector<double> acc;
-    std::vector<T> dot;
+    buffer<double> acc, ref;
+    buffer<T> dot;
 #pragma omp for schedule(dynamic)
-    for (index_t x0 = 0; x0 < n; x0 += chunk) {
-      const index_t m = std::min(chunk, n - x0);
-      acc.assign(m * C, 0.0);
-      for (index_t j = 0; j < N; ++j) {
-        const auto& s = F.site[j];
-        const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da;
-        pa.resize(round_up(m, Simd<T>::PAD) * K);
-        for (index_t l = 0; l < outputs_at(F, j); ++l) {
-          pack_khatri_rao<T>(F, j, l, x0, m, [](index_t) { return 1.0; }, true, pa.data());
-          dot.assign(m, T(0));
-          gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(),
-                         [&](index_t r, index_t c, T v) { dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1)); });
-          // nl == C whenever C > 1 (one side always carries l)
-          for (index_t r = 0; r < m; ++r) acc[r * C + l] += row_scale(F, j, x0 + r, l) * dot[r];
+    for (index_t x0 = 0; x0 < n; x0 += chunk)
+      region.run([&] {
+        const index_t m = std::min(chunk, n - x0);
+        acc.assign(m * C, 0.0);
+        ref.assign(m, -std::numeric_limits<double>::infinity());
+        for (index_t j = 0; j < N; ++j)
+          for (index_t r = 0; r < m && !skipped(j); ++r)
+            for (index_t l = 0; l < outputs_at(F, j); ++l) ref[r] = std::max(ref[r], F.log(j, x0 + r, l) + log_site[j]);
+        for (index_t r = 0; r < m; ++r) ref[r] = std::isfinite(ref[r]) ? ref[r] : 0.0;
+        for (index_t j = 0; j < N; ++j) {
+          region.checkpoint();
+          if (skipped(j)) continue;
+          const auto& s = F.site[j];
+          const index_t da = s.da, db = std::max<index_t>(s.db, 1), K = d * da;
+          pa.resize(round_up(m, Simd<T>::PAD) * K);
+          for (index_t l = 0; l < outputs_at(F, j); ++l) {
+            pack_khatri_rao<T>(F, j, l, x0, m, [](index_t) { return 1.0; }, true, pa.data());
+            dot.assign(m, T(0));
+            gemm_packed<T>(m, db, K, pa.data(), packed[j][l].data(),
+                           [&](index_t r, index_t c, T v) { dot[r] += v * (s.db ? F.b_row(j, x0 + r, l)[c] : T(1)); });
+            // nl == C whenever C > 1 (one side always carries l)
+            for (index_t r = 0; r < m; ++r)
+              acc[r * C + l] += std::exp(F.log(j, x0 + r, l) + log_site[j] - ref[r]) * dot[r];
+          }
         }
-      }
-      for (index_t r = 0; r < m; ++r)
-        for (index_t l = 0; l < C; ++l) out[(x0 + r) * C + l] = static_cast<T>(acc[r * C + l]);
-    }
+        for (index_t r = 0; r < m; ++r) {
+          const double scale = out_log ? 1.0 : std::exp(ref[r]);
+          if (out_log) out_log[x0 + r] = ref[r];
+          for (index_t l = 0; l < C; ++l) out[(x0 + r) * C + l] = static_cast<T>(scale * acc[r * C + l]);
+        }
+      });
   }
+  region.finish();
 }
 
-/// out (n, C, k) = Theta(X, X) v without forming Theta: J diag(site_lr) J^T v, column by column.
+/// out (n, C, k) = Theta(X, X) v without forming Theta: J diag(site_lr) J^T v, column by column,
+/// in the normalised forms of vjp and jvp (site_lr joins the tangents' log-scales).  With
+/// out_log (n, k): out[x, :, c] = exp(-out_log[x * k + c]) (Theta v)[x, :, c].
 template <class T>
 void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k,
-                 T* out) {
+                 T* out, double* out_log) {
   const Factors<T> F = compute_factors<T>(ch, phi);
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n;
-  std::vector<std::vector<T>> g(N);
+  std::vector<buffer<T>> g(N);
   std::vector<T*> gp(N);
   for (index_t j = 0; j < N; ++j) g[j].resize(ch.core_size(j)), gp[j] = g[j].data();
-  std::vector<T> col(n * C), res(n * C);
+  buffer<T> col(n * C), res(n * C);
+  buffer<double> res_log(n);
+  std::vector<double> g_log(N);
   for (index_t c = 0; c < k; ++c) {
     for (index_t i = 0; i < n * C; ++i) col[i] = v[i * k + c];
-    vjp_from_factors<T>(F, col.data(), gp.data());
-    for (index_t j = 0; j < N; ++j)
-      for (auto& e : g[j]) e *= static_cast<T>(site_lr[j]);
-    jvp_from_factors<T>(F, gp.data(), res.data());
-    for (index_t i = 0; i < n * C; ++i) out[i * k + c] = res[i];
+    vjp_from_factors<T>(F, col.data(), gp.data(), g_log.data());
+    for (index_t j = 0; j < N; ++j) g_log[j] += std::log(site_lr[j]);  // -inf: a site not trained
+    jvp_from_factors<T>(F, gp.data(), res.data(), g_log.data(), res_log.data());
+    for (index_t x = 0; x < n; ++x) {
+      const double scale = out_log ? 1.0 : std::exp(res_log[x]);
+      if (out_log) out_log[x * k + c] = res_log[x];
+      for (index_t l = 0; l < C; ++l) {
+        const index_t i = x * C + l;
+        out[i * k + c] = out_log ? res[i] : static_cast<T>(scale * static_cast<double>(res[i]));
+      }
+    }
   }
 }
 
@@ -171,19 +232,23 @@ void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
   for (index_t j = 0; j < N; ++j) offset[j + 1] = offset[j] + ch.core_size(j);
   const index_t P = offset[N];
   std::fill(out, out + n * C * P, T(0));
-#pragma omp parallel for schedule(static) if (n * C * P > 65536)
+  Region region;
+#pragma omp parallel for schedule(static) num_threads(region.threads()) if (n * C * P > 65536)
   for (index_t x = 0; x < n; ++x)
-    for (index_t l = 0; l < C; ++l)
-      for (index_t j = 0; j < N; ++j) {
-        const auto& s = F.site[j];
-        const index_t da = s.da, db = std::max<index_t>(s.db, 1);
-        const T sc = static_cast<T>(row_scale(F, j, x, l));
-        const T* u = F.u_row(j, x);
-        const T* a = F.a_row(j, x, l);
-        const T* b = F.b_row(j, x, l);
-        T* o = out + (x * C + l) * P + offset[j] + (j == ch.output_site ? l * d * da * db : 0);
-        for (index_t si = 0; si < d; ++si)
-          for (index_t ai = 0; ai < da; ++ai)
-            for (index_t bi = 0; bi < db; ++bi) o[(si * da + ai) * db + bi] = sc * u[si] * a[ai] * (b ? b[bi] : T(1));
-      }
+    region.run([&] {
+      for (index_t l = 0; l < C; ++l)
+        for (index_t j = 0; j < N; ++j) {
+          const auto& s = F.site[j];
+          const index_t da = s.da, db = std::max<index_t>(s.db, 1);
+          const T sc = static_cast<T>(row_scale(F, j, x, l));
+          const T* u = F.u_row(j, x);
+          const T* a = F.a_row(j, x, l);
+          const T* b = F.b_row(j, x, l);
+          T* o = out + (x * C + l) * P + offset[j] + (j == ch.output_site ? l * d * da * db : 0);
+          for (index_t si = 0; si < d; ++si)
+            for (index_t ai = 0; ai < da; ++ai)
+              for (index_t bi = 0; bi < db; ++bi) o[(si * da + ai) * db + bi] = sc * u[si] * a[ai] * (b ? b[bi] : T(1));
+        }
+    });
+  region.finish();
 }

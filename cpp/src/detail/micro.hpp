@@ -95,26 +95,30 @@ void pack_elems(index_t n_rows, index_t dim, ElemFn elem, T* dst) {
 }
 
 /// out(r, c) for r < M, c < N of (packed A: M x K) * (packed B: N x K)^T; `store(r, c, value)`
-/// receives each finished entry.  Rows are split into blocks across OpenMP threads.
+/// receives each finished entry.  Rows are split into blocks across OpenMP threads (inside
+/// another region, where Region gives one thread, the calling thread does them all).
 template <class T, class Store>
 void gemm_packed(index_t M, index_t N, index_t K, const T* a, const T* b, Store store) {
   using S = Simd<T>;
   const index_t mt = round_up(M, S::MR) / S::MR;
   const index_t nt = round_up(N, S::NR) / S::NR;
-#pragma omp parallel for schedule(static) if (mt * nt * K > 32768)
-  for (index_t p = 0; p < mt; ++p) {
-    for (index_t q = 0; q < nt; ++q) {
-      typename S::vec acc[S::MR][S::NV];
-      micro_gemm<T>(panel_row<T>(a, p * S::MR, K), panel_row<T>(b, q * S::NR, K), K, acc);
-      for (int r = 0; r < S::MR; ++r) {
-        const index_t i = p * S::MR + r;
-        if (i >= M) break;
-        for (int v = 0; v < S::NV; ++v)
-          for (int l = 0; l < S::L; ++l) {
-            const index_t c = q * S::NR + v * S::L + l;
-            if (c < N) store(i, c, acc[r][v][l]);
-          }
+  Region region;
+#pragma omp parallel for schedule(static) num_threads(region.threads()) if (mt * nt * K > 32768)
+  for (index_t p = 0; p < mt; ++p)
+    region.run([&] {
+      for (index_t q = 0; q < nt; ++q) {
+        typename S::vec acc[S::MR][S::NV];
+        micro_gemm<T>(panel_row<T>(a, p * S::MR, K), panel_row<T>(b, q * S::NR, K), K, acc);
+        for (int r = 0; r < S::MR; ++r) {
+          const index_t i = p * S::MR + r;
+          if (i >= M) break;
+          for (int v = 0; v < S::NV; ++v)
+            for (int l = 0; l < S::L; ++l) {
+              const index_t c = q * S::NR + v * S::L + l;
+              if (c < N) store(i, c, acc[r][v][l]);
+            }
+        }
       }
-    }
-  }
+    });
+  region.finish();
 }

@@ -25,18 +25,21 @@ void fold_outputs(Factors<T>& F) {
     }
   };
   const bool open = F.chain->boundary == Boundary::open;
-#pragma omp parallel for schedule(dynamic) if (n * N > 4096)
-  for (index_t j = 0; j < N; ++j) {
-    auto& s = F.site[j];
-    if (s.mult_a > 1) {  // open: left slot j; periodic: the open environment E_j
-      fold(open ? F.env.left[j] : F.open_env[j].data(), open ? F.env.left_log[j].data() : F.open_log[j].data(), s.da);
-      s.mult_a = 1, s.da *= C;
-    }
-    if (s.mult_b > 1) {  // open chains only: right slot j + 1
-      fold(F.env.right[j + 1], F.env.right_log[j + 1].data(), s.db);
-      s.mult_b = 1, s.db *= C;
-    }
-  }
+  Region region;
+#pragma omp parallel for schedule(dynamic) num_threads(region.threads()) if (n * N > 4096)
+  for (index_t j = 0; j < N; ++j)
+    region.run([&] {
+      auto& s = F.site[j];
+      if (s.mult_a > 1) {  // open: left slot j; periodic: the open environment E_j
+        fold(open ? F.env.left[j] : F.open_env[j].data(), open ? F.env.left_log[j].data() : F.open_log[j].data(), s.da);
+        s.mult_a = 1, s.da *= C;
+      }
+      if (s.mult_b > 1) {  // open chains only: right slot j + 1
+        fold(F.env.right[j + 1], F.env.right_log[j + 1].data(), s.db);
+        s.mult_b = 1, s.db *= C;
+      }
+    });
+  region.finish();
 }
 
 /// Rewrite, in place, the environment slots of an open chain that do not depend on the output
@@ -48,7 +51,7 @@ void make_panels(Factors<T>& F) {
   if (F.chain->boundary != Boundary::open) return;
   constexpr int L = Simd<T>::L;
   const index_t N = F.chain->n_sites, panels = round_up(F.n, Simd<T>::PAD) / L;
-  auto convert = [&](T* v, index_t dim, std::vector<T>& tmp) {
+  auto convert = [&](T* v, index_t dim, buffer<T>& tmp) {
     tmp.resize(L * dim);
     for (index_t p = 0; p < panels; ++p) {
       T* blk = v + p * L * dim;
@@ -57,18 +60,21 @@ void make_panels(Factors<T>& F) {
         for (index_t k = 0; k < dim; ++k) blk[k * L + r] = tmp[r * dim + k];
     }
   };
-#pragma omp parallel if (F.n * N > 4096)
+  Region region;
+#pragma omp parallel num_threads(region.threads()) if (F.n * N > 4096)
   {
-    std::vector<T> tmp;
+    buffer<T> tmp;
 #pragma omp for schedule(dynamic)
-    for (index_t j = 0; j < N; ++j) {
-      auto& s = F.site[j];  // open chains: s.a is left slot j, s.b right slot j + 1
-      if (s.mult_a == 1 && s.da > 1) convert(F.env.left[j], s.da, tmp);
-      if (s.mult_b == 1 && s.db > 1) convert(F.env.right[j + 1], s.db, tmp);
-      s.a_panels = s.mult_a == 1;  // a single column is the same in both layouts
-      s.b_panels = s.mult_b == 1;
-    }
+    for (index_t j = 0; j < N; ++j)
+      region.run([&] {
+        auto& s = F.site[j];  // open chains: s.a is left slot j, s.b right slot j + 1
+        if (s.mult_a == 1 && s.da > 1) convert(F.env.left[j], s.da, tmp);
+        if (s.mult_b == 1 && s.db > 1) convert(F.env.right[j + 1], s.db, tmp);
+        s.a_panels = s.mult_a == 1;  // a single column is the same in both layouts
+        s.b_panels = s.mult_b == 1;
+      });
   }
+  region.finish();
 }
 
 /// The factors of one batch for one output l as packed panels, site by site.  The u rows are
@@ -82,11 +88,25 @@ struct PackedSide {
   buffer<T> own;
 };
 
-/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) - c(x)) and
-/// sqrt(w_j), so that the product of the three Grams is the site's whole term.
+/// Per-sample reference log-scale of the NTK: the largest log-scale of a site's weighted row,
+/// log(j, x, l) + log sqrt(w_j), over sites and outputs (-inf when every row vanishes).  The
+/// packed row weights exp(log(j, x, l) + log sqrt(w_j) - c(x)) then lie in [0, 1], however far
+/// the factors or the site weights are from the range of T.
+template <class T>
+std::vector<double> ntk_log_scale(const Factors<T>& F, const std::vector<double>& half_log_weight) {
+  std::vector<double> c(F.n, -std::numeric_limits<double>::infinity());
+  for (index_t x = 0; x < F.n; ++x)
+    for (index_t j = 0; j < F.chain->n_sites; ++j)
+      for (index_t l = 0; l < F.n_outputs(); ++l) c[x] = std::max(c[x], F.log(j, x, l) + half_log_weight[j]);
+  return c;
+}
+
+/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) + log sqrt(w_j)
+/// - c(x)), so that the product of the three Grams is the site's whole term relative to
+/// exp(c_i + c_k).
 template <class T>
 PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double>& c,
-                        const std::vector<double>& weight) {
+                        const std::vector<double>& half_log_weight) {
   PackedSide<T> P;
   const index_t N = F.chain->n_sites, npad = round_up(F.n, Simd<T>::PAD);
   P.n = F.n;
@@ -110,18 +130,21 @@ PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double
     P.a[j] = s.a_panels ? s.a : base + off_a[j];
     P.b[j] = !s.db ? nullptr : s.b_panels ? s.b : base + off_b[j];
   }
-#pragma omp parallel for schedule(dynamic) if (total > 65536)
-  for (index_t j = 0; j < N; ++j) {
-    pack_rows<T>(
-        F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
-        [&](index_t x) { return std::sqrt(weight[j]) * tile::row_weight(F.log(j, x, l), c[x]); }, base + off_u[j]);
-    if (off_a[j] >= 0)
+  Region region;
+#pragma omp parallel for schedule(dynamic) num_threads(region.threads()) if (total > 65536)
+  for (index_t j = 0; j < N; ++j)
+    region.run([&] {
       pack_rows<T>(
-          F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_a[j]);
-    if (off_b[j] >= 0)
-      pack_rows<T>(
-          F.n, P.db[j], [&](index_t x) { return F.b_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_b[j]);
-  }
+          F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
+          [&](index_t x) { return tile::row_weight(F.log(j, x, l) + half_log_weight[j], c[x]); }, base + off_u[j]);
+      if (off_a[j] >= 0)
+        pack_rows<T>(
+            F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_a[j]);
+      if (off_b[j] >= 0)
+        pack_rows<T>(
+            F.n, P.db[j], [&](index_t x) { return F.b_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_b[j]);
+    });
+  region.finish();
   return P;
 }
 
@@ -154,89 +177,93 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
   // the parallel region, so that a failed allocation surfaces as an exception (MemoryError).
   const index_t tb = round_up(std::min(std::max<index_t>(tile, 1), std::max(s1.n, s2.n)), S::PAD);
   const index_t t1 = (s1.n + tb - 1) / tb, t2 = (s2.n + tb - 1) / tb;
-  std::vector<std::pair<index_t, index_t>> tiles;
+  buffer<std::pair<index_t, index_t>> tiles;
   for (index_t ib = 0; ib < t1; ++ib)
     for (index_t kb = tgt.upper_only ? ib : 0; kb < t2; ++kb) tiles.emplace_back(ib, kb);
   const bool per_site = tgt.site_stride != 0;
 
-  int n_threads = 1;
-#ifdef _OPENMP
-  n_threads = omp_get_max_threads();
-#endif
+  Region region;
+  const int n_threads = tiles.size() > 1 ? region.threads() : 1;
   std::vector<buffer<T>> buffers(n_threads);
   for (auto& b : buffers) b.resize(tb * tb);
-#pragma omp parallel num_threads(n_threads) if (tiles.size() > 1)
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
 #ifdef _OPENMP
     buffer<T>& buf = buffers[omp_get_thread_num()];
 #else
     buffer<T>& buf = buffers[0];
 #endif
+    // Each tile is written to `out` whole (per site with per_site) from the thread's buffer, so
+    // an interrupted call leaves every entry either untouched or final: with `out` NaN-filled
+    // first (the Python layer does), the tiles that still hold NaN are exactly those to redo.
 #pragma omp for schedule(dynamic)
-    for (index_t t = 0; t < static_cast<index_t>(tiles.size()); ++t) {
-      const index_t i0 = tiles[t].first * tb, k0 = tiles[t].second * tb;
-      const index_t mi = std::min(tb, s1.n - i0), mk = std::min(tb, s2.n - k0);
-      const index_t pi = round_up(mi, S::PAD), pk = round_up(mk, S::PAD);
-      // A diagonal tile of a symmetric call computes its upper micro-tiles only and reads its
-      // lower half from them when it is written.
-      const bool diag = tgt.upper_only && i0 == k0;
-      const bool mirror_tile = tgt.mirror && !diag;
-      std::fill(buf.begin(), buf.end(), T(0));
-      bool all_finite = true;
-      auto flush = [&](index_t j) {
-        T* o = tgt.out + j * tgt.site_stride;
-        T* m = tgt.mirror ? tgt.mirror + j * tgt.site_stride : nullptr;
-        for (index_t i = 0; i < mi; ++i)
-          for (index_t k = 0; k < mk; ++k) {
-            T v = (diag && k < i) ? buf[k * tb + i] : buf[i * tb + k];
-            if (tgt.log1) {
-              const index_t a = i0 + i, b = k0 + k;
-              // in double: the scale alone can leave the range of float where the entry does not
-              v = static_cast<T>(static_cast<double>(v) *
-                                 tile::pair_scale(tgt.log1[a], tgt.exp1[a], tgt.log2[b], tgt.exp2[b], tgt.split));
-            }
-            T& dst = o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col];
-            dst = v;
-            all_finite = all_finite && std::isfinite(dst);
-            if (mirror_tile) {
-              T& md = m[(k0 + k) * tgt.ld_row + (i0 + i) * tgt.ld_col];
-              md = v;
-            }
-          }
+    for (index_t t = 0; t < static_cast<index_t>(tiles.size()); ++t)
+      region.run([&] {
+        const index_t i0 = tiles[t].first * tb, k0 = tiles[t].second * tb;
+        const index_t mi = std::min(tb, s1.n - i0), mk = std::min(tb, s2.n - k0);
+        const index_t pi = round_up(mi, S::PAD), pk = round_up(mk, S::PAD);
+        // A diagonal tile of a symmetric call computes its upper micro-tiles only and reads its
+        // lower half from them when it is written.
+        const bool diag = tgt.upper_only && i0 == k0;
+        const bool mirror_tile = tgt.mirror && !diag;
         std::fill(buf.begin(), buf.end(), T(0));
-        if (!all_finite) tgt.finite->store(false, std::memory_order_relaxed);
-      };
-      for (index_t j = 0; j < N; ++j) {
-        if (!use_site[j]) {  // its (zero) entries still have to be written
-          if (per_site) flush(j);
-          continue;
-        }
-        const index_t d = s1.d, da = s1.da[j], db = s1.db[j];
-        const T *u1 = s1.u[j], *a1 = s1.a[j], *b1 = s1.b[j];
-        const T *u2 = s2.u[j], *a2 = s2.a[j], *b2 = s2.b[j];
-        for (index_t p = 0; p < pi; p += MR) {
-          for (index_t q = 0; q < pk; q += NR) {
-            if (diag && q + NR <= p) continue;  // strictly below the diagonal
-            vec g[MR][NV], h[MR][NV];
-            micro_gemm<T>(panel_row<T>(a1, i0 + p, da), panel_row<T>(a2, k0 + q, da), da, g);
-            if (db) {
-              micro_gemm<T>(panel_row<T>(b1, i0 + p, db), panel_row<T>(b2, k0 + q, db), db, h);
-              for (int r = 0; r < MR; ++r)
-                for (int v = 0; v < NV; ++v) g[r][v] *= h[r][v];
+        bool all_finite = true;
+        auto flush = [&](index_t j) {
+          T* o = tgt.out + j * tgt.site_stride;
+          T* m = tgt.mirror ? tgt.mirror + j * tgt.site_stride : nullptr;
+          for (index_t i = 0; i < mi; ++i)
+            for (index_t k = 0; k < mk; ++k) {
+              T v = (diag && k < i) ? buf[k * tb + i] : buf[i * tb + k];
+              if (tgt.log1) {
+                const index_t a = i0 + i, b = k0 + k;
+                // in double: the scale alone can leave the range of float where the entry does not
+                v = static_cast<T>(static_cast<double>(v) *
+                                   tile::pair_scale(tgt.log1[a], tgt.exp1[a], tgt.log2[b], tgt.exp2[b], tgt.split));
+              }
+              T& dst = o[(i0 + i) * tgt.ld_row + (k0 + k) * tgt.ld_col];
+              dst = v;
+              all_finite = all_finite && std::isfinite(dst);
+              if (mirror_tile) {
+                T& md = m[(k0 + k) * tgt.ld_row + (i0 + i) * tgt.ld_col];
+                md = v;
+              }
             }
-            micro_gemm<T>(panel_row<T>(u1, i0 + p, d), panel_row<T>(u2, k0 + q, d), d, h);
-            for (int r = 0; r < MR; ++r) {
-              T* row = buf.data() + (p + r) * tb + q;
-              for (int v = 0; v < NV; ++v)
-                S::store(row + v * L, S::load(row + v * L) + tile::site_term(h[r][v], g[r][v]));
+          std::fill(buf.begin(), buf.end(), T(0));
+          if (!all_finite) tgt.finite->store(false, std::memory_order_relaxed);
+        };
+        for (index_t j = 0; j < N; ++j) {
+          region.checkpoint();
+          if (!use_site[j]) {  // its (zero) entries still have to be written
+            if (per_site) flush(j);
+            continue;
+          }
+          const index_t d = s1.d, da = s1.da[j], db = s1.db[j];
+          const T *u1 = s1.u[j], *a1 = s1.a[j], *b1 = s1.b[j];
+          const T *u2 = s2.u[j], *a2 = s2.a[j], *b2 = s2.b[j];
+          for (index_t p = 0; p < pi; p += MR) {
+            for (index_t q = 0; q < pk; q += NR) {
+              if (diag && q + NR <= p) continue;  // strictly below the diagonal
+              vec g[MR][NV], h[MR][NV];
+              micro_gemm<T>(panel_row<T>(a1, i0 + p, da), panel_row<T>(a2, k0 + q, da), da, g);
+              if (db) {
+                micro_gemm<T>(panel_row<T>(b1, i0 + p, db), panel_row<T>(b2, k0 + q, db), db, h);
+                for (int r = 0; r < MR; ++r)
+                  for (int v = 0; v < NV; ++v) g[r][v] *= h[r][v];
+              }
+              micro_gemm<T>(panel_row<T>(u1, i0 + p, d), panel_row<T>(u2, k0 + q, d), d, h);
+              for (int r = 0; r < MR; ++r) {
+                T* row = buf.data() + (p + r) * tb + q;
+                for (int v = 0; v < NV; ++v)
+                  S::store(row + v * L, S::load(row + v * L) + tile::site_term(h[r][v], g[r][v]));
+              }
             }
           }
+          if (per_site) flush(j);
         }
-        if (per_site) flush(j);
-      }
-      if (!per_site) flush(0);
-    }
+        if (!per_site) flush(0);
+      });
   }
+  region.finish();
 }
 
 /// The NTK of one or two batches (contract of mpsntk::ntk in engine.hpp).
@@ -257,11 +284,15 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   if (!sym) make_panels(F2storage);
   Factors<T>& F2 = sym ? F1 : F2storage;
   const index_t n1 = F1.n, n2 = F2.n;
-  const std::vector<double> c1 = F1.sample_log_scale();
-  const std::vector<double> c2 = sym ? c1 : F2.sample_log_scale();
+  // log sqrt(w_j) of the site weights w_j = c_j^2 site_lr_j (times C at the label site when the
+  // outputs are traced: C equal terms), in double, where no weight leaves the range
   std::vector<double> weight(N);
-  for (index_t j = 0; j < N; ++j) weight[j] = ch.scales[j] * ch.scales[j] * site_lr[j];
-  if (!full && ch.output_site >= 0) weight[ch.output_site] *= C;  // its trace: C equal terms
+  for (index_t j = 0; j < N; ++j) {
+    const double traced = !full && j == ch.output_site ? std::log(double(C)) : 0.0;
+    weight[j] = 0.5 * (2 * std::log(ch.scales[j]) + std::log(site_lr[j]) + traced);
+  }
+  const std::vector<double> c1 = ntk_log_scale(F1, weight);
+  const std::vector<double> c2 = sym ? c1 : ntk_log_scale(F2, weight);
 
   const index_t cc = full ? C * C : 1;
   const index_t block = n1 * n2 * cc;
@@ -272,7 +303,7 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
   bool split = true;
   for (index_t i = 0; i < n1; ++i) split = split && tile::moderate_log(log1[i]);
   for (index_t k = 0; k < n2; ++k) split = split && tile::moderate_log(log2[k]);
-  std::vector<double> e1(n1), e2(n2);
+  buffer<double> e1(n1), e2(n2);
   for (index_t i = 0; i < n1; ++i) e1[i] = std::exp(log1[i]);
   for (index_t k = 0; k < n2; ++k) e2[k] = std::exp(log2[k]);
   NtkTarget<T> tgt;

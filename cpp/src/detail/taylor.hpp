@@ -129,20 +129,23 @@ void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const Feature
     sum.cores[j] = stepped[j].data();
   }
   std::vector<buffer<T>> core_p(N), step_p(N), sum_p(N);
-#pragma omp parallel for schedule(dynamic) if (N > 1 && n * ch.bond[N / 2] > 4096)
-  for (index_t j = 0; j < N; ++j) {
-    const bool to_right = j < split;
-    core_p[j] = pack_core(ch, j, to_right);
-    step_p[j] = pack_core(step, j, to_right);
-    if (remainder) sum_p[j] = pack_core(sum, j, to_right);
+  {
+    Region region;
+#pragma omp parallel for schedule(dynamic) num_threads(region.threads()) if (N > 1 && n * ch.bond[N / 2] > 4096)
+    for (index_t j = 0; j < N; ++j)
+      region.run([&] {
+        const bool to_right = j < split;
+        core_p[j] = pack_core(ch, j, to_right);
+        step_p[j] = pack_core(step, j, to_right);
+        if (remainder) sum_p[j] = pack_core(sum, j, to_right);
+      });
+    region.finish();
   }
 
   // Blocks of samples: about 48 rows per order (as the environments), fewer when that leaves
   // too few blocks for the threads.
-  index_t threads = 1, widest = 1;
-#ifdef _OPENMP
-  threads = omp_get_max_threads();
-#endif
+  Region region;
+  index_t threads = region.threads(), widest = 1;
   for (index_t s = 0; s <= N; ++s) widest = std::max(widest, ch.bond[s]);
   const index_t rows_per_x = C * h;
   index_t block = std::max<index_t>(1, 48 / rows_per_x);
@@ -174,72 +177,74 @@ void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const Feature
     Work& w = work[0];
 #endif
 #pragma omp for schedule(dynamic)
-    for (index_t b = 0; b < n_blocks; ++b) {
-      const index_t x0 = b * block, x1 = std::min(n, x0 + block), nb = x1 - x0;
-      // One sweep from slot `first` (the boundary) to slot `last`, ending in `cur`.
-      auto sweep = [&](bool to_right, index_t first, index_t last) {
-        identity_slot<T>(nb, h, w.cur.rows(0), w.cur.logs(0));
-        for (index_t s = first, len = 0; s != last; s += to_right ? 1 : -1, ++len) {
-          const index_t j = to_right ? s : s - 1;
-          const index_t mult_in = to_right ? ch.left_mult(j) : ch.right_mult(j + 1);
-          const index_t fan = j == ch.output_site ? C : 1;
-          const index_t groups = nb * mult_in * fan, group = h * ch.bond[to_right ? j + 1 : j];
-          const index_t top = top_of(len), new_top = top_of(len + 1);
-          // into order k of the next slot: (k of this one) through the core, (k - 1) through the
-          // step; the two meet with their own scales.
-          auto step_into = [&](const ChainView<T>& chain, const std::vector<buffer<T>>& packed, index_t from,
-                               index_t to, bool add) {
-            transfer_rows<T>(chain, phi, j, to_right, h, mult_in, packed[j].data(), x0, x1, w.cur.rows(from),
-                             w.cur.logs(from), add ? w.delta.rows(0) : w.next.rows(to),
-                             add ? w.delta.logs(0) : w.next.logs(to), w.scratch);
-            if (add)
-              add_scaled_groups<T>(groups, group, w.next.rows(to), w.next.logs(to), w.delta.rows(0), w.delta.logs(0));
-          };
-          for (index_t k = 0; k <= new_top; ++k) {
-            if (k <= top) step_into(ch, core_p, k, k, false);
-            if (k >= 1) step_into(step, step_p, k - 1, k, k <= top);
+    for (index_t b = 0; b < n_blocks; ++b)
+      region.run([&] {
+        const index_t x0 = b * block, x1 = std::min(n, x0 + block), nb = x1 - x0;
+        // One sweep from slot `first` (the boundary) to slot `last`, ending in `cur`.
+        auto sweep = [&](bool to_right, index_t first, index_t last) {
+          identity_slot<T>(nb, h, w.cur.rows(0), w.cur.logs(0));
+          for (index_t s = first, len = 0; s != last; s += to_right ? 1 : -1, ++len) {
+            const index_t j = to_right ? s : s - 1;
+            const index_t mult_in = to_right ? ch.left_mult(j) : ch.right_mult(j + 1);
+            const index_t fan = j == ch.output_site ? C : 1;
+            const index_t groups = nb * mult_in * fan, group = h * ch.bond[to_right ? j + 1 : j];
+            const index_t top = top_of(len), new_top = top_of(len + 1);
+            // into order k of the next slot: (k of this one) through the core, (k - 1) through the
+            // step; the two meet with their own scales.
+            auto step_into = [&](const ChainView<T>& chain, const std::vector<buffer<T>>& packed, index_t from,
+                                 index_t to, bool add) {
+              transfer_rows<T>(chain, phi, j, to_right, h, mult_in, packed[j].data(), x0, x1, w.cur.rows(from),
+                               w.cur.logs(from), add ? w.delta.rows(0) : w.next.rows(to),
+                               add ? w.delta.logs(0) : w.next.logs(to), w.scratch);
+              if (add)
+                add_scaled_groups<T>(groups, group, w.next.rows(to), w.next.logs(to), w.delta.rows(0), w.delta.logs(0));
+            };
+            for (index_t k = 0; k <= new_top; ++k) {
+              if (k <= top) step_into(ch, core_p, k, k, false);
+              if (k >= 1) step_into(step, step_p, k - 1, k, k <= top);
+            }
+            if (tail_of(len)) step_into(sum, sum_p, R, R, false);
+            if (remainder && top == K) step_into(step, step_p, K, R, tail_of(len));
+            std::swap(w.cur, w.next);
           }
-          if (tail_of(len)) step_into(sum, sum_p, R, R, false);
-          if (remainder && top == K) step_into(step, step_p, K, R, tail_of(len));
-          std::swap(w.cur, w.next);
-        }
-      };
-      sweep(true, 0, split);
-      std::swap(w.cur, w.left);
-      sweep(false, N, split);
-      PolySlot<T>& Lt = w.left;
-      PolySlot<T>& Rt = w.cur;
-      // P_k = sum_{a + b = k} <L^(a), R^(b)> at the split slot; pairs above K (or with a
-      // remainder row) add to the remainder.
-      const index_t mL = ch.left_mult(split), mR = ch.right_mult(split), len = h * ch.bond[split];
-      const index_t top_l = top_of(split), top_r = top_of(N - split);
-      const bool tail_l = tail_of(split), tail_r = tail_of(N - split);
-      const index_t rows = K + 1 + remainder;
-      for (index_t x = 0; x < nb; ++x)
-        for (index_t l = 0; l < C; ++l) {
-          const index_t rl = x * mL + (mL > 1 ? l : 0), rr = x * mR + (mR > 1 ? l : 0);
-          std::fill(w.acc.begin(), w.acc.end(), LogSum());
-          for (index_t a = 0; a <= R; ++a) {
-            if ((a > top_l && a < R) || (a == R && !tail_l)) continue;
-            for (index_t c = 0; c <= R; ++c) {
-              if ((c > top_r && c < R) || (c == R && !tail_r)) continue;
-              const index_t k = (a == R || c == R || a + c > K) ? R : a + c;
-              if (k == R && !remainder) continue;
-              const T* pl = Lt.rows(a) + rl * len;
-              const T* pr = Rt.rows(c) + rr * len;
-              double dot = 0;
-              for (index_t i = 0; i < len; ++i) dot += double(pl[i]) * double(pr[i]);
-              w.acc[k].add(dot, Lt.logs(a)[rl] + Rt.logs(c)[rr]);
+        };
+        sweep(true, 0, split);
+        std::swap(w.cur, w.left);
+        sweep(false, N, split);
+        PolySlot<T>& Lt = w.left;
+        PolySlot<T>& Rt = w.cur;
+        // P_k = sum_{a + b = k} <L^(a), R^(b)> at the split slot; pairs above K (or with a
+        // remainder row) add to the remainder.
+        const index_t mL = ch.left_mult(split), mR = ch.right_mult(split), len = h * ch.bond[split];
+        const index_t top_l = top_of(split), top_r = top_of(N - split);
+        const bool tail_l = tail_of(split), tail_r = tail_of(N - split);
+        const index_t rows = K + 1 + remainder;
+        for (index_t x = 0; x < nb; ++x)
+          for (index_t l = 0; l < C; ++l) {
+            const index_t rl = x * mL + (mL > 1 ? l : 0), rr = x * mR + (mR > 1 ? l : 0);
+            std::fill(w.acc.begin(), w.acc.end(), LogSum());
+            for (index_t a = 0; a <= R; ++a) {
+              if ((a > top_l && a < R) || (a == R && !tail_l)) continue;
+              for (index_t c = 0; c <= R; ++c) {
+                if ((c > top_r && c < R) || (c == R && !tail_r)) continue;
+                const index_t k = (a == R || c == R || a + c > K) ? R : a + c;
+                if (k == R && !remainder) continue;
+                const T* pl = Lt.rows(a) + rl * len;
+                const T* pr = Rt.rows(c) + rr * len;
+                double dot = 0;
+                for (index_t i = 0; i < len; ++i) dot += double(pl[i]) * double(pr[i]);
+                w.acc[k].add(dot, Lt.logs(a)[rl] + Rt.logs(c)[rr]);
+              }
+            }
+            for (index_t k = 0; k < rows; ++k) {
+              const index_t o = (k * n + x0 + x) * C + l;
+              mantissa[o] = static_cast<T>(w.acc[k].m);
+              log_scale[o] = w.acc[k].m != 0 ? w.acc[k].lg : 0.0;
             }
           }
-          for (index_t k = 0; k < rows; ++k) {
-            const index_t o = (k * n + x0 + x) * C + l;
-            mantissa[o] = static_cast<T>(w.acc[k].m);
-            log_scale[o] = w.acc[k].m != 0 ? w.acc[k].lg : 0.0;
-          }
-        }
-    }
+      });
   }
+  region.finish();
 }
 
 // ------------------------------------------------------------------------------ order kernels
@@ -450,10 +455,8 @@ RangeReport order_kernels_impl(const ChainView<T>& ch, const FeatureView<T>& phi
   const index_t nch = by_first ? N : h * h, nm = std::max<index_t>(kmax - 1, 1);
   index_t widest = 1;
   for (index_t s = 0; s <= N; ++s) widest = std::max(widest, ch.bond[s]);
-  int threads = 1;
-#ifdef _OPENMP
-  threads = omp_get_max_threads();
-#endif
+  Region region;
+  const int threads = region.threads();
   const index_t PAD = Simd<T>::PAD, states = nch * nm;
   std::vector<PairWork<T>> work(threads);
   for (auto& w : work) {
@@ -466,6 +469,7 @@ RangeReport order_kernels_impl(const ChainView<T>& ch, const FeatureView<T>& phi
     w.z.assign(N * h * h, 0.0), w.w.assign(N * h * h, 0.0), w.zl.assign(N, 0.0), w.wl.assign(N, 0.0);
     w.lk.assign(N, 0.0);
   }
+  std::vector<std::vector<LogSum>> accs(work.size(), std::vector<LogSum>(kmax + 1));
   std::atomic<bool> overflow{false}, underflow{false};
   // Threads only for work that outweighs waking them: pairs x sites x (Grams + transfers).
   const double pairs = sym ? 0.5 * n1 * (n1 + 1) : double(n1) * n2;
@@ -477,22 +481,26 @@ RangeReport order_kernels_impl(const ChainView<T>& ch, const FeatureView<T>& phi
 #else
     PairWork<T>& w = work[0];
 #endif
-    std::vector<LogSum> acc(kmax + 1);
+    std::vector<LogSum>& acc = accs[&w - work.data()];
 #pragma omp for schedule(dynamic, 1)
     for (index_t i = 0; i < n1; ++i)
-      for (index_t k = sym ? i : 0; k < n2; ++k) {
-        std::fill(acc.begin(), acc.end(), LogSum());
-        for (const auto& oc : chains) pair_order_kernels<T>(oc, phi1, p2, i, k, lambda, kmax, by_first, w, acc);
-        for (index_t o = 0; o < static_cast<index_t>(orders.size()); ++o) {
-          const LogSum& a = acc[orders[o]];
-          const double v = a.m * std::exp(a.lg);
-          const T t = static_cast<T>(v);
-          if (!std::isfinite(t)) overflow.store(true, std::memory_order_relaxed);
-          if (t == T(0) && a.m != 0.0) underflow.store(true, std::memory_order_relaxed);
-          out[(o * n1 + i) * n2 + k] = t;
-          if (sym) out[(o * n1 + k) * n2 + i] = t;
+      region.run([&] {
+        for (index_t k = sym ? i : 0; k < n2; ++k) {
+          region.checkpoint();
+          std::fill(acc.begin(), acc.end(), LogSum());
+          for (const auto& oc : chains) pair_order_kernels<T>(oc, phi1, p2, i, k, lambda, kmax, by_first, w, acc);
+          for (index_t o = 0; o < static_cast<index_t>(orders.size()); ++o) {
+            const LogSum& a = acc[orders[o]];
+            const double v = a.m * std::exp(a.lg);
+            const T t = static_cast<T>(v);
+            if (!std::isfinite(t)) overflow.store(true, std::memory_order_relaxed);
+            if (t == T(0) && a.m != 0.0) underflow.store(true, std::memory_order_relaxed);
+            out[(o * n1 + i) * n2 + k] = t;
+            if (sym) out[(o * n1 + k) * n2 + i] = t;
+          }
         }
-      }
+      });
   }
+  region.finish();
   return RangeReport{overflow.load(), underflow.load()};
 }

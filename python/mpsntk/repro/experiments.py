@@ -89,7 +89,7 @@ def mse_run(bond_dim, boundary, seed, *, n_steps=400, log_every=20):
     phi, y, eta = mse_setting(seed)
     mps = MPS.random(6, bond_dim, boundary=boundary, seed=seed + 10)
     c = compare_mse(mps, phi[:6], y, phi[6:], learning_rate=eta, n_steps=n_steps,
-                    log_every=log_every)
+                    log_every=log_every, reduction="sum")
     theta_0 = ntk(mps, phi)
     drift = np.linalg.norm(ntk(c.result.mps, phi) - theta_0) / np.linalg.norm(theta_0)
     return MseRun(comparison=c, ntk_drift=float(drift), initial=mps, probe=phi)

@@ -58,16 +58,18 @@ void ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureVie
 /// @brief Workspace of vjp / jvp / ntk_vp for n_samples samples.
 template <class T>
 std::size_t grad_workspace_bytes(const ChainView<T>& chain, index_t n_samples);
+/// @brief Same contract as mpsntk::vjp (engine.hpp), grad_log a device pointer or nullptr.
 template <class T>
-void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads, void* workspace,
-         std::size_t workspace_bytes, std::uintptr_t stream);
+void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads, double* grad_log,
+         void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+/// @brief Same contract as mpsntk::jvp (engine.hpp), out_log a device pointer or nullptr.
 template <class T>
-void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out, void* workspace,
-         std::size_t workspace_bytes, std::uintptr_t stream);
-/// @brief out (n, C, k) = Theta v; its gradient-shaped scratch (n_params values) is part of the
-/// workspace (included in grad_workspace_bytes).
+void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out, double* out_log,
+         void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+/// @brief out (n, C, k) = Theta v, as mpsntk::ntk_vp (out_log: a device pointer or nullptr); its
+/// gradient-shaped scratch (n_params values) is part of the workspace (grad_workspace_bytes).
 template <class T>
 void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
-            void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+            double* out_log, void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
 
 }  // namespace mpsntk::cuda

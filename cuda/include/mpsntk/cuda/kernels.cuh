@@ -455,7 +455,7 @@ struct KhatriRaoOperands {
   const T* v;
   index_t din, v_stride;
   const T* core;
-  T c;
+  T c;  // environment steps: the mantissa of the site's scale (tile::split_scale)
   index_t Dl, Dr, dout;
   bool to_right;
   index_t M, N;
@@ -495,8 +495,9 @@ struct KhatriRaoOperands {
 
 /// Environment rows (x, alpha) x columns (l, o) -> out[x][l][alpha][o] (fan = 1: out[r][o]).
 /// normalise: the rows are whole normalisation groups (one channel, no fan-out, N <= kTile), and
-/// the GEMM normalises them itself, with log_out[r] = log_in[r] + the factor's exponent;
-/// otherwise fan_logs_kernel and normalise_kernel follow the GEMM.
+/// the GEMM normalises them itself, with log_out[r] = log_in[r] + log_rest + the factor's
+/// exponent; otherwise fan_logs_kernel and normalise_kernel follow the GEMM.  log_rest is the
+/// part of the site's scale left out of the core (tile::split_scale).
 template <class T>
 struct EnvStore {
   T* out;
@@ -504,8 +505,9 @@ struct EnvStore {
   bool normalise;
   const double* log_in;
   double* log_out;
+  double log_rest;
   __device__ double row_factor(index_t r, double maxabs) const {
-    log_out[r] = log_in[r];
+    log_out[r] = log_in[r] + log_rest;
     return tile::pow2_normaliser<T>(maxabs, log_out + r);
   }
   __device__ void operator()(index_t r, index_t col, T v) const {
@@ -543,10 +545,11 @@ __global__ void normalise_kernel(T* v, double* lg, index_t group) {
     for (index_t i = threadIdx.x; i < group; i += blockDim.x) p[i] *= static_cast<T>(factor);
 }
 
-__global__ inline void fan_logs_kernel(const double* in, double* out, index_t n, index_t mult_in, index_t fan) {
+__global__ inline void fan_logs_kernel(const double* in, double* out, index_t n, index_t mult_in, index_t fan,
+                                       double log_rest) {
   const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   const index_t mult_out = mult_in * fan;
-  if (i < n * mult_out) out[i] = in[(i / mult_out) * mult_in + (i % mult_out) / fan];
+  if (i < n * mult_out) out[i] = in[(i / mult_out) * mult_in + (i % mult_out) / fan] + log_rest;
 }
 
 /// Device environments: slot pointers into the workspace (layout of the CPU Environments).
@@ -608,10 +611,13 @@ TransferTask<T> transfer_task(const ChainView<T>& ch, const FeatureView<T>& phi,
   KhatriRaoOperands<T>& op = t.op;
   op.phi = phi.data, op.n_sites = phi.n_sites, op.d = d, op.site = j, op.per_x = s.mult_in * h;
   op.v = s.vin, op.din = din, op.v_stride = din;
-  op.core = ch.cores[j], op.c = static_cast<T>(ch.scales[j]), op.Dl = Dl, op.Dr = Dr, op.dout = dout;
+  double log_rest = 0;
+  op.core = ch.cores[j], op.c = static_cast<T>(tile::split_scale(ch.scales[j], &log_rest));
+  op.Dl = Dl, op.Dr = Dr, op.dout = dout;
   op.to_right = s.to_right, op.M = t.M, op.N = t.N;
   // fan = 1 keeps rows as they are: h = 1, fan = 1 stores out[r][o].
-  t.st = EnvStore<T>{s.vout, fan == 1 ? 1 : h, fan, dout, h == 1 && fan == 1 && dout <= kTile, s.log_in, s.log_out};
+  t.st = EnvStore<T>{s.vout,   fan == 1 ? 1 : h, fan,     dout, h == 1 && fan == 1 && dout <= kTile,
+                     s.log_in, s.log_out,        log_rest};
   return t;
 }
 
@@ -621,7 +627,7 @@ void finish_step(const TransferTask<T>& t, index_t n, index_t h, cudaStream_t st
   if (t.st.normalise) return;
   const index_t mult_in = t.op.per_x / h, fan = t.st.fan;
   launch("fan_logs_kernel", blocks_for(n * mult_in * fan, 256), 256, stream, fan_logs_kernel, t.st.log_in, t.st.log_out,
-         n, mult_in, fan);
+         n, mult_in, fan, t.st.log_rest);
   launch("normalise_kernel", static_cast<unsigned>(n * mult_in * fan), 128, stream, normalise_kernel<T>, t.st.out,
          t.st.log_out, h * t.st.dout);
 }
@@ -678,7 +684,7 @@ struct SiteFactorDev {
   const T* b;  // nullptr when db == 0
   index_t db, mult_b;
   const double* log_b;
-  double weight;  // c_j^2 * site_lr_j (NTK) or c_j (vjp / jvp)
+  double log_weight;  // log of the rows' multiplier: log sqrt(c_j^2 site_lr_j) (NTK), log c_j (vjp, jvp)
 };
 
 template <class T>
@@ -739,8 +745,8 @@ DeviceFactors<T> plan_factors(const ChainView<T>& ch, index_t n, Arena& arena) {
   return F;
 }
 
-/// Sweep the environments and describe the factors; weight_j = scale_j^2 * lr_j if lr given,
-/// else scale_j.
+/// Sweep the environments and describe the factors; log_weight_j = log sqrt(scale_j^2 lr_j) if lr
+/// is given, else log scale_j (in the log domain, where no scale leaves the range of double).
 template <class T>
 void build_factors(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceFactors<T>& F, const double* lr,
                    cudaStream_t stream) {
@@ -749,7 +755,7 @@ void build_factors(const ChainView<T>& ch, const FeatureView<T>& phi, DeviceFact
   F.host_sites.assign(N, SiteFactorDev<T>{});
   for (index_t j = 0; j < N; ++j) {
     auto& s = F.host_sites[j];
-    s.weight = lr ? ch.scales[j] * ch.scales[j] * lr[j] : ch.scales[j];
+    s.log_weight = std::log(ch.scales[j]) + (lr ? 0.5 * std::log(lr[j]) : 0.0);
     if (ch.boundary == Boundary::open) {
       s.a = F.env.left[j], s.da = ch.bond[j], s.mult_a = ch.left_mult(j), s.log_a = F.env.left_log[j];
       s.b = F.env.right[j + 1], s.db = ch.bond[j + 1], s.mult_b = ch.right_mult(j + 1);
