@@ -43,12 +43,10 @@ def _model(spec, dtype, seed=0):
 def sim_ntk(mps, phi1, phi2=None, outputs="trace", per_site=False, tf32=False):
     """What mpsntk.ntk computes on a device, with the simulated engine."""
     full = outputs == "full" and mps.n_outputs > 1
-    n2 = phi1.shape[0] if phi2 is None else phi2.shape[0]
-    shape = (phi1.shape[0], n2) + ((mps.n_outputs,) * 2 if full else ())
-    if per_site:
-        shape = (mps.n_sites,) + shape
-    return SIM.ntk(mps, phi1, phi2, _site_lr(mps, None), shape, None, full, per_site, False,
-                   tf32)[0]
+    b1 = SIM.prepare(mps, phi1)
+    b2 = None if phi2 is None else SIM.prepare(mps, phi2)
+    return SIM.ntk(b1, b2, _site_lr(mps, None), full=full, per_site=per_site, normalized=False,
+                   tf32=tf32)[0]
 
 
 @pytest.mark.parametrize("spec", MODELS)
@@ -61,17 +59,20 @@ def test_other_schedules_change_no_bit(spec, monkeypatch):
     mps32 = mps.with_cores([c.astype(np.float32) for c in mps.cores])
     phi32 = phi1.astype(np.float32)
 
+    def batch():  # prepared under the schedule being tested
+        return SIM.prepare(mps, phi1)
+
     def everything():
         return [
             sim_ntk(mps, phi1, outputs="full", per_site=True),
             sim_ntk(mps, phi1, phi2, outputs="full"),
             sim_ntk(mps32, phi32, tf32=True),
             *SIM.forward(mps, phi1),
-            *SIM.vjp(mps, phi1, v[:, :, 0].copy())[0],
-            *SIM.vjp(mps, phi1, v[:, :, 0].copy(), True)[0],
-            SIM.vjp(mps, phi1, v[:, :, 0].copy(), True)[1],
-            SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v)[0],
-            *SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v, True),
+            *SIM.vjp(batch(), v[:, :, 0].copy())[0],
+            *SIM.vjp(batch(), v[:, :, 0].copy(), normalized=True)[0],
+            SIM.vjp(batch(), v[:, :, 0].copy(), normalized=True)[1],
+            SIM.ntk_vp(batch(), v, _site_lr(mps, None))[0],
+            *SIM.ntk_vp(batch(), v, _site_lr(mps, None), normalized=True),
         ]
 
     def all_paths():  # DMMA m16n8k8 (the simulated card is an sm_90 part), m8n8k4, FMAs

@@ -17,8 +17,11 @@ import numpy as np
 from ._backend import _cuda
 
 
-class Engine:
-    """The CUDA entry points of one extension module, allocating with one array library."""
+class DeviceEngine:
+    """The CUDA entry points of one extension module, allocating with one array library: the
+    methods of :class:`mpsntk._engine.HostEngine` on device arrays."""
+
+    device = "cuda"
 
     def __init__(self, module, xp, stream, free_bytes):
         self.module, self.xp = module, xp
@@ -52,6 +55,20 @@ class Engine:
                 f"memory is free{'; ' + hint if hint else ''}"
             )
 
+    def prepare_bytes(self, mps, n_samples, *, held=False):
+        return 0
+
+    def ntk_bytes(self, mps, n1, n2, *, full, per_site, tile=None):
+        return self._fn("ntk_workspace_bytes", mps)(*self._chain(mps), n1, n2)
+
+    def product_bytes(self, mps, n_samples):
+        return self._fn("grad_workspace_bytes", mps)(*self._chain(mps), n_samples)
+
+    def prepare(self, mps, phi):
+        from ._engine import Batch
+
+        return Batch(self, mps, phi, None, 0)
+
     def forward(self, mps, phi):
         n, C = phi.shape[0], mps.n_outputs
         chain = self._chain(mps)
@@ -64,10 +81,17 @@ class Engine:
         )
         return mant, lg
 
-    def ntk(self, mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tf32):
-        xp, chain = self.xp, self._chain(mps)
+    batch_forward = None
+
+    def ntk(self, b1, b2, site_lr, *, full, per_site, normalized, tile=None, tf32=False,
+            out=None):
+        xp, mps = self.xp, b1.mps
+        chain = self._chain(mps)
+        phi1, phi2 = b1.phi, None if b2 is None else b2.phi
         n1 = phi1.shape[0]
         n2 = 0 if phi2 is None else phi2.shape[0]
+        shape = (n1, n2 or n1) + ((mps.n_outputs, mps.n_outputs) if full else ())
+        shape = ((mps.n_sites,) if per_site else ()) + shape
         wsb = self._fn("ntk_workspace_bytes", mps)(*chain, n1, n2)
         self.check_fits(wsb, "the environments of this NTK", "compute fewer samples at a time")
         if out is None:
@@ -81,25 +105,13 @@ class Engine:
         log1 = xp.empty(n1, dtype=xp.float64)
         log2 = xp.empty(n2 or n1, dtype=xp.float64)
         self._fn("ntk", mps)(
-            *chain[:3],
-            np.ascontiguousarray(site_lr),
-            *chain[3:],
-            self._ptr(phi1),
-            list(phi1.shape),
-            0 if phi2 is None else self._ptr(phi2),
-            [] if phi2 is None else list(phi2.shape),
-            self._ptr(out),
-            self._ptr(log1),
-            self._ptr(log2),
-            full,
-            per_site,
-            normalized,
-            tf32,
-            self._ptr(ws),
-            ws.nbytes,
+            *chain[:3], np.ascontiguousarray(site_lr), *chain[3:], self._ptr(phi1),
+            list(phi1.shape), 0 if phi2 is None else self._ptr(phi2),
+            [] if phi2 is None else list(phi2.shape), self._ptr(out), self._ptr(log1),
+            self._ptr(log2), full, per_site, normalized, tf32, self._ptr(ws), ws.nbytes,
             self._stream(),
         )
-        return out, log1, log2
+        return out, log1, log2, bool(xp.all(xp.isfinite(out)))
 
     def _grad_workspace(self, mps, n):
         return self._workspace(self._fn("grad_workspace_bytes", mps)(*self._chain(mps), n))
@@ -110,7 +122,8 @@ class Engine:
         log = self.xp.empty(shape, dtype=self.xp.float64) if normalized else None
         return log, 0 if log is None else self._ptr(log)
 
-    def vjp(self, mps, phi, cot, normalized=False):
+    def vjp(self, b, cot, *, normalized=False):
+        mps, phi = b.mps, b.phi
         grads = [self.xp.empty_like(c) for c in mps.cores]
         log, log_ptr = self._log(mps.n_sites, normalized)
         ws = self._grad_workspace(mps, phi.shape[0])
@@ -120,7 +133,8 @@ class Engine:
         )
         return grads, log
 
-    def jvp(self, mps, phi, tangents, normalized=False):
+    def jvp(self, b, tangents, *, tangent_log=None, normalized=False):
+        mps, phi = b.mps, b.phi
         out = self.xp.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
         log, log_ptr = self._log(phi.shape[0], normalized)
         ws = self._grad_workspace(mps, phi.shape[0])
@@ -130,7 +144,8 @@ class Engine:
         )
         return out, log
 
-    def ntk_vp(self, mps, phi, site_lr, v, normalized=False):
+    def ntk_vp(self, b1, v, site_lr, *, b2=None, normalized=False):
+        mps, phi = b1.mps, b1.phi
         out = self.xp.empty_like(v)
         log, log_ptr = self._log((phi.shape[0], v.shape[2]), normalized)
         ws = self._grad_workspace(mps, phi.shape[0])
@@ -156,7 +171,7 @@ def gpu():  # pragma: no cover - needs a GPU
             free, _ = cp.cuda.runtime.memGetInfo()
             return free + cp.get_default_memory_pool().free_bytes()
 
-        _gpu = Engine(_cuda, cp, lambda: cp.cuda.get_current_stream().ptr, free_bytes)
+        _gpu = DeviceEngine(_cuda, cp, lambda: cp.cuda.get_current_stream().ptr, free_bytes)
     return _gpu
 
 
@@ -169,4 +184,4 @@ def simulator():
     from ._backend import CudaError
 
     _cuda_sim._set_error_class(CudaError)
-    return Engine(_cuda_sim, np, lambda: 0, lambda: None)
+    return DeviceEngine(_cuda_sim, np, lambda: 0, lambda: None)

@@ -4,24 +4,13 @@
 template <class T>
 void forward_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, double* log_scale) {
   const Environments<T> env = compute_environments<T>(ch, phi, true, false, /*keep_all=*/false);
-  const index_t N = ch.n_sites, C = ch.n_outputs, h = env.h, n = env.n;
-  const index_t m = ch.left_mult(N);  // == C when there is an output site
-  const T* v = env.left[N];
-  for (index_t x = 0; x < n; ++x)
-    for (index_t l = 0; l < C; ++l) {
-      const index_t r = x * m + (m > 1 ? l : 0);
-      T f = 0;
-      for (index_t a = 0; a < h; ++a) f += v[(r * h + a) * h + a];  // trace (h = 1: the value)
-      mantissa[x * C + l] = f;
-      log_scale[x * C + l] = env.left_log[N][r];
-    }
+  trace_last_slot(ch, env, mantissa, log_scale);
 }
 
 /// Number of outputs l whose factors must be visited at site j (1 when nothing depends on l).
 template <class T>
 index_t outputs_at(const Factors<T>& F, index_t j) {
-  const auto& s = F.site[j];
-  return (s.mult_a > 1 || s.mult_b > 1 || j == F.chain->output_site) ? F.n_outputs() : 1;
+  return mpsntk::outputs_at(F.site[j], j, F.chain->output_site, F.n_outputs());
 }
 
 /// Khatri-Rao rows coef(x) * u (x) a (K = d * da values) of the samples x0 .. x0 + m - 1 at site
@@ -39,7 +28,7 @@ void pack_khatri_rao(const Factors<T>& F, index_t j, index_t l, index_t x0, inde
   }
   for (index_t x = 0; x < m; ++x) {
     const T* u = F.u_row(j, x0 + x);
-    const T* a = F.a_row(j, x0 + x, l);
+    const auto a = F.a_row(j, x0 + x, l);
     const T c = static_cast<T>(coef(x));
     for (index_t s = 0; s < d; ++s) {
       const T cs = c * u[s];
@@ -193,26 +182,28 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out, con
   region.finish();
 }
 
-/// out (n, C, k) = Theta(X, X) v without forming Theta: J diag(site_lr) J^T v, column by column,
-/// in the normalised forms of vjp and jvp (site_lr joins the tangents' log-scales).  With
-/// out_log (n, k): out[x, :, c] = exp(-out_log[x * k + c]) (Theta v)[x, :, c].
+/// out (n1, C, k) = Theta(X1, X2) v for v (n2, C, k) without forming Theta: J1 diag(site_lr)
+/// J2^T v, column by column, in the normalised forms of vjp and jvp (site_lr joins the tangents'
+/// log-scales).  F2 = nullptr: X2 = X1.  With out_log (n1, k): out[x, :, c] = exp(-out_log[x * k
+/// + c]) (Theta v)[x, :, c].
 template <class T>
-void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k,
-                 T* out, double* out_log) {
-  const Factors<T> F = compute_factors<T>(ch, phi);
-  const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n;
+void ntk_vp_factors(const Factors<T>& F1, const Factors<T>* F2p, const double* site_lr, const T* v, index_t k, T* out,
+                    double* out_log) {
+  const Factors<T>& F2 = F2p ? *F2p : F1;
+  const ChainView<T>& ch = *F1.chain;
+  const index_t N = ch.n_sites, C = ch.n_outputs, n1 = F1.n, n2 = F2.n;
   std::vector<buffer<T>> g(N);
   std::vector<T*> gp(N);
   for (index_t j = 0; j < N; ++j) g[j].resize(ch.core_size(j)), gp[j] = g[j].data();
-  buffer<T> col(n * C), res(n * C);
-  buffer<double> res_log(n);
+  buffer<T> col(n2 * C), res(n1 * C);
+  buffer<double> res_log(n1);
   std::vector<double> g_log(N);
   for (index_t c = 0; c < k; ++c) {
-    for (index_t i = 0; i < n * C; ++i) col[i] = v[i * k + c];
-    vjp_from_factors<T>(F, col.data(), gp.data(), g_log.data());
+    for (index_t i = 0; i < n2 * C; ++i) col[i] = v[i * k + c];
+    vjp_from_factors<T>(F2, col.data(), gp.data(), g_log.data());
     for (index_t j = 0; j < N; ++j) g_log[j] += std::log(site_lr[j]);  // -inf: a site not trained
-    jvp_from_factors<T>(F, gp.data(), res.data(), g_log.data(), res_log.data());
-    for (index_t x = 0; x < n; ++x) {
+    jvp_from_factors<T>(F1, gp.data(), res.data(), g_log.data(), res_log.data());
+    for (index_t x = 0; x < n1; ++x) {
       const double scale = out_log ? 1.0 : std::exp(res_log[x]);
       if (out_log) out_log[x * k + c] = res_log[x];
       for (index_t l = 0; l < C; ++l) {
@@ -223,10 +214,26 @@ void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double
   }
 }
 
+/// Memory of a vjp, jvp or ntk_vp of n samples beyond the batches (upper bound): packed
+/// tangents and gradient scratch (twice the parameters), the columns of ntk_vp, and every
+/// thread's packed operands.
+template <class T>
+Footprint product_footprint_of(const ChainView<T>& ch, index_t n) {
+  index_t widest = 1;
+  for (index_t s = 0; s <= ch.n_sites; ++s) widest = std::max(widest, ch.bond[s]);
+  const index_t dmax = ch.boundary == Boundary::open ? widest : widest * widest;
+  const index_t K = round_up(ch.phys_dim * dmax, Simd<T>::PAD), C = ch.n_outputs;
+  const std::size_t params = 2 * round_up(ch.n_params(), Simd<T>::PAD) * sizeof(T);
+  const std::size_t columns = 2 * n * C * (sizeof(T) + sizeof(double)) + n * sizeof(double);
+  const std::size_t chunk = std::min<index_t>(n, 512);
+  const std::size_t thread = (K + round_up(dmax, Simd<T>::PAD)) * chunk * sizeof(T) + 3 * 64 * sizeof(double);
+  return Footprint{0, params + columns + static_cast<std::size_t>(num_threads()) * thread};
+}
+
 /// Dense Jacobian (n, C, P) with parameters ordered site by site in the cores' C order.
 template <class T>
-void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
-  const Factors<T> F = compute_factors<T>(ch, phi);
+void jacobian_factors(const Factors<T>& F, T* out) {
+  const ChainView<T>& ch = *F.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
   std::vector<index_t> offset(N + 1, 0);
   for (index_t j = 0; j < N; ++j) offset[j + 1] = offset[j] + ch.core_size(j);
@@ -242,8 +249,8 @@ void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
           const index_t da = s.da, db = std::max<index_t>(s.db, 1);
           const T sc = static_cast<T>(row_scale(F, j, x, l));
           const T* u = F.u_row(j, x);
-          const T* a = F.a_row(j, x, l);
-          const T* b = F.b_row(j, x, l);
+          const auto a = F.a_row(j, x, l);
+          const auto b = F.b_row(j, x, l);
           T* o = out + (x * C + l) * P + offset[j] + (j == ch.output_site ? l * d * da * db : 0);
           for (index_t si = 0; si < d; ++si)
             for (index_t ai = 0; ai < da; ++ai)

@@ -31,10 +31,11 @@ import numpy as np
 
 from .. import _core
 from .._backend import array_module, as_array
+from .._engine import HOST
 from .._validate import _check_bool, _check_fits, _check_int, _describe
 from ..grad import vjp
 from ..mps import MPS
-from ..ntk import _check_mps, environment_bytes
+from ..ntk import _check_mps
 
 __all__ = [
     "NonlinearFraction",
@@ -608,7 +609,7 @@ def order_kernels(mps, phi1, phi2=None, *, orders=(1, 2, 3)):
     h = mps.bond_dims[0] if mps.boundary == "periodic" else 1
     channels = mps.n_sites if h > 1 and mps.n_sites / 2 < h * h else h * h
     states = channels * max(max(orders) - 1, 1) * mps.max_bond_dim**2
-    work = environment_bytes(mps, n1 + (0 if phi2 is None else n2))
+    work = HOST.prepare_bytes(mps, n1 + (0 if phi2 is None else n2))
     work += 4 * _core.get_num_threads() * states * mps.dtype.itemsize
     _check_fits(int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize + work,
                 f"order kernels of shape {shape} ({mps.dtype.name})",
