@@ -167,9 +167,7 @@ template <class T>
 void check_batches(const Batch<T>& b1, const Batch<T>* b2) {
   MPSNTK_EXPECTS(b1.valid() && (!b2 || b2->valid()), "batch: not a prepared batch");
   if (!b2) return;
-  MPSNTK_EXPECTS(b1.chain().same_structure(b2->chain()) && b1.chain().cores == b2->chain().cores,
-                 "batches: prepared for different models (every batch of a product must be prepared for the "
-                 "same MPS)");
+  check_same_model(b1.chain(), b2->chain());
   MPSNTK_EXPECTS(b1.state().isa == b2->state().isa,
                  "batches: prepared under different instruction sets (set_isa between them)");
 }

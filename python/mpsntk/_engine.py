@@ -186,6 +186,125 @@ def _ntk_shape(mps, n1, n2, full, per_site):
     return ((mps.n_sites,) if per_site else ()) + shape
 
 
+class DeviceEngine:
+    """The CUDA engine of one extension module (``_cuda``, or ``_cuda_sim``: the same kernels on
+    the SIMT simulator), with the methods of :class:`HostEngine` on device arrays.
+
+    Every output, batch and workspace is allocated with the array library ``xp`` (CuPy, whose
+    memory pool then owns it), and work is queued on ``stream()`` (CuPy's current stream);
+    nothing is copied between host and device.
+    """
+
+    device = "cuda"
+
+    def __init__(self, module, xp, stream, free_bytes):
+        self.module, self.xp = module, xp
+        self._stream, self._free_bytes = stream, free_bytes
+
+    def _chain(self, mps):
+        return getattr(self.module, f"Chain_{mps.dtype.name}")(
+            cores=list(mps.cores), scales=np.ascontiguousarray(mps.scales),
+            boundary=mps.boundary, output_site=-1 if mps.output_site is None else mps.output_site,
+        )
+
+    def _bytes(self, nbytes):
+        return self.xp.empty(max(int(nbytes), 1), dtype=self.xp.uint8)
+
+    # ------------------------------------------------------------------ memory
+    def prepare_bytes(self, mps, n_samples, *, held=False):
+        return self.module.prepare_bytes(self._chain(mps), n_samples=int(n_samples))
+
+    def ntk_bytes(self, mps, n1, n2, *, full, per_site, tile=None):
+        return self.module.ntk_workspace_bytes(self._chain(mps), n1=int(n1), n2=int(n2))
+
+    def product_bytes(self, mps, n_samples):
+        return self.module.product_workspace_bytes(self._chain(mps), n1=int(n_samples))
+
+    def check_fits(self, nbytes, what, hint=""):
+        """ValueError when ``nbytes`` exceed the free device memory (plus pooled free blocks)."""
+        _check_fits(nbytes, what, hint, device_free=self._free_bytes)
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, mps, phi):
+        chain = self._chain(mps)
+        nbytes = self.module.prepare_bytes(chain, n_samples=phi.shape[0])
+        handle = self.module.prepare(chain, phi=phi, memory=self._bytes(nbytes),
+                                     stream=self._stream())
+        return Batch(self, mps, phi, handle, nbytes)
+
+    def forward(self, mps, phi):
+        n, C = phi.shape[0], mps.n_outputs
+        chain = self._chain(mps)
+        ws = self._bytes(self.module.forward_workspace_bytes(chain, n_samples=n))
+        mant = self.xp.empty((n, C), dtype=mps.dtype)
+        lg = self.xp.empty((n, C), dtype=self.xp.float64)
+        self.module.forward(chain, phi=phi, mantissa=mant, log_scale=lg, workspace=ws,
+                            stream=self._stream())
+        return mant, lg
+
+    def batch_forward(self, b):
+        n, C = b.n_samples, b.mps.n_outputs
+        mant = self.xp.empty((n, C), dtype=b.mps.dtype)
+        lg = self.xp.empty((n, C), dtype=self.xp.float64)
+        b.handle.forward(mantissa=mant, log_scale=lg, stream=self._stream())
+        return mant, lg
+
+    # ------------------------------------------------------------------ products
+    def ntk(self, b1, b2, site_lr, *, full, per_site, normalized, tile=None, tf32=False,
+            out=None):
+        _same_model(b1, b2)
+        xp, mps = self.xp, b1.mps
+        n1 = b1.n_samples
+        n2 = n1 if b2 is None else b2.n_samples
+        shape = _ntk_shape(mps, n1, n2, full, per_site)
+        wsb = self.ntk_bytes(mps, n1, 0 if b2 is None else n2, full=full, per_site=per_site)
+        if out is None:
+            self.check_fits(wsb + int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
+                            f"an NTK of shape {shape} ({mps.dtype.name})",
+                            "compute fewer samples at a time")
+            out = xp.empty(shape, dtype=mps.dtype)
+        log1 = xp.empty(n1, dtype=xp.float64)
+        log2 = xp.empty(n2, dtype=xp.float64)
+        self.module.ntk(b1.handle, None if b2 is None else b2.handle,
+                        site_lr=np.ascontiguousarray(site_lr), out=out, log_scale1=log1,
+                        log_scale2=log2, full_outputs=full, per_site=per_site,
+                        normalized=normalized, tf32=tf32, workspace=self._bytes(wsb),
+                        stream=self._stream())
+        return out, log1, log2, bool(xp.all(xp.isfinite(out)))
+
+    def _log(self, shape, normalized):
+        return self.xp.empty(shape, dtype=self.xp.float64) if normalized else None
+
+    def _workspace(self, b, n2=0):
+        mps = b.mps
+        return self._bytes(self.module.product_workspace_bytes(self._chain(mps), n1=b.n_samples,
+                                                               n2=n2))
+
+    def vjp(self, b, cot, *, normalized=False):
+        grads = [self.xp.empty_like(c) for c in b.mps.cores]
+        log = self._log(b.mps.n_sites, normalized)
+        self.module.vjp(b.handle, cotangent=cot, grads=grads, grad_log=log,
+                        workspace=self._workspace(b), stream=self._stream())
+        return grads, log
+
+    def jvp(self, b, tangents, *, tangent_log=None, normalized=False):
+        out = self.xp.empty((b.n_samples, b.mps.n_outputs), dtype=b.mps.dtype)
+        log = self._log(b.n_samples, normalized)
+        self.module.jvp(b.handle, tangents=list(tangents), out=out, tangent_log=tangent_log,
+                        out_log=log, workspace=self._workspace(b), stream=self._stream())
+        return out, log
+
+    def ntk_vp(self, b1, v, site_lr, *, b2=None, normalized=False):
+        _same_model(b1, b2)
+        out = self.xp.empty((b1.n_samples,) + v.shape[1:], dtype=v.dtype)
+        log = self._log((b1.n_samples, v.shape[2]), normalized)
+        self.module.ntk_vp(b1.handle, None if b2 is None else b2.handle,
+                           site_lr=np.ascontiguousarray(site_lr), v=v, out=out, out_log=log,
+                           workspace=self._workspace(b1, 0 if b2 is None else b2.n_samples),
+                           stream=self._stream())
+        return out, log
+
+
 HOST = HostEngine()
 
 

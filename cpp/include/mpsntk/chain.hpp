@@ -126,4 +126,14 @@ void check_features(const ChainView<T>& ch, const FeatureView<T>& phi, const std
                                                   " does not match the MPS (" + std::to_string(ch.phys_dim) + ")");
 }
 
+/// @brief The batches of one product must be prepared for the same model: the same structure,
+/// scales and cores.
+/// @throws std::invalid_argument otherwise.
+template <class T>
+void check_same_model(const ChainView<T>& a, const ChainView<T>& b) {
+  MPSNTK_EXPECTS(a.same_structure(b) && a.cores == b.cores,
+                 "batches: prepared for different models (every batch of a product must be prepared for the "
+                 "same MPS)");
+}
+
 }  // namespace mpsntk
