@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from . import _core, _taylor_xp
 from ._validate import _check_fits
 
 
@@ -168,6 +168,43 @@ class HostEngine:
         """Mantissa and log-scale (n, C) of f of a prepared batch (computed with it)."""
         return b.handle.forward()
 
+    # ------------------------------------------------------------------ Taylor expansion
+    def taylor_terms(self, mps, phi, steps, max_order, remainder):
+        """Mantissas and log-scales (max_order + 1 [+ 1], n, C) of the exact Taylor terms of f in
+        the step ``steps`` (theory section 5.3)."""
+        n, C = phi.shape[0], mps.n_outputs
+        self.check_fits((max_order + 2) * n * C * (mps.dtype.itemsize + 8),
+                        f"the Taylor terms of {n} samples up to order {max_order}",
+                        "compute fewer samples at a time")
+        cores, scales, boundary, osite = mps._engine_args()
+        return _core.taylor_terms(cores, steps, scales, boundary, osite, phi, max_order, remainder)
+
+    def order_kernels(self, mps, phi1, phi2, orders):
+        """The order-k kernels (len(orders), n1, n2) in the model's dtype."""
+        n1 = phi1.shape[0]
+        n2 = n1 if phi2 is None else phi2.shape[0]
+        shape = (len(orders), n1, n2)
+        # environments of every output slice, and per thread the pair states: one D x D matrix
+        # per order below the highest and per channel (D_0^2 boundary channels or one per first
+        # site)
+        h = mps.bond_dims[0] if mps.boundary == "periodic" else 1
+        channels = mps.n_sites if h > 1 and mps.n_sites / 2 < h * h else h * h
+        states = channels * max(max(orders) - 1, 1) * mps.max_bond_dim**2
+        work = self.prepare_bytes(mps, n1 + (0 if phi2 is None else n2))
+        work += 4 * _core.get_num_threads() * states * mps.dtype.itemsize
+        self.check_fits(int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize + work,
+                        f"order kernels of shape {shape} ({mps.dtype.name})",
+                        "compute fewer samples at a time")
+        out = np.empty(shape, dtype=mps.dtype)
+        cores, scales, boundary, osite = mps._engine_args()
+        overflow, underflow = _core.order_kernels(cores, scales, mps.site_lr, boundary, osite,
+                                                  phi1, phi2, list(orders), out)
+        for bad, how in ((overflow, "overflows"), (underflow, "underflows")):
+            if bad:
+                raise FloatingPointError(
+                    f"an order kernel {how} the range of {mps.dtype.name}; compute in float64")
+        return out
+
 
 def default_tile(n1, n2, symmetric, threads):
     """Largest tile edge in 512, 256, 128, 64 that leaves at least 4 tiles per thread (larger
@@ -303,6 +340,15 @@ class DeviceEngine:
                            workspace=self._workspace(b1, 0 if b2 is None else b2.n_samples),
                            stream=self._stream())
         return out, log
+
+    # ------------------------------------------------------------------ Taylor expansion
+    def taylor_terms(self, mps, phi, steps, max_order, remainder):
+        """As :meth:`HostEngine.taylor_terms`, with the array module (:mod:`mpsntk._taylor_xp`)."""
+        return _taylor_xp.taylor_terms(mps, phi, steps, max_order, remainder)
+
+    def order_kernels(self, mps, phi1, phi2, orders):
+        """As :meth:`HostEngine.order_kernels`, with the array module, in tiles of pairs."""
+        return _taylor_xp.order_kernels(mps, phi1, phi2, orders)
 
 
 HOST = HostEngine()
