@@ -152,14 +152,17 @@ def measure(fn, to_host, opts, t_start, tolerance, peak_device=None):
     Returns
     -------
     dict
-        ``status`` (``"ok"`` or ``"mismatch"``), ``median_s, times, peak_rss_mb, rss_method``,
+        ``status`` (``"ok"`` or ``"mismatch"``), ``median_s, min_s, times`` (wall clock),
+        ``cpu_s`` (median process CPU time of the timed calls, all threads), ``peak_rss_mb,
+        rss_method``,
         ``max_rel_diff`` when compared, ``gpu_peak_mb`` and ``note`` where they apply.
     """
     res = {}
     baseline, method = reset_peak_rss()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
     first = time.perf_counter() - t0
+    first_cpu = time.process_time() - c0
     parts = to_host(out)
     del out
     if opts.get("ref_paths"):
@@ -172,30 +175,33 @@ def measure(fn, to_host, opts, t_start, tolerance, peak_device=None):
     if opts.get("save_prefix"):
         res["ref_paths"] = save_results(parts, opts["save_prefix"])
     del parts
-    times = [] if opts["warmup"] > 0 else [first]
+    times, cpu = ([], []) if opts["warmup"] > 0 else ([first], [first_cpu])
     per_call = first
     for _ in range(opts["warmup"] - 1):
         t0 = time.perf_counter()
         fn()
         per_call = time.perf_counter() - t0
+
+    def timed():
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+
     left = 0.8 * opts["timeout"] - (time.perf_counter() - t_start)
     n_rep = min(opts["repeats"] - len(times), int(left // max(per_call, 1e-9)))
     for _ in range(max(0, n_rep)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        timed()
     # fast calls: keep timing up to min_time in all (the median resists a noisy neighbour)
     while times and len(times) < MAX_CALLS and sum(times) < opts["min_time"]:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        timed()
     res["peak_rss_mb"] = peak_rss(method) - baseline
     res["rss_method"] = method
     if peak_device is not None:
         value = peak_device()
         res["gpu_peak_mb"] = None if value is None else value / 2**20
     if not times:
-        times = [first]
+        times, cpu = [first], [first_cpu]
         res["note"] = ("no timed call fit in 80% of --timeout after the warm-up: the time is "
                        "that of the first call (it includes any compilation)")
     elif len(times) < opts["repeats"]:
@@ -203,6 +209,8 @@ def measure(fn, to_host, opts, t_start, tolerance, peak_device=None):
                        "to stay within 80% of --timeout")
     res["first_call_s"] = first
     res["median_s"] = statistics.median(times)
+    res["min_s"] = min(times)
+    res["cpu_s"] = statistics.median(cpu)
     res["times"] = [float(f"{t:.6g}") for t in times]
     res["status"] = "ok"
     return res

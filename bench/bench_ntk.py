@@ -208,9 +208,9 @@ def _problem(cfg):
     :func:`peers.problem`: the model, and for the data routines uniform inputs through
     ``features.trig``, a standard normal ``v`` (ntk_vp) and targets ``y`` (vjp)."""
     import numpy as np
+    import peers
 
     import mpsntk as mn
-    import peers
 
     dtype = np.dtype(cfg["dtype"])
     mps = mn.MPS.random(cfg["n_sites"], cfg["bond_dim"], phys_dim=2, boundary="open",
@@ -748,7 +748,8 @@ def _run_config(cfg, tools, args, gemm, common, workdir, missing, failed):
             res = run_child(tool, (cfg, dict(opts, ref_paths=ref_paths)), args.timeout,
                             max_rss_mb)
         if res["status"] in ("timeout", "memory") and tool != "mpsntk":
-            failed.setdefault(tool, []).append(dict(cfg, why=res["status"]))
+            why = "timed out" if res["status"] == "timeout" else "exceeded --max-rss-gb"
+            failed.setdefault(tool, []).append(dict(cfg, why=why))
         rec.update(res)
         if rec["status"] == "ok":
             rec["gflops"] = flops / rec["median_s"] / 1e9

@@ -76,7 +76,6 @@ def build(tool, prob):
     jax.config.update("jax_enable_x64", True)
     import neural_tangents as nt
     import numpy as np
-
     import peers
 
     routine, impl = NT_TOOLS[tool]

@@ -431,7 +431,10 @@ def _torch_builder(routine, prob, device):
     gpu = dev.type == "cuda"
     cores = tuple(torch.as_tensor(c, device=dev) for c in prob["cores"])
     scales, rates = prob["scales"], prob["rates"]
-    tensor = (lambda a: None if a is None else torch.as_tensor(a, device=dev))
+
+    def tensor(a):
+        return None if a is None else torch.as_tensor(a, device=dev)
+
     phi, v, y = tensor(prob["phi"]), tensor(prob["v"]), tensor(prob["y"])
     f = batch_forward(torch, scales)
 
@@ -494,7 +497,10 @@ def _jax_builder(routine, prob, device):
     import numpy as np
 
     dev = jax.devices("gpu" if device == "gpu" else "cpu")[0]
-    put = (lambda a: None if a is None else jax.device_put(a, dev))
+
+    def put(a):
+        return None if a is None else jax.device_put(a, dev)
+
     cores = tuple(put(c) for c in prob["cores"])
     phi, v, y = put(prob["phi"]), put(prob["v"]), put(prob["y"])
     scales, rates = prob["scales"], prob["rates"]
