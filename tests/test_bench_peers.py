@@ -335,6 +335,8 @@ def test_report_fits_and_memory_model():
     model = report.memory_model(ns, [5 + 0.01 * n + 3e-5 * n * n for n in ns])
     assert np.allclose(model, (5, 0.01, 3e-5), rtol=1e-6)
     assert report.memory_model(ns, [50 + 2 * n for n in ns])[2] == 0.0  # no negative terms
+    floor = report.memory_model(ns, [50 + 2 * n for n in ns], c_min=1e-4)  # the NTK's result
+    assert floor[2] >= 1e-4
     n_cap = report.max_n((5.0, 0.01, 3e-5), 1000.0)
     assert abs(5 + 0.01 * n_cap + 3e-5 * n_cap**2 - 1000) < 1e-6
     assert report.max_n((10.0, 0.0, 0.0), 100.0) is None
