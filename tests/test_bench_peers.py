@@ -322,6 +322,14 @@ def _synthetic(path):
                              tool=tool, n_samples=None, n_sites=16, bond_dim=D, status="ok",
                              median_s=1e-9 * D**3, peak_rss_mb=None,
                              max_rel_diff=None if tool == "mpsntk" else 1e-16))
+    for n in (1024, 4096):  # a GPU run: card memory in place of the RSS
+        for tool in ("mpsntk", "cupy"):
+            recs.append(dict(base, device="gpu", gpu="Test GPU", card_peak_tflops={},
+                             date="run4", routine="ntk", dtype="float32", tool=tool,
+                             n_samples=n, n_sites=8, bond_dim=4, status="ok",
+                             median_s=1e-9 * n**2, peak_rss_mb=1.0,
+                             gpu_peak_mb=(2.0 if tool == "mpsntk" else 16.0) * n * n / 2**20,
+                             max_rel_diff=None if tool == "mpsntk" else 1e-7))
     with open(path, "w") as fh:
         for r in recs:
             fh.write(json.dumps(r) + "\n")
@@ -355,7 +363,8 @@ def test_report_tables_and_figures(tmp_path):
     assert text.startswith("# Bench\n\nbefore\n") and text.endswith(f"{report.END}\nafter\n")
     assert "old" not in text and "Test CPU" in text
     for name in ("cpu_ntk_float64_n_samples.png", "cpu_ntk_float64_bond_dim.png",
-                 "cpu_ntk_float64_n_sites.png", "cpu_log_partition_float64_bond_dim.png"):
+                 "cpu_ntk_float64_n_sites.png", "cpu_log_partition_float64_bond_dim.png",
+                 "gpu_ntk_float32_n_samples.png"):
         assert (figs / name).stat().st_size > 1000
         assert f"](figs/{name})" in text
     # the exponents of the synthetic power laws: mpsntk n^2 D, torch n^2 D^2, log Z D^3
@@ -370,6 +379,11 @@ def test_report_tables_and_figures(tmp_path):
     n_cap = report.max_n((5.0, 0.01, 8 / 2**20), 24e9 / 2**20)
     assert f"{n_cap:,.0f}" in cap and "extrapolated" in cap
     assert "timeout" in text and "| ntk | float64 | torch | 8 | 3.0e-15 |" in text
+    # the GPU section: the card's memory (80 GB) against the GPU peaks (16 bytes per n^2)
+    gpu = text[text.index("### GPU"):]
+    assert "Test GPU" in gpu and "GPU memory (MiB)" in gpu
+    cap = next(line for line in gpu.splitlines() if line.startswith("| cupy | 0 + 0·n"))
+    assert f"{math.sqrt(80e9 / 16):,.0f}" in cap
 
 
 def test_report_without_figures_prints_markdown(tmp_path, capsys):
