@@ -238,10 +238,12 @@ def _fmt_n(v):
     return f"{v:,.0f}"
 
 
-def _cell(rec, key, fmt):
+def _cell(rec, key, fmt, alt_key=None):
     if rec is None:
         return "—"
     if rec["status"] == "ok":
+        if alt_key and rec.get(alt_key) is not None:
+            return f"{fmt(rec.get(key))} ({fmt(rec[alt_key])})"
         return fmt(rec.get(key))
     if rec["status"] == "skipped":
         note = rec.get("note") or ""
@@ -249,14 +251,14 @@ def _cell(rec, key, fmt):
     return rec["status"]
 
 
-def _table(line, tools, key, fmt):
+def _table(line, tools, key, fmt, alt_key=None):
     axis = line["axis"]
     head = f"| {axis} | " + " | ".join(tools) + " |"
     rows = [head, "|---:|" + "---:|" * len(tools)]
     by = {(r[axis], r["tool"]): r for r in line["records"]}
     for v in line["values"]:
-        rows.append(f"| {v} | " + " | ".join(_cell(by.get((v, t)), key, fmt) for t in tools)
-                    + " |")
+        rows.append(f"| {v} | " + " | ".join(_cell(by.get((v, t)), key, fmt, alt_key)
+                                             for t in tools) + " |")
     return "\n".join(rows)
 
 
@@ -475,8 +477,11 @@ def report(records, fig_dir, figures=True, memory_gb=24.0, gpu_memory_gb=80.0,
                                            (budget_mb, f"{budget_gb:g} GB")))
                         _figure(os.path.join(fig_dir, name), panels, title)
                     out.append(f"![{routine} {dtype} vs {axis}]({fig_prefix}/{name})\n")
-                    out.append(f"Time per call (s, {stat_text}), {_fixed(line)}:\n")
-                    out.append(_table(line, tools, tkey, _fmt_s) + "\n")
+                    alt = "min_s" if stat != "min" else None
+                    out.append(f"Time per call (s, {stat_text}"
+                               + ("; in brackets the fastest call" if alt else "")
+                               + f"), {_fixed(line)}:\n")
+                    out.append(_table(line, tools, tkey, _fmt_s, alt) + "\n")
                     if axis == "n_samples":
                         out.append(f"{mem_label[0].upper() + mem_label[1:]}, {_fixed(line)}:\n")
                         out.append(_table(line, tools, _mem_key(device), _fmt_mb) + "\n")
