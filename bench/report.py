@@ -482,6 +482,11 @@ def report(records, fig_dir, figures=True, memory_gb=24.0, gpu_memory_gb=80.0,
                                + ("; in brackets the fastest call" if alt else "")
                                + f"), {_fixed(line)}:\n")
                     out.append(_table(line, tools, tkey, _fmt_s, alt) + "\n")
+                    if stat != "cpu" and any(r.get("cpu_s") for r in line["records"]):
+                        out.append("Process CPU time per call (s, all threads, median of the "
+                                   "timed calls: the work done, whatever share of the cores "
+                                   f"the process got), {_fixed(line)}:\n")
+                        out.append(_table(line, tools, "cpu_s", _fmt_s) + "\n")
                     if axis == "n_samples":
                         out.append(f"{mem_label[0].upper() + mem_label[1:]}, {_fixed(line)}:\n")
                         out.append(_table(line, tools, _mem_key(device), _fmt_mb) + "\n")
