@@ -13,9 +13,9 @@ to the measured peaks, stated as an extrapolation beyond the largest measured si
 ``<!-- report:begin -->`` and ``<!-- report:end -->`` with the report.  The figures need
 matplotlib (the ``bench`` requirements); ``--no-figures`` writes the tables alone.
 
-Sweeps are found in the records themselves: the records of one run (same ``date``), routine and
-dtype that differ in one size only form a line along that size; for each axis the longest line
-is used (the latest run on a tie).
+Sweeps are found in the records themselves: records of one routine and dtype that differ in
+one size only form a line along that size (see :func:`lines`); for each axis the longest line is
+used.
 """
 
 from __future__ import annotations
@@ -81,7 +81,12 @@ def _mem_key(device):
 
 
 def lines(records, axis):
-    """The sweeps of ``records`` along ``axis``.
+    """The sweep of ``records`` along ``axis``.
+
+    Records that share the other two sizes form a line, across runs (a run of mpsntk alone may
+    extend a sweep of every tool to larger sizes); where several runs measured the same tool at
+    the same point, the record of the run that measured more tools there is kept (the latest on
+    a tie), so that the tools compared at a point come from one run where possible.
 
     Parameters
     ----------
@@ -93,25 +98,35 @@ def lines(records, axis):
     Returns
     -------
     dict or None
-        The longest line (most distinct values of ``axis``; the latest run on a tie):
-        ``{"axis": axis, "fixed": {other axis: value}, "date": str, "values": sorted list,
-        "records": list}``; None when no run varies ``axis``.
+        The line with the most distinct values of ``axis`` (the most records on a tie):
+        ``{"axis": axis, "fixed": {other axis: value}, "values": sorted list,
+        "records": list}``; None when no line has two values.
     """
+    siblings = {}
+    for rec in records:
+        key = (rec.get("date", ""),) + tuple(rec.get(a) for a in AXES)
+        siblings[key] = siblings.get(key, 0) + 1
     groups = {}
     for rec in records:
         if rec.get(axis) is None:
             continue
         others = tuple((a, rec.get(a)) for a in AXES if a != axis)
-        groups.setdefault((rec.get("date", ""), others), []).append(rec)
+        rank = (siblings[(rec.get("date", ""),) + tuple(rec.get(a) for a in AXES)],
+                rec.get("date", ""))
+        point = groups.setdefault(others, {})
+        slot = (rec["tool"], rec[axis])
+        if slot not in point or rank >= point[slot][0]:
+            point[slot] = (rank, rec)
     best = None
-    for (date, others), recs in groups.items():
+    for others, point in groups.items():
+        recs = [rec for _, rec in point.values()]
         values = sorted({r[axis] for r in recs})
         if len(values) < 2:
             continue
-        key = (len(values), date)
+        key = (len(values), len(recs))
         if best is None or key > best[0]:
-            best = (key, {"axis": axis, "fixed": dict(others), "date": date,
-                          "values": values, "records": recs})
+            best = (key, {"axis": axis, "fixed": dict(others), "values": values,
+                          "records": recs})
     return None if best is None else best[1]
 
 

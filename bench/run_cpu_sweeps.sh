@@ -3,7 +3,7 @@
 # around a base configuration, JSON lines in bench/results/.  Then `python bench/report.py
 # --readme bench/README.md` writes the tables and figures.  Needs the peers
 # (bench/requirements.txt) and the neural-tangents venv (bash bench/make_nt_env.sh).
-# Under an hour on 2 idle cores.
+# About 1.5 hours on this shared 2-core machine.
 #
 #   bash bench/run_cpu_sweeps.sh [ntk ntk_vp vjp born targets]   # default: all but targets
 set -euo pipefail
@@ -20,6 +20,9 @@ for part in ${@:-ntk ntk_vp vjp born}; do
         --dtype float64 --out $out
       run --routine ntk --n-samples 256 512 1024 2048 --n-sites 16 --bond-dim 32 \
         --dtype float32 --out $out --append
+      # mpsntk alone to larger sizes (the peers stop at 2048 samples)
+      run --routine ntk --n-samples 2048 4096 8192 16384 --n-sites 16 --bond-dim 32 \
+        --dtype float64 float32 --peers --out $out --append
       run --routine ntk --n-samples 256 --n-sites 16 --bond-dim 8 16 32 64 128 \
         --dtype float64 --out $out --append
       run --routine ntk --n-samples 256 --n-sites 8 16 32 64 128 --bond-dim 32 \
@@ -29,17 +32,17 @@ for part in ${@:-ntk ntk_vp vjp born}; do
       out=bench/results/${part}_cpu.jsonl
       run --routine "$part" --n-samples 1024 4096 16384 65536 --n-sites 32 --bond-dim 32 \
         --dtype float64 float32 --out "$out"
-      run --routine "$part" --n-samples 4096 --n-sites 32 --bond-dim 8 16 32 64 128 \
+      run --routine "$part" --n-samples 4096 --n-sites 32 --bond-dim 8 32 128 \
         --dtype float64 --out "$out" --append
-      run --routine "$part" --n-samples 4096 --n-sites 8 16 32 64 128 --bond-dim 32 \
+      run --routine "$part" --n-samples 4096 --n-sites 8 32 128 --bond-dim 32 \
         --dtype float64 --out "$out" --append
       ;;
     born)
       out=bench/results/born_cpu.jsonl
-      run --routine log_partition log_partition_grad --n-sites 64 \
-        --bond-dim 16 32 64 128 256 --dtype float64 --out $out
-      run --routine log_partition log_partition_grad --n-sites 16 32 64 128 256 \
-        --bond-dim 64 --dtype float64 --out $out --append
+      run --routine log_partition log_partition_grad --n-sites 64 --bond-dim 16 64 256 \
+        --dtype float64 --out $out
+      run --routine log_partition log_partition_grad --n-sites 16 64 256 --bond-dim 64 \
+        --dtype float64 --out $out --append
       ;;
     targets)  # n_samples=1024 / 4096, n_sites=64, bond_dim=64: every peer / mpsntk alone
       out=bench/results/targets_cpu.jsonl
