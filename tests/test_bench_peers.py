@@ -205,6 +205,7 @@ def test_skips_after_a_timeout_and_for_large_jacobians(tmp_path, monkeypatch):
         return {"status": "ok", "median_s": 2.0, "max_rel_diff": 0.0}
 
     monkeypatch.setattr(bench_ntk, "run_child", fake_child)
+    monkeypatch.setattr(bench_ntk, "_missing_tools", lambda args: {})  # torch need not be here
     out = tmp_path / "r.jsonl"
     assert bench_ntk.main(["--routine", "ntk", "--n-samples", "8", "4096", "--n-sites", "64",
                            "--bond-dim", "2", "64", "--dtype", "float64", "--peers", "torch",
