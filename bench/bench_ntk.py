@@ -1,40 +1,30 @@
-"""Benchmark ``mpsntk.ntk`` against dense-Jacobian NTKs built with NumPy, PyTorch and JAX.
+"""Benchmark mpsntk's routines against every peer, on the same data, in one run.
 
-Every (tool, configuration) measurement runs in a fresh ``multiprocessing`` *spawn* child, so
-that imports, allocator caches and thread pools of one tool never leak into another, and so that
-the child's peak resident set size is a clean measure of the memory the computation needs
-(C++ and BLAS buffers included, which ``tracemalloc`` cannot see).  A child
+Routines (``--routine``): ``ntk`` (the empirical NTK ``Theta(X, X)``), ``ntk_vp`` (``Theta v``),
+``vjp`` (one training step's gradient: forward pass and ``J^T (f - y)``), ``log_partition`` and
+``log_partition_grad`` (Born machine ``log Z`` and its gradient).  Peers (``bench/peers.py``):
+a dense NumPy Jacobian, the same structured formula as mpsntk written in NumPy
+(``numpy-structured``), ``torch.func`` and JAX (automatic differentiation of the same MPS),
+and neural-tangents' four NTK implementations and ``empirical_ntk_vp_fn``, run in their own
+virtual environment (``bench/nt_worker.py``, built by ``bench/make_nt_env.sh``).
 
-1. builds the problem (``MPS.random(..., seed)`` and ``features.trig`` of uniform inputs),
-2. resets the kernel's RSS high-water mark (``/proc/self/clear_refs``) and notes its RSS,
-3. runs the warm-up call(s); a peer's first result is compared with mpsntk's kernel of the same
-   configuration *before* any timed call, and a peer that disagrees is not timed,
-4. runs the timed calls and reports their median and the peak RSS over its baseline.
+Every (tool, configuration) measurement runs in a fresh process (a ``multiprocessing`` *spawn*
+child, or the neural-tangents worker), so that imports, allocator caches and thread pools of one
+tool never leak into another, and so that the process's peak resident set size is a clean measure
+of the memory the computation needs (C++ and BLAS buffers included).  mpsntk runs first on each
+configuration and saves its result; every peer's first result is compared with it *before* any
+timed call (``_harness.measure``), and a disagreement beyond the tolerance stops the run with a
+message naming the peer, the configuration and the difference.
 
-Tools
------
-mpsntk
-    ``mpsntk.ntk(mps, phi)``: the symmetric fast path, which never forms the Jacobian.
-numpy
-    An independent NumPy Jacobian (left/right environments by matmul, per-core outer products)
-    written into one dense ``(n, n_params)`` array, then ``J @ J.T``.
-torch
-    ``torch.func.vmap(jacrev(f))`` over the cores (a tuple of tensors), then
-    ``sum_j J_j J_j^T``.
-jax
-    ``jit`` of ``vmap(jacrev(f))`` and of the same contraction, with ``jax_enable_x64``.
-
-Throughput is reported on the *structured* flop count of the NTK, ``sum_j 2 (d + D_j + D_{j+1})``
-per pair of samples, over the ``n (n + 1) / 2`` pairs that the symmetric path computes; the same
-count is used for every tool, so ratios of GFLOP/s are ratios of speed.  The run also measures
-NumPy's GEMM rate (2048 x 2048 matmul) in a child with the same environment, and reports
-mpsntk's rate as a fraction of it.
+Throughput is reported on a *structured* flop count of each routine (the same count for every
+tool, so ratios of GFLOP/s are ratios of speed); the run also measures NumPy's GEMM rate
+(2048 x 2048 matmul) at its start and end, and reports mpsntk's rate as a fraction of it.
 
 Examples
 --------
-Full CPU sweep (results as JSON lines, a markdown summary on stdout)::
+The NTK against every CPU peer (JSON lines, then a markdown summary on stdout)::
 
-    python bench/bench_ntk.py --out bench/results/ntk_cpu.jsonl
+    python bench/bench_ntk.py --routine ntk --n-samples 256 1024 --n-sites 32 --bond-dim 32
 
 One configuration, mpsntk only, with OpenBLAS free to pick its AVX-512 kernels::
 
@@ -50,38 +40,56 @@ import importlib.metadata
 import importlib.util
 import itertools
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-PEERS = ("numpy", "torch", "jax")           # --device cpu
-GPU_PEERS = ("cupy", "torch", "jax")        # --device gpu (bench/peers.py)
+import _harness
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+NT_TOOLS = ("nt-jacobian-contraction", "nt-ntk-vector-products", "nt-structured-derivatives",
+            "nt-auto", "nt-ntk-vp")
+ROUTINES = ("ntk", "ntk_vp", "vjp", "log_partition", "log_partition_grad")
+BORN = ("log_partition", "log_partition_grad")
+CPU_PEERS = {
+    "ntk": ("numpy-jacobian", "numpy-structured", "torch", "jax", "nt-jacobian-contraction",
+            "nt-ntk-vector-products", "nt-structured-derivatives", "nt-auto"),
+    "ntk_vp": ("numpy-structured", "torch", "jax", "nt-ntk-vp"),
+    "vjp": ("numpy-structured", "torch", "jax"),
+    "log_partition": ("numpy-structured", "torch", "jax"),
+    "log_partition_grad": ("numpy-structured", "torch", "jax"),
+}
+GPU_PEERS = {  # the Born contractions of mpsntk are host code
+    "ntk": ("cupy", "torch", "jax"),
+    "ntk_vp": ("cupy", "torch", "jax"),
+    "vjp": ("cupy", "torch", "jax"),
+}
+JACOBIAN_TOOLS = ("numpy-jacobian", "torch", "jax", "nt-jacobian-contraction")
 DTYPES = ("float64", "float32")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 GEMM_SIZE = 2048
-MAX_CALLS = 100
-JACOBIAN_NOTE = {
-    "numpy": "independent NumPy Jacobian (environments by matmul), then J @ J.T",
-    "torch": "torch.func.vmap(jacrev(f)) over the cores, then sum_j J_j @ J_j.T",
-    "jax": "jax.jit(vmap(jacrev(f))) over the cores, then sum_j J_j @ J_j.T (jitted)",
-    "cupy": "structured formula with cuBLAS: environments by matmul, per-site Gram matrices",
+METHOD = {
+    "numpy-jacobian": "independent NumPy Jacobian (environments by matmul), then J @ J.T",
+    "numpy-structured": "mpsntk's structured formula in NumPy: environments by matmul, "
+                        "per-site Gram products / one GEMM per site, tiled over samples",
+    "cupy": "mpsntk's structured formula with CuPy/cuBLAS",
+    "torch": "torch.func: vmap(jacrev) + sum_j J_j J_j^T (ntk), jvp of vjp (ntk_vp), grad",
+    "jax": "jax.jit of vmap(jacrev) + sum_j J_j J_j^T (ntk), jvp of vjp (ntk_vp), grad",
+    "nt-jacobian-contraction": "neural_tangents.empirical_ntk_fn, JACOBIAN_CONTRACTION, jit",
+    "nt-ntk-vector-products": "neural_tangents.empirical_ntk_fn, NTK_VECTOR_PRODUCTS, jit",
+    "nt-structured-derivatives": "neural_tangents.empirical_ntk_fn, STRUCTURED_DERIVATIVES, jit",
+    "nt-auto": "neural_tangents.empirical_ntk_fn, AUTO, jit",
+    "nt-ntk-vp": "neural_tangents.empirical_ntk_vp_fn, jit",
 }
-
-
-def peer_work_gb(tool, n_samples, n_sites, bond_dim, dtype):
-    """Largest array a peer builds, in GB: the dense Jacobian, or for the structured CuPy peer
-    its n x n kernel plus three per-site Gram matrices."""
-    if tool == "cupy":
-        return 4 * n_samples**2 * (8 if dtype == "float64" else 4) / 1e9
-    return jacobian_gb(n_samples, n_sites, bond_dim, dtype)
+# the n x n kernel and three n x n Gram matrices: the CuPy peer's working set
+PEER_GB_RULES = {"cupy": lambda n, item: 4 * n * n * item / 1e9}
 
 
 # --------------------------------------------------------------------------- problem sizes
@@ -133,6 +141,39 @@ def structured_flops(n_samples, n_sites, bond_dim, phys_dim=2):
     return per_pair * n_samples * (n_samples + 1) / 2
 
 
+def routine_flops(routine, n_samples, n_sites, bond_dim, phys_dim=2):
+    """Structured flop count of one call of ``routine`` (the same for every tool).
+
+    ``ntk``: :func:`structured_flops`.  With ``g = sum_j 2 d D_j D_{j+1}`` (one sample's product
+    with every core): ``ntk_vp`` ``4 n g`` (left and right environments, then ``J_j^T v`` and
+    ``J_j`` times it), ``vjp`` ``3 n g`` (forward, right environments, gradients).  Born:
+    ``log_partition`` ``sum_j 2 d D_j D_{j+1} (D_j + D_{j+1})`` (two GEMMs per site of the
+    doubled chain), ``log_partition_grad`` three times that (left and right sweeps, gradients).
+
+    Parameters
+    ----------
+    routine : str
+    n_samples : int or None
+        Unused by the Born routines.
+    n_sites, bond_dim, phys_dim : int
+
+    Returns
+    -------
+    float
+    """
+    dims = bond_dims(n_sites, bond_dim)
+    pairs = list(zip(dims[:-1], dims[1:]))
+    if routine == "ntk":
+        return structured_flops(n_samples, n_sites, bond_dim, phys_dim)
+    g = sum(2.0 * phys_dim * a * b for a, b in pairs)
+    if routine == "ntk_vp":
+        return 4.0 * n_samples * g
+    if routine == "vjp":
+        return 3.0 * n_samples * g
+    born = sum(2.0 * phys_dim * a * b * (a + b) for a, b in pairs)
+    return born if routine == "log_partition" else 3.0 * born
+
+
 def jacobian_gb(n_samples, n_sites, bond_dim, dtype):
     """Size of the dense Jacobian ``(n_samples, n_params)`` in GB (1e9 bytes).
 
@@ -149,249 +190,94 @@ def jacobian_gb(n_samples, n_sites, bond_dim, dtype):
     return n_samples * n_params(n_sites, bond_dim) * item / 1e9
 
 
+def peer_work_gb(tool, routine, n_samples, n_sites, bond_dim, dtype):
+    """Largest array a peer is known to build, in GB, or None when no bound applies: the dense
+    Jacobian of the NTK peers that form it, the ``n x n`` arrays of the CuPy peer."""
+    if routine != "ntk":
+        return None
+    if tool in JACOBIAN_TOOLS:
+        return jacobian_gb(n_samples, n_sites, bond_dim, dtype)
+    if tool in PEER_GB_RULES:
+        return PEER_GB_RULES[tool](n_samples, 8 if dtype == "float64" else 4)
+    return None
+
+
 # --------------------------------------------------------------------------- child side
-def _rss_status():
-    """Current and peak RSS of this process in MiB, from ``/proc/self/status``."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) / 1024
-    return out.get("VmRSS"), out.get("VmHWM")
-
-
-def _reset_peak_rss():
-    """Reset the RSS high-water mark to the current RSS; return the baseline in MiB.
-
-    Returns
-    -------
-    baseline : float
-        Current RSS (MiB).
-    method : str
-        ``"clear_refs"`` when the kernel reset the high-water mark, otherwise
-        ``"ru_maxrss"`` (the peak then also covers the imports, an upper bound).
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        method = "clear_refs"
-    except OSError:
-        method = "ru_maxrss"
-    try:
-        rss, _ = _rss_status()
-    except OSError:
-        rss = None
-    if rss is None:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        method = "ru_maxrss"
-    return rss, method
-
-
-def _peak_rss(method):
-    """Peak RSS in MiB since :func:`_reset_peak_rss`."""
-    if method == "clear_refs":
-        _, hwm = _rss_status()
-        if hwm is not None:
-            return hwm
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _problem(cfg):
-    """The model and features of one configuration (deterministic in ``cfg["seed"]``)."""
+    """The problem of one configuration (deterministic in ``cfg["seed"]``), as
+    :func:`peers.problem`: the model, and for the data routines uniform inputs through
+    ``features.trig``, a standard normal ``v`` (ntk_vp) and targets ``y`` (vjp)."""
     import numpy as np
+    import peers
 
     import mpsntk as mn
 
     dtype = np.dtype(cfg["dtype"])
     mps = mn.MPS.random(cfg["n_sites"], cfg["bond_dim"], phys_dim=2, boundary="open",
                         seed=cfg["seed"], dtype=dtype)
-    x = np.random.default_rng(cfg["seed"] + 1).uniform(size=(cfg["n_samples"], cfg["n_sites"]))
+    if cfg.get("routine", "ntk") in BORN:
+        return peers.problem(mps)
+    n = cfg["n_samples"]
+    rng = np.random.default_rng(cfg["seed"] + 1)
+    x = rng.uniform(size=(n, cfg["n_sites"]))
     phi = mn.features.trig(x).astype(dtype)
-    return mps, phi
+    v = rng.standard_normal(n).astype(dtype)
+    y = rng.standard_normal(n).astype(dtype)
+    return peers.problem(mps, phi, v, y)
 
 
-def _numpy_ntk_fn(mps, phi):
-    """Dense ``J @ J.T`` with an independent NumPy Jacobian."""
+def save_problem(prob, path):
+    """Save a problem's arrays for the neural-tangents worker (``nt_worker.load_problem``)."""
     import numpy as np
 
-    cores = [np.asarray(c) for c in mps.cores]
-    scales = [float(c) for c in mps.scales]
-    weights = [math.sqrt(float(r)) for r in mps.site_lr]
-    n, n_sites, d = phi.shape
-    dtype = phi.dtype
-    sizes = [c.size for c in cores]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    # per-core matrices for the environment recursions
-    left_mats = [(scales[j] * cores[j]).transpose(1, 0, 2).reshape(cores[j].shape[1], -1)
-                 for j in range(n_sites)]  # (Dl, d*Dr)
-    right_mats = [(scales[j] * cores[j]).transpose(2, 0, 1).reshape(cores[j].shape[2], -1)
-                  for j in range(n_sites)]  # (Dr, d*Dl)
-
-    def run():
-        left = [np.ones((n, 1), dtype=dtype)]
-        for j in range(n_sites - 1):
-            t = (left[j] @ left_mats[j]).reshape(n, d, -1)
-            left.append(np.einsum("ns,nsb->nb", phi[:, j], t))
-        right = [None] * (n_sites + 1)
-        right[n_sites] = np.ones((n, 1), dtype=dtype)
-        for j in range(n_sites - 1, 0, -1):
-            t = (right[j + 1] @ right_mats[j]).reshape(n, d, -1)
-            right[j] = np.einsum("ns,nsa->na", phi[:, j], t)
-        jac = np.empty((n, offsets[-1]), dtype=dtype)
-        for j in range(n_sites):
-            _, dl, dr = cores[j].shape
-            block = jac[:, offsets[j]:offsets[j + 1]].reshape(n, d, dl, dr)
-            lr = left[j][:, :, None] * right[j + 1][:, None, :]
-            np.multiply((scales[j] * weights[j]) * phi[:, j, :, None, None], lr[:, None],
-                        out=block)
-        return jac @ jac.T
-
-    return run
-
-
-def _torch_ntk_fn(mps, phi, n_threads):
-    """``vmap(jacrev(f))`` over the cores with torch.func on the CPU (peers.torch_fn)."""
-    import peers
-    import torch
-
-    torch.set_num_threads(n_threads)
-    run, to_host, _ = peers.torch_fn(mps, phi, device="cpu")
-    return lambda: to_host(run())
-
-
-def _jax_ntk_fn(mps, phi):
-    """``jit(vmap(jacrev(f)))`` over the cores on JAX's CPU backend (peers.jax_fn)."""
-    import peers
-
-    run, to_host, _ = peers.jax_fn(mps, phi, platform="cpu")
-    return lambda: to_host(run())
-
-
-def _mpsntk_fn(mps, phi, device, n_threads):
-    """``mpsntk.ntk(mps, phi)`` on the host engine (the GPU builders are in peers.py)."""
-    import mpsntk as mn
-
-    mn.set_num_threads(n_threads)
-    return lambda: mn.ntk(mps, phi)
-
-
-def _compare_to_file(theta, path):
-    """Max ``|theta - ref| / max|ref|`` against a raw reference file, row block by row block.
-
-    Parameters
-    ----------
-    theta : ndarray, shape (n, n)
-    path : str
-        ``ref.tofile(path)`` of a reference of theta's shape and dtype.
-
-    Returns
-    -------
-    float
-        Infinity when ``theta`` is not finite.
-    """
-    import numpy as np
-
-    n = theta.shape[0]
-    if not np.all(np.isfinite(theta)):
-        return math.inf
-    rows = max(1, (1 << 22) // max(n, 1))
-    max_diff = 0.0
-    max_ref = 0.0
-    with open(path, "rb") as fh:
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            ref = np.fromfile(fh, dtype=theta.dtype, count=(stop - start) * n)
-            ref = ref.reshape(stop - start, n).astype(np.float64)
-            max_diff = max(max_diff, float(np.max(np.abs(theta[start:stop] - ref))))
-            max_ref = max(max_ref, float(np.max(np.abs(ref))))
-    return max_diff / max_ref if max_ref > 0 else max_diff
+    arrays = {f"core_{j}": c for j, c in enumerate(prob["cores"])}
+    arrays.update(n_sites=len(prob["cores"]), scales=prob["scales"], rates=prob["rates"])
+    for key in ("phi", "v", "y"):
+        if prob[key] is not None:
+            arrays[key] = prob[key]
+    np.savez(path, **arrays)
 
 
 def _measure(tool, cfg, opts):
-    """Time one tool on one configuration (runs inside the spawn child)."""
+    """Time one tool on one configuration (runs inside the spawn child).
+
+    Parameters
+    ----------
+    tool : str
+    cfg : dict
+        ``routine`` (default ``"ntk"``), ``dtype, n_sites, bond_dim, n_samples, seed``.
+    opts : dict
+        ``repeats, warmup, timeout, min_time, n_threads, device``; ``save_prefix`` (mpsntk:
+        save the result there) or ``ref_paths`` (peers: compare with these files first).
+
+    Returns
+    -------
+    dict
+    """
     t_start = time.perf_counter()
-    import numpy as np
+    import peers
 
-    mps, phi = _problem(cfg)
+    routine = cfg.get("routine", "ntk")
     n_threads = opts["n_threads"]
-    gpu_peak = None
-    to_host = np.asarray
-    if opts["device"] == "gpu":  # timed calls leave the kernel on the card
-        import peers
-
-        fn, to_host, gpu_peak = peers.BUILDERS[tool](mps, phi)
-    elif tool == "mpsntk":
-        fn = _mpsntk_fn(mps, phi, opts["device"], n_threads)
-    elif tool == "numpy":
-        fn = _numpy_ntk_fn(mps, phi)
-    elif tool == "torch":
-        fn = _torch_ntk_fn(mps, phi, n_threads)
-    elif tool == "jax":
-        fn = _jax_ntk_fn(mps, phi)
-    else:
-        raise ValueError(f"unknown tool {tool!r}")
-    res = {"blas_env_child": {k: os.environ.get(k) for k in BLAS_VARS}}
-    if tool == "torch":
-        import torch
-
-        res["n_threads"] = torch.get_num_threads()
-    elif tool == "mpsntk":
+    if tool == "mpsntk":
         import mpsntk as mn
 
+        mn.set_num_threads(n_threads)
+    elif tool == "torch":
+        import torch
+
+        torch.set_num_threads(n_threads)
+    run, to_host, peak = peers.build(routine, tool, _problem(cfg), device=opts["device"])
+    res = {"blas_env_child": {k: os.environ.get(k) for k in BLAS_VARS}}
+    if tool == "torch":
+        res["n_threads"] = torch.get_num_threads()
+    elif tool == "mpsntk":
         res["n_threads"] = mn.get_num_threads()
-    elif tool == "numpy":
+    elif tool.startswith("numpy"):
         res["n_threads"] = n_threads  # OPENBLAS_NUM_THREADS, set by the parent
     else:
         res["n_threads"] = os.cpu_count()  # XLA sizes its pool to the cores
-
-    baseline, method = _reset_peak_rss()
-    t0 = time.perf_counter()
-    theta = fn()
-    first = time.perf_counter() - t0
-    theta = np.asarray(to_host(theta))
-    if opts.get("ref_path"):
-        res["max_rel_diff"] = _compare_to_file(theta, opts["ref_path"])
-        if not res["max_rel_diff"] <= TOLERANCE[cfg["dtype"]]:
-            res["status"] = "mismatch"
-            res["note"] = (f"kernel differs from mpsntk by {res['max_rel_diff']:.3g} "
-                           f"(tolerance {TOLERANCE[cfg['dtype']]:g}); not timed")
-            return res
-    if opts.get("save_path"):
-        theta.tofile(opts["save_path"])
-    del theta
-    times = [] if opts["warmup"] > 0 else [first]
-    per_call = first
-    for _ in range(opts["warmup"] - 1):
-        t0 = time.perf_counter()
-        fn()
-        per_call = time.perf_counter() - t0
-    left = 0.8 * opts["timeout"] - (time.perf_counter() - t_start)
-    n_rep = min(opts["repeats"] - len(times), int(left // max(per_call, 1e-9)))
-    for _ in range(max(0, n_rep)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    # fast calls: keep timing up to --min-time in all (the median resists a noisy neighbour)
-    while times and len(times) < MAX_CALLS and sum(times) < opts["min_time"]:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    res["peak_rss_mb"] = _peak_rss(method) - baseline
-    res["rss_method"] = method
-    if gpu_peak is not None:
-        peak = gpu_peak()
-        res["gpu_peak_mb"] = None if peak is None else peak / 2**20
-    if not times:
-        times = [first]
-        res["note"] = ("no timed call fit in 80% of --timeout after the warm-up: the time is "
-                       "that of the first call (it includes any compilation)")
-    elif len(times) < opts["repeats"]:
-        res["note"] = (f"{len(times)} timed call(s) instead of {opts['repeats']} "
-                       "to stay within 80% of --timeout")
-    res["median_s"] = statistics.median(times)
-    res["times"] = [float(f"{t:.6g}") for t in times]
-    res["status"] = "ok"
+    res.update(_harness.measure(run, to_host, opts, t_start, TOLERANCE[cfg["dtype"]], peak))
     return res
 
 
@@ -418,6 +304,7 @@ def _gemm(repeats):
 
 def _child(conn, job, args):
     """Spawn-child entry point: run ``job`` and send its result dict back."""
+    sys.path.insert(0, BENCH_DIR)
     try:
         res = _gemm(*args) if job == "gemm" else _measure(job, *args)
     except BaseException as exc:  # every failure, MemoryError included, goes to the parent
@@ -429,8 +316,41 @@ def _child(conn, job, args):
 
 
 # --------------------------------------------------------------------------- parent side
-def run_child(job, args, timeout):
-    """Run ``job`` in a fresh spawn child with a wall-clock limit.
+def _rss_mb(pid):
+    """Resident set size of process ``pid`` in MiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _watch(pid, finished, timeout, max_rss_mb):
+    """Wait until ``finished()`` is true, ``timeout`` seconds pass, or the process's RSS
+    exceeds ``max_rss_mb`` (a peer must not push a shared machine into swapping or the OOM
+    killer).  Returns ``"done"``, ``"timeout"`` or ``"memory"``."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        if finished(0.05):
+            return "done"
+        if max_rss_mb and _rss_mb(pid) > max_rss_mb:
+            return "memory"
+        if time.perf_counter() > deadline:
+            return "timeout"
+
+
+def _stopped(how, timeout, max_rss_mb):
+    if how == "timeout":
+        return {"status": "timeout", "note": f"timed out after {timeout:g} s"}
+    return {"status": "memory",
+            "note": f"killed: resident memory above --max-rss-gb ({max_rss_mb / 1024:g} GiB)"}
+
+
+def run_child(job, args, timeout, max_rss_mb=None):
+    """Run ``job`` in a fresh spawn child with a wall-clock and a memory limit.
 
     Parameters
     ----------
@@ -440,11 +360,13 @@ def run_child(job, args, timeout):
         Positional arguments of the job.
     timeout : float
         Seconds before the child is killed.
+    max_rss_mb : float, optional
+        Resident memory (MiB) above which the child is killed.
 
     Returns
     -------
     dict
-        The child's result, or ``{"status": "timeout" | "error", "note": ...}``.
+        The child's result, or ``{"status": "timeout" | "memory" | "error", "note": ...}``.
     """
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
@@ -453,10 +375,8 @@ def run_child(job, args, timeout):
     proc.start()
     send.close()
     try:
-        if recv.poll(timeout):
-            res = recv.recv()
-        else:
-            res = {"status": "timeout", "note": f"timed out after {timeout:g} s"}
+        how = _watch(proc.pid, recv.poll, timeout, max_rss_mb)
+        res = recv.recv() if how == "done" else _stopped(how, timeout, max_rss_mb)
     except EOFError:
         proc.join(5)
         res = {"status": "error",
@@ -470,6 +390,60 @@ def run_child(job, args, timeout):
     return res
 
 
+def run_worker(python, job, timeout, max_rss_mb=None):
+    """Run one neural-tangents job in ``python`` (the venv of ``make_nt_env.sh``).
+
+    The job goes to ``nt_worker.py`` as JSON on stdin; its answer is the JSON on its stdout.
+
+    Parameters
+    ----------
+    python : str
+        Interpreter of the neural-tangents venv.
+    job : dict
+    timeout, max_rss_mb : float
+        As in :func:`run_child`.
+
+    Returns
+    -------
+    dict
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([python, os.path.join(BENCH_DIR, "nt_worker.py")],
+                                stdin=subprocess.PIPE, stdout=out, stderr=err, text=True,
+                                env=env)
+        try:
+            proc.stdin.write(json.dumps(job))
+            proc.stdin.close()
+
+            def finished(wait):
+                try:
+                    proc.wait(wait)
+                    return True
+                except subprocess.TimeoutExpired:
+                    return False
+
+            how = _watch(proc.pid, finished, timeout, max_rss_mb)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        lines = [line for line in out.read().splitlines() if line.strip()]
+        if how != "done":
+            res = _stopped(how, timeout, max_rss_mb)
+        elif lines:
+            res = json.loads(lines[-1])
+        else:
+            tail = err.read()[-400:].strip().replace("\n", " | ")
+            res = {"status": "error",
+                   "note": f"neural-tangents worker exited with code {proc.returncode}: {tail}"}
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
 def _version(dist):
     try:
         return importlib.metadata.version(dist)
@@ -477,15 +451,13 @@ def _version(dist):
         return None
 
 
-def machine_info():
-    """CPU model, versions and mpsntk build facts recorded with every result.
+def cpu_model():
+    """The CPU's model name, family and model number and logical CPU count (``/proc/cpuinfo``).
 
     Returns
     -------
-    dict
+    str
     """
-    import mpsntk as mn
-
     cpu = platform.processor() or platform.machine()
     fields = {}
     try:
@@ -498,9 +470,21 @@ def machine_info():
     if "model name" in fields:
         cpu = f"{fields['model name']} (family {fields.get('cpu family')}, model " \
               f"{fields.get('model')}, {os.cpu_count()} logical CPUs)"
+    return cpu
+
+
+def machine_info():
+    """CPU model, versions and mpsntk build facts recorded with every result.
+
+    Returns
+    -------
+    dict
+    """
+    import mpsntk as mn
+
     info = mn.build_info()
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "isa": info["isa"],
         "mpsntk_n_threads": info["n_threads"],
         "compiler": info["compiler"],
@@ -520,8 +504,10 @@ def _fmt_s(value):
 
 
 def _config_key(rec):
-    return (bool(rec.get("native_blas")), DTYPES.index(rec["dtype"]), rec["n_sites"],
-            rec["bond_dim"], rec["n_samples"], rec.get("date", ""))
+    n = rec.get("n_samples")
+    return (ROUTINES.index(rec.get("routine", "ntk")), bool(rec.get("native_blas")),
+            DTYPES.index(rec["dtype"]), rec["n_sites"], rec["bond_dim"],
+            -1 if n is None else n, rec.get("date", ""))
 
 
 def summarize(records):
@@ -544,18 +530,13 @@ def summarize(records):
     for rec in records:
         groups.setdefault(_config_key(rec), []).append(rec)
     gpu = bool(records) and all(r.get("device") == "gpu" for r in records)
-    if gpu:  # rates against the card's spec-sheet peak, and the GPU memory each tool used
-        lines = [
-            "| config (dtype, n_samples, n_sites, bond_dim) | mpsntk s | TFLOP/s (structured) "
-            "| % of card peak | mpsntk GPU MB | best peer | peer s | speedup |",
-            "|---|---:|---:|---:|---:|---|---:|---:|",
-        ]
-    else:
-        lines = [
-            "| config (dtype, n_samples, n_sites, bond_dim) | mpsntk s | GFLOP/s "
-            "(structured, n(n+1)/2 pairs) | % of NumPy GEMM | best peer | peer s | speedup |",
-            "|---|---:|---:|---:|---|---:|---:|",
-        ]
+    rate = "TFLOP/s" if gpu else "GFLOP/s"
+    frac = "% of card peak" if gpu else "% of NumPy GEMM"
+    lines = [
+        f"| routine | config (dtype, n_samples, n_sites, bond_dim) | mpsntk s | {rate} "
+        f"(structured) | {frac} | best peer | peer s | speedup |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
     for key in sorted(groups):
         recs = groups[key]
         ok = {r["tool"]: r for r in recs if r["status"] == "ok"}
@@ -568,16 +549,18 @@ def summarize(records):
         diffs = [r["max_rel_diff"] for r in peers if r.get("max_rel_diff") is not None]
         if ref is not None:
             ref["max_rel_diff"] = max(diffs) if diffs else None
-        timed = [r for r in peers if r["status"] == "ok"]
-        best = min(timed, key=lambda r: r["median_s"]) if timed else None
-        native, dtype, n_sites, bond_dim, n_samples, _ = key
-        config = f"{DTYPES[dtype]}, {n_samples}, {n_sites}, {bond_dim}"
-        if native:
+        rec0 = recs[0]
+        n = "—" if rec0.get("n_samples") is None else rec0["n_samples"]
+        config = f"{rec0['dtype']}, {n}, {rec0['n_sites']}, {rec0['bond_dim']}"
+        if rec0.get("native_blas"):
             config += " (--native-blas)"
+        routine = rec0.get("routine", "ntk")
         if ref is None or ref["status"] != "ok":
             status = "—" if ref is None else ref["status"]
-            lines.append(f"| {config} | {status} | — | — | {'— | ' if gpu else ''}— | — | — |")
+            lines.append(f"| {routine} | {config} | {status} | — | — | — | — | — |")
             continue
+        timed = [r for r in peers if r["status"] == "ok"]
+        best = min(timed, key=lambda r: r["median_s"]) if timed else None
         timed_out = [r for r in peers if r["status"] == "timeout"]
         if best is not None:
             peer_col, peer_s = best["tool"], _fmt_s(best["median_s"])
@@ -587,63 +570,70 @@ def summarize(records):
             peer_col = ", ".join(r["tool"] for r in timed_out) + ": timeout"
             peer_s, speed = f"> {limit:g}", f"> {limit / ref['median_s']:.0f}x"
         else:
-            skipped = [r for r in peers if r["status"] == "skipped"]
-            others = sorted({f"{r['tool']}: {r['status']}" for r in peers
-                             if r["status"] != "skipped"})
-            if skipped and skipped[0].get("jacobian_gb") is not None:
-                others.insert(0, f"skipped (would need {skipped[0]['jacobian_gb']:.1f} GB)")
+            others = sorted({f"{r['tool']}: {r['status']}" for r in peers})
             peer_col = "; ".join(others) if others else "not run"
             peer_s, speed = "—", "—"
-        if gpu:
-            frac, mem = ref.get("frac_of_peak"), ref.get("gpu_peak_mb")
-            lines.append(
-                f"| {config} | {_fmt_s(ref['median_s'])} | {ref['gflops'] / 1e3:.2f} | "
-                f"{'—' if frac is None else f'{100 * frac:.0f}%'} | "
-                f"{'—' if mem is None else f'{mem:.0f}'} | {peer_col} | {peer_s} | {speed} |"
-            )
-            continue
-        frac = ref.get("frac_of_gemm")
+        value = ref["gflops"] / 1e3 if gpu else ref["gflops"]
+        share = ref.get("frac_of_peak" if gpu else "frac_of_gemm")
         lines.append(
-            f"| {config} | {_fmt_s(ref['median_s'])} | {ref['gflops']:.1f} | "
-            f"{'—' if frac is None else f'{100 * frac:.0f}%'} | {peer_col} | {peer_s} | "
+            f"| {routine} | {config} | {_fmt_s(ref['median_s'])} | {value:.3g} | "
+            f"{'—' if share is None else f'{100 * share:.0f}%'} | {peer_col} | {peer_s} | "
             f"{speed} |"
         )
     return "\n".join(lines)
 
 
+def _default_nt_python():
+    env = os.environ.get("MPSNTK_NT_PYTHON")
+    if env:
+        return env
+    return os.path.join(os.path.dirname(BENCH_DIR), ".venv-nt", "bin", "python")
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(
-        description="Time mpsntk.ntk against dense-Jacobian NTKs (NumPy, PyTorch, JAX).",
+        description="Time mpsntk's NTK, NTK-vector product, gradient and Born-machine log Z "
+                    "against NumPy, PyTorch, JAX and neural-tangents on the same data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--n-samples", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument("--routine", nargs="+", choices=ROUTINES, default=["ntk"])
+    p.add_argument("--n-samples", type=int, nargs="+", default=[256, 1024, 4096],
+                   help="(ignored by the Born routines, which have no data)")
     p.add_argument("--n-sites", type=int, nargs="+", default=[16, 64])
     p.add_argument("--bond-dim", type=int, nargs="+", default=[8, 32, 64])
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
-    p.add_argument("--peers", nargs="*", choices=sorted(set(PEERS + GPU_PEERS)), default=None,
-                   help="peers to run on the same data (none: mpsntk only); default "
-                        f"{' '.join(PEERS)} on cpu, {' '.join(GPU_PEERS)} on gpu")
+    all_peers = sorted({t for d in (CPU_PEERS, GPU_PEERS) for ts in d.values() for t in ts})
+    p.add_argument("--peers", nargs="*", choices=all_peers, default=None,
+                   help="peers to run on the same data (none: mpsntk only); default: every "
+                        "peer of each routine on the device")
     p.add_argument("--repeats", type=int, default=3, help="timed calls (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     p.add_argument("--min-time", type=float, default=1.0,
-                   help=f"time more calls than --repeats (up to {MAX_CALLS}) until they add up "
-                        "to this many seconds")
+                   help=f"time more calls than --repeats (up to {_harness.MAX_CALLS}) until "
+                        "they add up to this many seconds")
     p.add_argument("--gemm-repeats", type=int, default=7,
                    help="timed 2048x2048 matmuls for NumPy's GEMM rate")
     p.add_argument("--out", default=None,
-                   help="JSON-lines output (default bench/results/ntk_{cpu,gpu}.jsonl)")
+                   help="JSON-lines output (default bench/results/{routine}_{device}.jsonl for "
+                        "one routine, bench/results/{device}.jsonl for several)")
     p.add_argument("--append", action="store_true", help="append to --out instead of replacing")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: mpsntk's CUDA engine and the GPU peers on one card")
     p.add_argument("--peer-max-gb", type=float, default=6.0,
-                   help="skip a peer when its dense Jacobian (n * n_params * itemsize) exceeds "
-                        "this many GB")
+                   help="skip a peer when its largest known array (the dense Jacobian "
+                        "n * n_params * itemsize for those that form it) exceeds this many GB")
+    p.add_argument("--max-rss-gb", type=float, default=16.0,
+                   help="kill a measurement whose resident memory exceeds this many GiB "
+                        "(recorded as status 'memory')")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds per measurement; a child past it is killed, and the number "
                         "of timed calls is reduced to stay within 80%% of it")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="threads for mpsntk (OpenMP), OpenBLAS and PyTorch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nt-python", default=_default_nt_python(),
+                   help="Python of the neural-tangents venv (bench/make_nt_env.sh; also "
+                        "$MPSNTK_NT_PYTHON)")
     p.add_argument("--native-blas", action="store_true",
                    help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the environment of "
                         "the measurement children, so that OpenBLAS (NumPy's GEMM) picks the "
@@ -656,15 +646,28 @@ def _parse(argv):
             p.error(f"--{name.replace('_', '-')} values must be >= 1")
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         p.error("--repeats and --threads must be >= 1 and --warmup >= 0")
-    allowed = GPU_PEERS if args.device == "gpu" else PEERS
-    if args.peers is None:
-        args.peers = list(allowed)
-    wrong = [t for t in args.peers if t not in allowed]
-    if wrong:
-        p.error(f"--peers {' '.join(wrong)}: not a {args.device} peer (choose from "
-                f"{', '.join(allowed)})")
+    if args.timeout <= 0 or args.max_rss_gb <= 0:
+        p.error("--timeout and --max-rss-gb must be > 0")
+    table = GPU_PEERS if args.device == "gpu" else CPU_PEERS
+    args.routine = list(dict.fromkeys(args.routine))
+    if args.device == "gpu":
+        host_only = [r for r in args.routine if r not in GPU_PEERS]
+        if host_only:
+            p.error(f"--routine {' '.join(host_only)}: mpsntk computes it on the host only "
+                    "(use --device cpu)")
+    offered = {t for r in args.routine for t in table[r]}
+    if args.peers is not None:
+        wrong = [t for t in args.peers if t not in offered]
+        if wrong:
+            p.error(f"--peers {' '.join(wrong)}: not a {args.device} peer of "
+                    f"{', '.join(args.routine)} (choose from {', '.join(sorted(offered))})")
+    args.tools = {r: ["mpsntk"] + [t for t in table[r]
+                                   if args.peers is None or t in args.peers]
+                  for r in args.routine}
     if args.out is None:
-        args.out = f"bench/results/ntk_{args.device}.jsonl"
+        name = args.routine[0] if len(args.routine) == 1 else "all"
+        args.out = os.path.join(os.path.dirname(BENCH_DIR), "bench", "results",
+                                f"{name}_{args.device}.jsonl")
     return args
 
 
@@ -680,42 +683,73 @@ def _measure_gemm(args, when):
     return gemm
 
 
-def _run_config(cfg, tools, args, gemm, common, ref_path, missing):
-    """Measure every tool on one configuration; return the records (mpsntk first)."""
-    dtype, n_sites, bond_dim, n_samples = (cfg["dtype"], cfg["n_sites"], cfg["bond_dim"],
-                                           cfg["n_samples"])
-    flops = structured_flops(n_samples, n_sites, bond_dim)
+def _dominated(cfg, failed):
+    """Whether ``cfg`` is at least as large in every size as a configuration on which the same
+    tool timed out or was killed for memory (the same routine and dtype)."""
+    for other in failed:
+        if all(other[k] == cfg[k] for k in ("routine", "dtype")) and all(
+            (cfg[k] or 0) >= (other[k] or 0) for k in ("n_samples", "n_sites", "bond_dim")
+        ):
+            return other
+    return None
+
+
+def _run_config(cfg, tools, args, gemm, common, workdir, missing, failed):
+    """Measure every tool on one configuration; return the records (mpsntk first).
+
+    ``failed`` maps a tool to the configurations where it timed out or exceeded the memory
+    limit; larger configurations are skipped for it (and it is updated here)."""
+    routine, dtype = cfg["routine"], cfg["dtype"]
+    n_samples, n_sites, bond_dim = cfg["n_samples"], cfg["n_sites"], cfg["bond_dim"]
+    flops = routine_flops(routine, n_samples, n_sites, bond_dim)
     opts = {"repeats": args.repeats, "warmup": args.warmup, "timeout": args.timeout,
             "min_time": args.min_time, "n_threads": args.threads, "device": args.device}
+    max_rss_mb = args.max_rss_gb * 1024
     records = []
-    ref_ok = False
-    # mpsntk's kernel is saved for the agreement checks only when some peer will run.
-    need_ref = any(t not in missing
-                   and peer_work_gb(t, n_samples, n_sites, bond_dim, dtype) <= args.peer_max_gb
-                   for t in tools if t != "mpsntk")
+    ref_paths = None
+    problem_path = None
     for tool in tools:
-        rec = dict(common, tool=tool, dtype=dtype, n_samples=n_samples, n_sites=n_sites,
-                   bond_dim=bond_dim, n_params=n_params(n_sites, bond_dim), flops=flops,
-                   status=None, median_s=None, times=None, peak_rss_mb=None, gflops=None,
-                   gemm_gflops=gemm.get(dtype), frac_of_gemm=None, speedup_vs=None,
-                   max_rel_diff=None, n_threads=None, note=None)
+        rec = dict(common, tool=tool, routine=routine, dtype=dtype, n_samples=n_samples,
+                   n_sites=n_sites, bond_dim=bond_dim, n_params=n_params(n_sites, bond_dim),
+                   flops=flops, status=None, median_s=None, times=None, peak_rss_mb=None,
+                   gflops=None, gemm_gflops=gemm.get(dtype), frac_of_gemm=None,
+                   speedup_vs=None, max_rel_diff=None, n_threads=None, note=None,
+                   tolerance=TOLERANCE[dtype])
+        work_gb = None
         if tool != "mpsntk":
-            rec["method"] = JACOBIAN_NOTE[tool]
-            rec["jacobian_gb"] = peer_work_gb(tool, n_samples, n_sites, bond_dim, dtype)
+            rec["method"] = METHOD[tool]
+            work_gb = peer_work_gb(tool, routine, n_samples, n_sites, bond_dim, dtype)
+            rec["jacobian_gb"] = work_gb
+        smaller = _dominated(cfg, failed.get(tool, []))
         if tool == "mpsntk":
-            res = run_child(tool, (cfg, dict(opts, save_path=ref_path if need_ref else None)),
-                            args.timeout)
-            ref_ok = res["status"] == "ok" and os.path.exists(ref_path)
+            res = run_child(tool, (cfg, dict(opts, save_prefix=os.path.join(workdir, "ref_"))),
+                            args.timeout, max_rss_mb)
+            ref_paths = res.pop("ref_paths", None) if res["status"] == "ok" else None
         elif tool in missing:
-            res = {"status": "skipped", "note": f"skipped: {tool} is not installed"}
-        elif rec["jacobian_gb"] > args.peer_max_gb:
+            res = {"status": "skipped", "note": f"skipped: {missing[tool]}"}
+        elif work_gb is not None and work_gb > args.peer_max_gb:
             res = {"status": "skipped",
-                   "note": f"skipped: would need {rec['jacobian_gb']:.1f} GB "
+                   "note": f"skipped: would need {work_gb:.1f} GB "
                            f"(largest array > --peer-max-gb {args.peer_max_gb:g})"}
-        elif not ref_ok:
-            res = {"status": "skipped", "note": "skipped: no mpsntk kernel to check against"}
+        elif smaller is not None:
+            res = {"status": "skipped",
+                   "note": f"skipped: {smaller['why']} at n_samples={smaller['n_samples']}, "
+                           f"n_sites={smaller['n_sites']}, bond_dim={smaller['bond_dim']}"}
+        elif not ref_paths:
+            res = {"status": "skipped", "note": "skipped: no mpsntk result to check against"}
+        elif tool in NT_TOOLS:
+            if problem_path is None:
+                problem_path = os.path.join(workdir, "problem.npz")
+                save_problem(_problem(cfg), problem_path)
+            job = {"tool": tool, "routine": routine, "dtype": dtype, "problem": problem_path,
+                   "tolerance": TOLERANCE[dtype], "opts": dict(opts, ref_paths=ref_paths)}
+            res = run_worker(args.nt_python, job, args.timeout, max_rss_mb)
         else:
-            res = run_child(tool, (cfg, dict(opts, ref_path=ref_path)), args.timeout)
+            res = run_child(tool, (cfg, dict(opts, ref_paths=ref_paths)), args.timeout,
+                            max_rss_mb)
+        if res["status"] in ("timeout", "memory") and tool != "mpsntk":
+            why = "timed out" if res["status"] == "timeout" else "exceeded --max-rss-gb"
+            failed.setdefault(tool, []).append(dict(cfg, why=why))
         rec.update(res)
         if rec["status"] == "ok":
             rec["gflops"] = flops / rec["median_s"] / 1e9
@@ -723,14 +757,15 @@ def _run_config(cfg, tools, args, gemm, common, ref_path, missing):
             if args.device == "gpu" and peak:
                 rec["frac_of_peak"] = rec["gflops"] / 1e3 / peak
         records.append(rec)
-    if os.path.exists(ref_path):
-        os.remove(ref_path)
+    for name in os.listdir(workdir):
+        os.remove(os.path.join(workdir, name))
     return records
 
 
 def _progress(i, total, records):
     rec = records[0]
-    parts = [f"[{i}/{total}] {rec['dtype']} n={rec['n_samples']} N={rec['n_sites']} "
+    n = "" if rec["n_samples"] is None else f" n={rec['n_samples']}"
+    parts = [f"[{i}/{total}] {rec['routine']} {rec['dtype']}{n} N={rec['n_sites']} "
              f"D={rec['bond_dim']}:"]
     for r in records:
         if r["status"] == "ok":
@@ -739,7 +774,51 @@ def _progress(i, total, records):
                          + (f" (diff {diff:.1e})" if diff is not None else ""))
         else:
             parts.append(f"{r['tool']} {r['status']}")
-    print("  ".join(parts), file=sys.stderr)
+    print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+def _missing_tools(args):
+    """Tools that cannot run here, with the reason."""
+    missing = {}
+    tools = {t for ts in args.tools.values() for t in ts}
+    for tool in tools:
+        module = {"numpy-jacobian": "numpy", "numpy-structured": "numpy"}.get(tool, tool)
+        if tool in NT_TOOLS:
+            if not os.path.exists(args.nt_python):
+                missing[tool] = (f"no neural-tangents venv at {args.nt_python} "
+                                 "(bash bench/make_nt_env.sh, or --nt-python)")
+        elif tool != "mpsntk" and importlib.util.find_spec(module) is None:
+            missing[tool] = f"{module} is not installed"
+    return missing
+
+
+def _nt_versions(python):
+    """neural-tangents and JAX versions of the worker's venv (None when it does not run)."""
+    code = ("import importlib.metadata as m, json; print(json.dumps({d: m.version(d) for d in "
+            "('neural-tangents', 'jax', 'jaxlib', 'numpy')}))")
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+def configs(args):
+    """The configurations of a run, smallest first within each routine and dtype.
+
+    Returns
+    -------
+    list of dict
+    """
+    out = []
+    for routine in args.routine:
+        samples = [None] if routine in BORN else sorted(set(args.n_samples))
+        for dtype, n_sites, bond_dim, n in itertools.product(
+            args.dtype, sorted(set(args.n_sites)), sorted(set(args.bond_dim)), samples
+        ):
+            out.append({"routine": routine, "dtype": dtype, "n_sites": n_sites,
+                        "bond_dim": bond_dim, "n_samples": n, "seed": args.seed})
+    return out
 
 
 def main(argv=None):
@@ -753,7 +832,8 @@ def main(argv=None):
     Returns
     -------
     int
-        Exit status: 0 on success, 2 when ``--device gpu`` has no CUDA engine.
+        Exit status: 0 on success, 2 when ``--device gpu`` has no CUDA engine, 3 when a peer's
+        result disagrees with mpsntk's.
     """
     args = _parse(argv)
     if args.summary:
@@ -781,20 +861,24 @@ def main(argv=None):
     print(f"# {date}  {machine['cpu']}  mpsntk isa={machine['isa']}  threads={args.threads}  "
           f"native_blas={args.native_blas}", file=sys.stderr)
     gemm_start = _measure_gemm(args, "start")
-
-    peers = list(dict.fromkeys(args.peers))
-    missing = {t for t in peers if importlib.util.find_spec(t) is None}
+    missing = _missing_tools(args)
+    for tool, why in sorted(missing.items()):
+        print(f"# {tool}: {why}", file=sys.stderr)
+    versions = dict(machine["versions"])
+    if any(t in NT_TOOLS and t not in missing for ts in args.tools.values() for t in ts):
+        versions["nt_venv"] = _nt_versions(args.nt_python)
     common = {
         "device": args.device,
         "cpu": machine["cpu"],
         "isa": machine["isa"],
-        "versions": machine["versions"],
+        "versions": versions,
         "date": date,
         "native_blas": args.native_blas,
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "openblas_l2_size": os.environ.get("OPENBLAS_L2_SIZE"),
         "blas_env_default": blas_env_default,
         "timeout_s": args.timeout,
+        "max_rss_gb": args.max_rss_gb,
         "load_avg_start": os.getloadavg()[0],
     }
     if args.device == "gpu":
@@ -807,27 +891,28 @@ def main(argv=None):
         common["float64_path"] = mn._backend._cuda.float64_path()  # m16n8k8, m8n8k4 or fma
         print(f"# GPU: {common['gpu']}; spec-sheet peak TFLOP/s: {common['card_peak_tflops']}; "
               f"float64 products: {common['float64_path']}", file=sys.stderr)
-    configs = list(itertools.product(args.dtype, args.n_sites, args.bond_dim, args.n_samples))
+    todo = configs(args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp_out = args.out + ".tmp"
     workdir = tempfile.mkdtemp(prefix="bench_ntk_")
-    records = []
+    records, failed, mismatch = [], {}, None
     try:
         with open(tmp_out, "w") as tmp:
-            for i, (dtype, n_sites, bond_dim, n_samples) in enumerate(configs, 1):
-                cfg = {"dtype": dtype, "n_sites": n_sites, "bond_dim": bond_dim,
-                       "n_samples": n_samples, "seed": args.seed}
-                recs = _run_config(cfg, ["mpsntk"] + peers, args, gemm_start,
-                                   dict(common, load_avg=os.getloadavg()[0]),
-                                   os.path.join(workdir, "theta.bin"), missing)
+            for i, cfg in enumerate(todo, 1):
+                recs = _run_config(cfg, args.tools[cfg["routine"]], args, gemm_start,
+                                   dict(common, load_avg=os.getloadavg()[0]), workdir,
+                                   missing, failed)
                 for rec in recs:
                     tmp.write(json.dumps(rec) + "\n")
                 tmp.flush()
-                _progress(i, len(configs), recs)
+                _progress(i, len(todo), recs)
                 records.extend(recs)
+                mismatch = next((r for r in recs if r["status"] == "mismatch"), None)
+                if mismatch is not None:
+                    break
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    gemm_end = _measure_gemm(args, "end")
+    gemm_end = _measure_gemm(args, "end") if mismatch is None else {}
 
     # The machine is shared: take the better of the two GEMM measurements as its rate, so that
     # the fraction of GEMM is not flattered by a slow moment.
@@ -847,6 +932,13 @@ def main(argv=None):
         for rec in records:
             fh.write(json.dumps(rec) + "\n")
     os.remove(tmp_out)
+    if mismatch is not None:
+        m = mismatch
+        print(f"ABORTED: {m['tool']} disagrees with mpsntk on {m['routine']} ({m['dtype']}, "
+              f"n_samples={m['n_samples']}, n_sites={m['n_sites']}, bond_dim={m['bond_dim']}): "
+              f"max |peer - mpsntk| / max |mpsntk| = {m['max_rel_diff']:.3g} > tolerance "
+              f"{m['tolerance']:g}. The records so far are in {args.out}.", file=sys.stderr)
+        return 3
     wall = time.perf_counter() - start
     child_env = (gemm_start or gemm_end or {}).get("blas_env_child", {})
     rates = ", ".join(f"{d} {gemm[d]:.1f} GFLOP/s" for d in gemm)

@@ -38,7 +38,8 @@ def _simulated_gpu():
 
 @pytest.mark.parametrize("tool", ["mpsntk", "cupy"])
 def test_gpu_builders_compute_the_kernel(tool):
-    mps, phi = bench_ntk._problem(CFG)
+    prob = bench_ntk._problem(CFG)
+    mps, phi = prob["mps"], prob["phi"]
     run, to_host, peak = peers.BUILDERS[tool](mps, phi)
     theta = run()
     assert isinstance(theta, sim_cupy.ndarray)  # left on the "card" by the timed call
@@ -47,14 +48,14 @@ def test_gpu_builders_compute_the_kernel(tool):
 
 
 def test_gpu_measurement_checks_the_peer_against_mpsntk(tmp_path):
-    ref = str(tmp_path / "theta.bin")
-    res = bench_ntk._measure("mpsntk", CFG, dict(OPTS, save_path=ref))
+    res = bench_ntk._measure("mpsntk", CFG, dict(OPTS, save_prefix=str(tmp_path / "ref_")))
     assert res["status"] == "ok" and len(res["times"]) >= 2 and res["gpu_peak_mb"] is not None
-    peer = bench_ntk._measure("cupy", CFG, dict(OPTS, ref_path=ref))
+    refs = res["ref_paths"]
+    peer = bench_ntk._measure("cupy", CFG, dict(OPTS, ref_paths=refs))
     assert peer["status"] == "ok" and peer["max_rel_diff"] < 1e-12
     # a peer that disagrees is reported, not timed
-    np.fromfile(ref, dtype=np.float64).__mul__(1.01).tofile(ref)
-    bad = bench_ntk._measure("cupy", CFG, dict(OPTS, ref_path=ref))
+    np.save(refs[0], 1.01 * np.load(refs[0]))
+    bad = bench_ntk._measure("cupy", CFG, dict(OPTS, ref_paths=refs))
     assert bad["status"] == "mismatch" and "median_s" not in bad
 
 

@@ -125,6 +125,13 @@ OOM_CHILD = """
     # The Python layer refuses what it knows will not fit (it sees the limit); switched off
     # here, so that the engine meets the limit in its own allocations.
     mpsntk._validate._available_memory = lambda: None
+    # Large blocks always mapped afresh (a fixed mmap threshold turns off glibc's adaptive one,
+    # which would otherwise serve every repeated call from memory the warm-up freed): each call
+    # then meets the limit, whatever the allocator's history.
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 16)
     mn.set_num_threads(2)
     mps = mn.MPS.random(seed=0, **kw)
     n = 400
@@ -156,7 +163,6 @@ OOM_CHILD = """
             "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
             "fordblks", "keepcost")]
 
-    libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = Mallinfo2
 
     def in_use():

@@ -53,7 +53,7 @@ GOE_R, GUE_R, POISSON_R = 0.5307, 0.5996, 2 * math.log(2) - 1  # theory 5.5 (Ata
 
 def run_t7(s, rng):
     core_spectrum, ks_distance, mp_pdf, spacing_ratios = _require(*REQUIRES["T7"])
-    ks_by, r_by, r_se_by, hist = {}, {}, {}, {}
+    ks_by, r_by, r_se_by, hist, edges = {}, {}, {}, {}, {}
     for D in s["bond_dims"]:
         # Interior cores of NTK-parametrised draws (W ~ N(0, 1): the variance is known), pooled
         # over sites and draws: left matricisations (d D) x D, MP ratio gamma = 1/d.
@@ -65,6 +65,8 @@ def run_t7(s, rng):
         r = spacing_ratios(ev)
         r_by[D], r_se_by[D] = float(r.mean()), float(r.std(ddof=1) / np.sqrt(r.size))
         hist[D] = ev.reshape(-1)
+        # observed edges: the smallest and largest eigenvalue of each matrix, averaged
+        edges[D] = [float(ev.min(axis=1).mean()), float(ev.max(axis=1).mean())]
     gamma = 1.0 / s["phys_dim"]
     big = [D for D in s["bond_dims"] if D >= 128]
     top = max(r_by)
@@ -72,7 +74,8 @@ def run_t7(s, rng):
     grid = np.linspace((1 - gamma**0.5) ** 2, (1 + gamma**0.5) ** 2, 400)[1:-1]
     return Outcome(
         measured=dict(mp_ks_by_D=ks_by, r_tilde=r_tilde, r_tilde_se=r_se, r_tilde_by_D=r_by,
-                      r_tilde_se_by_D=r_se_by, mp_edges=[float(grid[0]), float(grid[-1])]),
+                      r_tilde_se_by_D=r_se_by, mp_edges=edges[top],
+                      mp_edges_theory=[(1 - gamma**0.5) ** 2, (1 + gamma**0.5) ** 2]),
         reference=dict(mp_ks_D256=0.0015, mp_edges=[0.0858, 2.914], r_tilde_goe=GOE_R,
                        r_tilde_gue=GUE_R, r_tilde_poisson=POISSON_R, r_tilde_mps_init=0.534),
         tolerance=dict(mp_ks="< 0.01 for D >= 128 (pooled interior cores and draws)",
@@ -148,7 +151,7 @@ def run_t8(s, rng):
 
 
 def plot_t8(o, fig):
-    ax1, ax2 = fig.subplots(1, 2)
+    ax1, ax2, ax3 = fig.subplots(1, 3, width_ratios=[1.3, 1, 1])
     runs = o.data["runs"]
     for r in runs:
         ax1.plot(r["times"], r["top"], lw=0.8, alpha=0.8,
@@ -159,19 +162,30 @@ def plot_t8(o, fig):
     ax1.set_title("label-noise SGD: eigenvalue fluctuations", fontsize=9)
     ax1.legend(fontsize=6)
     pairs = [r for r in runs if not r["control"]]
-    for r in runs:
-        ax2.loglog(r["ratio"], r["variance"], "o" if not r["control"] else "s",
-                   color="C3" if r["control"] else "C0", ms=7, alpha=0.7)
-        ax2.annotate(f"({r['alpha']:g}, {r['batch_size']})", (r["ratio"], r["variance"]),
-                     textcoords="offset points", xytext=(6, -3), fontsize=7)
     c = np.mean([r["normalized_variance"] for r in pairs])
     grid = np.geomspace(min(r["ratio"] for r in runs) / 1.5, max(r["ratio"] for r in runs) * 1.5)
-    ax2.loglog(grid, c * grid, "k--", lw=1,
-               label=r"variance $\propto \alpha/|B|$ (through the pairs)")
+    ax2.loglog(grid, c * grid, "k--", lw=1, label=r"$\propto \alpha/|B|$ (through the pairs)")
+    for r in runs:
+        ax2.loglog(r["ratio"], r["variance"], "s" if r["control"] else "o",
+                   color="C3" if r["control"] else "C0", ms=7, alpha=0.7)
     ax2.set(xlabel=r"$\alpha/|B|$", ylabel="stationary variance of the top eigenvalues")
-    ax2.set_title(f"collapse (blue: equal ratios, red: controls); spread "
-                  f"{o.measured['collapse_rel_spread']:.3f}", fontsize=9)
+    ax2.xaxis.set_minor_formatter(_plain_ticks())
+    ax2.set_title("variance against the noise scale", fontsize=9)
     ax2.legend(fontsize=7)
+    labels = [f"({r['alpha']:g}, {r['batch_size']})" for r in runs]
+    ax3.bar(range(len(runs)), [r["normalized_variance"] for r in runs],
+            color=["C3" if r["control"] else "C0" for r in runs], alpha=0.7)
+    ax3.axhline(c, color="k", ls="--", lw=1)
+    ax3.set_xticks(range(len(runs)), labels, rotation=30, fontsize=7)
+    ax3.set(xlabel=r"$(\alpha, |B|)$", ylabel=r"variance $/\ (\alpha/|B|)$")
+    ax3.set_title(f"collapse: spread {o.measured['collapse_rel_spread']:.3f} over equal "
+                  r"$\alpha/|B|$ (blue)", fontsize=9)
+
+
+def _plain_ticks():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _: "")
 
 
 def summary_t8(o):
@@ -203,6 +217,9 @@ def run_t9(s, rng):
         ratios.append(float(np.mean(k2 / k)))
     ratios = np.asarray(ratios)
     mean, se = float(ratios.mean()), float(ratios.std(ddof=1) / np.sqrt(ratios.size))
+    counts = np.unique(np.geomspace(10, ratios.size, 40).astype(int))
+    running = [(int(c), float(ratios[:c].mean()), float(ratios[:c].std(ddof=1) / np.sqrt(c)))
+               for c in counts]
     max_err = max(errs.values())
     return Outcome(
         measured=dict(taylor_max_err=max_err, taylor_err_by_case=errs, k2_ratio_mean=mean,
@@ -210,15 +227,26 @@ def run_t9(s, rng):
         reference=dict(taylor_max_err=3e-15, k2_ratio_mean="1.00 +- 0.01"),
         tolerance=dict(taylor_max_err="< 1e-12 relative", k2_ratio_mean="|mean - 1| < 4 SE"),
         checks=dict(taylor=max_err < 1e-12, k2=abs(mean - 1) < 4 * se),
-        data=dict(norms=norms))
+        data=dict(norms=norms, k2_running=running))
 
 
 def plot_t9(o, fig):
-    ax = fig.subplots(1, 1)
+    ax, ax2 = fig.subplots(1, 2)
     for key, n in o.data["norms"].items():
         ax.semilogy(np.arange(len(n)), np.asarray(n) + 1e-300, "o-", label=key)
-    ax.set(xlabel="order k", ylabel=r"$\|P_k(\Delta_T)\|$")
+    ax.set(xlabel="order k", ylabel=r"$\|P_k(\Delta_T)\|$ on the probe set")
+    ax.set_title(r"Taylor terms of $f(W_0 + \Delta_T)$ after training; "
+                 f"$\\sum_k P_k = f$ to {o.measured['taylor_max_err']:.1e}", fontsize=9)
     ax.legend(fontsize=7)
+    run = np.asarray(o.data.get("k2_running", []), dtype=float)
+    if run.size:
+        n, m, se = run.T
+        ax2.semilogx(n, m, "C0-", label="running mean")
+        ax2.fill_between(n, m - 2 * se, m + 2 * se, color="C0", alpha=0.2, label=r"$\pm 2$ SE")
+    ax2.axhline(1.0, color="k", ls="--", lw=1, label="theory: exactly 1 at every D")
+    ax2.set(xlabel="number of draws", ylabel=r"$E\,K_2 / (\binom{N}{2} K)$")
+    ax2.set_title("order-2 kernel in expectation (heavy-tailed at small D)", fontsize=9)
+    ax2.legend(fontsize=7)
 
 
 TARGETS = [
