@@ -76,16 +76,28 @@ def vjp(mps, phi, cotangent, *, normalized=False):
     xp = mps.same_device(array_module(phi, cotangent, names=["phi", "cotangent"]), "phi")
     phi = mps.check_features(phi)
     normalized = _check_bool(normalized, "normalized")
-    n, C = phi.shape[0], mps.n_outputs
+    cot = _cotangent(mps, xp, cotangent, phi.shape[0])
+    eng = engine_for(mps)
+    return _vjp(eng, eng.prepare(mps, phi), cot, normalized)
+
+
+def _cotangent(mps, xp, cotangent, n):
+    """A validated cotangent of shape (n,) (scalar models) or (n, C), as a C-contiguous (n, C)."""
+    C = mps.n_outputs
     cot = _as_vector_block(mps, cotangent, n, "cotangent")
     if cot.ndim != (1 if mps.output_site is None else 2):
         raise ValueError(
             f"cotangent must have shape {(n,) if C == 1 and mps.output_site is None else (n, C)}; "
             f"got {cot.shape}"
         )
-    cot = xp.ascontiguousarray(cot.reshape(n, C))
-    eng = engine_for(mps)
-    batch = eng.prepare(mps, phi)
+    return xp.ascontiguousarray(cot.reshape(n, C))
+
+
+def _vjp(eng, batch, cot, normalized):
+    """:func:`vjp` of a prepared batch and a validated (n, C) cotangent, with its range checks.
+    Shared with :func:`mpsntk._blocks.transpose_vp`."""
+    mps = batch.mps
+    xp = mps.xp
     grads, logs = eng.vjp(batch, cot, normalized=normalized)
     if normalized:
         _check_in_range(xp, grads, "the normalised vjp", mps.dtype, mps, _NORMALISED_OVERFLOW)
@@ -130,14 +142,26 @@ def jvp(mps, phi, tangents, *, normalized=False):
         If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
-    if isinstance(tangents, np.ndarray) or not isinstance(tangents, (list, tuple)):
-        raise TypeError(
-            f"tangents must be a list of arrays, one per core; got {type(tangents).__name__}"
-        )
+    _check_tangent_list(tangents)
     names = ["phi"] + [f"tangents[{j}]" for j in range(len(tangents))]
     xp = mps.same_device(array_module(phi, *tangents, names=names), "phi")
     phi = mps.check_features(phi)
     normalized = _check_bool(normalized, "normalized")
+    ts = _tangents(mps, xp, tangents)
+    eng = engine_for(mps)
+    return _jvp(eng, eng.prepare(mps, phi), ts, normalized)
+
+
+def _check_tangent_list(tangents):
+    if isinstance(tangents, np.ndarray) or not isinstance(tangents, (list, tuple)):
+        raise TypeError(
+            f"tangents must be a list of arrays, one per core; got {type(tangents).__name__}"
+        )
+
+
+def _tangents(mps, xp, tangents):
+    """Validated tangents (a list, see :func:`_check_tangent_list`): C-contiguous arrays of the
+    cores' shapes and dtype, one per core."""
     if len(tangents) != mps.n_sites:
         raise ValueError(
             f"tangents must hold one array per core ({mps.n_sites}); got {len(tangents)}"
@@ -152,8 +176,14 @@ def jvp(mps, phi, tangents, *, normalized=False):
         if not bool(xp.all(xp.isfinite(t))):
             raise ValueError(f"tangents[{j}] must be finite; got NaN or Inf entries")
         ts.append(xp.ascontiguousarray(t))
-    eng = engine_for(mps)
-    batch = eng.prepare(mps, phi)
+    return ts
+
+
+def _jvp(eng, batch, ts, normalized):
+    """:func:`jvp` of a prepared batch and validated tangents, with its range checks.  Shared
+    with :func:`mpsntk._blocks.jacobian_vp`."""
+    mps = batch.mps
+    xp = mps.xp
     out, log = eng.jvp(batch, ts, normalized=normalized)
     squeeze = (lambda a: a[:, 0]) if mps.output_site is None else (lambda a: a)
     if normalized:

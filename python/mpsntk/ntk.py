@@ -124,6 +124,24 @@ def ntk(
     phi1 = mps.check_features(phi1, "phi1")
     if phi2 is not None:
         phi2 = mps.check_features(phi2, "phi2")
+    eng = engine_for(mps)
+    n1, n2 = phi1.shape[0], None if phi2 is None else phi2.shape[0]
+
+    def prepare():
+        return eng.prepare(mps, phi1), None if phi2 is None else eng.prepare(mps, phi2)
+
+    return _ntk(eng, mps, xp, n1, n2, prepare, eng.prepare_bytes(mps, n1 + (n2 or 0)),
+                per_site=per_site, outputs=outputs, normalized=normalized, out=out, tile=tile,
+                site_weights=site_weights, precision=precision)
+
+
+def _ntk(eng, mps, xp, n1, n2, prepare, prepare_bytes, *, per_site, outputs, normalized, out,
+         tile, site_weights, precision):
+    """:func:`ntk` after its features are validated, for batches of ``n1`` and ``n2`` samples
+    (``n2`` None: symmetric): validates the options, checks the memory of the whole call
+    (``prepare_bytes``: what ``prepare()`` will allocate, 0 for batches already prepared),
+    then ``prepare()`` gives the engine batches ``(b1, b2)``.  Shared with
+    :func:`mpsntk._blocks.kernel_block`, whose batches are prepared once for many calls."""
     per_site = _check_bool(per_site, "per_site")
     normalized = _check_bool(normalized, "normalized")
     outputs = _check_choice(outputs, "outputs", _OUTPUTS)
@@ -141,18 +159,15 @@ def ntk(
     if outputs == "mean" and mps.n_outputs > 1:
         # In the site weights, not a pass over the result: every entry is written once.
         site_lr = site_lr / mps.n_outputs
-    n1 = phi1.shape[0]
-    n2 = n1 if phi2 is None else phi2.shape[0]
+    symmetric = n2 is None
     full = outputs == "full" and mps.n_outputs > 1
-    shape = (n1, n2) + ((mps.n_outputs, mps.n_outputs) if full else ())
+    shape = (n1, n1 if symmetric else n2) + ((mps.n_outputs, mps.n_outputs) if full else ())
     if per_site:
         shape = (mps.n_sites,) + shape
     # The memory of the whole call is checked before anything is allocated: the environments of
     # both batches and the tiles, then with the kernel.
-    eng = engine_for(mps)
-    work = eng.prepare_bytes(mps, n1 + (0 if phi2 is None else n2)) + eng.ntk_bytes(
-        mps, n1, 0 if phi2 is None else n2, full=full, per_site=per_site, tile=tile
-    )
+    work = prepare_bytes + eng.ntk_bytes(mps, n1, 0 if symmetric else n2, full=full,
+                                         per_site=per_site, tile=tile)
     eng.check_fits(work, "the environments of this NTK", "compute fewer samples at a time")
     if out is None:
         eng.check_fits(
@@ -163,8 +178,7 @@ def ntk(
     else:
         out = _check_out(out, shape, mps.dtype, xp=xp)
         out.fill(np.nan)  # entries not (yet) written stay NaN: see the docstring
-    b1 = eng.prepare(mps, phi1)
-    b2 = None if phi2 is None else eng.prepare(mps, phi2)
+    b1, b2 = prepare()
     out, log1, log2, finite = eng.ntk(b1, b2, site_lr, full=full, per_site=per_site,
                                       normalized=normalized, tile=tile, tf32=tf32, out=out)
     if not finite:
@@ -180,7 +194,7 @@ def ntk(
         )
     if normalized:
         return out, log1, log2
-    if _below_normal_kernel(mps, out, phi2 is None, full, per_site, xp):
+    if _below_normal_kernel(mps, out, symmetric, full, per_site, xp):
         # the normalised kernel of the same batches says whether it is zero
         tilde = eng.ntk(b1, b2, site_lr, full=full, per_site=per_site, normalized=True,
                         tile=tile, tf32=tf32)[0]
@@ -250,21 +264,32 @@ def ntk_vp(mps, phi, v, *, site_weights=None, normalized=False):
     flat = xp.ascontiguousarray(v.reshape(n, C, -1))
     site_lr = _site_lr(mps, site_weights)
     eng = engine_for(mps)
-    batch = eng.prepare(mps, phi)
-    res, log = eng.ntk_vp(batch, flat, site_lr, normalized=normalized)
+    res, log = _ntk_vp(eng, eng.prepare(mps, phi), None, flat, site_lr, normalized)
     columns = v.shape[1:] if mps.output_site is None else v.shape[2:]
     if normalized:
-        _check_in_range(xp, [res], "the normalised Theta v", mps.dtype, mps, _NORMALISED_OVERFLOW)
         return res.reshape(v.shape), log.reshape((n,) + columns)
+    return res.reshape(v.shape)
+
+
+def _ntk_vp(eng, b1, b2, v, site_lr, normalized):
+    """``Theta(X1, X2) v`` (``b2`` None: ``X2 = X1``) of prepared batches for a validated
+    ``v`` of shape (n2, C, k), with the range checks of :func:`ntk_vp`; returns ``(res, log)``
+    (``log`` None unless ``normalized``).  Shared with :func:`mpsntk._blocks.kernel_vp`."""
+    mps = b1.mps
+    xp = mps.xp
+    res, log = eng.ntk_vp(b1, v, site_lr, b2=b2, normalized=normalized)
+    if normalized:
+        _check_in_range(xp, [res], "the normalised Theta v", mps.dtype, mps, _NORMALISED_OVERFLOW)
+        return res, log
     _check_in_range(xp, [res], "Theta v", mps.dtype, mps, "use normalized=True")
     if _below_normal(xp, res, mps.dtype) and bool(
-        xp.any(eng.ntk_vp(batch, flat, site_lr, normalized=True)[0] != 0)
+        xp.any(eng.ntk_vp(b1, v, site_lr, b2=b2, normalized=True)[0] != 0)
     ):
         raise FloatingPointError(
             f"Theta v underflows the range of {mps.dtype.name} (every entry is below "
             f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero); use normalized=True"
         )
-    return res.reshape(v.shape)
+    return res, None
 
 
 def _as_vector_block(mps, v, n, name):
