@@ -33,39 +33,23 @@ __device__ inline double block_max(double v) {
   return m;
 }
 
-/// The vjp's normaliser of site j = blockIdx.x (as vjp_from_factors in grad.hpp):
-/// g_j = max over (x, l) of log|cot(x, l, col)| + log(j, x, l), plus log c_j; 0 for a zero
-/// gradient.  The site's coefficients are then cot c_j exp(log - g_j), all in [-1, 1].
+/// The vjp's normaliser of site j = blockIdx.x (mpsntk/factor_layout.hpp: vjp_site_log, as on
+/// the host), plus log c_j; 0 for a zero gradient.  The site's coefficients are then
+/// cot c_j exp(log - g_j), all in [-1, 1].
 template <class T>
 __global__ void vjp_log_kernel(const SiteFactor<T>* sites, const double* log_c, const T* cot, index_t n, index_t C,
                                index_t k, index_t col, index_t output_site, double* g) {
   const index_t j = blockIdx.x;
-  const SiteFactor<T> s = sites[j];
-  const index_t nl = outputs_at(s, j, output_site, C);
-  double m = -INFINITY;
-  for (index_t i = threadIdx.x; i < n * nl; i += blockDim.x) {
-    const index_t x = i / nl, l = i % nl;
-    m = fmax(m, log(fabs(static_cast<double>(cot[(x * C + l) * k + col]))) + factor_log(s, x, l));
-  }
-  m = block_max(m);
+  const double m = block_max(vjp_site_log(sites[j], j, output_site, cot, n, C, k, col, threadIdx.x, blockDim.x));
   if (threadIdx.x == 0) g[j] = isfinite(m) ? m + log_c[j] : 0.0;
 }
 
-/// The jvp's reference log-scale of sample x (as jvp_from_factors in grad.hpp): the largest
-/// log(j, x, l) + site_log[j] (+ tangent_log[j]) over the sites and outputs; 0 for none.
+/// The jvp's reference log-scale of every sample (mpsntk/factor_layout.hpp: jvp_sample_log).
 template <class T>
 __global__ void jvp_ref_kernel(const SiteFactor<T>* sites, index_t n_sites, const double* site_log,
                                const double* tangent_log, index_t n, index_t C, index_t output_site, double* ref) {
   const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (x >= n) return;
-  double m = -INFINITY;
-  for (index_t j = 0; j < n_sites; ++j) {
-    const double c = site_log[j] + (tangent_log ? tangent_log[j] : 0.0);
-    if (c == -INFINITY) continue;
-    const SiteFactor<T>& s = sites[j];
-    for (index_t l = 0; l < outputs_at(s, j, output_site, C); ++l) m = fmax(m, factor_log(s, x, l) + c);
-  }
-  ref[x] = isfinite(m) ? m : 0.0;
+  if (x < n) ref[x] = jvp_sample_log(sites, n_sites, output_site, C, site_log, tangent_log, x);
 }
 
 /// Operands of the vjp GEMM of site j, over the depth k = (l, x), outputs l0 .. l0 + nl - 1 and
@@ -217,16 +201,13 @@ GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n1, Arena& arena) {
   return p;
 }
 
-/// The per-site log constants: log c_j, and with site_lr, log c_j + log site_lr_j (-inf for a
-/// site not trained), copied to the workspace.
+/// The per-site log constants (site_log_constants: log c_j, and with site_lr also log
+/// site_lr_j), copied to the workspace.
 template <class T>
 void upload_site_logs(const ChainView<T>& ch, const double* site_lr, GradPlan<T>& P, cudaStream_t stream) {
   const index_t N = ch.n_sites;
-  P.host_log_c.resize(N), P.host_log_lr.resize(N);
-  for (index_t j = 0; j < N; ++j) {
-    P.host_log_c[j] = std::log(ch.scales[j]);
-    P.host_log_lr[j] = site_lr ? P.host_log_c[j] + std::log(site_lr[j]) : P.host_log_c[j];
-  }
+  P.host_log_c = site_log_constants(ch, nullptr);
+  P.host_log_lr = site_log_constants(ch, site_lr);
   MPSNTK_CUDA_TRY(cudaMemcpyAsync(P.log_c, P.host_log_c.data(), N * sizeof(double), cudaMemcpyHostToDevice, stream));
   MPSNTK_CUDA_TRY(cudaMemcpyAsync(P.log_lr, P.host_log_lr.data(), N * sizeof(double), cudaMemcpyHostToDevice, stream));
 }

@@ -63,6 +63,46 @@ MPSNTK_HD index_t outputs_at(const SiteFactor<T>& s, index_t j, index_t output_s
   return (s.mult_a > 1 || s.mult_b > 1 || j == output_site) ? n_outputs : 1;
 }
 
+/// @brief The per-site log constants of the Jacobian products: log c_j, plus log site_lr_j when
+/// @p site_lr is given (ntk_vp; -inf for a site not trained).
+template <class T>
+std::vector<double> site_log_constants(const ChainView<T>& ch, const double* site_lr) {
+  std::vector<double> v(ch.n_sites);
+  for (index_t j = 0; j < ch.n_sites; ++j) v[j] = std::log(ch.scales[j]) + (site_lr ? std::log(site_lr[j]) : 0.0);
+  return v;
+}
+
+/// @brief The vjp's normaliser of site j, less log c_j: the largest log|cot(x, l)| + log(j, x, l)
+/// over the samples and the outputs the site's factors differ in, cot of shape (n, C, k) at
+/// column @p col; visits the pairs i = begin, begin + step, ... of the n * outputs (a thread of a
+/// block on the device, all of them on the host).  -inf when every coefficient is zero.
+template <class T>
+MPSNTK_HD double vjp_site_log(const SiteFactor<T>& s, index_t j, index_t output_site, const T* cot, index_t n,
+                              index_t C, index_t k, index_t col, index_t begin, index_t step) {
+  const index_t nl = outputs_at(s, j, output_site, C);
+  double m = -INFINITY;
+  for (index_t i = begin; i < n * nl; i += step) {
+    const index_t x = i / nl, l = i % nl;
+    m = fmax(m, log(fabs(static_cast<double>(cot[(x * C + l) * k + col]))) + factor_log(s, x, l));
+  }
+  return m;
+}
+
+/// @brief The jvp's reference log-scale of sample x: the largest log(j, x, l) + site_log[j]
+/// (+ tangent_log[j] when given) over the sites and the outputs their factors differ in; 0 when
+/// every tangent is zero.  The site terms of x are summed relative to it.
+template <class T>
+MPSNTK_HD double jvp_sample_log(const SiteFactor<T>* sites, index_t n_sites, index_t output_site, index_t C,
+                                const double* site_log, const double* tangent_log, index_t x) {
+  double m = -INFINITY;
+  for (index_t j = 0; j < n_sites; ++j) {
+    const double c = site_log[j] + (tangent_log ? tangent_log[j] : 0.0);
+    if (c == -INFINITY) continue;
+    for (index_t l = 0; l < outputs_at(sites[j], j, output_site, C); ++l) m = fmax(m, factor_log(sites[j], x, l) + c);
+  }
+  return m > -INFINITY && m < INFINITY ? m : 0.0;
+}
+
 /// @brief The shape of site j's factors (pointers unset): open chains take left slot j and right
 /// slot j + 1; periodic chains the open environment, D_j D_{j+1} values, with the multiplicity of
 /// whichever side carries the outputs.

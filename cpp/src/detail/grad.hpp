@@ -79,22 +79,19 @@ inline double row_scale(const Factors<T>& F, index_t j, index_t x, index_t l) {
 template <class T>
 void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads, double* grad_log = nullptr) {
   const index_t N = F.chain->n_sites, C = F.n_outputs(), n = F.n;
-  buffer<double> log_cot(n * C);  // log |cot|, -inf for zeros
-  for (index_t i = 0; i < n * C; ++i) log_cot[i] = std::log(std::abs(static_cast<double>(cot[i])));
+  const std::vector<double> log_c = site_log_constants(*F.chain, nullptr);
   Region region;
 #pragma omp parallel for schedule(dynamic) \
     num_threads(region.threads()) if (n * F.chain->phys_dim * F.site[N / 2].da > 4096)
   for (index_t j = 0; j < N; ++j)
     region.run([&] {
-      const double log_c = std::log(F.chain->scales[j]);
-      double g = -std::numeric_limits<double>::infinity();
-      for (index_t x = 0; x < n; ++x)
-        for (index_t l = 0; l < outputs_at(F, j); ++l) g = std::max(g, log_cot[x * C + l] + F.log(j, x, l));
-      g = std::isfinite(g) ? g + log_c : 0.0;  // all-zero cotangent: a zero gradient
+      double g = vjp_site_log(F.site[j], j, F.chain->output_site, cot, n, C, 1, 0, 0, 1);
+      g = std::isfinite(g) ? g + log_c[j] : 0.0;  // all-zero cotangent: a zero gradient
       T* G = grads[j];
       const index_t size = F.chain->core_size(j);
       std::fill(G, G + size, T(0));
-      vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * std::exp(F.log(j, x, l) + log_c - g); }, G);
+      vjp_site<T>(
+          F, j, [&](index_t x, index_t l) { return cot[x * C + l] * std::exp(F.log(j, x, l) + log_c[j] - g); }, G);
       if (grad_log) {
         grad_log[j] = g;
       } else if (g != 0.0) {
@@ -117,8 +114,9 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out, con
   const ChainView<T>& ch = *F.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
   // log of each site's factor c_j exp(tangent_log[j]) beyond the rows' own log-scales
-  std::vector<double> log_site(N);
-  for (index_t j = 0; j < N; ++j) log_site[j] = std::log(ch.scales[j]) + (tangent_log ? tangent_log[j] : 0.0);
+  std::vector<double> log_site = site_log_constants(ch, nullptr);
+  if (tangent_log)
+    for (index_t j = 0; j < N; ++j) log_site[j] += tangent_log[j];
   auto skipped = [&](index_t j) { return log_site[j] == -std::numeric_limits<double>::infinity(); };
   // Tangent cores as packed B operands: db rows of depth K, per site and visited output.
   std::vector<std::vector<buffer<T>>> packed(N);
@@ -151,11 +149,9 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out, con
       region.run([&] {
         const index_t m = std::min(chunk, n - x0);
         acc.assign(m * C, 0.0);
-        ref.assign(m, -std::numeric_limits<double>::infinity());
-        for (index_t j = 0; j < N; ++j)
-          for (index_t r = 0; r < m && !skipped(j); ++r)
-            for (index_t l = 0; l < outputs_at(F, j); ++l) ref[r] = std::max(ref[r], F.log(j, x0 + r, l) + log_site[j]);
-        for (index_t r = 0; r < m; ++r) ref[r] = std::isfinite(ref[r]) ? ref[r] : 0.0;
+        ref.resize(m);
+        for (index_t r = 0; r < m; ++r)
+          ref[r] = jvp_sample_log(F.site.data(), N, ch.output_site, C, log_site.data(), nullptr, x0 + r);
         for (index_t j = 0; j < N; ++j) {
           region.checkpoint();
           if (skipped(j)) continue;
