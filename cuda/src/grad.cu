@@ -330,14 +330,25 @@ std::size_t product_workspace_bytes(const ChainView<T>& ch, index_t n1, index_t 
   return arena.used;
 }
 
+namespace {
+/// The prologue of every product: the batches' checks, then the workspace's plan with the
+/// per-site log constants uploaded (with site_lr: ntk_vp's rates too).
+template <class T>
+GradPlan<T> begin_product(const Batch<T>& b1, const Batch<T>* b2, const double* site_lr, Workspace ws,
+                          cudaStream_t stream) {
+  check_batches(b1, b2);
+  Arena arena{static_cast<char*>(ws.data), 0, ws.bytes};
+  GradPlan<T> P = plan_grad<T>(b1.chain, b1.phi.n_samples, arena);
+  upload_site_logs<T>(b1.chain, site_lr, P, stream);
+  return P;
+}
+}  // namespace
+
 template <class T>
 void vjp(const Batch<T>& b, const T* cot, T* const* grads, double* grad_log, Workspace ws,
          std::uintptr_t stream_handle) {
-  check_batches(b, static_cast<const Batch<T>*>(nullptr));
   const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws.data), 0, ws.bytes};
-  GradPlan<T> P = plan_grad<T>(b.chain, b.phi.n_samples, arena);
-  upload_site_logs<T>(b.chain, nullptr, P, stream);
+  GradPlan<T> P = begin_product<T>(b, nullptr, nullptr, ws, stream);
   vjp_column<T>(b.chain, b.phi, factors_of(b), P, cot, 1, 0, grads, grad_log ? grad_log : P.g, grad_log != nullptr,
                 stream);
 }
@@ -345,11 +356,8 @@ void vjp(const Batch<T>& b, const T* cot, T* const* grads, double* grad_log, Wor
 template <class T>
 void jvp(const Batch<T>& b, const T* const* tangents, const double* tangent_log, T* out, double* out_log, Workspace ws,
          std::uintptr_t stream_handle) {
-  check_batches(b, static_cast<const Batch<T>*>(nullptr));
   const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws.data), 0, ws.bytes};
-  GradPlan<T> P = plan_grad<T>(b.chain, b.phi.n_samples, arena);
-  upload_site_logs<T>(b.chain, nullptr, P, stream);
+  GradPlan<T> P = begin_product<T>(b, nullptr, nullptr, ws, stream);
   jvp_column<T>(b.chain, b.phi, factors_of(b), tangents, P, P.log_c, P.host_log_c, tangent_log, out, out_log, 1, 0,
                 stream);
 }
@@ -357,13 +365,10 @@ void jvp(const Batch<T>& b, const T* const* tangents, const double* tangent_log,
 template <class T>
 void ntk_vp(const Batch<T>& b1, const Batch<T>* b2, const double* site_lr, const T* v, index_t k, T* out,
             double* out_log, Workspace ws, std::uintptr_t stream_handle) {
-  check_batches(b1, b2);
   MPSNTK_EXPECTS(k >= 1, "v: need at least one column");
-  const Batch<T>& right = b2 ? *b2 : b1;
   const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws.data), 0, ws.bytes};
-  GradPlan<T> P = plan_grad<T>(b1.chain, b1.phi.n_samples, arena);
-  upload_site_logs<T>(b1.chain, site_lr, P, stream);
+  GradPlan<T> P = begin_product<T>(b1, b2, site_lr, ws, stream);
+  const Batch<T>& right = b2 ? *b2 : b1;
   const Factors<T> F1 = factors_of(b1), F2 = b2 ? factors_of(*b2) : Factors<T>{};
   // J1 diag(site_lr) J2^T v in the normalised forms: the vjp's normalisers g and the rates join
   // the tangents' log-scales (as ntk_vp_factors in grad.hpp).

@@ -148,11 +148,7 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
       std::vector<buffer<double>> partial(threads, buffer<double>(Dl * Dr, 0.0));
 #pragma omp parallel num_threads(threads) if (threads > 1)
       {
-#ifdef _OPENMP
-        buffer<double>& acc = partial[omp_get_thread_num()];
-#else
-        buffer<double>& acc = partial[0];
-#endif
+        buffer<double>& acc = thread_slot(partial);
         buffer<double> pp, sp, tp;
         region.run([&] {
           pp.resize(round_up(Dl, Simd<double>::PAD) * Dl), sp.resize(round_up(Dr, Simd<double>::PAD) * Dr);

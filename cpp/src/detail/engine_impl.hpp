@@ -24,6 +24,7 @@ namespace MPSNTK_ISA_NS {
 
 using detail::buffer;
 using detail::Region;
+using detail::thread_slot;
 
 #include "detail/micro.hpp"
 #include "detail/environments.hpp"

@@ -133,11 +133,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
   for (auto& b : buffers) b.resize(tb * tb);
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
-#ifdef _OPENMP
-    buffer<T>& buf = buffers[omp_get_thread_num()];
-#else
-    buffer<T>& buf = buffers[0];
-#endif
+    buffer<T>& buf = thread_slot(buffers);
     // Each tile is written to `out` whole (per site with per_site) from the thread's buffer, so
     // an interrupted call leaves every entry either untouched or final: with `out` NaN-filled
     // first (the Python layer does), the tiles that still hold NaN are exactly those to redo.
