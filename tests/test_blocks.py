@@ -50,9 +50,9 @@ def _counting_prepare(monkeypatch, engine_class):
     calls = []
     prepare = engine_class.prepare
 
-    def counted(self, mps, phi):
+    def counted(self, mps, phi, **options):
         calls.append(phi)
-        return prepare(self, mps, phi)
+        return prepare(self, mps, phi, **options)
 
     monkeypatch.setattr(engine_class, "prepare", counted)
     return calls

@@ -72,11 +72,11 @@ struct PyBatch {
 
 template <class T>
 PyBatch<T> prepare_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
-                      index_t output_site, const carray<T>& phi) {
+                      index_t output_site, const carray<T>& phi, bool panels) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
   const auto fv = make_features<T>(phi, "phi");
   PyBatch<T> b{{}, phi};
-  b.batch = without_gil([&] { return prepare<T>(ch.view, fv); });
+  b.batch = without_gil([&] { return prepare<T>(ch.view, fv, panels); });
   return b;
 }
 
@@ -277,7 +277,7 @@ void register_dtype(py::module_& m) {
       .def_property_readonly("nbytes", [](const PyBatch<T>& b) { return b.batch.bytes(); })
       .def("forward", &batch_forward_py<T>);
   m.def("prepare", &prepare_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert());
+        py::arg("phi").noconvert(), py::kw_only(), py::arg("panels") = true);
   m.def("ntk", &ntk_py<T>, py::arg("batch1"), py::arg("batch2").none(true), py::arg("site_lr"),
         py::arg("out").noconvert(), py::arg("log_scale1").noconvert(), py::arg("log_scale2").noconvert(),
         py::arg("full_outputs"), py::arg("per_site"), py::arg("normalized"), py::arg("tile"));

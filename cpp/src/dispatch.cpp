@@ -15,7 +15,7 @@ namespace mpsntk {
   template <class T>                                                                                               \
   void forward_impl(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                      \
   template <class T>                                                                                               \
-  Batch<T> prepare_impl(const ChainView<T>&, const FeatureView<T>&, int);                                          \
+  Batch<T> prepare_impl(const ChainView<T>&, const FeatureView<T>&, int, bool);                                    \
   template <class T>                                                                                               \
   Footprint prepare_footprint_impl(const ChainView<T>&, index_t);                                                  \
   template <class T>                                                                                               \
@@ -181,11 +181,11 @@ void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, dou
 }
 
 template <class T>
-Batch<T> prepare(const ChainView<T>& ch, const FeatureView<T>& phi) {
+Batch<T> prepare(const ChainView<T>& ch, const FeatureView<T>& phi, bool panels) {
   check_features(ch, phi, "phi");
   detail::CallScope scope;
   const Isa isa = active().load();
-  MPSNTK_ROUTE_TO(isa, prepare_impl<T>(ch, phi, static_cast<int>(isa)))
+  MPSNTK_ROUTE_TO(isa, prepare_impl<T>(ch, phi, static_cast<int>(isa), panels))
 }
 
 template <class T>
@@ -206,6 +206,9 @@ template <class T>
 bool ntk(const Batch<T>& b1, const Batch<T>* b2, const NtkOptions& opt, const double* site_lr, T* out, double* log1,
          double* log2) {
   check_batches(b1, b2);
+  MPSNTK_EXPECTS(b1.state().panels && (!b2 || b2->state().panels),
+                 "batches: prepared for the Jacobian products only (panels=false); an NTK needs batches prepared with "
+                 "panels=true");
   MPSNTK_EXPECTS(opt.tile >= 1, "tile must be >= 1");
   detail::CallScope scope;
   MPSNTK_ROUTE_TO(b1.state().isa, ntk_impl<T>(b1, b2, opt, site_lr, out, log1, log2))
@@ -313,7 +316,7 @@ RangeReport order_kernels(const ChainView<T>& ch, const FeatureView<T>& phi1, co
 
 #define MPSNTK_PUBLIC(T)                                                                                             \
   template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                                 \
-  template Batch<T> prepare<T>(const ChainView<T>&, const FeatureView<T>&);                                          \
+  template Batch<T> prepare<T>(const ChainView<T>&, const FeatureView<T>&, bool);                                    \
   template Footprint prepare_footprint<T>(const ChainView<T>&, index_t);                                             \
   template void forward<T>(const Batch<T>&, T*, double*);                                                            \
   template bool ntk<T>(const Batch<T>&, const Batch<T>*, const NtkOptions&, const double*, T*, double*, double*);    \

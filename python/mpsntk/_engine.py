@@ -99,9 +99,13 @@ class HostEngine:
         return int(min(tile, max(n1, n2)))
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, mps, phi):
-        """Prepare the validated features ``phi`` (C-contiguous, the model's dtype)."""
-        handle = _core.prepare(*mps._engine_args(), phi)
+    def prepare(self, mps, phi, *, tiles=True):
+        """Prepare the validated features ``phi`` (C-contiguous, the model's dtype).
+
+        ``tiles``: the batch may enter NTK tiles (its factors are stored as the tiles' packed
+        panels); ``False`` for a batch that serves only the Jacobian products (vjp, jvp,
+        ntk_vp, jacobian), which then read its factors as contiguous rows."""
+        handle = _core.prepare(*mps._engine_args(), phi, panels=bool(tiles))
         return Batch(self, mps, phi, handle, handle.nbytes)
 
     def forward(self, mps, phi):
@@ -262,7 +266,9 @@ class DeviceEngine:
         _check_fits(nbytes, what, hint, device_free=self._free_bytes)
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, mps, phi):
+    def prepare(self, mps, phi, *, tiles=True):
+        """As :meth:`HostEngine.prepare`; one layout serves every product (``tiles`` is
+        accepted for the common interface)."""
         chain = self._chain(mps)
         nbytes = self.module.prepare_bytes(chain, n_samples=phi.shape[0])
         handle = self.module.prepare(chain, phi=phi, memory=self._bytes(nbytes),

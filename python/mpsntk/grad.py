@@ -40,7 +40,7 @@ def jacobian(mps, phi):
         f"a Jacobian of shape {shape}",
         "use ntk(), ntk_vp(), vjp() or jvp() instead",
     )
-    out = HOST.jacobian(HOST.prepare(mps, phi))
+    out = HOST.jacobian(HOST.prepare(mps, phi, tiles=False))
     _check_in_range(np, [out], "the Jacobian", mps.dtype, mps)
     return out[:, 0] if mps.output_site is None else out
 
@@ -78,7 +78,7 @@ def vjp(mps, phi, cotangent, *, normalized=False):
     normalized = _check_bool(normalized, "normalized")
     cot = _cotangent(mps, xp, cotangent, phi.shape[0])
     eng = engine_for(mps)
-    return _vjp(eng, eng.prepare(mps, phi), cot, normalized)
+    return _vjp(eng, eng.prepare(mps, phi, tiles=False), cot, normalized)
 
 
 def _cotangent(mps, xp, cotangent, n):
@@ -149,7 +149,7 @@ def jvp(mps, phi, tangents, *, normalized=False):
     normalized = _check_bool(normalized, "normalized")
     ts = _tangents(mps, xp, tangents)
     eng = engine_for(mps)
-    return _jvp(eng, eng.prepare(mps, phi), ts, normalized)
+    return _jvp(eng, eng.prepare(mps, phi, tiles=False), ts, normalized)
 
 
 def _check_tangent_list(tangents):

@@ -264,7 +264,7 @@ def ntk_vp(mps, phi, v, *, site_weights=None, normalized=False):
     flat = xp.ascontiguousarray(v.reshape(n, C, -1))
     site_lr = _site_lr(mps, site_weights)
     eng = engine_for(mps)
-    res, log = _ntk_vp(eng, eng.prepare(mps, phi), None, flat, site_lr, normalized)
+    res, log = _ntk_vp(eng, eng.prepare(mps, phi, tiles=False), None, flat, site_lr, normalized)
     columns = v.shape[1:] if mps.output_site is None else v.shape[2:]
     if normalized:
         return res.reshape(v.shape), log.reshape((n,) + columns)

@@ -36,6 +36,7 @@ struct BatchState {
   ChainView<T> chain;  ///< structure and scales; its core pointers identify the model, never read
   FeatureView<T> phi;  ///< read by every product (the caller keeps the features alive)
   int isa = 0;         ///< the instruction set whose layout the factors have
+  bool panels = true;  ///< sides independent of the output stored as the NTK's packed panels
   std::size_t bytes = 0;
   std::vector<T> mantissa;  ///< f (n, C) = mantissa * exp(log_scale)
   std::vector<double> log_scale;
@@ -77,9 +78,12 @@ struct Footprint {
 
 /// @brief Prepare a batch: its environments and per-site factors, in the layout of the current
 /// instruction set (which then serves every product of the batch).
+/// @param panels Store the factors that do not depend on the output as the packed panels the NTK
+/// tiles read in place (needed by ntk()); false keeps them as rows, which the Jacobian products
+/// (vjp, jvp, ntk_vp, jacobian) read contiguously and which skips the conversion.
 /// @throws std::invalid_argument if @p phi does not fit the chain.
 template <class T>
-Batch<T> prepare(const ChainView<T>& chain, const FeatureView<T>& phi);
+Batch<T> prepare(const ChainView<T>& chain, const FeatureView<T>& phi, bool panels = true);
 
 /// @brief Memory that prepare() takes for n_samples samples.
 template <class T>

@@ -46,14 +46,15 @@ const Factors<T>& factors_of(const Batch<T>& b) {
 }
 
 template <class T>
-Batch<T> prepare_impl(const ChainView<T>& ch, const FeatureView<T>& phi, int isa) {
+Batch<T> prepare_impl(const ChainView<T>& ch, const FeatureView<T>& phi, int isa, bool panels) {
   auto b = std::make_shared<BatchImpl<T>>();
   b->chain = ch;  // the factors point at the batch's own copy
   b->phi = phi;
   b->isa = isa;
+  b->panels = panels;
   b->mantissa.resize(phi.n_samples * ch.n_outputs);
   b->log_scale.resize(phi.n_samples * ch.n_outputs);
-  b->F = compute_factors<T>(b->chain, phi, b->mantissa.data(), b->log_scale.data());
+  b->F = compute_factors<T>(b->chain, phi, b->mantissa.data(), b->log_scale.data(), panels);
   b->bytes = factors_footprint(ch, phi.n_samples).held + b->mantissa.size() * (sizeof(T) + sizeof(double));
   return Batch<T>(std::move(b));
 }
@@ -104,7 +105,7 @@ void jacobian_impl(const Batch<T>& b, T* out) {
 
 #define MPSNTK_INSTANTIATE(T)                                                                                          \
   template void forward_impl<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*);                              \
-  template Batch<T> prepare_impl<T>(const ChainView<T>&, const FeatureView<T>&, int);                                  \
+  template Batch<T> prepare_impl<T>(const ChainView<T>&, const FeatureView<T>&, int, bool);                            \
   template Footprint prepare_footprint_impl<T>(const ChainView<T>&, index_t);                                          \
   template bool ntk_impl<T>(const Batch<T>&, const Batch<T>*, const NtkOptions&, const double*, T*, double*, double*); \
   template Footprint ntk_footprint_impl<T>(const ChainView<T>&, index_t, index_t, const NtkOptions&);                  \

@@ -95,9 +95,11 @@ void make_panels(Factors<T>& F) {
   region.finish();
 }
 
-/// Environments, factors and f of a batch.
+/// Environments, factors and f of a batch; with panels, the sides independent of the output
+/// converted in place into the NTK's panels (make_panels).
 template <class T>
-Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, double* log_scale) {
+Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, double* log_scale,
+                           bool panels) {
   Factors<T> F;
   F.chain = &ch;
   F.phi = phi;
@@ -113,7 +115,7 @@ Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi, T*
       s.a = F.env.left[j], s.log_a = F.env.left_log[j].data();
       s.b = F.env.right[j + 1], s.log_b = F.env.right_log[j + 1].data();
     }
-    make_panels(F);
+    if (panels) make_panels(F);
     return F;
   }
   // Periodic: E_j^T[a][b] = sum_beta P_j[beta][a] S_{j+1}[beta][b]; one (x, l) row per sample
@@ -154,7 +156,7 @@ Factors<T> compute_factors(const ChainView<T>& ch, const FeatureView<T>& phi, T*
   }
   // The prefix/suffix matrices are no longer needed.
   F.env = Environments<T>();
-  make_panels(F);
+  if (panels) make_panels(F);
   return F;
 }
 
