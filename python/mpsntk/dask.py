@@ -33,6 +33,7 @@ import json
 import math
 import os
 import threading
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,7 +44,7 @@ try:
     import dask
     import dask.array as da
     from dask.base import tokenize
-    from dask.delayed import Delayed, delayed
+    from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
     from dask.sizeof import sizeof
 except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -520,15 +521,19 @@ def ntk_to_zarr(mps, phi1, phi2=None, *, store, tile=1024, name="ntk", chunks=No
                     "(other model, features, options or tile); pass overwrite=True to replace "
                     "it, or another name"
                 )
-            if chunks is not None or shards is not None:
-                want = tuple(shards if shards is not None else chunks)
-                if want != _write_unit(kernel):
+            for label, want, have in (("chunks", chunks, kernel.chunks),
+                                      ("shards", shards, getattr(kernel, "shards", None))):
+                if want is not None and tuple(want) != tuple(have or ()):
                     raise ValueError(
-                        f"the stored kernel {name!r} has chunks {kernel.chunks} and shards "
-                        f"{getattr(kernel, 'shards', None)}, not those requested; pass "
+                        f"the stored kernel {name!r} has {label} {have}, not {tuple(want)}; pass "
                         "overwrite=True to rewrite it"
                     )
-            record = group[name + "_tiles"]
+            record = group.get(name + "_tiles")
+            if not isinstance(record, zarr.Array):
+                raise ValueError(
+                    f"the store holds the kernel {name!r} but not its record of finished tiles "
+                    f"{name + '_tiles'!r}; pass overwrite=True to compute it again"
+                )
         else:
             kchunks = layout.lead + tiles + layout.trail if chunks is None else tuple(chunks)
             kshards = None if shards is None else tuple(shards)
@@ -587,8 +592,8 @@ class _MemmapSink:
             view[self.layout.region(r, c)] = block
         else:  # a band of whole rows: a small mapping and a small msync
             row = int(np.prod(shape[1:])) * self.dtype.itemsize
-            view = np.memmap(self.path, dtype=self.dtype, mode="r+",
-                             offset=self.offset + r.start * row, shape=(r.stop - r.start,) + shape[1:])
+            view = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset + r.start
+                             * row, shape=(r.stop - r.start,) + shape[1:])
             view[:, c] = block
         view.flush()
         del view
@@ -622,10 +627,8 @@ def _check_disk(path, nbytes):
 
 
 def _npy_offset(path):
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        np.lib.format._read_array_header(f, version)
-        return f.tell()
+    """Bytes of the ``.npy`` header before the data."""
+    return int(np.load(path, mmap_mode="r").offset)
 
 
 def ntk_to_memmap(mps, phi1, phi2=None, *, path, tile=1024, overwrite=False, progress=True,
@@ -678,11 +681,14 @@ def ntk_to_memmap(mps, phi1, phi2=None, *, path, tile=1024, overwrite=False, pro
                     "options or tile, or not a kernel of mpsntk.dask); pass overwrite=True to "
                     "replace it"
                 )
-            kernel = np.load(path, mmap_mode="r")
-            if kernel.shape != layout.shape or kernel.dtype != np.dtype(dtype):
-                fresh = True  # a creation that did not finish: start again
-            del kernel
-            if not fresh and np.load(record_path, mmap_mode="r").shape != done_shape:
+            try:
+                kernel = np.load(path, mmap_mode="r")
+                record = np.load(record_path, mmap_mode="r")
+                # A creation that did not finish, or a lost record: start again.
+                fresh = (kernel.shape != layout.shape or kernel.dtype != np.dtype(dtype)
+                         or record.shape != done_shape)
+                del kernel, record
+            except (OSError, ValueError):
                 fresh = True
         if fresh:
             nbytes = int(np.prod(layout.shape, dtype=np.float64)) * np.dtype(dtype).itemsize
@@ -693,7 +699,7 @@ def ntk_to_memmap(mps, phi1, phi2=None, *, path, tile=1024, overwrite=False, pro
             np.save(record_path, np.zeros(done_shape, dtype=np.uint8))
             kernel = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=layout.shape)
             flat = kernel.reshape(-1)
-            step = max(1, 2**23 // np.dtype(dtype).itemsize)  # NaN-fill 64 MiB at a time
+            step = max(1, 2**26 // np.dtype(dtype).itemsize)  # NaN-fill 64 MiB at a time
             for start in range(0, flat.size, step):
                 flat[start:start + step] = np.nan
             kernel.flush()
@@ -728,12 +734,20 @@ def _add_grads(*parts):
     return total
 
 
-def _tree_sum(parts, fan_in=8):
-    """Tree reduction of Delayed per-core gradient lists, ``fan_in`` at a time."""
-    while len(parts) > 1:
-        parts = [delayed(_add_grads, pure=False)(*parts[k:k + fan_in])
-                 for k in range(0, len(parts), fan_in)]
-    return parts[0]
+def _tree_sum(dsk, name, keys, fan_in=8):
+    """Add to ``dsk`` a tree reduction of the per-core gradient lists at ``keys``, ``fan_in`` at
+    a time (depth log_8 of the shards); return the key of the sum."""
+    level = 0
+    while len(keys) > 1:
+        keys = [_task(dsk, (f"{name}-sum{level}", k), _add_grads, *keys[k:k + fan_in])
+                for k in range(0, len(keys), fan_in)]
+        level += 1
+    return keys[0]
+
+
+def _task(dsk, key, fn, *args):
+    dsk[key] = (fn,) + args
+    return key
 
 
 def _shard_diagonal(model, shard, *, block, full):
@@ -745,7 +759,7 @@ def _shard_diagonal(model, shard, *, block, full):
         sub = _blocks.Batch(batch.mps, batch.phi[a:a + block])
         t = _blocks.kernel_block(sub, outputs="full" if full else "trace")
         d = xp.diagonal(t, axis1=0, axis2=1)  # (m,) or (C, C, m)
-        out.append(xp.diagonal(d, axis1=0, axis2=1).T if full else d)
+        out.append(xp.diagonal(d, axis1=0, axis2=1) if full else d)  # (m, C) or (m,)
     return xp.concatenate(out)
 
 
@@ -761,6 +775,20 @@ def _landmarks(model, order, *picks, token):
 
 def _shard_columns(model, shard, landmarks):
     return _blocks.kernel_block(shard.batch(model), landmarks.batch(model))
+
+
+def _wait(persisted):
+    """Wait until persisted collections are in the workers' memory (raising a task's error):
+    the shards are built when the operator is, not during its first product."""
+    client = _client(None)
+    if client is not None:
+        from distributed import futures_of, wait
+
+        futures = futures_of(persisted)
+        wait(futures)
+        for f in futures:
+            if f.status == "error":
+                f.result()
 
 
 def _default_shard_size(model, n_samples):
@@ -819,14 +847,14 @@ class ShardedNTK:
         layer = "mpsntk-shards-" + tokenize(plan.token, keys)
         graph = plan.graph(layer)
         persisted = dask.persist(*[Delayed(k, graph, layer=layer) for k in [plan.model_key] + keys])
+        _wait(persisted)
         self._model, self._shards = persisted[0], list(persisted[1:])
         self._host_model = model  # validates new features (a copy of the small model)
         self._token = plan.token
         self._bounds = [int(b) for b in bounds]
         self._xp = model.xp
-        self._vector_shape = (
-            (self._bounds[-1],) if model.output_site is None else (self._bounds[-1], model.n_outputs)
-        )
+        n = self._bounds[-1]
+        self._vector_shape = (n,) if model.output_site is None else (n, model.n_outputs)
         self._diagonal = None
         self.n_samples = self._bounds[-1]
         self.n_outputs = model.n_outputs
@@ -872,11 +900,19 @@ class ShardedNTK:
             raise ValueError(f"{name} must be finite; got NaN or Inf entries")
         return v.reshape(self._vector_shape)
 
-    def _gradient(self, v):
-        """``diag(lambda) J^T v`` summed over the shards: a Delayed list of per-core arrays."""
-        parts = [delayed(_transpose_vp, pure=False)(self._model, s, v[a:b])
-                 for s, a, b in zip(self._shards, self._bounds, self._bounds[1:])]
-        return _tree_sum(parts)
+    def _compute(self, name, dsk, keys, extra=()):
+        """Run the tasks ``dsk`` (which read the persisted model and shards) for ``keys``."""
+        graph = HighLevelGraph.from_collections(
+            name, dsk, dependencies=[self._model, *self._shards, *extra]
+        )
+        return dask.compute(*[Delayed(k, graph, layer=name) for k in keys])
+
+    def _gradient(self, dsk, name, v):
+        """Tasks for ``diag(lambda) J^T v`` summed over the shards; the key of the sum."""
+        model = self._model.key
+        parts = [_task(dsk, (f"{name}-jtv", b), _transpose_vp, model, s.key, v[a:e])
+                 for b, (s, a, e) in enumerate(zip(self._shards, self._bounds, self._bounds[1:]))]
+        return _tree_sum(dsk, name, parts)
 
     def matvec(self, v):
         """``Theta(X, X) v``.
@@ -894,9 +930,11 @@ class ShardedNTK:
         self._check_open()
         shape = tuple(v.shape) if hasattr(v, "shape") else None
         v = self._as_vector(v, "v")
-        g = self._gradient(v)
-        parts = [delayed(_jacobian_vp, pure=False)(self._model, s, g) for s in self._shards]
-        return self._xp.concatenate(dask.compute(*parts)).reshape(shape)
+        name, dsk = f"mpsntk-matvec-{uuid.uuid4().hex}", {}
+        g = self._gradient(dsk, name, v)
+        keys = [_task(dsk, (f"{name}-jg", b), _jacobian_vp, self._model.key, s.key, g)
+                for b, s in enumerate(self._shards)]
+        return self._xp.concatenate(self._compute(name, dsk, keys)).reshape(shape)
 
     def cross_matvec(self, phi, v, *, block_size=None):
         """``Theta(X_new, X) v`` for other samples, without forming the kernel: the predictions
@@ -918,10 +956,12 @@ class ShardedNTK:
         v = self._as_vector(v, "v")
         rows = _check_int(self.shard_size if block_size is None else block_size, "block_size", 1)
         arr, _ = _features(self._host_model, phi, "phi", rows)
-        g = self._gradient(v)
+        name, dsk = f"mpsntk-cross-{uuid.uuid4().hex}", {}
+        g = self._gradient(dsk, name, v)
         fn = partial(_new_jacobian_vp, token=self._token)
-        parts = [delayed(fn, pure=False)(self._model, b, g) for b in arr.to_delayed().ravel()]
-        return self._xp.concatenate(dask.compute(*parts))
+        keys = [_task(dsk, (f"{name}-jg", b), fn, self._model.key, (arr.name, b, 0, 0), g)
+                for b in range(arr.numblocks[0])]
+        return self._xp.concatenate(self._compute(name, dsk, keys, extra=[arr]))
 
     def columns(self, indices):
         """``Theta(X, X[indices])``: kernel columns of a subset of the samples (the landmarks of
@@ -947,17 +987,16 @@ class ShardedNTK:
                 f"indices must lie in [0, {self.n_samples}); got min {idx.min()}, max {idx.max()}"
             )
         # The chosen samples, gathered from their shards, then put back in the caller's order.
+        name, dsk = f"mpsntk-columns-{uuid.uuid4().hex}", {}
         owner = np.searchsorted(self._bounds, idx, side="right") - 1
         order = np.argsort(np.argsort(owner, kind="stable"), kind="stable")
-        picks = []
-        for k, (s, a) in enumerate(zip(self._shards, self._bounds)):
-            if np.any(owner == k):
-                picks.append(delayed(_take_rows, pure=False)(s, idx[owner == k] - a))
-        fn = partial(_landmarks, token=self._token)
-        landmarks = delayed(fn, pure=False)(self._model, order, *picks)
-        parts = [delayed(_shard_columns, pure=False)(self._model, s, landmarks)
-                 for s in self._shards]
-        return self._xp.concatenate(dask.compute(*parts))
+        picks = [_task(dsk, (f"{name}-pick", k), _take_rows, s.key, idx[owner == k] - a)
+                 for k, (s, a) in enumerate(zip(self._shards, self._bounds)) if np.any(owner == k)]
+        landmarks = _task(dsk, f"{name}-landmarks", partial(_landmarks, token=self._token),
+                          self._model.key, order, *picks)
+        keys = [_task(dsk, (f"{name}-tile", b), _shard_columns, self._model.key, s.key, landmarks)
+                for b, s in enumerate(self._shards)]
+        return self._xp.concatenate(self._compute(name, dsk, keys))
 
     def diagonal(self, *, block=64):
         """The diagonal of ``Theta``, shape (n_samples,) or (n_samples, n_outputs), cached:
@@ -966,8 +1005,10 @@ class ShardedNTK:
         if self._diagonal is None:
             fn = partial(_shard_diagonal, block=_check_int(block, "block", 1),
                          full=self._vector_shape != (self.n_samples,))
-            parts = [delayed(fn, pure=False)(self._model, s) for s in self._shards]
-            self._diagonal = self._xp.concatenate(dask.compute(*parts))
+            name, dsk = f"mpsntk-diagonal-{uuid.uuid4().hex}", {}
+            keys = [_task(dsk, (name, b), fn, self._model.key, s.key)
+                    for b, s in enumerate(self._shards)]
+            self._diagonal = self._xp.concatenate(self._compute(name, dsk, keys))
         return self._diagonal
 
     def aslinearoperator(self):
@@ -1026,7 +1067,8 @@ def cg(operator, y, *, ridge=0.0, rtol=1e-8, maxiter=None, x0=None, precondition
     rtol : float
         Stop when the relative residual ``||r|| / ||y||`` is at most ``rtol``.
     maxiter : int, optional
-        Default: the size of the system.
+        Default: 10 times the size of the system (rounding makes CG need more than the size on
+        ill-conditioned kernels).
     x0 : ndarray, optional
         Starting point (default zero; one product more otherwise).
     preconditioner : {"jacobi", None} or callable
@@ -1062,7 +1104,7 @@ def cg(operator, y, *, ridge=0.0, rtol=1e-8, maxiter=None, x0=None, precondition
     if y.size != operator.shape[0]:
         raise ValueError(f"y must hold {operator.shape[0]} entries; got shape {y.shape}")
     size = operator.shape[0]
-    maxiter = size if maxiter is None else _check_int(maxiter, "maxiter", 0)
+    maxiter = 10 * size if maxiter is None else _check_int(maxiter, "maxiter", 0)
     if preconditioner == "jacobi":
         if not hasattr(operator, "diagonal"):
             raise TypeError("preconditioner='jacobi' needs operator.diagonal()")
@@ -1100,12 +1142,20 @@ def cg(operator, y, *, ridge=0.0, rtol=1e-8, maxiter=None, x0=None, precondition
         r = y.copy()
     else:
         if not hasattr(x0, "shape") or x0.shape != y.shape or x0.dtype != y.dtype:
-            raise ValueError(f"x0 must be an array of the shape and dtype of y; got {_describe(x0)}")
+            raise ValueError(
+                f"x0 must be an array of the shape and dtype of y; got {_describe(x0)}"
+            )
         x = x0.copy()
         r = y - apply(x)
-    z = precondition(r)
+    def preconditioned(r):
+        z = precondition(r)
+        rz = dot(r, z)
+        if rz < 0.0:
+            raise ValueError(f"the preconditioner is not positive definite (r^T M r = {rz:.3g})")
+        return z, rz
+
+    z, rz = preconditioned(r)
     p = z.copy()
-    rz = dot(r, z)
     residuals = [norm(r) / y_norm]
     n_iter = 0
     while residuals[-1] > rtol and n_iter < maxiter:
@@ -1119,8 +1169,8 @@ def cg(operator, y, *, ridge=0.0, rtol=1e-8, maxiter=None, x0=None, precondition
         alpha = rz / curvature
         x += alpha * p
         r -= alpha * q
-        z = precondition(r)
-        rz, rz_old = dot(r, z), rz
+        rz_old = rz
+        z, rz = preconditioned(r)
         p = z + (rz / rz_old) * p
         n_iter += 1
         residuals.append(norm(r) / y_norm)
