@@ -785,7 +785,8 @@ def _wait(persisted):
         from distributed import futures_of, wait
 
         futures = futures_of(persisted)
-        wait(futures)
+        with client.as_current():
+            wait(futures)
         for f in futures:
             if f.status == "error":
                 f.result()

@@ -1,0 +1,317 @@
+"""Benchmark mpsntk.dask against the in-process engine: NTK tiles and sharded ``Theta v``.
+
+One NTK-parametrised open MPS (seed 0) on ``features.trig`` of uniform inputs; on the same
+model and samples:
+
+Tiles (``--n-samples``, each ``--tiles`` size), the symmetric ``Theta(X, X)``:
+
+engine
+    ``mn.ntk(mps, phi)`` in this process, all engine threads (``--threads``, default every
+    core): the reference of the ratios.
+tiles
+    The tiles of ``mpsntk.dask.ntk`` (upper triangle and diagonal), one after another through
+    ``mpsntk._blocks.kernel_block`` in this process with one engine thread: what the graph's
+    workers compute, without Dask (the cost of cutting the kernel into tiles).
+threads
+    ``mpsntk.dask.ntk(mps, phi, tile=t).compute(scheduler="threads")``: Dask's threaded
+    scheduler, one Dask thread per core, one engine thread each.
+cluster
+    The same graph on a ``LocalCluster`` of ``--workers`` processes with one thread and one
+    engine thread each (``OMP_NUM_THREADS=1``), the kernel gathered into this process.
+cluster_persist
+    The same, the tiles left in the workers' memory (``persist`` and wait): no gather.
+
+``dask_overhead_per_tile_s = (cluster_persist - tiles / workers) * workers / computed tiles``:
+what Dask adds to each engine call on this machine, load imbalance at the end included.
+
+Products (``--vp-samples``): ``Theta v`` for one vector:
+
+engine
+    ``mn.ntk_vp(mps, phi, v)``, all engine threads.
+threads / cluster
+    ``ShardedNTK(mps, phi).matvec(v)`` (default shards: one per worker thread) on the threaded
+    scheduler / the LocalCluster; the shards are built (and persisted) before timing.
+
+Each measurement: ``--warmup`` untimed calls, then ``--repeats`` timed ones, median.  Every
+result is first checked against the engine's (``check_rel_err``: bit for bit expected for the
+tiles, ~1e-15 for the products).  One JSON line per measurement goes to ``--out``; a markdown
+table is printed at the end (``--summary FILE`` prints it for a results file).
+
+Examples
+--------
+The configurations of bench/README.md::
+
+    python bench/bench_dask.py --out bench/results/dask_cpu.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+from bench_ntk import machine_info
+
+
+def _problem(n_samples, n_sites, bond_dim, seed=0):
+    import numpy as np
+
+    import mpsntk as mn
+
+    rng = np.random.default_rng(seed)
+    mps = mn.MPS.random(n_sites, bond_dim, seed=seed)
+    phi = mn.features.trig(rng.uniform(size=(n_samples, n_sites)))
+    return mps, phi, rng.standard_normal(n_samples)
+
+
+def _time(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def _relerr(a, b):
+    import numpy as np
+
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+def _serial_tiles(mps, phi, tile):
+    """The tiles of the symmetric Dask graph, one after another (no Dask)."""
+    from mpsntk import _blocks
+
+    starts = range(0, phi.shape[0], tile)
+    batches = [_blocks.Batch(mps, phi[a:a + tile]) for a in starts]
+    for i, bi in enumerate(batches):
+        _blocks.kernel_block(bi)
+        for bj in batches[i + 1:]:
+            _blocks.kernel_block(bi, bj)
+
+
+def bench_tiles(args, client, common, threads):
+    records = []
+    for n in args.n_samples:
+        records += _tiles_of(n, args, client, common, threads)
+    return records
+
+
+def _tiles_of(n, args, client, common, threads):
+    import dask
+    from distributed import futures_of, wait
+
+    import mpsntk as mn
+    import mpsntk.dask as md
+
+    records = []
+    mps, phi, _ = _problem(n, args.n_sites, args.bond_dim)
+    cfg = dict(common, bench="tiles", n_samples=n, n_sites=args.n_sites,
+               bond_dim=args.bond_dim, dtype="float64")
+    mn.set_num_threads(threads)
+    want = mn.ntk(mps, phi)
+    engine, engine_times = _time(lambda: mn.ntk(mps, phi), args.warmup, args.repeats)
+    records.append(dict(cfg, tool="engine", tile=n, n_tiles=1, median_s=engine,
+                        times=engine_times, check_rel_err=0.0, engine_threads=threads))
+    print(f"n={n}: engine {engine:.3f} s", file=sys.stderr, flush=True)
+    for tile in args.tiles:
+        if tile > n:
+            continue
+        k = -(-n // tile)
+        computed = k * (k + 1) // 2
+        base = dict(cfg, tile=tile, n_tiles=k * k, computed_tiles=computed)
+        mn.set_num_threads(1)
+        t, ts = _time(lambda tile=tile: _serial_tiles(mps, phi, tile), args.warmup,
+                      args.repeats)
+        records.append(dict(base, tool="tiles", median_s=t, times=ts, check_rel_err=0.0,
+                            engine_threads=1))
+        serial = t
+        kernel = md.ntk(mps, phi, tile=tile)
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            err = _relerr(kernel.compute(), want)
+            t, ts = _time(kernel.compute, args.warmup, args.repeats)
+        records.append(dict(base, tool="threads", median_s=t, times=ts, check_rel_err=err,
+                            engine_threads=1, dask_threads=threads))
+        mn.set_num_threads(threads)
+        err = _relerr(client.compute(kernel).result(), want)
+        t, ts = _time(lambda kernel=kernel: client.compute(kernel).result(), args.warmup,
+                      args.repeats)
+        records.append(dict(base, tool="cluster", median_s=t, times=ts, check_rel_err=err,
+                            workers=args.workers, engine_threads=1))
+
+        def persist(kernel=kernel):
+            held = client.persist(kernel)
+            with client.as_current():
+                wait(futures_of(held))
+            del held
+
+        t, ts = _time(persist, args.warmup, args.repeats)
+        records.append(dict(base, tool="cluster_persist", median_s=t, times=ts,
+                            check_rel_err=err, workers=args.workers, engine_threads=1,
+                            dask_overhead_per_tile_s=(t - serial / args.workers)
+                            * args.workers / computed))
+        print(f"  tile {tile}: " + ", ".join(
+            f"{r['tool']} {r['median_s']:.3f} s" for r in records[-4:]), file=sys.stderr,
+            flush=True)
+    for r in records:
+        if r["n_samples"] == n:
+            r["ratio_to_engine"] = r["median_s"] / engine
+    del want
+    return records
+
+
+def bench_products(args, client, common, threads):
+    records = []
+    for n in args.vp_samples:
+        records += _products_of(n, args, client, common, threads)
+    return records
+
+
+def _products_of(n, args, client, common, threads):
+    import dask
+
+    import mpsntk as mn
+    import mpsntk.dask as md
+
+    records = []
+    mps, phi, v = _problem(n, args.n_sites, args.bond_dim)
+    cfg = dict(common, bench="ntk_vp", n_samples=n, n_sites=args.n_sites,
+               bond_dim=args.bond_dim, dtype="float64")
+    mn.set_num_threads(threads)
+    want = mn.ntk_vp(mps, phi, v)
+    engine, ts = _time(lambda: mn.ntk_vp(mps, phi, v), args.warmup, args.repeats)
+    records.append(dict(cfg, tool="engine", median_s=engine, times=ts, check_rel_err=0.0,
+                        engine_threads=threads, n_shards=1))
+    mn.set_num_threads(1)
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        op = md.ShardedNTK(mps, phi)
+        err = _relerr(op.matvec(v), want)
+        t, ts = _time(lambda op=op: op.matvec(v), args.warmup, args.repeats)
+        records.append(dict(cfg, tool="threads", median_s=t, times=ts, check_rel_err=err,
+                            engine_threads=1, dask_threads=threads, n_shards=op.n_shards))
+        op.close()
+    mn.set_num_threads(threads)
+    with dask.config.set(scheduler=client.get):
+        op = md.ShardedNTK(mps, phi)
+        err = _relerr(op.matvec(v), want)
+        t, ts = _time(lambda op=op: op.matvec(v), args.warmup, args.repeats)
+        records.append(dict(cfg, tool="cluster", median_s=t, times=ts, check_rel_err=err,
+                            workers=args.workers, engine_threads=1, n_shards=op.n_shards))
+        op.close()
+    for r in records[-3:]:
+        r["ratio_to_engine"] = r["median_s"] / engine
+    print(f"n={n}: " + ", ".join(f"{r['tool']} {r['median_s']:.3f} s" for r in records[-3:]),
+          file=sys.stderr, flush=True)
+    return records
+
+
+def summarize(records):
+    """Markdown tables: tiles (one row per n and tile size) and products (one row per n)."""
+    lines = []
+    tiles = [r for r in records if r["bench"] == "tiles"]
+    if tiles:
+        lines += ["| n_samples | tile | tiles computed | engine | tiles, 1 thread, no Dask | "
+                  "threads | cluster | cluster, persisted | Dask per tile |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        groups = {}
+        for r in tiles:
+            groups.setdefault((r["date"], r["n_samples"]), {}).setdefault(r["tile"], {})[
+                r["tool"]] = r
+        for (_, n), by_tile in sorted(groups.items()):
+            engine = by_tile[n]["engine"]["median_s"] if n in by_tile else None
+            for tile, g in sorted(by_tile.items()):
+                if "tiles" not in g:
+                    continue
+
+                def cell(tool, g=g):
+                    r = g.get(tool)
+                    return "" if r is None else (f"{r['median_s']:.3f} s "
+                                                 f"({r['ratio_to_engine']:.2f}×)")
+
+                over = g["cluster_persist"]["dask_overhead_per_tile_s"]
+                lines.append(f"| {n} | {tile} | {g['tiles']['computed_tiles']} | "
+                             f"{engine:.3f} s | {cell('tiles')} | {cell('threads')} | "
+                             f"{cell('cluster')} | {cell('cluster_persist')} | "
+                             f"{over * 1e3:.1f} ms |")
+    vp = [r for r in records if r["bench"] == "ntk_vp"]
+    if vp:
+        lines += ["", "| n_samples | engine `ntk_vp` | ShardedNTK, threads | "
+                  "ShardedNTK, cluster | shards | check |", "|---:|---:|---:|---:|---:|---:|"]
+        groups = {}
+        for r in vp:
+            groups.setdefault((r["date"], r["n_samples"]), {})[r["tool"]] = r
+        for (_, n), g in sorted(groups.items()):
+            lines.append(
+                f"| {n} | {g['engine']['median_s']:.3f} s | "
+                f"{g['threads']['median_s']:.3f} s ({g['threads']['ratio_to_engine']:.2f}×) | "
+                f"{g['cluster']['median_s']:.3f} s ({g['cluster']['ratio_to_engine']:.2f}×) | "
+                f"{g['cluster']['n_shards']} | "
+                f"{max(g['threads']['check_rel_err'], g['cluster']['check_rel_err']):.1e} |")
+    return "\n".join(lines)
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-samples", type=int, nargs="+", default=[4096])
+    p.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    p.add_argument("--vp-samples", type=int, nargs="+", default=[10_000, 50_000])
+    p.add_argument("--n-sites", type=int, default=64)
+    p.add_argument("--bond-dim", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    p.add_argument("--threads", type=int, default=None,
+                   help="engine threads of the in-process runs, Dask threads of the threaded "
+                        "scheduler (default: every core)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="append JSON lines here")
+    p.add_argument("--summary", default=None, help="print the tables of a results file and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = _parse(argv)
+    if args.summary:
+        with open(args.summary) as fh:
+            print(summarize([json.loads(line) for line in fh if line.strip()]))
+        return 0
+    from distributed import Client, LocalCluster
+
+    import mpsntk as mn
+
+    threads = args.threads or os.cpu_count()
+    mn.set_num_threads(threads)
+    info = machine_info()
+    common = dict(device="cpu", cpu=info["cpu"], isa=info["isa"], versions=info["versions"],
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  load_avg_start=os.getloadavg()[0])
+    import dask
+    import distributed
+
+    common["versions"] = dict(common["versions"], dask=dask.__version__,
+                              distributed=distributed.__version__)
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, env={"OMP_NUM_THREADS": "1"}) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        records = bench_tiles(args, client, common, threads)
+        records += bench_products(args, client, common, threads)
+    for r in records:
+        r["load_avg"] = os.getloadavg()[0]
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a") as fh:
+            for r in records:
+                fh.write(json.dumps(r) + "\n")
+    print(summarize(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
