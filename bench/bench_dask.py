@@ -22,7 +22,9 @@ cluster_persist
     The same, the tiles left in the workers' memory (``persist`` and wait): no gather.
 
 ``dask_overhead_per_tile_s = (cluster_persist - tiles / workers) * workers / computed tiles``:
-what Dask adds to each engine call on this machine, load imbalance at the end included.
+what Dask adds to each engine call on this machine, load imbalance and the graph's fixed cost
+included.  The fixed cost alone (``latency``): a one-tile kernel of 8 samples persisted on the
+cluster, and one ``ShardedNTK.matvec`` of 8 samples in 2 shards.
 
 Products (``--vp-samples``): ``Theta v`` for one vector:
 
@@ -53,6 +55,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 
 from bench_ntk import machine_info
 
@@ -68,15 +71,35 @@ def _problem(n_samples, n_sites, bond_dim, seed=0):
     return mps, phi, rng.standard_normal(n_samples)
 
 
-def _time(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
+def _time(fn, warmup, repeats, after=None):
+    """Median of ``repeats`` timed calls after ``warmup`` untimed ones; ``after()`` runs, untimed,
+    after every call."""
     times = []
-    for _ in range(repeats):
+    for k in range(warmup + repeats):
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+        if after is not None:
+            after()
     return statistics.median(times), times
+
+
+def _forgotten(client, collection, timeout=120):
+    """Wait until the scheduler has released every key of ``collection``: the next run of the
+    same (deterministic) graph must compute it again, not find it in the workers' memory."""
+    from dask.core import flatten
+
+    keys = set(flatten(collection.__dask_keys__()))
+
+    def held(dask_scheduler=None, keys=keys):
+        return sum(k in dask_scheduler.tasks for k in keys)
+
+    deadline = time.monotonic() + timeout
+    while client.run_on_scheduler(held):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the scheduler still holds the kernel's keys")
+        time.sleep(0.05)
 
 
 def _relerr(a, b):
@@ -95,6 +118,36 @@ def _serial_tiles(mps, phi, tile):
         _blocks.kernel_block(bi)
         for bj in batches[i + 1:]:
             _blocks.kernel_block(bi, bj)
+
+
+def bench_latency(args, client, common):
+    """The fixed cost of one graph on the cluster: a one-tile kernel and a product of 8
+    samples (2 shards), where the engine's work is negligible."""
+    import dask
+    from distributed import futures_of, wait
+
+    import mpsntk.dask as md
+
+    mps, phi, v = _problem(8, args.n_sites, args.bond_dim)
+    kernel = md.ntk(mps, phi, tile=8)
+
+    def persist():
+        held = client.persist(kernel)
+        with client.as_current():
+            wait(futures_of(held))
+
+    cfg = dict(common, bench="latency", n_samples=8, n_sites=args.n_sites,
+               bond_dim=args.bond_dim, dtype="float64", workers=args.workers)
+    t, ts = _time(persist, args.warmup, args.repeats, partial(_forgotten, client, kernel))
+    records = [dict(cfg, tool="cluster_tile", median_s=t, times=ts)]
+    with dask.config.set(scheduler=client.get):
+        op = md.ShardedNTK(mps, phi, shard_size=4)
+        t, ts = _time(lambda: op.matvec(v), args.warmup, args.repeats)
+        op.close()
+    records.append(dict(cfg, tool="cluster_matvec", median_s=t, times=ts, n_shards=2))
+    print(f"latency: one tile {records[0]['median_s'] * 1e3:.1f} ms, one product "
+          f"{records[1]['median_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
+    return records
 
 
 def bench_tiles(args, client, common, threads):
@@ -141,8 +194,10 @@ def _tiles_of(n, args, client, common, threads):
                             engine_threads=1, dask_threads=threads))
         mn.set_num_threads(threads)
         err = _relerr(client.compute(kernel).result(), want)
+        forget = partial(_forgotten, client, kernel)
+        forget()
         t, ts = _time(lambda kernel=kernel: client.compute(kernel).result(), args.warmup,
-                      args.repeats)
+                      args.repeats, forget)
         records.append(dict(base, tool="cluster", median_s=t, times=ts, check_rel_err=err,
                             workers=args.workers, engine_threads=1))
 
@@ -152,7 +207,7 @@ def _tiles_of(n, args, client, common, threads):
                 wait(futures_of(held))
             del held
 
-        t, ts = _time(persist, args.warmup, args.repeats)
+        t, ts = _time(persist, args.warmup, args.repeats, forget)
         records.append(dict(base, tool="cluster_persist", median_s=t, times=ts,
                             check_rel_err=err, workers=args.workers, engine_threads=1,
                             dask_overhead_per_tile_s=(t - serial / args.workers)
@@ -220,11 +275,12 @@ def summarize(records):
         lines += ["| n_samples | tile | tiles computed | engine | tiles, 1 thread, no Dask | "
                   "threads | cluster | cluster, persisted | Dask per tile |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        fixed = {r["date"]: r["median_s"] for r in records if r["tool"] == "cluster_tile"}
         groups = {}
         for r in tiles:
             groups.setdefault((r["date"], r["n_samples"]), {}).setdefault(r["tile"], {})[
                 r["tool"]] = r
-        for (_, n), by_tile in sorted(groups.items()):
+        for (date, n), by_tile in sorted(groups.items()):
             engine = by_tile[n]["engine"]["median_s"] if n in by_tile else None
             for tile, g in sorted(by_tile.items()):
                 if "tiles" not in g:
@@ -235,11 +291,19 @@ def summarize(records):
                     return "" if r is None else (f"{r['median_s']:.3f} s "
                                                  f"({r['ratio_to_engine']:.2f}×)")
 
-                over = g["cluster_persist"]["dask_overhead_per_tile_s"]
+                p = g["cluster_persist"]
+                over = f"{p['dask_overhead_per_tile_s'] * 1e3:.1f} ms"
+                if date in fixed:  # net of the graph's fixed cost
+                    net = p["dask_overhead_per_tile_s"] - fixed[date] * p["workers"] / (
+                        g["tiles"]["computed_tiles"])
+                    over += f" ({net * 1e3:.1f} ms)"
                 lines.append(f"| {n} | {tile} | {g['tiles']['computed_tiles']} | "
                              f"{engine:.3f} s | {cell('tiles')} | {cell('threads')} | "
-                             f"{cell('cluster')} | {cell('cluster_persist')} | "
-                             f"{over * 1e3:.1f} ms |")
+                             f"{cell('cluster')} | {cell('cluster_persist')} | {over} |")
+    for r in records:
+        if r["bench"] == "latency":
+            lines.append(f"\nFixed cost of one graph on the cluster ({r['tool']}): "
+                         f"{r['median_s'] * 1e3:.1f} ms")
     vp = [r for r in records if r["bench"] == "ntk_vp"]
     if vp:
         lines += ["", "| n_samples | engine `ntk_vp` | ShardedNTK, threads | "
@@ -300,7 +364,8 @@ def main(argv=None):
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, env={"OMP_NUM_THREADS": "1"}) as cluster, \
             Client(cluster, set_as_default=False) as client:
-        records = bench_tiles(args, client, common, threads)
+        records = bench_latency(args, client, common)
+        records += bench_tiles(args, client, common, threads)
         records += bench_products(args, client, common, threads)
     for r in records:
         r["load_avg"] = os.getloadavg()[0]
