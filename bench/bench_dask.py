@@ -21,10 +21,12 @@ cluster
 cluster_persist
     The same, the tiles left in the workers' memory (``persist`` and wait): no gather.
 
-``dask_overhead_per_tile_s = (cluster_persist - tiles / workers) * workers / computed tiles``:
-what Dask adds to each engine call on this machine, load imbalance and the graph's fixed cost
-included.  The fixed cost alone (``latency``): a one-tile kernel of 8 samples persisted on the
-cluster, and one ``ShardedNTK.matvec`` of 8 samples in 2 shards.
+``worker_busy_s``: the workers' time in tasks (Dask's task stream) during ``cluster_persist``;
+``dask_overhead_per_tile_s = (cluster_persist - worker_busy_s / workers) * workers / computed
+tiles``: the time a worker spends per tile outside the engine (scheduling, transfers, idling at
+the end), the graph's fixed cost included.  The fixed cost alone (``latency``, at least 5
+repeats): a one-tile kernel of 8 samples persisted on the cluster, and one
+``ShardedNTK.matvec`` of 8 samples in 2 shards.
 
 Products (``--vp-samples``): ``Theta v`` for one vector:
 
@@ -138,11 +140,12 @@ def bench_latency(args, client, common):
 
     cfg = dict(common, bench="latency", n_samples=8, n_sites=args.n_sites,
                bond_dim=args.bond_dim, dtype="float64", workers=args.workers)
-    t, ts = _time(persist, args.warmup, args.repeats, partial(_forgotten, client, kernel))
+    repeats = max(args.repeats, 5)
+    t, ts = _time(persist, args.warmup, repeats, partial(_forgotten, client, kernel))
     records = [dict(cfg, tool="cluster_tile", median_s=t, times=ts)]
     with dask.config.set(scheduler=client.get):
         op = md.ShardedNTK(mps, phi, shard_size=4)
-        t, ts = _time(lambda: op.matvec(v), args.warmup, args.repeats)
+        t, ts = _time(lambda: op.matvec(v), args.warmup, repeats)
         op.close()
     records.append(dict(cfg, tool="cluster_matvec", median_s=t, times=ts, n_shards=2))
     print(f"latency: one tile {records[0]['median_s'] * 1e3:.1f} ms, one product "
@@ -159,7 +162,7 @@ def bench_tiles(args, client, common, threads):
 
 def _tiles_of(n, args, client, common, threads):
     import dask
-    from distributed import futures_of, wait
+    from distributed import futures_of, get_task_stream, wait
 
     import mpsntk as mn
     import mpsntk.dask as md
@@ -185,7 +188,6 @@ def _tiles_of(n, args, client, common, threads):
                       args.repeats)
         records.append(dict(base, tool="tiles", median_s=t, times=ts, check_rel_err=0.0,
                             engine_threads=1))
-        serial = t
         kernel = md.ntk(mps, phi, tile=tile)
         with dask.config.set(scheduler="threads", num_workers=threads):
             err = _relerr(kernel.compute(), want)
@@ -201,16 +203,23 @@ def _tiles_of(n, args, client, common, threads):
         records.append(dict(base, tool="cluster", median_s=t, times=ts, check_rel_err=err,
                             workers=args.workers, engine_threads=1))
 
-        def persist(kernel=kernel):
-            held = client.persist(kernel)
-            with client.as_current():
-                wait(futures_of(held))
-            del held
+        busy = []
+
+        def persist(kernel=kernel, busy=busy):
+            with get_task_stream(client) as stream:
+                held = client.persist(kernel)
+                with client.as_current():
+                    wait(futures_of(held))
+                del held
+            busy.append(sum(s["stop"] - s["start"] for rec in stream.data
+                            for s in rec["startstops"] if s["action"] == "compute"))
 
         t, ts = _time(persist, args.warmup, args.repeats, forget)
+        busy = statistics.median(busy[args.warmup:])
         records.append(dict(base, tool="cluster_persist", median_s=t, times=ts,
                             check_rel_err=err, workers=args.workers, engine_threads=1,
-                            dask_overhead_per_tile_s=(t - serial / args.workers)
+                            worker_busy_s=busy,
+                            dask_overhead_per_tile_s=(t - busy / args.workers)
                             * args.workers / computed))
         print(f"  tile {tile}: " + ", ".join(
             f"{r['tool']} {r['median_s']:.3f} s" for r in records[-4:]), file=sys.stderr,
@@ -273,14 +282,13 @@ def summarize(records):
     tiles = [r for r in records if r["bench"] == "tiles"]
     if tiles:
         lines += ["| n_samples | tile | tiles computed | engine | tiles, 1 thread, no Dask | "
-                  "threads | cluster | cluster, persisted | Dask per tile |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        fixed = {r["date"]: r["median_s"] for r in records if r["tool"] == "cluster_tile"}
+                  "threads | cluster | cluster, persisted | workers busy | Dask per tile |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         groups = {}
         for r in tiles:
             groups.setdefault((r["date"], r["n_samples"]), {}).setdefault(r["tile"], {})[
                 r["tool"]] = r
-        for (date, n), by_tile in sorted(groups.items()):
+        for (_, n), by_tile in sorted(groups.items()):
             engine = by_tile[n]["engine"]["median_s"] if n in by_tile else None
             for tile, g in sorted(by_tile.items()):
                 if "tiles" not in g:
@@ -293,13 +301,10 @@ def summarize(records):
 
                 p = g["cluster_persist"]
                 over = f"{p['dask_overhead_per_tile_s'] * 1e3:.1f} ms"
-                if date in fixed:  # net of the graph's fixed cost
-                    net = p["dask_overhead_per_tile_s"] - fixed[date] * p["workers"] / (
-                        g["tiles"]["computed_tiles"])
-                    over += f" ({net * 1e3:.1f} ms)"
                 lines.append(f"| {n} | {tile} | {g['tiles']['computed_tiles']} | "
                              f"{engine:.3f} s | {cell('tiles')} | {cell('threads')} | "
-                             f"{cell('cluster')} | {cell('cluster_persist')} | {over} |")
+                             f"{cell('cluster')} | {cell('cluster_persist')} | "
+                             f"{p['worker_busy_s']:.3f} s | {over} |")
     for r in records:
         if r["bench"] == "latency":
             lines.append(f"\nFixed cost of one graph on the cluster ({r['tool']}): "
