@@ -36,7 +36,10 @@ threads / cluster
     ``ShardedNTK(mps, phi).matvec(v)`` (default shards: one per worker thread) on the threaded
     scheduler / the LocalCluster; the shards are built (and persisted) before timing.
 
-Each measurement: ``--warmup`` untimed calls, then ``--repeats`` timed ones, median.  Every
+Each measurement: ``--warmup`` untimed calls, then ``--repeats`` timed ones, median wall time;
+and the median CPU time (``cpu_s``) of every process involved (this one, which also hosts the
+LocalCluster's scheduler, and the workers): on a shared machine the CPU time tells the work done
+where the wall time also tells the other users' load.  Every
 result is first checked against the engine's (``check_rel_err``: bit for bit expected for the
 tiles, ~1e-15 for the products).  One JSON line per measurement goes to ``--out``; a markdown
 table is printed at the end (``--summary FILE`` prints it for a results file).
@@ -73,18 +76,26 @@ def _problem(n_samples, n_sites, bond_dim, seed=0):
     return mps, phi, rng.standard_normal(n_samples)
 
 
-def _time(fn, warmup, repeats, after=None):
-    """Median of ``repeats`` timed calls after ``warmup`` untimed ones; ``after()`` runs, untimed,
-    after every call."""
-    times = []
+def _time(fn, warmup, repeats, after=None, cpu=time.process_time):
+    """Median wall and CPU seconds of ``repeats`` calls after ``warmup`` untimed ones (``cpu()``:
+    the CPU seconds used so far by every process involved); ``after()`` runs, untimed, after
+    every call.  Returns (median wall, wall times, median CPU)."""
+    times, cpus = [], []
     for k in range(warmup + repeats):
-        t0 = time.perf_counter()
+        c0, t0 = cpu(), time.perf_counter()
         fn()
+        t1, c1 = time.perf_counter(), cpu()
         if k >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(t1 - t0)
+            cpus.append(c1 - c0)
         if after is not None:
             after()
-    return statistics.median(times), times
+    return statistics.median(times), times, statistics.median(cpus)
+
+
+def _cluster_cpu(client):
+    """CPU seconds of this process (client and scheduler) and of every worker process."""
+    return time.process_time() + sum(client.run(time.process_time).values())
 
 
 def _forgotten(client, collection, timeout=120):
@@ -122,6 +133,17 @@ def _serial_tiles(mps, phi, tile):
             _blocks.kernel_block(bi, bj)
 
 
+def _recorder(records, base, args, cpu=time.process_time):
+    """``measure(tool, fn, after=None, cpu=..., **fields)``: time ``fn`` and append a record."""
+
+    def measure(tool, fn, after=None, cpu=cpu, repeats=None, **fields):
+        wall, times, cpu_s = _time(fn, args.warmup, repeats or args.repeats, after, cpu)
+        records.append(dict(base, tool=tool, median_s=wall, times=times, cpu_s=cpu_s, **fields))
+        return records[-1]
+
+    return measure
+
+
 def bench_latency(args, client, common):
     """The fixed cost of one graph on the cluster: a one-tile kernel and a product of 8
     samples (2 shards), where the engine's work is negligible."""
@@ -138,16 +160,16 @@ def bench_latency(args, client, common):
         with client.as_current():
             wait(futures_of(held))
 
-    cfg = dict(common, bench="latency", n_samples=8, n_sites=args.n_sites,
-               bond_dim=args.bond_dim, dtype="float64", workers=args.workers)
+    records = []
+    measure = _recorder(records, dict(common, bench="latency", n_samples=8, n_sites=args.n_sites,
+                                      bond_dim=args.bond_dim, dtype="float64",
+                                      workers=args.workers), args, partial(_cluster_cpu, client))
     repeats = max(args.repeats, 5)
-    t, ts = _time(persist, args.warmup, repeats, partial(_forgotten, client, kernel))
-    records = [dict(cfg, tool="cluster_tile", median_s=t, times=ts)]
+    measure("cluster_tile", persist, partial(_forgotten, client, kernel), repeats=repeats)
     with dask.config.set(scheduler=client.get):
         op = md.ShardedNTK(mps, phi, shard_size=4)
-        t, ts = _time(lambda: op.matvec(v), args.warmup, repeats)
+        measure("cluster_matvec", lambda: op.matvec(v), repeats=repeats, n_shards=2)
         op.close()
-    records.append(dict(cfg, tool="cluster_matvec", median_s=t, times=ts, n_shards=2))
     print(f"latency: one tile {records[0]['median_s'] * 1e3:.1f} ms, one product "
           f"{records[1]['median_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
     return records
@@ -167,42 +189,36 @@ def _tiles_of(n, args, client, common, threads):
     import mpsntk as mn
     import mpsntk.dask as md
 
-    records = []
     mps, phi, _ = _problem(n, args.n_sites, args.bond_dim)
     cfg = dict(common, bench="tiles", n_samples=n, n_sites=args.n_sites,
                bond_dim=args.bond_dim, dtype="float64")
+    records = []
     mn.set_num_threads(threads)
     want = mn.ntk(mps, phi)
-    engine, engine_times = _time(lambda: mn.ntk(mps, phi), args.warmup, args.repeats)
-    records.append(dict(cfg, tool="engine", tile=n, n_tiles=1, median_s=engine,
-                        times=engine_times, check_rel_err=0.0, engine_threads=threads))
-    print(f"n={n}: engine {engine:.3f} s", file=sys.stderr, flush=True)
+    engine = _recorder(records, dict(cfg, tile=n, n_tiles=1), args)(
+        "engine", lambda: mn.ntk(mps, phi), check_rel_err=0.0, engine_threads=threads)
+    print(f"n={n}: engine {engine['median_s']:.3f} s", file=sys.stderr, flush=True)
     for tile in args.tiles:
         if tile > n:
             continue
         k = -(-n // tile)
         computed = k * (k + 1) // 2
         base = dict(cfg, tile=tile, n_tiles=k * k, computed_tiles=computed)
+        measure = _recorder(records, base, args)
+        on_cluster = _recorder(records, base, args, partial(_cluster_cpu, client))
         mn.set_num_threads(1)
-        t, ts = _time(lambda tile=tile: _serial_tiles(mps, phi, tile), args.warmup,
-                      args.repeats)
-        records.append(dict(base, tool="tiles", median_s=t, times=ts, check_rel_err=0.0,
-                            engine_threads=1))
+        measure("tiles", partial(_serial_tiles, mps, phi, tile), check_rel_err=0.0,
+                engine_threads=1)
         kernel = md.ntk(mps, phi, tile=tile)
         with dask.config.set(scheduler="threads", num_workers=threads):
-            err = _relerr(kernel.compute(), want)
-            t, ts = _time(kernel.compute, args.warmup, args.repeats)
-        records.append(dict(base, tool="threads", median_s=t, times=ts, check_rel_err=err,
-                            engine_threads=1, dask_threads=threads))
+            measure("threads", kernel.compute, check_rel_err=_relerr(kernel.compute(), want),
+                    engine_threads=1, dask_threads=threads)
         mn.set_num_threads(threads)
         err = _relerr(client.compute(kernel).result(), want)
         forget = partial(_forgotten, client, kernel)
         forget()
-        t, ts = _time(lambda kernel=kernel: client.compute(kernel).result(), args.warmup,
-                      args.repeats, forget)
-        records.append(dict(base, tool="cluster", median_s=t, times=ts, check_rel_err=err,
-                            workers=args.workers, engine_threads=1))
-
+        on_cluster("cluster", lambda kernel=kernel: client.compute(kernel).result(), forget,
+                   check_rel_err=err, workers=args.workers, engine_threads=1)
         busy = []
 
         def persist(kernel=kernel, busy=busy):
@@ -214,20 +230,18 @@ def _tiles_of(n, args, client, common, threads):
             busy.append(sum(s["stop"] - s["start"] for rec in stream.data
                             for s in rec["startstops"] if s["action"] == "compute"))
 
-        t, ts = _time(persist, args.warmup, args.repeats, forget)
-        busy = statistics.median(busy[args.warmup:])
-        records.append(dict(base, tool="cluster_persist", median_s=t, times=ts,
-                            check_rel_err=err, workers=args.workers, engine_threads=1,
-                            worker_busy_s=busy,
-                            dask_overhead_per_tile_s=(t - busy / args.workers)
-                            * args.workers / computed))
+        r = on_cluster("cluster_persist", persist, forget, check_rel_err=err,
+                       workers=args.workers, engine_threads=1)
+        r["worker_busy_s"] = statistics.median(busy[args.warmup:])
+        r["dask_overhead_per_tile_s"] = (
+            (r["median_s"] - r["worker_busy_s"] / args.workers) * args.workers / computed
+        )
         print(f"  tile {tile}: " + ", ".join(
-            f"{r['tool']} {r['median_s']:.3f} s" for r in records[-4:]), file=sys.stderr,
-            flush=True)
+            f"{r['tool']} {r['median_s']:.3f} s ({r['cpu_s']:.3f} s CPU)" for r in records[-4:]),
+            file=sys.stderr, flush=True)
     for r in records:
-        if r["n_samples"] == n:
-            r["ratio_to_engine"] = r["median_s"] / engine
-    del want
+        r["ratio_to_engine"] = r["median_s"] / engine["median_s"]
+        r["cpu_ratio_to_engine"] = r["cpu_s"] / engine["cpu_s"]
     return records
 
 
@@ -244,40 +258,44 @@ def _products_of(n, args, client, common, threads):
     import mpsntk as mn
     import mpsntk.dask as md
 
-    records = []
     mps, phi, v = _problem(n, args.n_sites, args.bond_dim)
-    cfg = dict(common, bench="ntk_vp", n_samples=n, n_sites=args.n_sites,
-               bond_dim=args.bond_dim, dtype="float64")
+    base = dict(common, bench="ntk_vp", n_samples=n, n_sites=args.n_sites,
+                bond_dim=args.bond_dim, dtype="float64")
+    records = []
+    measure = _recorder(records, base, args)
     mn.set_num_threads(threads)
     want = mn.ntk_vp(mps, phi, v)
-    engine, ts = _time(lambda: mn.ntk_vp(mps, phi, v), args.warmup, args.repeats)
-    records.append(dict(cfg, tool="engine", median_s=engine, times=ts, check_rel_err=0.0,
-                        engine_threads=threads, n_shards=1))
+    engine = measure("engine", lambda: mn.ntk_vp(mps, phi, v), check_rel_err=0.0,
+                     engine_threads=threads, n_shards=1)
     mn.set_num_threads(1)
     with dask.config.set(scheduler="threads", num_workers=threads):
         op = md.ShardedNTK(mps, phi)
-        err = _relerr(op.matvec(v), want)
-        t, ts = _time(lambda op=op: op.matvec(v), args.warmup, args.repeats)
-        records.append(dict(cfg, tool="threads", median_s=t, times=ts, check_rel_err=err,
-                            engine_threads=1, dask_threads=threads, n_shards=op.n_shards))
+        measure("threads", partial(op.matvec, v), check_rel_err=_relerr(op.matvec(v), want),
+                engine_threads=1, dask_threads=threads, n_shards=op.n_shards)
         op.close()
     mn.set_num_threads(threads)
     with dask.config.set(scheduler=client.get):
         op = md.ShardedNTK(mps, phi)
-        err = _relerr(op.matvec(v), want)
-        t, ts = _time(lambda op=op: op.matvec(v), args.warmup, args.repeats)
-        records.append(dict(cfg, tool="cluster", median_s=t, times=ts, check_rel_err=err,
-                            workers=args.workers, engine_threads=1, n_shards=op.n_shards))
+        _recorder(records, base, args, partial(_cluster_cpu, client))(
+            "cluster", partial(op.matvec, v), check_rel_err=_relerr(op.matvec(v), want),
+            workers=args.workers, engine_threads=1, n_shards=op.n_shards)
         op.close()
-    for r in records[-3:]:
-        r["ratio_to_engine"] = r["median_s"] / engine
-    print(f"n={n}: " + ", ".join(f"{r['tool']} {r['median_s']:.3f} s" for r in records[-3:]),
-          file=sys.stderr, flush=True)
+    for r in records:
+        r["ratio_to_engine"] = r["median_s"] / engine["median_s"]
+        r["cpu_ratio_to_engine"] = r["cpu_s"] / engine["cpu_s"]
+    print(f"n={n}: " + ", ".join(f"{r['tool']} {r['median_s']:.3f} s ({r['cpu_s']:.3f} s CPU)"
+                                 for r in records), file=sys.stderr, flush=True)
     return records
 
 
 def summarize(records):
-    """Markdown tables: tiles (one row per n and tile size) and products (one row per n)."""
+    """Markdown tables: tiles (one row per n and tile size) and products (one row per n); each
+    cell is the median wall time, its ratio to the engine's, and the CPU time's ratio."""
+
+    def cell(r):
+        return "" if r is None else (f"{r['median_s']:.3f} s ({r['ratio_to_engine']:.2f}×; "
+                                     f"CPU {r['cpu_ratio_to_engine']:.2f}×)")
+
     lines = []
     tiles = [r for r in records if r["bench"] == "tiles"]
     if tiles:
@@ -289,26 +307,20 @@ def summarize(records):
             groups.setdefault((r["date"], r["n_samples"]), {}).setdefault(r["tile"], {})[
                 r["tool"]] = r
         for (_, n), by_tile in sorted(groups.items()):
-            engine = by_tile[n]["engine"]["median_s"] if n in by_tile else None
+            engine = by_tile[n]["engine"]
             for tile, g in sorted(by_tile.items()):
                 if "tiles" not in g:
                     continue
-
-                def cell(tool, g=g):
-                    r = g.get(tool)
-                    return "" if r is None else (f"{r['median_s']:.3f} s "
-                                                 f"({r['ratio_to_engine']:.2f}×)")
-
                 p = g["cluster_persist"]
-                over = f"{p['dask_overhead_per_tile_s'] * 1e3:.1f} ms"
                 lines.append(f"| {n} | {tile} | {g['tiles']['computed_tiles']} | "
-                             f"{engine:.3f} s | {cell('tiles')} | {cell('threads')} | "
-                             f"{cell('cluster')} | {cell('cluster_persist')} | "
-                             f"{p['worker_busy_s']:.3f} s | {over} |")
+                             f"{engine['median_s']:.3f} s ({engine['cpu_s']:.3f} s CPU) | "
+                             f"{cell(g['tiles'])} | {cell(g['threads'])} | "
+                             f"{cell(g['cluster'])} | {cell(p)} | {p['worker_busy_s']:.3f} s | "
+                             f"{p['dask_overhead_per_tile_s'] * 1e3:.1f} ms |")
     for r in records:
         if r["bench"] == "latency":
             lines.append(f"\nFixed cost of one graph on the cluster ({r['tool']}): "
-                         f"{r['median_s'] * 1e3:.1f} ms")
+                         f"{r['median_s'] * 1e3:.1f} ms ({r['cpu_s'] * 1e3:.1f} ms CPU)")
     vp = [r for r in records if r["bench"] == "ntk_vp"]
     if vp:
         lines += ["", "| n_samples | engine `ntk_vp` | ShardedNTK, threads | "
@@ -318,10 +330,8 @@ def summarize(records):
             groups.setdefault((r["date"], r["n_samples"]), {})[r["tool"]] = r
         for (_, n), g in sorted(groups.items()):
             lines.append(
-                f"| {n} | {g['engine']['median_s']:.3f} s | "
-                f"{g['threads']['median_s']:.3f} s ({g['threads']['ratio_to_engine']:.2f}×) | "
-                f"{g['cluster']['median_s']:.3f} s ({g['cluster']['ratio_to_engine']:.2f}×) | "
-                f"{g['cluster']['n_shards']} | "
+                f"| {n} | {g['engine']['median_s']:.3f} s ({g['engine']['cpu_s']:.3f} s CPU) | "
+                f"{cell(g['threads'])} | {cell(g['cluster'])} | {g['cluster']['n_shards']} | "
                 f"{max(g['threads']['check_rel_err'], g['cluster']['check_rel_err']):.1e} |")
     return "\n".join(lines)
 
