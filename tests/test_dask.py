@@ -39,6 +39,9 @@ def md():
 def cluster(md):
     """One LocalCluster for the module: 2 worker processes, 1 thread each (1 engine thread)."""
     distributed = pytest.importorskip("distributed")
+    import cloudpickle  # the workers cannot import this module: send its functions by value
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None, env={"OMP_NUM_THREADS": "1"}) as c:
         yield c
@@ -216,6 +219,32 @@ def test_sharded_operator_on_features_from_zarr(md, zarr, tmp_path):
 
 
 # --------------------------------------------------------------------------- on a LocalCluster
+def engine_calls(action):
+    """In a worker: count the tiles computed and the Batches built ("start", "read", "stop")."""
+    from mpsntk import _blocks
+
+    if action == "start":
+        counts = {"tiles": 0, "batches": 0}
+        tile, batch = _blocks.kernel_block, _blocks.Batch
+
+        def counted_tile(*args, **kwargs):
+            counts["tiles"] += 1
+            return tile(*args, **kwargs)
+
+        class CountedBatch(batch):
+            def __init__(self, *args, **kwargs):
+                counts["batches"] += 1
+                super().__init__(*args, **kwargs)
+
+        _blocks._counting = counts, tile, batch
+        _blocks.kernel_block, _blocks.Batch = counted_tile, CountedBatch
+        return counts
+    counts, tile, batch = _blocks._counting
+    if action == "stop":
+        _blocks.kernel_block, _blocks.Batch = tile, batch
+    return dict(counts)
+
+
 def test_local_cluster_gives_the_same_bits(md, cluster, zarr, tmp_path):
     from distributed import Client, futures_of
 
@@ -229,7 +258,16 @@ def test_local_cluster_gives_the_same_bits(md, cluster, zarr, tmp_path):
                              tile=16, scheduler="threads")
     with Client(cluster) as client:
         assert client.run(mn.get_num_threads) == dict.fromkeys(client.run(os.getpid), 1)
-        assert np.array_equal(md.ntk(mps, phi, tile=16).compute(), mn.ntk(mps, phi))
+        client.run(engine_calls, "start")
+        try:
+            assert np.array_equal(md.ntk(mps, phi, tile=16).compute(), mn.ntk(mps, phi))
+        finally:
+            counts = client.run(engine_calls, "stop").values()
+        # 5 blocks: each of the 15 tiles once over the cluster.  Each Batch is built where its
+        # block is made and again only in a worker that fetches the block (it travels as its
+        # features): typically 5 to 10 builds; a Batch per tile would be 5 + 25.
+        assert sum(c["tiles"] for c in counts) == 15
+        assert 5 <= sum(c["batches"] for c in counts) < 15
         assert np.array_equal(md.ntk(mps, phi, x2, tile=(16, 8)).compute(), mn.ntk(mps, phi, x2))
         op = md.ShardedNTK(mps, phi, shard_size=15)
         shards = futures_of(op._shards)  # persisted in the workers' memory
@@ -243,44 +281,60 @@ def test_local_cluster_gives_the_same_bits(md, cluster, zarr, tmp_path):
     assert np.array_equal(threads[...], mn.ntk(mps, phi))
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_the_kernel_is_exact(md, cluster):
+def gated_tiles(flag, free):
+    """In a worker: the first ``free`` tiles run, the others wait until the file ``flag`` exists
+    (``flag=None`` restores the engine's tiles)."""
+    import itertools
+    import os
+    import time
+
+    from mpsntk import _blocks
+
+    inner = getattr(_blocks, "_ungated_kernel_block", _blocks.kernel_block)
+    _blocks._ungated_kernel_block = _blocks.kernel_block = inner
+    if flag is None:
+        return
+    calls = itertools.count()
+
+    def gated(*args, **kwargs):
+        if next(calls) >= free:
+            deadline = time.monotonic() + 120
+            while not os.path.exists(flag) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return inner(*args, **kwargs)
+
+    _blocks.kernel_block = gated
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_kernel_is_exact(md, cluster, tmp_path):
+    """Each worker computes 3 tiles, then its tiles wait for a flag: the kill always finds
+    finished tiles in the victim and unfinished ones in the graph, however loaded the machine."""
     from distributed import Client, futures_of
 
-    def slow_tiles(seconds):  # in the workers: each tile takes at least `seconds`
-        import time
-
-        from mpsntk import _blocks
-
-        inner = getattr(_blocks, "_fast_kernel_block", _blocks.kernel_block)
-        _blocks._fast_kernel_block = inner
-
-        def slow(*args, **kwargs):
-            time.sleep(seconds)
-            return inner(*args, **kwargs)
-
-        _blocks.kernel_block = slow if seconds else inner
-
     mps, phi = problem(n=72, seed=3)
+    flag = str(tmp_path / "go")
     with Client(cluster) as client:
         client.wait_for_workers(2)
         before = set(client.run(os.getpid).values())
-        client.run(slow_tiles, 0.05)
+        client.run(gated_tiles, flag, 3)
         try:
-            kernel = md.ntk(mps, phi, tile=8).persist()  # 45 tiles of 50 ms over 2 workers
+            kernel = md.ntk(mps, phi, tile=8).persist()  # 45 tiles, 81 blocks
             futures = futures_of(kernel)
-            deadline = time.monotonic() + 60
-            while sum(f.done() for f in futures) < 6:
-                assert time.monotonic() < deadline
+            deadline = time.monotonic() + 120
+            while sum(f.done() for f in futures) < 6:  # at most 6 tiles and their mirrors
+                assert time.monotonic() < deadline, "the workers computed no tiles"
                 time.sleep(0.01)
             who = {k: tuple(v) for k, v in client.who_has(futures).items()}
             victim = Counter(a for held in who.values() for a in held).most_common(1)[0][0]
             only_there = [k for k, held in who.items() if held == (victim,)]
             unfinished = sum(not f.done() for f in futures)
             os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+            Path(flag).touch()  # the surviving worker goes on; the new one is not gated
             got = kernel.compute()
             client.wait_for_workers(2)
         finally:
-            client.run(slow_tiles, 0)
+            Path(flag).touch()
+            client.run(gated_tiles, None, 0)
         after = set(client.run(os.getpid).values())
     assert only_there and unfinished > 0  # killed mid-run, holding finished tiles
     assert len(after - before) == 1  # the nanny started a new worker process
@@ -348,29 +402,30 @@ def test_an_interrupted_zarr_kernel_resumes_the_missing_tiles_byte_for_byte(md, 
 
 
 def recorded(path):
-    """Tiles recorded as done beside ``path`` (0 while the record is being created)."""
-    try:
-        return int(np.load(path + ".tiles.npy").sum())
-    except (OSError, ValueError, EOFError):
-        return 0
+    """Tiles recorded as done beside ``path``."""
+    return int(np.load(path + ".tiles.npy").sum())
 
 
 MEMMAP_CHILD = """
-    import sys, time, numpy as np, mpsntk as mn, mpsntk.dask as md
+    import itertools, os, signal, sys, time, numpy as np, mpsntk.dask as md
     from mpsntk import _blocks
     sys.path.insert(0, sys.argv[2])
-    from test_dask import problem
-    inner = _blocks.kernel_block
+    from test_dask import problem, recorded
+    inner, calls = _blocks.kernel_block, itertools.count()
 
-    def slow(*args, **kwargs):
-        time.sleep(0.05)
+    def dying(*args, **kwargs):
+        # From the 10th tile on: once 5 tiles are recorded, the process is killed outright,
+        # whatever the other thread is writing.
+        if next(calls) >= 9:
+            deadline = time.monotonic() + 120
+            while recorded(sys.argv[1]) < 5 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGKILL)
         return inner(*args, **kwargs)
 
-    _blocks.kernel_block = slow
+    _blocks.kernel_block = dying
     mps, phi = problem(n=80)
-    print("ready", flush=True)
     md.ntk_to_memmap(mps, phi, path=sys.argv[1], tile=10, progress=False, scheduler="threads")
-    print("done", flush=True)
 """
 
 
@@ -379,21 +434,12 @@ def test_a_killed_memmap_kernel_resumes_the_missing_tiles_byte_for_byte(md, tmp_
     """A child writing the kernel is killed (SIGKILL) mid-run; the resumed run computes only
     the tiles the record lacks, and the files equal those of an uninterrupted run."""
     path = str(tmp_path / "killed.npy")
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(MEMMAP_CHILD), path, os.path.dirname(__file__)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        deadline = time.monotonic() + 120
-        while recorded(path) < 5:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-    finally:
-        proc.kill()
-        proc.wait()
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     done = recorded(path)
-    assert 5 <= done < 36, "the child was not killed mid-run"
+    assert 5 <= done <= 9  # at most 9 tiles ran before the kill
     mps, phi = problem(n=80)
     assert np.isnan(np.load(path)).any()
     tiles = Counting(monkeypatch, "kernel_block")
