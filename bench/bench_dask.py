@@ -42,13 +42,16 @@ LocalCluster's scheduler, and the workers): on a shared machine the CPU time tel
 where the wall time also tells the other users' load.  Every
 result is first checked against the engine's (``check_rel_err``: bit for bit expected for the
 tiles, ~1e-15 for the products).  One JSON line per measurement goes to ``--out``; a markdown
-table is printed at the end (``--summary FILE`` prints it for a results file).
+table is printed at the end (``--summary FILE`` prints it for a results file, ``--figure PNG``
+with it draws the tile sizes' ratios and the overhead per tile).
 
 Examples
 --------
 The configurations of bench/README.md::
 
     python bench/bench_dask.py --out bench/results/dask_cpu.jsonl
+    python bench/bench_dask.py --summary bench/results/dask_cpu.jsonl \
+        --figure bench/figures/cpu_dask_tiles.png
 """
 
 from __future__ import annotations
@@ -288,6 +291,12 @@ def _products_of(n, args, client, common, threads):
     return records
 
 
+def _cpu_overhead_per_tile(cluster, serial):
+    """CPU seconds per computed tile that the cluster (scheduler, client and workers) spent
+    beyond the same tiles computed one after another without Dask."""
+    return (cluster["cpu_s"] - serial["cpu_s"]) / serial["computed_tiles"]
+
+
 def summarize(records):
     """Markdown tables: tiles (one row per n and tile size) and products (one row per n); each
     cell is the median wall time, its ratio to the engine's, and the CPU time's ratio."""
@@ -300,8 +309,9 @@ def summarize(records):
     tiles = [r for r in records if r["bench"] == "tiles"]
     if tiles:
         lines += ["| n_samples | tile | tiles computed | engine | tiles, 1 thread, no Dask | "
-                  "threads | cluster | cluster, persisted | workers busy | Dask per tile |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "threads | cluster | cluster, persisted | workers busy | Dask per tile | "
+                  "Dask CPU per tile |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         groups = {}
         for r in tiles:
             groups.setdefault((r["date"], r["n_samples"]), {}).setdefault(r["tile"], {})[
@@ -316,7 +326,8 @@ def summarize(records):
                              f"{engine['median_s']:.3f} s ({engine['cpu_s']:.3f} s CPU) | "
                              f"{cell(g['tiles'])} | {cell(g['threads'])} | "
                              f"{cell(g['cluster'])} | {cell(p)} | {p['worker_busy_s']:.3f} s | "
-                             f"{p['dask_overhead_per_tile_s'] * 1e3:.1f} ms |")
+                             f"{p['dask_overhead_per_tile_s'] * 1e3:.1f} ms | "
+                             f"{_cpu_overhead_per_tile(p, g['tiles']) * 1e3:.1f} ms |")
     for r in records:
         if r["bench"] == "latency":
             lines.append(f"\nFixed cost of one graph on the cluster ({r['tool']}): "
@@ -336,6 +347,56 @@ def summarize(records):
     return "\n".join(lines)
 
 
+def figure(records, path):
+    """Two panels against the tile size: the wall and CPU time of each way of running the tiles
+    over the engine's (left), and Dask's overhead per tile next to the engine's time per tile
+    (right).  Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    tiles = [r for r in records if r["bench"] == "tiles"]
+    last = max(r["date"] for r in tiles)
+    tiles = [r for r in tiles if r["date"] == last]
+    n = max(r["n_samples"] for r in tiles)
+    tiles = [r for r in tiles if r["n_samples"] == n and r["tool"] != "engine"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = {"tiles": "tiles, no Dask", "threads": "threaded scheduler",
+              "cluster": "LocalCluster, gathered", "cluster_persist": "LocalCluster, persisted"}
+    for tool, label in labels.items():
+        rs = sorted((r for r in tiles if r["tool"] == tool), key=lambda r: r["tile"])
+        line, = left.plot([r["tile"] for r in rs], [r["ratio_to_engine"] for r in rs], "o-",
+                          label=f"{label}: wall")
+        left.plot([r["tile"] for r in rs], [r["cpu_ratio_to_engine"] for r in rs], "s--",
+                  color=line.get_color(), label=f"{label}: CPU")
+    left.axhline(1.0, color="grey", lw=0.8)
+    left.set(xscale="log", yscale="log", xlabel="tile (samples)", ylabel="time / engine's",
+             title=f"Θ(X, X), n = {n}: time over mn.ntk's")
+    left.legend(fontsize=7)
+    persist = sorted((r for r in tiles if r["tool"] == "cluster_persist"),
+                     key=lambda r: r["tile"])
+    serial = {r["tile"]: r for r in tiles if r["tool"] == "tiles"}
+    t = [r["tile"] for r in persist]
+    right.plot(t, [r["dask_overhead_per_tile_s"] * 1e3 for r in persist], "o-",
+               label="Dask's overhead per tile (cluster)")
+    right.plot(t, [_cpu_overhead_per_tile(r, serial[r["tile"]]) * 1e3 for r in persist], "o--",
+               label="Dask's CPU time per tile (cluster)")
+    right.plot(t, [serial[k]["cpu_s"] / serial[k]["computed_tiles"] * 1e3 for k in t], "s:",
+               label="engine CPU time per tile")
+    right.set(xscale="log", yscale="log", xlabel="tile (samples)", ylabel="ms per tile",
+              title="per tile")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(FixedLocator(t))
+        ax.xaxis.set_major_formatter(FixedFormatter([str(k) for k in t]))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -352,6 +413,8 @@ def _parse(argv):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="append JSON lines here")
     p.add_argument("--summary", default=None, help="print the tables of a results file and exit")
+    p.add_argument("--figure", default=None,
+                   help="with --summary: also draw the tiles of its latest run into this PNG")
     return p.parse_args(argv)
 
 
@@ -359,7 +422,10 @@ def main(argv=None):
     args = _parse(argv)
     if args.summary:
         with open(args.summary) as fh:
-            print(summarize([json.loads(line) for line in fh if line.strip()]))
+            records = [json.loads(line) for line in fh if line.strip()]
+        print(summarize(records))
+        if args.figure:
+            figure(records, args.figure)
         return 0
     from distributed import Client, LocalCluster
 
