@@ -573,3 +573,44 @@ def test_device_model_gives_device_blocks(md):
             md.ntk(dev, phi)
     assert relerr(got, mn.ntk(host, phi)) < 1e-12
     assert relerr(tv, mn.ntk_vp(host, phi, v)) < 1e-12
+
+
+def test_the_dask_benchmark_on_tiny_sizes(md, cluster, tmp_path):
+    """bench/bench_dask.py's code (never its timings): every way of running checks its result
+    against the engine's, and the tables and the figure come out of the records."""
+    from distributed import Client
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import bench_dask
+    finally:
+        sys.path.pop(0)
+    args = bench_dask._parse(["--n-samples", "20", "--tiles", "8", "32", "--vp-samples", "30",
+                              "--n-sites", "5", "--bond-dim", "3", "--warmup", "0",
+                              "--repeats", "1"])
+    common = dict(date="2026-01-01T00:00:00+00:00")
+    threads = mn.get_num_threads()
+    try:
+        with Client(cluster, set_as_default=False) as client:
+            records = bench_dask.bench_latency(args, client, common)
+            records += bench_dask.bench_tiles(args, client, common, 2)
+            records += bench_dask.bench_products(args, client, common, 2)
+    finally:
+        mn.set_num_threads(threads)
+    tiles = [r for r in records if r["bench"] == "tiles"]
+    assert sorted({r["tool"] for r in tiles}) == ["cluster", "cluster_persist", "engine",
+                                                   "threads", "tiles"]
+    assert {r["tile"] for r in tiles} == {8, 20}  # the tile of 32 > 20 samples is skipped
+    assert all(r["check_rel_err"] == 0.0 for r in tiles)  # the tiles bit for bit
+    persisted = next(r for r in tiles if r["tool"] == "cluster_persist")
+    assert persisted["computed_tiles"] == 6 and persisted["worker_busy_s"] > 0
+    products = [r for r in records if r["bench"] == "ntk_vp"]
+    assert [r["tool"] for r in products] == ["engine", "threads", "cluster"]
+    assert all(r["check_rel_err"] < 1e-12 for r in products)
+    assert [r["tool"] for r in records if r["bench"] == "latency"] == ["cluster_tile",
+                                                                        "cluster_matvec"]
+    table = bench_dask.summarize(records)
+    assert "| 20 | 8 | 6 |" in table and "| 30 |" in table
+    pytest.importorskip("matplotlib")
+    bench_dask.figure(records, tmp_path / "tiles.png")
+    assert (tmp_path / "tiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
