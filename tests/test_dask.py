@@ -308,14 +308,19 @@ def gated_tiles(flag, free):
 
 def test_a_worker_killed_mid_run_is_replaced_and_the_kernel_is_exact(md, cluster, tmp_path):
     """Each worker computes 3 tiles, then its tiles wait for a flag: the kill always finds
-    finished tiles in the victim and unfinished ones in the graph, however loaded the machine."""
+    finished tiles in the victim and unfinished ones in the graph, however loaded the machine.
+    The victim also held shards of a ShardedNTK: its product is the same bits afterwards."""
     from distributed import Client, futures_of
 
     mps, phi = problem(n=72, seed=3)
+    v = np.random.default_rng(12).standard_normal(72)
     flag = str(tmp_path / "go")
     with Client(cluster) as client:
         client.wait_for_workers(2)
         before = set(client.run(os.getpid).values())
+        op = md.ShardedNTK(mps, phi, shard_size=18)  # 4 shards, persisted in the workers
+        tv = op.matvec(v)
+        held = {a for s in client.who_has(futures_of(op._shards)).values() for a in s}
         client.run(gated_tiles, flag, 3)
         try:
             kernel = md.ntk(mps, phi, tile=8).persist()  # 45 tiles, 81 blocks
@@ -325,13 +330,17 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_kernel_is_exact(md, cluster
                 assert time.monotonic() < deadline, "the workers computed no tiles"
                 time.sleep(0.01)
             who = {k: tuple(v) for k, v in client.who_has(futures).items()}
-            victim = Counter(a for held in who.values() for a in held).most_common(1)[0][0]
-            only_there = [k for k, held in who.items() if held == (victim,)]
+            tiles_on = Counter(a for where in who.values() for a in where)
+            victim = max(held, key=lambda a: tiles_on[a])  # holds shards, and the most tiles
+            only_there = [k for k, where in who.items() if where == (victim,)]
             unfinished = sum(not f.done() for f in futures)
             os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
             Path(flag).touch()  # the surviving worker goes on; the new one is not gated
             got = kernel.compute()
             client.wait_for_workers(2)
+            # The victim's shards are rebuilt from their features: the same product, bit for bit.
+            assert np.array_equal(op.matvec(v), tv)
+            op.close()
         finally:
             Path(flag).touch()
             client.run(gated_tiles, None, 0)
