@@ -95,10 +95,15 @@ inline index_t born_offset(index_t row, index_t k, index_t K) {
   return panel_offset<double>(row, K) + row % Simd<double>::L + k * Simd<double>::L;
 }
 
-/// Zero rows r0 .. r1 - 1 of a packed operand of depth K.
+/// Zero rows r0 .. r1 - 1 of a packed operand of depth K (whole panels at once).
 inline void born_zero_rows(double* p, index_t r0, index_t r1, index_t K) {
-  for (index_t r = r0; r < r1; ++r)
-    for (index_t k = 0; k < K; ++k) *born_at(p, r, k, K) = 0.0;
+  constexpr int L = Simd<double>::L;
+  for (; r0 < r1 && r0 % L; ++r0)
+    for (index_t k = 0; k < K; ++k) *born_at(p, r0, k, K) = 0.0;
+  const index_t whole = r0 + (r1 - r0) / L * L;
+  std::fill(p + panel_offset<double>(r0, K), p + panel_offset<double>(whole, K), 0.0);
+  for (r0 = whole; r0 < r1; ++r0)
+    for (index_t k = 0; k < K; ++k) *born_at(p, r0, k, K) = 0.0;
 }
 
 /// Copy a matrix into rows r0 .. r0 + n_rows - 1 (r0 a multiple of L) and depths k0 .. k0 + nk - 1
@@ -114,8 +119,14 @@ inline void born_pack(double* dst, index_t K, index_t r0, index_t n_rows, index_
     const double* s = src + p * rs;
     if (p + L <= n_rows && rs == 1) {
       for (index_t k = 0; k < nk; ++k) S::store(d + k * L, S::load(s + k * ks));
+    } else if (p + L <= n_rows) {
+      for (index_t k = 0; k < nk; ++k) {
+        born_vec v;
+        for (int l = 0; l < L; ++l) v[l] = s[l * rs + k * ks];
+        S::store(d + k * L, v);
+      }
     } else {
-      const int nl = static_cast<int>(std::min<index_t>(L, n_rows - p));
+      const int nl = static_cast<int>(n_rows - p);
       for (index_t k = 0; k < nk; ++k) {
         born_vec v = S::splat(0.0);
         for (int l = 0; l < nl; ++l) v[l] = s[l * rs + k * ks];
@@ -126,28 +137,29 @@ inline void born_pack(double* dst, index_t K, index_t r0, index_t n_rows, index_
 }
 
 /// Channels of the doubled boundary: open chains have one; periodic chains D_0^2 pairs
-/// (alpha, alpha'), of which the stored ones are alpha <= alpha' (row-major).
+/// (alpha, alpha'), of which the stored ones are alpha <= alpha' (row-major).  The gradient
+/// walks all D_0^2, each stored channel followed by its mirror (the same matrices, transposed),
+/// so that both read them while they are in cache.
 struct DoubledChannels {
   index_t D0 = 1;
   bool periodic = false;
   std::vector<index_t> first, second;  ///< stored channel u = (first[u], second[u])
   std::vector<index_t> index;          ///< D0 x D0: stored channel of (alpha, alpha') or of its mirror
+  std::vector<index_t> walk;           ///< all channels in gradient order: 2 u, or 2 u + 1 for u's mirror
 
   explicit DoubledChannels(index_t d0, bool pbc) : D0(pbc ? d0 : 1), periodic(pbc) {
     index.assign(D0 * D0, 0);
     for (index_t a = 0; a < D0; ++a)
       for (index_t b = a; b < D0; ++b) {
-        index[a * D0 + b] = index[b * D0 + a] = static_cast<index_t>(first.size());
+        const index_t u = static_cast<index_t>(first.size());
+        index[a * D0 + b] = index[b * D0 + a] = u;
         first.push_back(a), second.push_back(b);
+        walk.push_back(2 * u);
+        if (b != a) walk.push_back(2 * u + 1);
       }
   }
   index_t stored() const { return static_cast<index_t>(first.size()); }
   index_t all() const { return D0 * D0; }
-  /// Channel v = alpha * D0 + alpha' of all D0^2: its stored channel, transposed when alpha > alpha'.
-  index_t stored_of(index_t v, bool* transposed) const {
-    *transposed = v / D0 > v % D0;
-    return index[v];
-  }
 };
 
 /// The units of parallel work of a channel loop: `groups` ranges of consecutive channels, each
@@ -279,8 +291,8 @@ inline void doubled_gradient(const DoubledSite& st, const DoubledChannels& chs, 
       double *pp = ws.p.data(), *sp = ws.s.data();
       // P_v: rows (c, k) at c * Dlp + k (zero for k >= Dl), depth k'; S_v: rows b, depth (c, b')
       for (index_t c = 0; c < m; ++c) {
-        bool tr = false;
-        const index_t u = chs.stored_of(c0 + c, &tr);
+        const index_t u = chs.walk[c0 + c] / 2;
+        const bool tr = chs.walk[c0 + c] % 2;
         const double* Pu = P + u * Dl * Dl;
         const double* Su = S + u * Dr * Dr;
         born_pack(pp, Dl, c * Dlp, Dl, 0, Dl, Pu, tr ? 1 : Dl, tr ? Dl : 1);
@@ -308,25 +320,24 @@ inline void doubled_gradient(const DoubledSite& st, const DoubledChannels& chs, 
     for (index_t e = 0; e < Dr * ld; ++e) gt[e] += partial[g * Dr * ld + e];
 }
 
-inline void normalise_slot(std::vector<double>& v, double& lg) {
+inline void normalise_slot(double* v, index_t n, double& lg) {
   double m = 0;
-  for (double x : v) m = std::max(m, std::abs(x));
+  for (index_t e = 0; e < n; ++e) m = std::max(m, std::abs(v[e]));
   const double f = tile::pow2_normaliser<double>(m, &lg);
   if (f != 1.0)
-    for (double& x : v) x *= f;
+    for (index_t e = 0; e < n; ++e) v[e] *= f;
 }
 
 /// The first slot of a sweep: stored channel (alpha, alpha') holds e_alpha e_alpha'^T (D0 x D0).
-inline std::vector<double> doubled_identity(const DoubledChannels& chs) {
+inline void doubled_identity(const DoubledChannels& chs, double* v) {
   const index_t D0 = chs.D0;
-  std::vector<double> v(chs.stored() * D0 * D0, 0.0);
+  std::fill(v, v + chs.stored() * D0 * D0, 0.0);
   for (index_t u = 0; u < chs.stored(); ++u) v[u * D0 * D0 + chs.first[u] * D0 + chs.second[u]] = 1.0;
-  return v;
 }
 
 /// Z up to the slot's scale: the sum over all channels (alpha, alpha') of entry (alpha, alpha')
 /// of the last slot (D0 x D0 per channel); a stored channel alpha < alpha' stands for two.
-inline double doubled_trace(const std::vector<double>& slot, const DoubledChannels& chs) {
+inline double doubled_trace(const double* slot, const DoubledChannels& chs) {
   const index_t D0 = chs.D0;
   double t = 0;
   for (index_t u = 0; u < chs.stored(); ++u)
@@ -339,22 +350,32 @@ DoubledChannels doubled_channels(const ChainView<T>& ch) {
   return DoubledChannels(ch.bond[0], ch.boundary == Boundary::periodic);
 }
 
-/// Right doubled slots 0..N of the stored channels (slot j: D_j x D_j per channel) and their log-scales.
+/// The right doubled slots 0..N of the stored channels (slot j: D_j x D_j per channel) in one
+/// buffer, with their log-scales.
+struct DoubledSlots {
+  buffer<double> data;
+  std::vector<index_t> offset;
+  std::vector<double> log_scale;
+  double* slot(index_t j) { return data.data() + offset[j]; }
+};
+
 template <class T>
-void doubled_right_sweep(const ChainView<T>& ch, const double* w, const DoubledChannels& chs,
-                         std::vector<std::vector<double>>& slots, std::vector<double>& log_scale) {
+DoubledSlots doubled_right_sweep(const ChainView<T>& ch, const double* w, const DoubledChannels& chs) {
   const index_t N = ch.n_sites, d = ch.phys_dim, h = chs.stored();
-  slots.assign(N + 1, {});
-  log_scale.assign(N + 1, 0.0);
-  slots[N] = doubled_identity(chs);
+  DoubledSlots r;
+  r.offset.assign(N + 2, 0);
+  for (index_t j = 0; j <= N; ++j) r.offset[j + 1] = r.offset[j] + h * ch.bond[j] * ch.bond[j];
+  r.data.resize(r.offset[N + 1]);
+  r.log_scale.assign(N + 1, 0.0);
+  doubled_identity(chs, r.slot(N));
   for (index_t j = N - 1; j >= 0; --j) {
     const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
     const DoubledSite st = doubled_site<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, false);
-    slots[j].resize(h * Dl * Dl);
-    doubled_step(st, h, slots[j + 1].data(), slots[j].data());
-    log_scale[j] = log_scale[j + 1];
-    normalise_slot(slots[j], log_scale[j]);
+    doubled_step(st, h, r.slot(j + 1), r.slot(j));
+    r.log_scale[j] = r.log_scale[j + 1];
+    normalise_slot(r.slot(j), h * Dl * Dl, r.log_scale[j]);
   }
+  return r;
 }
 
 /// log Z, and optionally d log Z / d W_j for every core (grads may be nullptr).  The left sweep
@@ -365,27 +386,28 @@ double log_partition_impl(const ChainView<T>& ch, const double* w, T* const* gra
   const bool want_grad = grads != nullptr;
   const DoubledChannels chs = doubled_channels(ch);
   const index_t N = ch.n_sites, d = ch.phys_dim, h = chs.stored();
-  std::vector<std::vector<double>> right;
-  std::vector<double> right_log;
-  if (want_grad) doubled_right_sweep(ch, w, chs, right, right_log);
-  std::vector<std::vector<double>> gsum(want_grad ? N : 0);  // G^T per site, (D_{j+1}, d D_j)
+  DoubledSlots right;
+  if (want_grad) right = doubled_right_sweep(ch, w, chs);
+  std::vector<buffer<double>> gsum(want_grad ? N : 0);  // G^T per site, (D_{j+1}, d D_j)
   std::vector<double> glog(want_grad ? N : 0);
-  std::vector<double> cur = doubled_identity(chs), next;
+  index_t largest = 0;
+  for (index_t j = 0; j <= N; ++j) largest = std::max(largest, h * ch.bond[j] * ch.bond[j]);
+  buffer<double> cur(largest), next(largest);
+  doubled_identity(chs, cur.data());
   double lg = 0;
   for (index_t j = 0; j < N; ++j) {
     const index_t Dl = ch.bond[j], Dr = ch.bond[j + 1];
     const DoubledSite st = doubled_site<T>(ch.cores[j], ch.scales[j], d, Dl, Dr, w, true);
     if (want_grad) {
       gsum[j].resize(Dr * d * Dl);
-      doubled_gradient(st, chs, cur.data(), right[j + 1].data(), gsum[j].data());
-      glog[j] = lg + right_log[j + 1];
+      doubled_gradient(st, chs, cur.data(), right.slot(j + 1), gsum[j].data());
+      glog[j] = lg + right.log_scale[j + 1];
     }
-    next.resize(h * Dr * Dr);
     doubled_step(st, h, cur.data(), next.data());
-    normalise_slot(next, lg);
+    normalise_slot(next.data(), h * Dr * Dr, lg);
     std::swap(cur, next);
   }
-  const double ztr = doubled_trace(cur, chs);
+  const double ztr = doubled_trace(cur.data(), chs);
   MPSNTK_EXPECTS(ztr > 0, "the MPS has Z = 0 (all amplitudes vanish)");
   const double logz = std::log(ztr) + lg;
   if (!want_grad) return logz;
@@ -409,17 +431,19 @@ template <class T>
 void doubled_right_impl(const ChainView<T>& ch, const double* w, std::vector<std::vector<double>>& slots,
                         std::vector<double>& log_scale) {
   const DoubledChannels chs = doubled_channels(ch);
-  doubled_right_sweep(ch, w, chs, slots, log_scale);
-  if (!chs.periodic) return;
+  DoubledSlots right = doubled_right_sweep(ch, w, chs);
+  slots.assign(ch.n_sites + 1, {});
   for (index_t j = 0; j <= ch.n_sites; ++j) {
     const index_t D = ch.bond[j], D2 = D * D;
-    std::vector<double> full(chs.all() * D2);
-    for (index_t v = 0; v < chs.all(); ++v) {
-      bool tr = false;
-      const double* src = slots[j].data() + chs.stored_of(v, &tr) * D2;
-      for (index_t a = 0; a < D; ++a)
-        for (index_t b = 0; b < D; ++b) full[v * D2 + a * D + b] = tr ? src[b * D + a] : src[a * D + b];
-    }
-    slots[j] = std::move(full);
+    slots[j].resize(chs.all() * D2);
+    for (index_t a = 0; a < chs.D0; ++a)
+      for (index_t a2 = 0; a2 < chs.D0; ++a2) {
+        const bool tr = a > a2;  // the mirror of a stored channel
+        const double* src = right.slot(j) + chs.index[a * chs.D0 + a2] * D2;
+        double* dst = slots[j].data() + (a * chs.D0 + a2) * D2;
+        for (index_t r = 0; r < D; ++r)
+          for (index_t c = 0; c < D; ++c) dst[r * D + c] = tr ? src[c * D + r] : src[r * D + c];
+      }
   }
+  log_scale = std::move(right.log_scale);
 }
