@@ -215,12 +215,18 @@ DoubledSite doubled_site(const T* core, double c, index_t d, index_t Dl, index_t
   auto B = [&](index_t s, index_t i, index_t o) {  // B_s[i][o]
     return static_cast<double>(to_right ? core[(s * Dl + i) * Dr + o] : core[(s * Dl + o) * Dr + i]);
   };
+  const index_t K2 = d * din;
   st.b.resize(round_up(d * dp, Simd<double>::PAD) * din);
-  pack_elems<double>(
-      d * dp, din, [&](index_t r, index_t i) { return r % dp < dout ? B(r / dp, i, r % dp) : 0.0; }, st.b.data());
-  st.bw.resize(round_up(dout, Simd<double>::PAD) * d * din);
-  pack_elems<double>(
-      dout, d * din, [&](index_t o, index_t k) { return w[k / din] * c * c * B(k / din, k % din, o); }, st.bw.data());
+  st.bw.resize(round_up(dout, Simd<double>::PAD) * K2);
+  for (index_t s = 0; s < d; ++s) {
+    const double ws = w[s] * c * c;
+    for (index_t o = 0; o < dp; ++o)
+      for (index_t i = 0; i < din; ++i) *born_at(st.b.data(), s * dp + o, i, din) = o < dout ? B(s, i, o) : 0.0;
+    for (index_t o = 0; o < dout; ++o)
+      for (index_t i = 0; i < din; ++i) *born_at(st.bw.data(), o, s * din + i, K2) = ws * B(s, i, o);
+  }
+  born_zero_rows(st.b.data(), d * dp, round_up(d * dp, Simd<double>::PAD), din);
+  born_zero_rows(st.bw.data(), dout, round_up(dout, Simd<double>::PAD), K2);
   return st;
 }
 
