@@ -61,7 +61,8 @@ struct BornOut {
 
 /// out(i, j) of (packed a: M x K) (packed b: N x K)^T for i < M, j < N, into `out` (columns
 /// past N are never mapped).  With `upper`, micro-tiles wholly below the diagonal (every j < i)
-/// are skipped.  Threaded over row blocks when `threaded` and the product is large.
+/// are skipped.  Threaded over row blocks when `threaded` and the product is large, handed out
+/// one at a time: on a loaded machine a descheduled thread's blocks go to the others.
 inline void born_gemm(index_t M, index_t N, index_t K, const double* a, const double* b, bool threaded, bool upper,
                       const BornOut& out) {
   using S = Simd<double>;
@@ -80,7 +81,7 @@ inline void born_gemm(index_t M, index_t N, index_t K, const double* a, const do
     return;
   }
   Region region;
-#pragma omp parallel for schedule(static, 1) num_threads(region.threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(region.threads())
   for (index_t p = 0; p < mt; ++p) region.run([&] { row_block(p); });
   region.finish();
 }
@@ -327,8 +328,14 @@ inline void doubled_gradient(const DoubledSite& st, const DoubledChannels& chs, 
 }
 
 inline void normalise_slot(double* v, index_t n, double& lg) {
+  constexpr int L = Simd<double>::L;
+  double lanes[L] = {};  // one running maximum per lane: a vector max, no serial reduction
+  index_t e = 0;
+  for (; e + L <= n; e += L)
+    for (int l = 0; l < L; ++l) lanes[l] = std::max(lanes[l], std::abs(v[e + l]));
   double m = 0;
-  for (index_t e = 0; e < n; ++e) m = std::max(m, std::abs(v[e]));
+  for (int l = 0; l < L; ++l) m = std::max(m, lanes[l]);
+  for (; e < n; ++e) m = std::max(m, std::abs(v[e]));
   const double f = tile::pow2_normaliser<double>(m, &lg);
   if (f != 1.0)
     for (index_t e = 0; e < n; ++e) v[e] *= f;
