@@ -42,9 +42,9 @@ import numpy as np
 
 from ._validate import (
     _as_site_vector,
+    _check_array_fits,
     _check_bool,
     _check_choice,
-    _check_fits,
     _check_int,
     _check_positive_float,
     _describe,
@@ -860,7 +860,8 @@ def born_frozen_kernel(theta, psi_0, counts, learning_rate, n_steps, loss="sum",
     logged = list(range(0, n_steps + 1, log_every))
     if logged[-1] != n_steps:
         logged.append(n_steps)
-    _check_fits(2 * len(logged) * n_conf * 8, "the logged Born trajectory", "increase log_every")
+    _check_array_fits((2, len(logged), n_conf), np.float64, "the logged Born trajectory",
+                      "increase log_every")
     steps = np.asarray(logged, dtype=np.int64)
     psi_log = np.empty((len(logged), n_conf))
     z_log = np.empty(len(logged))
