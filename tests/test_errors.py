@@ -878,3 +878,143 @@ def test_set_num_threads_rejects_bad_counts():
         mn.set_num_threads(0)
     with pytest.raises(TypeError, match=r"n_threads must be an integer >= 1"):
         mn.set_num_threads(2.0)
+
+
+# --------------------------------------------------------------------------- one validation layer
+# The same bad seed or configuration gives the same exception, naming the argument, in every
+# public function that takes one.
+
+
+def _seeded_calls():
+    from mpsntk import born, compare, datasets, diagnostics, repro
+    from mpsntk._reference import random_model
+    from mpsntk.train import max_ntk_eigenvalue
+
+    phi = mn.features.trig(np.random.default_rng(0).uniform(size=(6, N_SITES)))
+    y = np.linspace(-1.0, 1.0, 6)
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    # (id, call taking the seed, the argument's name, needs scikit-learn)
+    return [
+        ("MPS.random", lambda s: mn.MPS.random(N_SITES, 3, seed=s), "seed", False),
+        ("born.sample", lambda s: born.sample(mps, 4, seed=s), "seed", False),
+        ("train", lambda s: mn.train(mps, phi, y, learning_rate=0.1, n_steps=1, seed=s),
+         "seed", False),
+        ("max_ntk_eigenvalue", lambda s: max_ntk_eigenvalue(mps, phi, seed=s), "seed", False),
+        ("datasets.parity", lambda s: datasets.parity(3, n_samples=4, seed=s), "seed", False),
+        ("datasets.random_patterns", lambda s: datasets.random_patterns(3, 2, seed=s), "seed",
+         False),
+        ("datasets.load_digits", lambda s: datasets.load_digits(seed=s), "seed", True),
+        ("datasets.load_diabetes", lambda s: datasets.load_diabetes(seed=s), "seed", True),
+        ("kernel_statistics", lambda s: diagnostics.kernel_statistics(phi, 2, 2, seed=s),
+         "seed", False),
+        ("fluctuation_scaling", lambda s: diagnostics.fluctuation_scaling(phi, [2, 3], 2, seed=s),
+         "seed", False),
+        ("output_kurtosis", lambda s: diagnostics.output_kurtosis(phi, 2, 2, seed=s), "seed",
+         False),
+        ("dyson_scaling", lambda s: diagnostics.dyson_scaling(
+            mps, phi, y, label_noise=0.1, duration=10.0, burn_in=1.0, sample_every=1.0, seed=s),
+         "seed", False),
+        ("compare_mse", lambda s: compare.compare_mse(
+            mps, phi, y, learning_rate=0.1, n_steps=1, seed=s), "seed", False),
+        ("repro.run", lambda s: repro.run([], out="unused", seed=s, verbose=False), "seed",
+         False),
+        ("random_model", lambda s: random_model(N_SITES, 2, 3, rng=s), "rng", False),
+    ]
+
+
+SEEDED_CALLS = _seeded_calls()
+BAD_SEEDS = [
+    ("negative", -1, ValueError),
+    ("negative-numpy", np.int64(-3), ValueError),
+    ("str", "abc", TypeError),
+    ("float", 1.5, TypeError),
+    ("bool", True, TypeError),
+    ("list", [1, 2], TypeError),
+]
+
+
+@pytest.mark.parametrize("bad, exc", [c[1:] for c in BAD_SEEDS], ids=[c[0] for c in BAD_SEEDS])
+@pytest.mark.parametrize("call, name, sklearn", [c[1:] for c in SEEDED_CALLS],
+                         ids=[c[0] for c in SEEDED_CALLS])
+def test_bad_seed_is_the_same_error_everywhere(call, name, sklearn, bad, exc, tmp_path,
+                                               monkeypatch):
+    if sklearn:
+        pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not in the tree
+    with pytest.raises(exc, match=rf"^{name} must be "):
+        call(bad)
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_generator_seed_is_accepted_where_generators_are():
+    """None, an int, a numpy integer, a Generator, a SeedSequence: the same model for equal
+    seeds (a Generator's stream continues; it is not re-seeded)."""
+    ref = mn.MPS.random(N_SITES, 3, seed=7).cores
+    for seed in (7, np.int64(7), np.random.SeedSequence(7), np.random.default_rng(7)):
+        for a, b in zip(mn.MPS.random(N_SITES, 3, seed=seed).cores, ref):
+            np.testing.assert_array_equal(a, b)
+    gen = np.random.default_rng(7)
+    mn.MPS.random(N_SITES, 3, seed=gen)
+    again = mn.MPS.random(N_SITES, 3, seed=gen).cores[0]
+    assert not np.array_equal(again, ref[0])
+
+
+def _configuration_calls():
+    from mpsntk import born, compare, datasets
+
+    mps = mn.MPS.random(N_SITES, 2, seed=0)
+    # (id, call taking the configurations, the argument's name)
+    return [
+        ("born.log_probabilities", lambda x: born.log_probabilities(mps, x), "x"),
+        ("born.nll", lambda x: born.nll(mps, x), "x"),
+        ("born.nll_grad", lambda x: born.nll_grad(mps, x), "x"),
+        ("configuration_index", lambda x: datasets.configuration_index(x), "x"),
+        ("configuration_counts", lambda x: datasets.configuration_counts(x), "x"),
+        ("train-born", lambda x: mn.train(mps, x, loss="born_nll", learning_rate=0.1,
+                                          n_steps=1), "phi"),
+        ("train-born-probe", lambda x: mn.train(mps, np.zeros((2, N_SITES), dtype=int),
+                                                loss="born_nll", learning_rate=0.1, n_steps=1,
+                                                probe=x), "probe"),
+        ("compare_born", lambda x: compare.compare_born(mps, x, learning_rate=0.1, n_steps=1),
+         "data"),
+    ]
+
+
+CONFIGURATION_CALLS = _configuration_calls()
+BAD_CONFIGURATIONS = [
+    ("non-integer", np.array([[0.5, 1, 1, 0]]), ValueError, "must contain integers"),
+    ("nan", np.array([[np.nan, 1, 1, 0]]), ValueError, "must contain integers"),
+    ("out-of-range", np.array([[0, 1, 2, 0]]), ValueError, r"must take values in \{0, ..., 1\}"),
+    ("negative", np.array([[0, -1, 1, 0]]), ValueError, r"must take values in \{0, ..., 1\}"),
+    ("1-D", np.array([0, 1, 1, 0]), ValueError, "2-D array"),
+    ("empty", np.zeros((0, N_SITES), dtype=int), ValueError, "non-empty"),
+    ("strings", np.array([["0", "1", "1", "0"]]), TypeError, "integer array"),
+    ("complex", np.array([[0j, 1, 1, 0]]), TypeError, "integer array"),
+]
+
+
+@pytest.mark.parametrize("bad, exc, match", [c[1:] for c in BAD_CONFIGURATIONS],
+                         ids=[c[0] for c in BAD_CONFIGURATIONS])
+@pytest.mark.parametrize("call, name", [c[1:] for c in CONFIGURATION_CALLS],
+                         ids=[c[0] for c in CONFIGURATION_CALLS])
+def test_bad_configurations_are_the_same_error_everywhere(call, name, bad, exc, match):
+    with pytest.raises(exc, match=rf"^{name} {match}|^{name} must .*{match}"):
+        call(bad)
+
+
+@pytest.mark.parametrize("call, name", [c[1:] for c in CONFIGURATION_CALLS[:3]]
+                         + [c[1:] for c in CONFIGURATION_CALLS[5:]],
+                         ids=[c[0] for c in CONFIGURATION_CALLS[:3]]
+                         + [c[0] for c in CONFIGURATION_CALLS[5:]])
+def test_configurations_of_another_length_than_the_model_are_rejected(call, name):
+    with pytest.raises(ValueError, match=rf"^{name} must have shape \(n_samples, n_sites=4\)"):
+        call(np.zeros((2, N_SITES + 1), dtype=int))
+
+
+def test_configurations_accept_bools_and_integral_floats():
+    from mpsntk import datasets
+
+    x = np.array([[0, 1, 1, 0], [1, 0, 0, 1]])
+    for same in (x.astype(bool), x.astype(np.float32), x.astype(np.uint8)):
+        np.testing.assert_array_equal(datasets.configuration_index(same),
+                                      datasets.configuration_index(x))

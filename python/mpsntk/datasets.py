@@ -483,9 +483,9 @@ def _minmax(x_train, x_test, clip):
     return scaled_train, scaled_test
 
 
-def _split(x, y, n_train, n_test, seed):
+def _split(x, y, n_train, n_test, rng):
     """Random train/test split of rows."""
-    order = _check_seed(seed).permutation(x.shape[0])
+    order = rng.permutation(x.shape[0])
     train, test = order[:n_train], order[n_train : n_train + n_test]
     return x[train], y[train], x[test], y[test]
 
@@ -531,6 +531,7 @@ def load_digits(n_train=None, n_test=None, seed=0, classes=None, pool=1, clip=Tr
         If an argument has the wrong type or is out of range.
     """
     datasets = _import_sklearn_datasets("load_digits")
+    rng = _check_seed(seed)
     pool = _check_int(pool, "pool", 1)
     if pool not in (1, 2, 4, 8):
         raise ValueError(f"pool must be one of 1, 2, 4, 8; got {pool}")
@@ -555,7 +556,7 @@ def load_digits(n_train=None, n_test=None, seed=0, classes=None, pool=1, clip=Tr
         side = 8 // pool
         x = x.reshape(-1, side, pool, side, pool).mean(axis=(2, 4)).reshape(-1, side * side)
     n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
-    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, seed)
+    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, rng)
     x_tr, x_te = _minmax(x_tr, x_te, clip)
     return SplitDataset(x_tr, y_tr, x_te, y_te, "trig", n_classes)
 
@@ -592,12 +593,13 @@ def load_diabetes(n_train=None, n_test=None, seed=0, standardize_y=True, clip=Tr
         If an argument has the wrong type or is out of range.
     """
     datasets = _import_sklearn_datasets("load_diabetes")
+    rng = _check_seed(seed)
     standardize_y = _check_bool(standardize_y, "standardize_y")
     clip = _check_bool(clip, "clip")
     data = datasets.load_diabetes()
     x, y = data.data.astype(np.float64), data.target.astype(np.float64)
     n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
-    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, seed)
+    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, rng)
     x_tr, x_te = _minmax(x_tr, x_te, clip)
     if standardize_y:
         mean, std = y_tr.mean(), y_tr.std()
