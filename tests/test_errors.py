@@ -691,14 +691,37 @@ def test_to_device_without_cupy_says_so(model, monkeypatch):
 
 
 def test_import_does_not_initialise_cuda():
-    """A process that has initialised CUDA cannot use it in the children it forks."""
+    """A process that has initialised CUDA cannot use it in the children it forks.
+
+    The child imports mpsntk (and every public module) with a stand-in CUDA extension that
+    records what is asked of it, so the check bites in every build -- with or without CUDA, with
+    or without a GPU: importing asks the driver nothing; the first ``cuda_available()`` does."""
     import subprocess
     import sys
 
-    code = ("import mpsntk._backend as b, mpsntk\n"
-            "print(b._cuda is None or b._cuda_reason is b._UNRESOLVED)")
+    code = """if True:
+        import sys, types
+        asked = []
+
+        class Recorder(types.ModuleType):
+            def _set_error_class(self, cls):
+                pass
+
+            def __getattr__(self, name):
+                if name.startswith("__"):
+                    raise AttributeError(name)
+                asked.append(name)
+                return lambda *args: 0  # device_count() == 0: no usable GPU
+
+        sys.modules["mpsntk._cuda"] = Recorder("mpsntk._cuda")
+        import mpsntk, mpsntk.diagnostics, mpsntk.repro, mpsntk.compare, mpsntk._device
+        import mpsntk._backend as b
+        assert b._cuda is sys.modules["mpsntk._cuda"], "the stand-in was not used"
+        print("import:", asked, b._cuda_reason is b._UNRESOLVED)
+        print("first use:", mpsntk.cuda_available(), "device_count" in asked)
+    """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert out.stdout.split("\n")[:2] == ["import: [] True", "first use: False True"], out.stdout
 
 
 def test_available_memory_counts_reclaimable_cache(tmp_path):
