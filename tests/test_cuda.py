@@ -13,6 +13,7 @@ kernels, launches, workspaces, array routing and the device paths of the Python 
 
 from __future__ import annotations
 
+import cases
 import numpy as np
 import pytest
 
@@ -26,16 +27,7 @@ ON_GPU, cp = sim_cupy.device_tests()
 pytestmark = pytest.mark.usefixtures("device_engine")
 
 
-MODELS = [
-    ((1, 3, 5, 7, 2, 1), "open", None, 1),
-    ((1, 1, 1, 1), "open", None, 1),
-    ((1, 6, 3, 9, 4, 1), "open", 2, 3),
-    ((3, 2, 5, 3), "periodic", None, 1),
-    ((2, 3, 2, 5, 2), "periodic", 1, 3),
-    ((1, 70, 66, 1), "open", 1, 2),  # wider than a 64-column tile
-    ((1, 16, 32, 8, 1), "open", 2, 2),  # Gram depths that fill whole chunks of 16
-    ((4, 4, 8, 4), "periodic", None, 1),  # and their periodic products Dl * Dr
-]
+MODELS = cases.DEVICE
 
 
 def _pair(spec, dtype, seed=0):
@@ -46,7 +38,7 @@ def _pair(spec, dtype, seed=0):
     return rng, host, host.to_device()
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n1,n2", [(1, 1), (63, 65), (130, 7)])
 def test_ntk_device_matches_host_and_oracle(spec, dtype, n1, n2):
@@ -70,7 +62,7 @@ def test_ntk_device_matches_host_and_oracle(spec, dtype, n1, n2):
         assert relerr(got, oracle) < tol
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
     rng, host, dev = _pair(spec, dtype, seed=1)
@@ -89,7 +81,7 @@ def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
     assert relerr(mn.ntk_vp(dev, dphi, cp.asarray(v)).get(), mn.ntk_vp(host, phi, v)) < tol
 
 
-@pytest.mark.parametrize("spec", MODELS[:5])
+@pytest.mark.parametrize("spec", MODELS[:5], ids=MODELS[:5].ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_normalised_vjp_jvp_ntk_vp_on_device(spec, dtype):
     """Far below the dtype's range (every scale times alpha): the device, like the host, raises

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 
+import cases
 import numpy as np
 import pytest
 
@@ -29,7 +30,7 @@ if SIM is None:  # pragma: no cover - the simulator is built on POSIX systems
     pytest.skip("mpsntk was built without the SIMT simulator", allow_module_level=True)
 
 # multi-output open and periodic chains: every kernel and branch of the engine
-MODELS = [((1, 6, 3, 9, 4, 1), "open", 2, 3), ((2, 3, 2, 5, 2), "periodic", 1, 3)]
+MODELS = cases.SIMULATOR
 
 
 def _model(spec, dtype, seed=0):
@@ -51,7 +52,7 @@ def sim_ntk(mps, phi1, phi2=None, outputs="trace", per_site=False, tf32=False):
                    tf32)[0]
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 def test_other_schedules_change_no_bit(spec, monkeypatch):
     """A race between threads (or blocks) would make the result depend on their order."""
     rng, mps = _model(spec, np.float64, seed=5)

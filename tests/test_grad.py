@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cases
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,12 +13,7 @@ from mpsntk import _reference as ref
 
 from conftest import random_features, random_model, relerr
 
-SPECS = [
-    ((1, 3, 4, 2, 1), "open", None, 1),
-    ((1, 5, 3, 7, 4, 1), "open", 2, 3),
-    ((3, 2, 4, 3), "periodic", None, 1),
-    ((2, 3, 2, 4, 2), "periodic", 3, 2),
-]
+SPECS = cases.GRAD
 
 
 def _model(rng, spec, dtype=np.float64):
@@ -27,7 +23,7 @@ def _model(rng, spec, dtype=np.float64):
     )
 
 
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", SPECS, ids=SPECS.ids)
 def test_jacobian_matches_oracle_and_finite_differences(spec, isa):
     rng = np.random.default_rng(10)
     mps = _model(rng, spec)
@@ -37,7 +33,7 @@ def test_jacobian_matches_oracle_and_finite_differences(spec, isa):
     assert relerr(J, ref.finite_difference_jacobian(mps, phi, eps=1e-5)) < 1e-8
 
 
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", SPECS, ids=SPECS.ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_vjp_jvp_match_oracle(spec, dtype, isa):
     rng = np.random.default_rng(11)
