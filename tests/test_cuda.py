@@ -166,16 +166,33 @@ def test_long_chain_normalized_on_device():
     assert relerr(t_d.get(), t_h) < 1e-12
 
 
-def test_non_default_stream_and_no_host_round_trip():
+def test_non_default_stream_and_no_host_round_trip(monkeypatch):
+    """Work goes to the current stream and the data stay on the device.  On a GPU a launch on
+    another stream than the caller's would be read before it finished; the simulator runs each
+    kernel at its launch, so there the test asks the simulator which streams the launches named,
+    and refuses every device-to-host copy during the call."""
     _, host, dev = _pair(MODELS[0], np.float64, seed=2)
     phi = cp.asarray(random_features(np.random.default_rng(5), 200, host.n_sites, 3))
+    want = mn.ntk(host, phi.get())
     # the copies above ran on the null stream, which a non-blocking stream does not wait for
     cp.cuda.get_current_stream().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
+    if not ON_GPU:
+        mn._backend._cuda.streams_used()  # forget earlier work
+
+        def no_copy(*args, **kwargs):
+            raise AssertionError("a device array was copied to the host")
+
+        monkeypatch.setattr(sim_cupy.ndarray, "get", no_copy)
+        monkeypatch.setattr(sim_cupy, "asnumpy", no_copy)
     with stream:
         got = mn.ntk(dev, phi)
     stream.synchronize()
-    assert relerr(got.get(), mn.ntk(host, phi.get())) < 1e-12
+    assert isinstance(got, cp.ndarray)
+    if not ON_GPU:
+        assert stream.ptr != 0 and mn._backend._cuda.streams_used() == [stream.ptr]
+        monkeypatch.undo()
+    assert relerr(got.get(), want) < 1e-12
 
 
 @pytest.mark.parametrize("spec", [MODELS[0], MODELS[2], MODELS[4]])
