@@ -64,6 +64,20 @@ def random_model(
     )
 
 
+def assert_same_model(a, b):
+    assert type(b) is mn.MPS
+    assert len(a.cores) == len(b.cores)
+    for ca, cb in zip(a.cores, b.cores):
+        assert ca.dtype == cb.dtype and ca.shape == cb.shape
+        assert ca.tobytes() == cb.tobytes()  # bitwise
+    assert a.scales.tobytes() == b.scales.tobytes()
+    assert a.site_lr.tobytes() == b.site_lr.tobytes()
+    assert (a.boundary, a.output_site, a.parametrization) == \
+        (b.boundary, b.output_site, b.parametrization)
+    assert (a.n_sites, a.phys_dim, a.n_outputs, a.bond_dims, a.dtype, a.n_params) == \
+        (b.n_sites, b.phys_dim, b.n_outputs, b.bond_dims, b.dtype, b.n_params)
+
+
 class DLPackOnly:
     """An array that speaks only DLPack (no ``__array__``, no ``__cuda_array_interface__``),
     as JAX arrays do; on the host or a device, wherever the wrapped array lives."""

@@ -628,41 +628,6 @@ def test_device_array_mixed_with_host_array(model, phi):
 # --------------------------------------------------------------------------- load and with_cores
 
 
-def test_load_rejects_foreign_files(tmp_path, model):
-    other = tmp_path / "other.npz"
-    np.savez(other, a=np.ones(3))
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(other)
-
-    npy = tmp_path / "array.npy"
-    np.save(npy, np.ones(3))
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(npy)
-
-    text = tmp_path / "notes.txt"
-    text.write_text("not a numpy file\n")
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(text)
-
-    good = tmp_path / "model.npz"
-    model.save(good)
-    data = dict(np.load(good))
-    newer = tmp_path / "newer.npz"
-    np.savez(newer, **{**data, "format_version": np.array(999)})
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(newer)
-    truncated = tmp_path / "truncated.npz"
-    np.savez(truncated, **{k: v for k, v in data.items() if k != "core_2"})
-    with pytest.raises(ValueError, match=r"missing core_2"):
-        mn.MPS.load(truncated)
-    corrupt = tmp_path / "corrupt.npz"
-    np.savez(corrupt, **{**data, "core_1": np.full_like(data["core_1"], np.nan)})
-    with pytest.raises(ValueError, match=r"cores\[1\] must be finite"):
-        mn.MPS.load(corrupt)
-    with pytest.raises(FileNotFoundError):
-        mn.MPS.load(tmp_path / "missing.npz")
-
-
 def test_with_cores_rejects_bad_cores(model):
     wider = [np.ones((2, 1, 2)), np.ones((2, 2, 3)), np.ones((2, 3, 3)), np.ones((2, 3, 1))]
     with pytest.raises(ValueError, match=r"cores\[0\] must keep shape \(2, 1, 3\); got \(2, 1, 2"):
@@ -801,42 +766,6 @@ def test_a_diverging_training_says_so(phi):
     with pytest.raises(FloatingPointError, match=r"training diverged at step \d+: .*lower "
                                                  r"learning_rate"):
         mn.train(mps, phi, y, learning_rate=1e6, n_steps=50, check_stability=False)
-
-
-@pytest.mark.parametrize("corrupt", ["truncated", "garbage", "member", "n_sites-huge",
-                                     "n_sites-negative", "n_sites-array", "n_sites-float"])
-def test_load_of_a_damaged_file_is_a_value_error_naming_it(tmp_path, model, corrupt):
-    import time
-
-    good = tmp_path / "good.npz"
-    model.save(good)
-    raw = good.read_bytes()
-    path = tmp_path / f"{corrupt}.npz"
-    if corrupt == "truncated":
-        path.write_bytes(raw[: len(raw) // 2])
-    elif corrupt == "garbage":
-        path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
-    elif corrupt == "member":  # a core's bytes damaged inside an intact archive
-        at = raw.index(b"core_1.npy") + 200
-        path.write_bytes(raw[:at] + b"\xff" * 16 + raw[at + 16:])
-    else:
-        data = dict(np.load(good))
-        data["n_sites"] = {"n_sites-huge": np.array(10**12), "n_sites-negative": np.array(-3),
-                           "n_sites-array": np.arange(4), "n_sites-float": np.array(4.0)}[corrupt]
-        np.savez(path, **data)
-    start = time.perf_counter()
-    with pytest.raises(ValueError, match=rf"{corrupt}\.npz: (corrupt|not an mpsntk)"):
-        mn.MPS.load(path)
-    assert time.perf_counter() - start < 2.0  # the header is checked first
-
-
-def test_load_prefers_the_saved_file_over_a_folder_of_the_same_name(tmp_path, model):
-    (tmp_path / "m").mkdir()
-    model.save(tmp_path / "m")  # writes m.npz
-    assert np.array_equal(mn.MPS.load(tmp_path / "m").cores[1], model.cores[1])
-    (tmp_path / "d").mkdir()
-    with pytest.raises(IsADirectoryError, match="a folder, not an MPS file"):
-        mn.MPS.load(tmp_path / "d")
 
 
 def test_random_refuses_a_model_that_cannot_fit_before_allocating(monkeypatch):
