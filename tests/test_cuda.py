@@ -13,13 +13,13 @@ kernels, launches, workspaces, array routing and the device paths of the Python 
 
 from __future__ import annotations
 
-import cases
 import numpy as np
 import pytest
 
 import mpsntk as mn
 from mpsntk import _reference as ref
 
+import cases
 import sim_cupy
 from conftest import RTOL, DLPackOnly, random_features, random_model, relerr
 

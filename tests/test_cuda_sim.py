@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 
-import cases
 import numpy as np
 import pytest
 
@@ -22,6 +21,7 @@ import mpsntk as mn
 from mpsntk import _device
 from mpsntk.ntk import _site_lr
 
+import cases
 import sim_cupy
 from conftest import random_features, random_model
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import cases
 import numpy as np
 import pytest
 
 import mpsntk as mn
 from mpsntk import _reference as ref
 
+import cases
 from conftest import RTOL, random_features, random_model, relerr
 
 MODELS = cases.ENGINE

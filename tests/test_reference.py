@@ -8,7 +8,6 @@ Monte Carlo averages over random initialisations.
 
 import types
 
-import cases
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,6 +16,8 @@ from hypothesis import strategies as st
 from mpsntk import _reference as ref
 from mpsntk.features import trig
 from mpsntk.infinite import nngp_infinite
+
+import cases
 
 # (boundary, bond_dims D_0..D_N, phys_dim, output_site, n_outputs)
 CONFIGS = [(c.boundary, c.bonds, phys_dim, c.output_site, c.n_outputs)

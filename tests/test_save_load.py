@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_mps import CONFIGS, features, make
 
 import mpsntk as mn
 
 from conftest import assert_same_model
+from test_mps import CONFIGS, features, make
 
 
 @pytest.fixture(scope="module")

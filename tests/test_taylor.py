@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import cases
 import numpy as np
 import pytest
 
@@ -22,6 +21,7 @@ import mpsntk as mn
 from mpsntk import _reference as ref
 from mpsntk import diagnostics as dg
 
+import cases
 import sim_cupy
 from conftest import RTOL, random_features, random_model, relerr
 
