@@ -354,6 +354,17 @@ def test_arrays_on_another_device_are_refused(monkeypatch):
         mn.ntk(dev, phi.view(_OnDevice1))
 
 
+def test_host_only_routines_refuse_device_arrays():
+    """The explicit Jacobian and the Born machine's doubled-MPS contractions are host code:
+    device arrays get a reason, not a copy."""
+    _, host, dev = _pair(MODELS[0], np.float64)
+    phi = cp.asarray(random_features(np.random.default_rng(3), 4, host.n_sites, 3))
+    with pytest.raises(mn.CudaUnavailableError, match="phi: this routine runs on the host only"):
+        mn.jacobian(dev, phi)
+    with pytest.raises(mn.CudaUnavailableError, match="mps.cores: this routine runs on the host"):
+        mn.born.log_partition(dev)
+
+
 def test_misaligned_device_arrays_are_refused():
     _, host, dev = _pair(MODELS[0], np.float64)
     n = 5 * host.n_sites * 3

@@ -469,9 +469,9 @@ class MPS:
         """Mantissa and log-scale of f on the model's device: f = mantissa * exp(log_scale)."""
         if self.xp is np:
             return _core.forward(*self._engine_args(), phi)
-        from . import _device  # pragma: no cover - needs a GPU
+        from . import _device
 
-        return _device.gpu().forward(self, phi)  # pragma: no cover - needs a GPU
+        return _device.gpu().forward(self, phi)
 
     def _squeeze_outputs(self, a):
         return a[:, 0] if self.output_site is None else a
