@@ -110,12 +110,14 @@ def test_born_rejects_multi_output_and_bad_configs():
     with pytest.raises(ValueError, match="scalar-output"):
         born.log_partition(mn.MPS.random(4, 2, n_outputs=3, seed=0))
     mps = mn.MPS.random(4, 2, seed=0)
-    with pytest.raises(ValueError, match="x entries"):
+    with pytest.raises(ValueError, match="x must take values in"):
         born.nll(mps, np.array([[0, 1, 2, 0]]))
     with pytest.raises(ValueError, match="shape"):
         born.nll(mps, np.array([[0, 1, 1]]))
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(ValueError, match="x must contain integers"):  # as in datasets
         born.nll(mps, np.array([[0.5, 1, 1, 0]]))
+    with pytest.raises(TypeError, match="x must be an integer array"):
+        born.nll(mps, np.array([["0", "1", "1", "0"]]))
     with pytest.raises(ValueError, match="feature_scale"):
         born.log_partition(mps, feature_scale=-1.0)
 

@@ -146,7 +146,7 @@ class Engine:
 _gpu = None
 
 
-def gpu():  # pragma: no cover - needs a GPU
+def gpu():
     """The CUDA engine on CuPy arrays (memory from CuPy's pool, work on its current stream)."""
     global _gpu
     if _gpu is None:

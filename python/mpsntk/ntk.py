@@ -168,7 +168,7 @@ def ntk(
         out, log1, log2, finite = _host_ntk(
             mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile
         )
-    else:  # pragma: no cover - needs a GPU
+    else:
         from . import _device
 
         out, log1, log2 = _device.gpu().ntk(
@@ -330,7 +330,7 @@ def ntk_vp(mps, phi, v, *, site_weights=None, normalized=False):
 
 def _ntk_vp(mps, phi, site_lr, flat, normalized):
     """The engine's Theta v for v (n, C, k); with ``normalized``, also its (n, k) log-scales."""
-    if mps.xp is not np:  # pragma: no cover - needs a GPU
+    if mps.xp is not np:
         from . import _device
 
         return _device.gpu().ntk_vp(mps, phi, site_lr, flat, normalized)
