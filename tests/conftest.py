@@ -1,4 +1,6 @@
-"""Shared fixtures: engine instruction sets, tolerances per dtype, and small random models.
+"""Shared fixtures: engine instruction sets, where a test runs (``place``: the host engine on
+every instruction set, and the device), tolerances per dtype, and small random models (the
+catalogue of model shapes is cases.py).
 The CUDA engine's tests live in test_cuda.py: on a GPU when one is usable, else on the SIMT
 simulator (test_cuda_sim.py tests the simulator itself)."""
 
@@ -32,6 +34,56 @@ def isa(request):
     _core.set_isa(before)
 
 
+class Place:
+    """Where a test runs, through the public API only: the host engine (NumPy arrays) or the
+    device (CuPy arrays: on a GPU, else NumPy-backed stand-ins on the simulated engine).
+
+    ``model(mps)`` moves a host model there, ``put(a)`` host data, ``get(a)`` brings a result
+    (an array or a list of arrays) back as NumPy; ``xp`` is the array module there."""
+
+    def __init__(self, name, xp):
+        self.name, self.xp = name, xp
+
+    @property
+    def on_device(self):
+        return self.xp is not np
+
+    def model(self, mps):
+        return mps.to_device() if self.on_device else mps
+
+    def put(self, a):
+        return self.xp.asarray(a) if self.on_device else a
+
+    def get(self, a):
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.get(x) for x in a)
+        if self.on_device:
+            assert isinstance(a, self.xp.ndarray), f"a result left the device: {type(a)}"
+            return a.get()
+        assert isinstance(a, np.ndarray), f"a host result is a {type(a)}"
+        return a
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture(params=[f"host-{isa}" for isa in _core.available_isas()] + ["device"])
+def place(request):
+    """Run a test once on the host engine per instruction set and once on the device, written
+    once (see :class:`Place`); the device is skipped where neither a GPU nor the simulator is."""
+    if request.param != "device":
+        before = _core.current_isa()
+        _core.set_isa(request.param[len("host-"):])
+        yield Place(request.param, np)
+        _core.set_isa(before)
+        return
+    import sim_cupy
+
+    _, cp = sim_cupy.device_tests()
+    with sim_cupy.engine():
+        yield Place("device", cp)
+
+
 def relerr(a, b):
     """max |a - b| / max |b| (the scale of the reference)."""
     a = np.asarray(a, dtype=np.float64)
@@ -62,6 +114,20 @@ def random_model(
         site_lr=rng.uniform(0.5, 2.0, n_sites),
         output_site=output_site,
     )
+
+
+def assert_same_model(a, b):
+    assert type(b) is mn.MPS
+    assert len(a.cores) == len(b.cores)
+    for ca, cb in zip(a.cores, b.cores):
+        assert ca.dtype == cb.dtype and ca.shape == cb.shape
+        assert ca.tobytes() == cb.tobytes()  # bitwise
+    assert a.scales.tobytes() == b.scales.tobytes()
+    assert a.site_lr.tobytes() == b.site_lr.tobytes()
+    assert (a.boundary, a.output_site, a.parametrization) == \
+        (b.boundary, b.output_site, b.parametrization)
+    assert (a.n_sites, a.phys_dim, a.n_outputs, a.bond_dims, a.dtype, a.n_params) == \
+        (b.n_sites, b.phys_dim, b.n_outputs, b.bond_dims, b.dtype, b.n_params)
 
 
 class DLPackOnly:

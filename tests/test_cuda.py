@@ -19,6 +19,7 @@ import pytest
 import mpsntk as mn
 from mpsntk import _reference as ref
 
+import cases
 import sim_cupy
 from conftest import RTOL, DLPackOnly, random_features, random_model, relerr
 
@@ -26,16 +27,7 @@ ON_GPU, cp = sim_cupy.device_tests()
 pytestmark = pytest.mark.usefixtures("device_engine")
 
 
-MODELS = [
-    ((1, 3, 5, 7, 2, 1), "open", None, 1),
-    ((1, 1, 1, 1), "open", None, 1),
-    ((1, 6, 3, 9, 4, 1), "open", 2, 3),
-    ((3, 2, 5, 3), "periodic", None, 1),
-    ((2, 3, 2, 5, 2), "periodic", 1, 3),
-    ((1, 70, 66, 1), "open", 1, 2),  # wider than a 64-column tile
-    ((1, 16, 32, 8, 1), "open", 2, 2),  # Gram depths that fill whole chunks of 16
-    ((4, 4, 8, 4), "periodic", None, 1),  # and their periodic products Dl * Dr
-]
+MODELS = cases.DEVICE
 
 
 def _pair(spec, dtype, seed=0):
@@ -46,7 +38,7 @@ def _pair(spec, dtype, seed=0):
     return rng, host, host.to_device()
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n1,n2", [(1, 1), (63, 65), (130, 7)])
 def test_ntk_device_matches_host_and_oracle(spec, dtype, n1, n2):
@@ -70,7 +62,7 @@ def test_ntk_device_matches_host_and_oracle(spec, dtype, n1, n2):
         assert relerr(got, oracle) < tol
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
     rng, host, dev = _pair(spec, dtype, seed=1)
@@ -89,7 +81,7 @@ def test_forward_vjp_jvp_ntk_vp_on_device(spec, dtype):
     assert relerr(mn.ntk_vp(dev, dphi, cp.asarray(v)).get(), mn.ntk_vp(host, phi, v)) < tol
 
 
-@pytest.mark.parametrize("spec", MODELS[:5])
+@pytest.mark.parametrize("spec", MODELS[:5], ids=MODELS[:5].ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_normalised_vjp_jvp_ntk_vp_on_device(spec, dtype):
     """Far below the dtype's range (every scale times alpha): the device, like the host, raises
@@ -174,16 +166,33 @@ def test_long_chain_normalized_on_device():
     assert relerr(t_d.get(), t_h) < 1e-12
 
 
-def test_non_default_stream_and_no_host_round_trip():
+def test_non_default_stream_and_no_host_round_trip(monkeypatch):
+    """Work goes to the current stream and the data stay on the device.  On a GPU a launch on
+    another stream than the caller's would be read before it finished; the simulator runs each
+    kernel at its launch, so there the test asks the simulator which streams the launches named,
+    and refuses every device-to-host copy during the call."""
     _, host, dev = _pair(MODELS[0], np.float64, seed=2)
     phi = cp.asarray(random_features(np.random.default_rng(5), 200, host.n_sites, 3))
+    want = mn.ntk(host, phi.get())
     # the copies above ran on the null stream, which a non-blocking stream does not wait for
     cp.cuda.get_current_stream().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
+    if not ON_GPU:
+        mn._backend._cuda.streams_used()  # forget earlier work
+
+        def no_copy(*args, **kwargs):
+            raise AssertionError("a device array was copied to the host")
+
+        monkeypatch.setattr(sim_cupy.ndarray, "get", no_copy)
+        monkeypatch.setattr(sim_cupy, "asnumpy", no_copy)
     with stream:
         got = mn.ntk(dev, phi)
     stream.synchronize()
-    assert relerr(got.get(), mn.ntk(host, phi.get())) < 1e-12
+    assert isinstance(got, cp.ndarray)
+    if not ON_GPU:
+        assert stream.ptr != 0 and mn._backend._cuda.streams_used() == [stream.ptr]
+        monkeypatch.undo()
+    assert relerr(got.get(), want) < 1e-12
 
 
 @pytest.mark.parametrize("spec", [MODELS[0], MODELS[2], MODELS[4]])
@@ -343,6 +352,17 @@ def test_arrays_on_another_device_are_refused(monkeypatch):
     monkeypatch.setattr(sim_cupy.cuda.runtime, "getDevice", lambda: 1)  # the model stays on 0
     with pytest.raises(ValueError, match="the MPS cores is on CUDA device 0 but the current"):
         mn.ntk(dev, phi.view(_OnDevice1))
+
+
+def test_host_only_routines_refuse_device_arrays():
+    """The explicit Jacobian and the Born machine's doubled-MPS contractions are host code:
+    device arrays get a reason, not a copy."""
+    _, host, dev = _pair(MODELS[0], np.float64)
+    phi = cp.asarray(random_features(np.random.default_rng(3), 4, host.n_sites, 3))
+    with pytest.raises(mn.CudaUnavailableError, match="phi: this routine runs on the host only"):
+        mn.jacobian(dev, phi)
+    with pytest.raises(mn.CudaUnavailableError, match="mps.cores: this routine runs on the host"):
+        mn.born.log_partition(dev)
 
 
 def test_misaligned_device_arrays_are_refused():

@@ -21,6 +21,7 @@ import mpsntk as mn
 from mpsntk import _device
 from mpsntk.ntk import _site_lr
 
+import cases
 import sim_cupy
 from conftest import random_features, random_model
 
@@ -29,7 +30,7 @@ if not sim_cupy.available():
     pytest.skip("mpsntk was built without the SIMT simulator", allow_module_level=True)
 
 # multi-output open and periodic chains: every kernel and branch of the engine
-MODELS = [((1, 6, 3, 9, 4, 1), "open", 2, 3), ((2, 3, 2, 5, 2), "periodic", 1, 3)]
+MODELS = cases.SIMULATOR
 
 
 def _model(spec, dtype, seed=0):
@@ -49,7 +50,7 @@ def sim_ntk(mps, phi1, phi2=None, outputs="trace", per_site=False, tf32=False):
                    tf32=tf32)[0]
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 def test_other_schedules_change_no_bit(spec, monkeypatch):
     """A race between threads (or blocks) would make the result depend on their order."""
     rng, mps = _model(spec, np.float64, seed=5)

@@ -628,41 +628,6 @@ def test_device_array_mixed_with_host_array(model, phi):
 # --------------------------------------------------------------------------- load and with_cores
 
 
-def test_load_rejects_foreign_files(tmp_path, model):
-    other = tmp_path / "other.npz"
-    np.savez(other, a=np.ones(3))
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(other)
-
-    npy = tmp_path / "array.npy"
-    np.save(npy, np.ones(3))
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(npy)
-
-    text = tmp_path / "notes.txt"
-    text.write_text("not a numpy file\n")
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(text)
-
-    good = tmp_path / "model.npz"
-    model.save(good)
-    data = dict(np.load(good))
-    newer = tmp_path / "newer.npz"
-    np.savez(newer, **{**data, "format_version": np.array(999)})
-    with pytest.raises(ValueError, match=r"not an mpsntk MPS file"):
-        mn.MPS.load(newer)
-    truncated = tmp_path / "truncated.npz"
-    np.savez(truncated, **{k: v for k, v in data.items() if k != "core_2"})
-    with pytest.raises(ValueError, match=r"missing core_2"):
-        mn.MPS.load(truncated)
-    corrupt = tmp_path / "corrupt.npz"
-    np.savez(corrupt, **{**data, "core_1": np.full_like(data["core_1"], np.nan)})
-    with pytest.raises(ValueError, match=r"cores\[1\] must be finite"):
-        mn.MPS.load(corrupt)
-    with pytest.raises(FileNotFoundError):
-        mn.MPS.load(tmp_path / "missing.npz")
-
-
 def test_with_cores_rejects_bad_cores(model):
     wider = [np.ones((2, 1, 2)), np.ones((2, 2, 3)), np.ones((2, 3, 3)), np.ones((2, 3, 1))]
     with pytest.raises(ValueError, match=r"cores\[0\] must keep shape \(2, 1, 3\); got \(2, 1, 2"):
@@ -691,14 +656,37 @@ def test_to_device_without_cupy_says_so(model, monkeypatch):
 
 
 def test_import_does_not_initialise_cuda():
-    """A process that has initialised CUDA cannot use it in the children it forks."""
+    """A process that has initialised CUDA cannot use it in the children it forks.
+
+    The child imports mpsntk (and every public module) with a stand-in CUDA extension that
+    records what is asked of it, so the check bites in every build -- with or without CUDA, with
+    or without a GPU: importing asks the driver nothing; the first ``cuda_available()`` does."""
     import subprocess
     import sys
 
-    code = ("import mpsntk._backend as b, mpsntk\n"
-            "print(b._cuda is None or b._cuda_reason is b._UNRESOLVED)")
+    code = """if True:
+        import sys, types
+        asked = []
+
+        class Recorder(types.ModuleType):
+            def _set_error_class(self, cls):
+                pass
+
+            def __getattr__(self, name):
+                if name.startswith("__"):
+                    raise AttributeError(name)
+                asked.append(name)
+                return lambda *args: 0  # device_count() == 0: no usable GPU
+
+        sys.modules["mpsntk._cuda"] = Recorder("mpsntk._cuda")
+        import mpsntk, mpsntk.diagnostics, mpsntk.repro, mpsntk.compare, mpsntk._device
+        import mpsntk._backend as b
+        assert b._cuda is sys.modules["mpsntk._cuda"], "the stand-in was not used"
+        print("import:", asked, b._cuda_reason is b._UNRESOLVED)
+        print("first use:", mpsntk.cuda_available(), "device_count" in asked)
+    """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert out.stdout.split("\n")[:2] == ["import: [] True", "first use: False True"], out.stdout
 
 
 def test_available_memory_counts_reclaimable_cache(tmp_path):
@@ -780,42 +768,6 @@ def test_a_diverging_training_says_so(phi):
         mn.train(mps, phi, y, learning_rate=1e6, n_steps=50, check_stability=False)
 
 
-@pytest.mark.parametrize("corrupt", ["truncated", "garbage", "member", "n_sites-huge",
-                                     "n_sites-negative", "n_sites-array", "n_sites-float"])
-def test_load_of_a_damaged_file_is_a_value_error_naming_it(tmp_path, model, corrupt):
-    import time
-
-    good = tmp_path / "good.npz"
-    model.save(good)
-    raw = good.read_bytes()
-    path = tmp_path / f"{corrupt}.npz"
-    if corrupt == "truncated":
-        path.write_bytes(raw[: len(raw) // 2])
-    elif corrupt == "garbage":
-        path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
-    elif corrupt == "member":  # a core's bytes damaged inside an intact archive
-        at = raw.index(b"core_1.npy") + 200
-        path.write_bytes(raw[:at] + b"\xff" * 16 + raw[at + 16:])
-    else:
-        data = dict(np.load(good))
-        data["n_sites"] = {"n_sites-huge": np.array(10**12), "n_sites-negative": np.array(-3),
-                           "n_sites-array": np.arange(4), "n_sites-float": np.array(4.0)}[corrupt]
-        np.savez(path, **data)
-    start = time.perf_counter()
-    with pytest.raises(ValueError, match=rf"{corrupt}\.npz: (corrupt|not an mpsntk)"):
-        mn.MPS.load(path)
-    assert time.perf_counter() - start < 2.0  # the header is checked first
-
-
-def test_load_prefers_the_saved_file_over_a_folder_of_the_same_name(tmp_path, model):
-    (tmp_path / "m").mkdir()
-    model.save(tmp_path / "m")  # writes m.npz
-    assert np.array_equal(mn.MPS.load(tmp_path / "m").cores[1], model.cores[1])
-    (tmp_path / "d").mkdir()
-    with pytest.raises(IsADirectoryError, match="a folder, not an MPS file"):
-        mn.MPS.load(tmp_path / "d")
-
-
 def test_random_refuses_a_model_that_cannot_fit_before_allocating(monkeypatch):
     import time
 
@@ -878,3 +830,143 @@ def test_set_num_threads_rejects_bad_counts():
         mn.set_num_threads(0)
     with pytest.raises(TypeError, match=r"n_threads must be an integer >= 1"):
         mn.set_num_threads(2.0)
+
+
+# --------------------------------------------------------------------------- one validation layer
+# The same bad seed or configuration gives the same exception, naming the argument, in every
+# public function that takes one.
+
+
+def _seeded_calls():
+    from mpsntk import born, compare, datasets, diagnostics, repro
+    from mpsntk._reference import random_model
+    from mpsntk.train import max_ntk_eigenvalue
+
+    phi = mn.features.trig(np.random.default_rng(0).uniform(size=(6, N_SITES)))
+    y = np.linspace(-1.0, 1.0, 6)
+    mps = mn.MPS.random(N_SITES, 3, seed=0)
+    # (id, call taking the seed, the argument's name, needs scikit-learn)
+    return [
+        ("MPS.random", lambda s: mn.MPS.random(N_SITES, 3, seed=s), "seed", False),
+        ("born.sample", lambda s: born.sample(mps, 4, seed=s), "seed", False),
+        ("train", lambda s: mn.train(mps, phi, y, learning_rate=0.1, n_steps=1, seed=s),
+         "seed", False),
+        ("max_ntk_eigenvalue", lambda s: max_ntk_eigenvalue(mps, phi, seed=s), "seed", False),
+        ("datasets.parity", lambda s: datasets.parity(3, n_samples=4, seed=s), "seed", False),
+        ("datasets.random_patterns", lambda s: datasets.random_patterns(3, 2, seed=s), "seed",
+         False),
+        ("datasets.load_digits", lambda s: datasets.load_digits(seed=s), "seed", True),
+        ("datasets.load_diabetes", lambda s: datasets.load_diabetes(seed=s), "seed", True),
+        ("kernel_statistics", lambda s: diagnostics.kernel_statistics(phi, 2, 2, seed=s),
+         "seed", False),
+        ("fluctuation_scaling", lambda s: diagnostics.fluctuation_scaling(phi, [2, 3], 2, seed=s),
+         "seed", False),
+        ("output_kurtosis", lambda s: diagnostics.output_kurtosis(phi, 2, 2, seed=s), "seed",
+         False),
+        ("dyson_scaling", lambda s: diagnostics.dyson_scaling(
+            mps, phi, y, label_noise=0.1, duration=10.0, burn_in=1.0, sample_every=1.0, seed=s),
+         "seed", False),
+        ("compare_mse", lambda s: compare.compare_mse(
+            mps, phi, y, learning_rate=0.1, n_steps=1, seed=s), "seed", False),
+        ("repro.run", lambda s: repro.run([], out="unused", seed=s, verbose=False), "seed",
+         False),
+        ("random_model", lambda s: random_model(N_SITES, 2, 3, rng=s), "rng", False),
+    ]
+
+
+SEEDED_CALLS = _seeded_calls()
+BAD_SEEDS = [
+    ("negative", -1, ValueError),
+    ("negative-numpy", np.int64(-3), ValueError),
+    ("str", "abc", TypeError),
+    ("float", 1.5, TypeError),
+    ("bool", True, TypeError),
+    ("list", [1, 2], TypeError),
+]
+
+
+@pytest.mark.parametrize("bad, exc", [c[1:] for c in BAD_SEEDS], ids=[c[0] for c in BAD_SEEDS])
+@pytest.mark.parametrize("call, name, sklearn", [c[1:] for c in SEEDED_CALLS],
+                         ids=[c[0] for c in SEEDED_CALLS])
+def test_bad_seed_is_the_same_error_everywhere(call, name, sklearn, bad, exc, tmp_path,
+                                               monkeypatch):
+    if sklearn:
+        pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not in the tree
+    with pytest.raises(exc, match=rf"^{name} must be "):
+        call(bad)
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_generator_seed_is_accepted_where_generators_are():
+    """None, an int, a numpy integer, a Generator, a SeedSequence: the same model for equal
+    seeds (a Generator's stream continues; it is not re-seeded)."""
+    ref = mn.MPS.random(N_SITES, 3, seed=7).cores
+    for seed in (7, np.int64(7), np.random.SeedSequence(7), np.random.default_rng(7)):
+        for a, b in zip(mn.MPS.random(N_SITES, 3, seed=seed).cores, ref):
+            np.testing.assert_array_equal(a, b)
+    gen = np.random.default_rng(7)
+    mn.MPS.random(N_SITES, 3, seed=gen)
+    again = mn.MPS.random(N_SITES, 3, seed=gen).cores[0]
+    assert not np.array_equal(again, ref[0])
+
+
+def _configuration_calls():
+    from mpsntk import born, compare, datasets
+
+    mps = mn.MPS.random(N_SITES, 2, seed=0)
+    # (id, call taking the configurations, the argument's name)
+    return [
+        ("born.log_probabilities", lambda x: born.log_probabilities(mps, x), "x"),
+        ("born.nll", lambda x: born.nll(mps, x), "x"),
+        ("born.nll_grad", lambda x: born.nll_grad(mps, x), "x"),
+        ("configuration_index", lambda x: datasets.configuration_index(x), "x"),
+        ("configuration_counts", lambda x: datasets.configuration_counts(x), "x"),
+        ("train-born", lambda x: mn.train(mps, x, loss="born_nll", learning_rate=0.1,
+                                          n_steps=1), "phi"),
+        ("train-born-probe", lambda x: mn.train(mps, np.zeros((2, N_SITES), dtype=int),
+                                                loss="born_nll", learning_rate=0.1, n_steps=1,
+                                                probe=x), "probe"),
+        ("compare_born", lambda x: compare.compare_born(mps, x, learning_rate=0.1, n_steps=1),
+         "data"),
+    ]
+
+
+CONFIGURATION_CALLS = _configuration_calls()
+BAD_CONFIGURATIONS = [
+    ("non-integer", np.array([[0.5, 1, 1, 0]]), ValueError, "must contain integers"),
+    ("nan", np.array([[np.nan, 1, 1, 0]]), ValueError, "must contain integers"),
+    ("out-of-range", np.array([[0, 1, 2, 0]]), ValueError, r"must take values in \{0, ..., 1\}"),
+    ("negative", np.array([[0, -1, 1, 0]]), ValueError, r"must take values in \{0, ..., 1\}"),
+    ("1-D", np.array([0, 1, 1, 0]), ValueError, "2-D array"),
+    ("empty", np.zeros((0, N_SITES), dtype=int), ValueError, "non-empty"),
+    ("strings", np.array([["0", "1", "1", "0"]]), TypeError, "integer array"),
+    ("complex", np.array([[0j, 1, 1, 0]]), TypeError, "integer array"),
+]
+
+
+@pytest.mark.parametrize("bad, exc, match", [c[1:] for c in BAD_CONFIGURATIONS],
+                         ids=[c[0] for c in BAD_CONFIGURATIONS])
+@pytest.mark.parametrize("call, name", [c[1:] for c in CONFIGURATION_CALLS],
+                         ids=[c[0] for c in CONFIGURATION_CALLS])
+def test_bad_configurations_are_the_same_error_everywhere(call, name, bad, exc, match):
+    with pytest.raises(exc, match=rf"^{name} {match}|^{name} must .*{match}"):
+        call(bad)
+
+
+@pytest.mark.parametrize("call, name", [c[1:] for c in CONFIGURATION_CALLS[:3]]
+                         + [c[1:] for c in CONFIGURATION_CALLS[5:]],
+                         ids=[c[0] for c in CONFIGURATION_CALLS[:3]]
+                         + [c[0] for c in CONFIGURATION_CALLS[5:]])
+def test_configurations_of_another_length_than_the_model_are_rejected(call, name):
+    with pytest.raises(ValueError, match=rf"^{name} must have shape \(n_samples, n_sites=4\)"):
+        call(np.zeros((2, N_SITES + 1), dtype=int))
+
+
+def test_configurations_accept_bools_and_integral_floats():
+    from mpsntk import datasets
+
+    x = np.array([[0, 1, 1, 0], [1, 0, 0, 1]])
+    for same in (x.astype(bool), x.astype(np.float32), x.astype(np.uint8)):
+        np.testing.assert_array_equal(datasets.configuration_index(same),
+                                      datasets.configuration_index(x))

@@ -10,14 +10,10 @@ from hypothesis import strategies as st
 import mpsntk as mn
 from mpsntk import _reference as ref
 
+import cases
 from conftest import random_features, random_model, relerr
 
-SPECS = [
-    ((1, 3, 4, 2, 1), "open", None, 1),
-    ((1, 5, 3, 7, 4, 1), "open", 2, 3),
-    ((3, 2, 4, 3), "periodic", None, 1),
-    ((2, 3, 2, 4, 2), "periodic", 3, 2),
-]
+SPECS = cases.GRAD
 
 
 def _model(rng, spec, dtype=np.float64):
@@ -27,7 +23,7 @@ def _model(rng, spec, dtype=np.float64):
     )
 
 
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", SPECS, ids=SPECS.ids)
 def test_jacobian_matches_oracle_and_finite_differences(spec, isa):
     rng = np.random.default_rng(10)
     mps = _model(rng, spec)
@@ -37,9 +33,9 @@ def test_jacobian_matches_oracle_and_finite_differences(spec, isa):
     assert relerr(J, ref.finite_difference_jacobian(mps, phi, eps=1e-5)) < 1e-8
 
 
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec", SPECS, ids=SPECS.ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_vjp_jvp_match_oracle(spec, dtype, isa):
+def test_vjp_jvp_match_oracle(spec, dtype, place):
     rng = np.random.default_rng(11)
     mps = _model(rng, spec, dtype)
     phi = random_features(rng, 21, mps.n_sites, dtype=dtype)
@@ -48,12 +44,13 @@ def test_vjp_jvp_match_oracle(spec, dtype, isa):
     tangents = [rng.standard_normal(c.shape).astype(dtype) for c in mps.cores]
     tol = 1e-12 if dtype == np.float64 else 1e-5
     m64 = mps.with_cores([c.astype(np.float64) for c in mps.cores])
-    got = mn.vjp(mps, phi, cot)
+    model, x = place.model(mps), place.put(phi)
+    got = place.get(mn.vjp(model, x, place.put(cot)))
     want = ref.vjp(m64, phi.astype(np.float64), cot.astype(np.float64))
     for g, w, c in zip(got, want, mps.cores):
         assert g.shape == c.shape and g.dtype == dtype
         assert relerr(g, w) < tol
-    got = mn.jvp(mps, phi, tangents)
+    got = place.get(mn.jvp(model, x, [place.put(t) for t in tangents]))
     want = ref.jvp(m64, phi.astype(np.float64), [t.astype(np.float64) for t in tangents])
     assert got.shape == shape and got.dtype == dtype
     assert relerr(got, want) < tol
@@ -74,13 +71,14 @@ def test_vjp_jvp_adjoint(seed, spec, n):
     assert abs(lhs - rhs) <= 1e-11 * max(abs(lhs), 1.0) * 10
 
 
-def test_vjp_is_the_gradient_of_a_loss():
+def test_vjp_is_the_gradient_of_a_loss(place):
     """vjp with dL/df gives the gradient of L = sum (f - y)^2 / 2 (checked by differences)."""
     rng = np.random.default_rng(12)
     mps = mn.MPS.random(5, 3, seed=1)
     phi = mn.features.trig(rng.uniform(size=(9, 5)))
     y = rng.standard_normal(9)
-    grads = mn.vjp(mps, phi, mps(phi) - y)
+    model, x = place.model(mps), place.put(phi)
+    grads = place.get(mn.vjp(model, x, model(x) - place.put(y)))
     j, idx, eps = 2, (1, 0, 2), 1e-6
 
     def loss(delta):
@@ -92,22 +90,22 @@ def test_vjp_is_the_gradient_of_a_loss():
     assert abs(grads[j][idx] - fd) < 1e-7 * max(1.0, abs(fd))
 
 
-def test_products_that_overflow_are_errors_not_infinities():
+def test_products_that_overflow_are_errors_not_infinities(place):
     """Outputs near e^850: Theta v, the vjp and the jvp overflow float64 (the inputs are
     finite), and say so instead of returning Inf or NaN, as forward and ntk do."""
     cores = [np.array([-0.27, -0.94]).reshape(2, 1, 1), np.array([0.45, 1.0]).reshape(2, 1, 1)]
-    model = mn.MPS(cores)
+    model = place.model(mn.MPS(cores))
     phi = 1e92 * np.array([[[11.3, 0.04], [-0.5, 11.1]], [[3.6, 3.7], [-1.7, 7.5]],
                            [[10.5, -4.6], [4.4, 3.6]]])
-    v = np.array([-0.9, 0.15, -0.33])
+    v = place.put(np.array([-0.9, 0.15, -0.33]))
     with pytest.raises(FloatingPointError, match="Theta v overflows the range of float64"):
-        mn.ntk_vp(model, phi, v)
-    big = [c * 1e160 for c in cores]
+        mn.ntk_vp(model, place.put(phi), v)
+    big = place.model(mn.MPS([c * 1e160 for c in cores]))
     with pytest.raises(FloatingPointError, match="the vjp overflows"):
-        mn.vjp(mn.MPS(big), phi[:, :, :] * 1e-92 * 1e150, v)
+        mn.vjp(big, place.put(phi[:, :, :] * 1e-92 * 1e150), v)
     with pytest.raises(FloatingPointError, match="the jvp overflows"):
-        mn.jvp(model, phi, [c * 1e200 for c in cores])
-    assert np.all(np.isfinite(mn.ntk_vp(model, phi * 1e-92, v)))  # in range: no error
+        mn.jvp(model, place.put(phi), [place.put(c * 1e200) for c in cores])
+    assert np.all(np.isfinite(place.get(mn.ntk_vp(model, place.put(phi * 1e-92), v))))
 
 
 @pytest.mark.parametrize("boundary", ["open", "periodic"])

@@ -1,5 +1,5 @@
-"""Values of the MPS model: forward / log_forward against independent references, persistence,
-the statistics of MPS.random, gauge invariance, with_cores and copy.
+"""Values of the MPS model: forward / log_forward against independent references, the
+statistics of MPS.random, gauge invariance, with_cores and copy (persistence: test_save_load.py).
 """
 
 import numpy as np
@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 import mpsntk as mn
 from mpsntk import _reference as ref
+
+from conftest import assert_same_model
 
 # (boundary, bond dims D_0..D_N or uniform D, n_sites, phys_dim, n_outputs, output_site)
 CONFIGS = [
@@ -236,64 +238,6 @@ def test_forward_overflow_raises_float32():
     # and a value that does fit float32 is returned
     ok = mn.MPS([np.ones((2, 1, 1), np.float32) for _ in range(n_sites)], scales=1e3)
     np.testing.assert_allclose(ok.forward(phi), 1e30, rtol=1e-5)
-
-
-# --------------------------------------------------------------------------- save / load
-
-SAVE_CASES = [
-    dict(config=CONFIGS[0], dtype=np.float64, parametrization="ntk"),
-    dict(config=CONFIGS[8], dtype=np.float32, parametrization="standard"),
-    dict(config=CONFIGS[4], dtype=np.float64, parametrization="standard"),
-    dict(config=CONFIGS[11], dtype=np.float32, parametrization="ntk"),
-    dict(config=CONFIGS[2], dtype=np.float64, parametrization="ntk"),
-]
-
-
-def assert_same_model(a, b):
-    assert type(b) is mn.MPS
-    assert len(a.cores) == len(b.cores)
-    for ca, cb in zip(a.cores, b.cores):
-        assert ca.dtype == cb.dtype and ca.shape == cb.shape
-        assert ca.tobytes() == cb.tobytes()  # bitwise
-    assert a.scales.tobytes() == b.scales.tobytes()
-    assert a.site_lr.tobytes() == b.site_lr.tobytes()
-    assert (a.boundary, a.output_site, a.parametrization) == \
-        (b.boundary, b.output_site, b.parametrization)
-    assert (a.n_sites, a.phys_dim, a.n_outputs, a.bond_dims, a.dtype, a.n_params) == \
-        (b.n_sites, b.phys_dim, b.n_outputs, b.bond_dims, b.dtype, b.n_params)
-
-
-@pytest.mark.parametrize("case", SAVE_CASES,
-                         ids=lambda c: f"{c['config'][0]}-{c['parametrization']}")
-def test_save_load_round_trip(tmp_path, case):
-    mps = make(case["config"], seed=21, dtype=case["dtype"],
-               parametrization=case["parametrization"], sigma=0.9)
-    path = tmp_path / "model.npz"
-    mps.save(path)
-    loaded = mn.MPS.load(path)
-    assert_same_model(mps, loaded)
-    phi = features(5, mps.n_sites, mps.phys_dim, dtype=mps.dtype)
-    np.testing.assert_array_equal(loaded.forward(phi), mps.forward(phi))
-    np.testing.assert_array_equal(loaded.log_forward(phi)[1], mps.log_forward(phi)[1])
-    np.testing.assert_array_equal(mn.ntk(loaded, phi), mn.ntk(mps, phi))
-    # a str path works too
-    mps.save(str(tmp_path / "again.npz"))
-    assert_same_model(mps, mn.MPS.load(str(tmp_path / "again.npz")))
-
-
-def test_save_load_hand_built_model(tmp_path):
-    rng = np.random.default_rng(22)
-    cores = [rng.standard_normal((3, 1, 2)), rng.standard_normal((2, 3, 2, 2)),
-             rng.standard_normal((3, 2, 1))]
-    mps = mn.MPS(cores, scales=[0.5, 2.0, 1.5], site_lr=[0.0, 1.0, 0.25], output_site=1)
-    assert mps.parametrization is None
-    mps.save(tmp_path / "hand.npz")
-    loaded = mn.MPS.load(tmp_path / "hand.npz")
-    assert_same_model(mps, loaded)
-    assert loaded.parametrization is None
-    assert loaded.site_lr.tolist() == [0.0, 1.0, 0.25]
-    phi = features(4, 3, 3)
-    np.testing.assert_array_equal(loaded(phi), mps(phi))
 
 
 # --------------------------------------------------------------------------- MPS.random

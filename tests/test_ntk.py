@@ -8,19 +8,10 @@ import pytest
 import mpsntk as mn
 from mpsntk import _reference as ref
 
+import cases
 from conftest import RTOL, random_features, random_model, relerr
 
-# (bond dimensions, boundary, output site, n_outputs)
-MODELS = [
-    ((1, 3, 4, 2, 1), "open", None, 1),
-    ((1, 1, 1, 1), "open", None, 1),  # D = 1 everywhere
-    ((1, 5, 3, 7, 4, 1), "open", 2, 3),
-    ((1, 2, 3, 1), "open", 0, 2),  # label on the first site
-    ((1, 2, 3, 1), "open", 2, 4),  # label on the last site
-    ((3, 2, 4, 3), "periodic", None, 1),
-    ((2, 3, 2, 4, 2), "periodic", 1, 3),
-    ((1, 1), "open", None, 1),  # a single site
-]
+MODELS = cases.ENGINE
 
 
 def _model(rng, spec, dtype=np.float64):
@@ -30,7 +21,7 @@ def _model(rng, spec, dtype=np.float64):
     )
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_ntk_matches_dense_oracle(spec, dtype, isa):
     rng = np.random.default_rng(1)
@@ -48,7 +39,7 @@ def test_ntk_matches_dense_oracle(spec, dtype, isa):
             assert relerr(got, want) < RTOL[np.dtype(dtype)]
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 def test_ntk_equals_jacobian_gram_and_finite_differences(spec):
     rng = np.random.default_rng(2)
     mps = _model(rng, spec)
@@ -62,7 +53,7 @@ def test_ntk_equals_jacobian_gram_and_finite_differences(spec):
     assert relerr(got, want) < 1e-8
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 def test_per_site_terms(spec):
     rng = np.random.default_rng(3)
     mps = _model(rng, spec)
@@ -213,7 +204,7 @@ def test_long_chain_normalized_form():
         assert np.isfinite(logf[i])
 
 
-@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
 def test_ntk_vp_equals_ntk_times_v(spec):
     rng = np.random.default_rng(8)
     mps = _model(rng, spec)

@@ -17,17 +17,11 @@ from mpsntk import _reference as ref
 from mpsntk.features import trig
 from mpsntk.infinite import nngp_infinite
 
+import cases
+
 # (boundary, bond_dims D_0..D_N, phys_dim, output_site, n_outputs)
-CONFIGS = [
-    ("open", (1, 2, 3, 2, 1), 2, None, 1),
-    ("open", (1, 1), 3, None, 1),
-    ("open", (1, 3, 1), 2, 0, 3),
-    ("open", (1, 2, 3, 2, 1), 3, 2, 2),
-    ("periodic", (2, 3, 2, 4, 2), 2, None, 1),
-    ("periodic", (3, 2, 3), 3, None, 1),
-    ("periodic", (2, 3, 1, 2), 2, 1, 3),
-    ("periodic", (2, 2, 3, 2), 2, 0, 2),
-]
+CONFIGS = [(c.boundary, c.bonds, phys_dim, c.output_site, c.n_outputs)
+           for c, phys_dim in ((cases.CASES[name], d) for name, d in cases.REFERENCE)]
 CONFIG_IDS = [f"{b}-D{'x'.join(map(str, d))}-d{p}-out{c}x{n}" for b, d, p, c, n in CONFIGS]
 
 

@@ -22,20 +22,14 @@ from mpsntk import _reference as ref
 from mpsntk import _taylor_xp
 from mpsntk import diagnostics as dg
 
+import cases
 import sim_cupy
 from conftest import RTOL, random_features, random_model, relerr
 
 # (bond dimensions, boundary, output site, n_outputs); periodic chains of n_sites / 2 < D_0^2
 # carry one channel per first site in the order kernels, the others D_0^2 boundary channels.
-MODELS = [
-    ((1, 3, 4, 2, 1), "open", None, 1),
-    ((1, 1, 1), "open", None, 1),
-    ((1, 2, 3, 2, 2, 1), "open", 2, 3),
-    ((2, 3, 4, 2), "periodic", None, 1),
-    ((2, 2, 3, 2, 2), "periodic", 3, 2),
-    ((1, 2, 2, 1, 1), "periodic", None, 1),
-]
-IDS = ["open", "open-D1", "open-label", "periodic", "periodic-label", "periodic-D0=1"]
+MODELS = cases.TAYLOR
+IDS = MODELS.ids
 
 
 def _model_and_step(spec, rng, dtype=np.float64, step_scale=1.0):

@@ -23,7 +23,7 @@ def _loss_fd_gradient(mps, loss_fn, j, idx, eps=1e-6):
 
 @pytest.mark.parametrize("parametrization", ["ntk", "standard"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_one_step_is_eta_times_site_rate_times_gradient(parametrization, reduction):
+def test_one_step_is_eta_times_site_rate_times_gradient(parametrization, reduction, place):
     rng = np.random.default_rng(0)
     mps = mn.MPS.random(5, 4, n_outputs=3, parametrization=parametrization, seed=1)
     phi = mn.features.trig(rng.uniform(size=(7, 5)))
@@ -31,15 +31,17 @@ def test_one_step_is_eta_times_site_rate_times_gradient(parametrization, reducti
     s = y.size if reduction == "mean" else 1.0
     eta = 0.05
     new = train(
-        mps, phi, y, learning_rate=eta, n_steps=1, reduction=reduction, check_stability=False
+        place.model(mps), place.put(phi), place.put(y), learning_rate=eta, n_steps=1,
+        reduction=reduction, check_stability=False
     ).mps
+    new_cores = place.get(new.cores)  # trained where the data are
 
     def loss_fn(m):
         return 0.5 * np.sum((ref.forward(m, phi) - y) ** 2) / s
 
     for j, idx in [(0, (1, 0, 2)), (2, (2, 0, 1, 3)), (4, (0, 3, 0))]:
         g = _loss_fd_gradient(mps, loss_fn, j, idx)
-        step = mps.cores[j][idx] - new.cores[j][idx]
+        step = mps.cores[j][idx] - new_cores[j][idx]
         assert abs(step - eta * mps.site_lr[j] * g) < 1e-8 * max(1.0, abs(step))
     # The input model is untouched.
     assert all(
@@ -51,12 +53,14 @@ def test_one_step_is_eta_times_site_rate_times_gradient(parametrization, reducti
     )
 
 
-def test_cross_entropy_step_matches_finite_differences():
+def test_cross_entropy_step_matches_finite_differences(place):
     rng = np.random.default_rng(1)
     mps = mn.MPS.random(4, 3, n_outputs=4, seed=2)
     phi = mn.features.trig(rng.uniform(size=(9, 4)))
     labels = rng.integers(0, 4, 9)
-    new = train(mps, phi, labels, loss="cross_entropy", learning_rate=0.1, n_steps=1).mps
+    new = train(place.model(mps), place.put(phi), place.put(labels), loss="cross_entropy",
+                learning_rate=0.1, n_steps=1).mps
+    new_cores = place.get(new.cores)  # trained where the data are
 
     def loss_fn(m):
         f = ref.forward(m, phi)
@@ -64,7 +68,7 @@ def test_cross_entropy_step_matches_finite_differences():
         return -np.mean(f[np.arange(9), labels] - np.log(np.exp(f).sum(1)))
 
     g = _loss_fd_gradient(mps, loss_fn, 2, (1, 0, 2, 1))
-    assert abs((mps.cores[2][1, 0, 2, 1] - new.cores[2][1, 0, 2, 1]) - 0.1 * g) < 1e-8
+    assert abs((mps.cores[2][1, 0, 2, 1] - new_cores[2][1, 0, 2, 1]) - 0.1 * g) < 1e-8
 
 
 def test_T4_mean_mode_follows_largest_eigenvalue():

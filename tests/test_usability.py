@@ -4,8 +4,8 @@ Covers ``compare_mse`` / ``compare_born`` validating every argument before the t
 the 0-based index convention of the documented scales, the demo's command line (argparse errors
 for bad values, the theory estimate of the finite-D fluctuation next to the measured one),
 ``train``'s argument checks (``log_steps``, ``callbacks``, ``seed``, ``feature_scale``, the
-bool flags, the dtype of the targets), ``born.sample``'s seed, ``MPS.save``/``MPS.load`` with
-and without the ``.npz`` suffix, and the length of the value descriptions in error messages.
+bool flags, the dtype of the targets), ``born.sample``'s seed, and the length of the value
+descriptions in error messages (save and load: test_save_load.py).
 """
 
 from __future__ import annotations
@@ -393,36 +393,6 @@ def test_class_labels_of_the_wrong_dtype_are_type_errors():
     with pytest.raises(ValueError, match=r"y must be integer class labels of shape \(8,\)"):
         train(mps, phi, np.zeros((8, 1), int), loss="cross_entropy", learning_rate=0.05,
               n_steps=1)
-
-
-# --------------------------------------------------------------------------- save / load
-
-
-@pytest.mark.parametrize("name", ["model", "model.npz"])
-def test_save_load_round_trip_with_and_without_suffix(tmp_path, name):
-    mps = mn.MPS.random(4, 3, n_outputs=2, seed=5, parametrization="standard")
-    mps.save(tmp_path / name)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
-    for path in (tmp_path / name, str(tmp_path / name), tmp_path / "model",
-                 tmp_path / "model.npz"):
-        back = mn.MPS.load(path)
-        assert all(np.array_equal(a, b) for a, b in zip(back.cores, mps.cores))
-        assert np.array_equal(back.scales, mps.scales)
-        assert np.array_equal(back.site_lr, mps.site_lr)
-        assert back.output_site == mps.output_site and back.parametrization == "standard"
-
-
-def test_load_prefers_the_exact_name_and_reports_both_names(tmp_path):
-    a, b = mn.MPS.random(3, 2, seed=1), mn.MPS.random(3, 2, seed=2)
-    a.save(tmp_path / "m.npz")
-    (tmp_path / "m.npz").rename(tmp_path / "m")  # a file named exactly "m"
-    b.save(tmp_path / "m")  # numpy writes m.npz
-    assert np.array_equal(mn.MPS.load(tmp_path / "m").cores[0], a.cores[0])
-    assert np.array_equal(mn.MPS.load(tmp_path / "m.npz").cores[0], b.cores[0])
-    with pytest.raises(FileNotFoundError, match=r"'.*missing' nor '.*missing\.npz'"):
-        mn.MPS.load(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match=r"no MPS file '.*missing\.npz'"):
-        mn.MPS.load(tmp_path / "missing.npz")
 
 
 # --------------------------------------------------------------------------- error message size

@@ -149,9 +149,9 @@ def as_array(a, xp):
         if hasattr(a, "__dlpack__") and not hasattr(a, "__array__"):
             return np.from_dlpack(a)
         return np.asarray(a)
-    if hasattr(a, "__cuda_array_interface__"):  # pragma: no cover - needs a GPU
+    if hasattr(a, "__cuda_array_interface__"):  # pragma: no cover - Numba, PyTorch: a GPU
         return xp.asarray(a)
-    return xp.from_dlpack(a)  # pragma: no cover - needs a GPU
+    return xp.from_dlpack(a)
 
 
 def array_module(*arrays, names):
@@ -207,7 +207,7 @@ def check_on_current_device(a, name, cupy):
 
 def require_host(*arrays, names):
     """Reject device arrays for routines that only run on the host (clear reason, no copies)."""
-    if array_module(*arrays, names=names) is not np:  # pragma: no cover - needs a GPU
+    if array_module(*arrays, names=names) is not np:
         raise CudaUnavailableError(
             f"{', '.join(names)}: this routine runs on the host only; pass NumPy arrays"
         )

@@ -49,6 +49,7 @@ from ._validate import (
     _check_choice,
     _check_int,
     _check_positive_float,
+    _check_seed,
     _describe,
 )
 
@@ -265,19 +266,6 @@ def make_model(cores, scales=None, site_lr=None, boundary="open", output_site=No
     )
 
 
-def _as_generator(rng):
-    """Return a :class:`numpy.random.Generator` from ``None``, an int seed or a generator."""
-    if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
-        if isinstance(rng, (bool, np.bool_)):
-            raise TypeError(f"rng must be None, an int seed or a Generator; got {rng!r}")
-        return np.random.default_rng(rng)
-    if isinstance(rng, np.random.Generator):
-        return rng
-    raise TypeError(
-        f"rng must be None, an int seed or a numpy.random.Generator; got {_describe(rng)}"
-    )
-
-
 def random_model(
     n_sites,
     phys_dim,
@@ -313,7 +301,7 @@ def random_model(
         Number of outputs when ``output_site`` is given (ignored otherwise).
     sigma : float or array_like of shape (n_sites,), optional
         Positive per-site prior scales ``sigma_j``.
-    rng : None, int or numpy.random.Generator, optional
+    rng : None, int >= 0 or numpy.random.Generator, optional
         Source of randomness.
 
     Returns
@@ -331,7 +319,7 @@ def random_model(
     phys_dim = _check_int(phys_dim, "phys_dim", 1)
     n_outputs = _check_int(n_outputs, "n_outputs", 1)
     _check_choice(boundary, "boundary", _BOUNDARIES)
-    gen = _as_generator(rng)
+    gen = _check_seed(rng, "rng")
     if isinstance(bond_dims, numbers.Integral) and not isinstance(bond_dims, (bool, np.bool_)):
         bond = _check_int(bond_dims, "bond_dims", 1)
         dims = [bond] * (n_sites + 1)

@@ -99,13 +99,18 @@ def _check_bool(value, name):
     return bool(value)
 
 
-def _check_seed(seed, name="seed"):
-    """Return a NumPy Generator for ``seed``: None, an integer >= 0 or a Generator.
+def _check_seed(seed, name="seed", *, base=False):
+    """The one validator of random seeds: return a NumPy Generator for ``seed``.
 
-    A ``numpy.random.SeedSequence`` or ``BitGenerator`` is passed on to
-    ``numpy.random.default_rng`` as well; anything else raises ``TypeError`` (negative integers
-    ``ValueError``) naming ``name``.
+    ``seed`` is None, an integer >= 0, a ``numpy.random.Generator`` (returned as is, so that
+    its stream continues), or a ``numpy.random.SeedSequence`` / ``BitGenerator`` (passed on to
+    ``numpy.random.default_rng``).  With ``base=True`` the seed is the base of a family of
+    streams that the caller derives (``seed + k``, ``SeedSequence(seed).spawn``): it must be an
+    integer >= 0 and is returned as a Python int.  Anything else raises ``TypeError``, a
+    negative integer ``ValueError``; the message names ``name``.
     """
+    if base:
+        return _check_int(seed, name, 0)
     expected = f"{name} must be None, an integer >= 0 or a numpy.random.Generator"
     if seed is None or isinstance(
         seed, (np.random.Generator, np.random.SeedSequence, np.random.BitGenerator)
@@ -147,6 +152,40 @@ def _as_inputs(x, name="x"):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite; got NaN or Inf entries")
     return arr
+
+
+def _as_configurations(x, phys_dim, name="x", n_sites=None):
+    """The one validator of discrete configurations: an array of shape ``(n_samples, n_sites)``
+    with integer entries in ``{0, ..., phys_dim - 1}``, returned as int64.
+
+    Integer and bool arrays are accepted, float arrays when every entry is an integer; any
+    other dtype is a ``TypeError``, a wrong shape (``n_sites`` columns when given), a
+    non-integer or out-of-range entry a ``ValueError``.
+    """
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} must be an integer array of shape (n_samples, n_sites); got dtype {arr.dtype}"
+        )
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(
+            f"{name} must be a non-empty 2-D array of shape (n_samples, n_sites); "
+            f"got shape {arr.shape}"
+        )
+    if n_sites is not None and arr.shape[1] != n_sites:
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_sites={n_sites}); got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+        raise ValueError(f"{name} must contain integers in {{0, ..., {phys_dim - 1}}}")
+    if arr.min() < 0 or arr.max() > phys_dim - 1:
+        raise ValueError(
+            f"{name} must take values in {{0, ..., {phys_dim - 1}}} for phys_dim={phys_dim}; "
+            f"got values in [{arr.min():g}, {arr.max():g}]"
+        )
+    return arr.astype(np.int64)
 
 
 def _as_phi(phi, name="phi", xp=np):
@@ -317,6 +356,37 @@ def _check_fits(nbytes, what, hint="", device_free=None):
             f"{what} needs {nbytes / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is "
             f"available{'; ' + hint if hint else ''}"
         )
+
+
+def _array_bytes(shape, dtype):
+    """Bytes of an array of ``shape`` and ``dtype``, as a float (no integer overflow)."""
+    return float(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+
+
+def _check_array_fits(shape, dtype, what, hint="", extra=0):
+    """ValueError when an array of ``shape`` and ``dtype`` (plus ``extra`` bytes of work space)
+    would exceed the available memory."""
+    _check_fits(_array_bytes(shape, dtype) + extra, what, hint)
+
+
+# Bytes a core costs beyond its entries (array object, list slot, allocator), measured.
+_CORE_OVERHEAD = 512
+
+
+def _check_model_fits(bonds, phys_dim, n_outputs, dtype):
+    """ValueError, before anything is allocated, when an MPS with these bond dimensions would
+    not fit in the available memory (its entries, a float64 draw of the largest core, and the
+    Python objects of every core)."""
+    b = np.asarray(bonds, dtype=np.float64)
+    sizes = b[:-1] * b[1:] * phys_dim
+    n_params = float(sizes.sum()) + (n_outputs - 1) * float(sizes.max())  # label core: upper bound
+    nbytes = n_params * np.dtype(dtype).itemsize + 16 * n_outputs * float(sizes.max())
+    nbytes += _CORE_OVERHEAD * len(sizes)
+    _check_fits(
+        nbytes,
+        f"an MPS with {len(sizes)} sites and {n_params:.4g} {np.dtype(dtype).name} parameters",
+        "reduce n_sites or bond_dim",
+    )
 
 
 def _check_in_range(xp, arrays, what, dtype, mps=None, hint=None):

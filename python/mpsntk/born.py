@@ -13,11 +13,11 @@ import numpy as np
 from . import _core
 from ._backend import require_host
 from ._validate import (
+    _as_configurations,
     _check_choice,
     _check_int,
     _check_positive_float,
     _check_seed,
-    _describe,
 )
 from .datasets import all_configurations
 from .features import onehot
@@ -77,16 +77,8 @@ def log_partition_grad(mps, feature_scale=1.0):
 
 
 def _as_configs(mps, x, name="x"):
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "biu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
-        raise TypeError(f"{name} must hold integer configurations; got {_describe(x)}")
-    if arr.ndim != 2 or arr.shape[1] != mps.n_sites or arr.shape[0] == 0:
-        raise ValueError(
-            f"{name} must have shape (n_samples, n_sites={mps.n_sites}); got {arr.shape}"
-        )
-    if arr.min() < 0 or arr.max() >= mps.phys_dim:
-        raise ValueError(f"{name} entries must lie in 0..{mps.phys_dim - 1}")
-    return arr.astype(np.int64)
+    """Configurations of shape (n_samples, mps.n_sites) with entries in 0..mps.phys_dim - 1."""
+    return _as_configurations(x, mps.phys_dim, name, n_sites=mps.n_sites)
 
 
 def _features(mps, x, feature_scale):

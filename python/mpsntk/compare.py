@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from . import born, datasets, dynamics, features
-from ._validate import _as_site_vector, _check_int
+from ._validate import _as_site_vector, _check_int, _check_seed
 from .infinite import nngp_infinite, ntk_infinite
 from .mps import MPS
 from .ntk import ntk
@@ -252,7 +252,7 @@ def compare_mse(mps, phi_train, y_train, phi_test=None, *, learning_rate, n_step
     # Everything the kernel predictions need is checked here, before the (long) training run.
     sig = _model_sigma(mps, sigma)
     n_ensemble = _check_int(n_ensemble, "n_ensemble", 0)
-    seed = _check_int(seed, "seed", 0)
+    seed = _check_seed(seed, base=True)
     if n_ensemble:
         missing = [why for bad, why in (
             (mps.init is None, "a model drawn by MPS.random (to draw fresh initialisations)"),

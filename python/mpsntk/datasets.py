@@ -28,7 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import _check_bool, _check_fits, _check_int, _describe
+from ._validate import (
+    _as_configurations,
+    _check_array_fits,
+    _check_bool,
+    _check_int,
+    _check_seed,
+    _describe,
+)
 
 __all__ = [
     "SplitDataset",
@@ -48,46 +55,10 @@ __all__ = [
 _MAX_CONFIGURATIONS = 1 << 26
 
 
-def _as_seed(seed):
-    """Return a NumPy Generator for ``seed`` (None, an int or a Generator)."""
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise TypeError(
-            f"seed must be None, a non-negative int or a numpy.random.Generator; "
-            f"got {_describe(seed)}"
-        )
-    return np.random.default_rng(int(seed))
-
-
 def _ints_to_digits(ints, n_sites, phys_dim):
     """Base-``phys_dim`` digits of ``ints``, most significant first, shape (len, n_sites)."""
     powers = phys_dim ** np.arange(n_sites - 1, -1, -1, dtype=np.int64)
     return (np.asarray(ints, dtype=np.int64)[:, None] // powers) % phys_dim
-
-
-def _as_configurations(x, phys_dim, name="x"):
-    """Validate integer configurations of shape (n_samples, n_sites) in {0..phys_dim-1}."""
-    arr = np.asarray(x)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(
-            f"{name} must be an integer array of shape (n_samples, n_sites); got dtype {arr.dtype}"
-        )
-    if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(
-            f"{name} must be a non-empty 2-D array of shape (n_samples, n_sites); "
-            f"got shape {arr.shape}"
-        )
-    if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-        raise ValueError(f"{name} must contain integers in {{0, ..., {phys_dim - 1}}}")
-    if arr.min() < 0 or arr.max() > phys_dim - 1:
-        raise ValueError(
-            f"{name} must take values in {{0, ..., {phys_dim - 1}}} for phys_dim={phys_dim}; "
-            f"got values in [{arr.min():g}, {arr.max():g}]"
-        )
-    return arr.astype(np.int64)
 
 
 def _check_space_size(n_sites, phys_dim):
@@ -141,7 +112,7 @@ def all_configurations(n_sites, phys_dim=2):
     n_sites = _check_int(n_sites, "n_sites", 1)
     phys_dim = _check_int(phys_dim, "phys_dim", 1)
     size = _check_space_size(n_sites, phys_dim)
-    _check_fits(size * n_sites * 8, "all_configurations")
+    _check_array_fits((size, n_sites), np.int64, "all_configurations")
     return _ints_to_digits(np.arange(size), n_sites, phys_dim)
 
 
@@ -261,7 +232,7 @@ def parity(n_bits, n_samples=None, seed=None):
         If None, all ``2**n_bits`` strings in lexicographic order
         (``n_bits <= 26``); otherwise ``n_samples >= 1`` strings drawn
         independently and uniformly (duplicates possible).
-    seed : None, int or numpy.random.Generator, optional
+    seed : None, int >= 0 or numpy.random.Generator, optional
         Randomness for ``n_samples`` draws.
 
     Returns
@@ -284,7 +255,7 @@ def parity(n_bits, n_samples=None, seed=None):
         bits = all_configurations(n_bits, 2)
     else:
         n_samples = _check_int(n_samples, "n_samples", 1)
-        bits = _as_seed(seed).integers(0, 2, size=(n_samples, n_bits), dtype=np.int64)
+        bits = _check_seed(seed).integers(0, 2, size=(n_samples, n_bits), dtype=np.int64)
     return bits, bits.sum(axis=1) % 2
 
 
@@ -297,7 +268,7 @@ def random_patterns(n_bits, n_patterns, seed=None, distinct=True):
         Length of each pattern, ``>= 1``.
     n_patterns : int
         Number of patterns, ``>= 1`` (at most ``2**n_bits`` if ``distinct``).
-    seed : None, int or numpy.random.Generator, optional
+    seed : None, int >= 0 or numpy.random.Generator, optional
         Randomness.
     distinct : bool, optional
         If true, no pattern repeats (a uniform sample without replacement).
@@ -318,7 +289,7 @@ def random_patterns(n_bits, n_patterns, seed=None, distinct=True):
     n_bits = _check_int(n_bits, "n_bits", 1)
     n_patterns = _check_int(n_patterns, "n_patterns", 1)
     distinct = _check_bool(distinct, "distinct")
-    rng = _as_seed(seed)
+    rng = _check_seed(seed)
     if not distinct:
         return rng.integers(0, 2, size=(n_patterns, n_bits), dtype=np.int64)
     if n_bits <= 62 and n_patterns > 2**n_bits:
@@ -512,9 +483,9 @@ def _minmax(x_train, x_test, clip):
     return scaled_train, scaled_test
 
 
-def _split(x, y, n_train, n_test, seed):
+def _split(x, y, n_train, n_test, rng):
     """Random train/test split of rows."""
-    order = _as_seed(seed).permutation(x.shape[0])
+    order = rng.permutation(x.shape[0])
     train, test = order[:n_train], order[n_train : n_train + n_test]
     return x[train], y[train], x[test], y[test]
 
@@ -534,7 +505,7 @@ def load_digits(n_train=None, n_test=None, seed=0, classes=None, pool=1, clip=Tr
     n_test : int, optional
         Test-set size; by default a quarter of the samples (or all those not
         used for training when ``n_train`` is given).
-    seed : None, int or numpy.random.Generator, optional
+    seed : None, int >= 0 or numpy.random.Generator, optional
         Randomness of the split.
     classes : sequence of int, optional
         Keep only these digits; labels are re-numbered ``0..len(classes)-1``
@@ -560,6 +531,7 @@ def load_digits(n_train=None, n_test=None, seed=0, classes=None, pool=1, clip=Tr
         If an argument has the wrong type or is out of range.
     """
     datasets = _import_sklearn_datasets("load_digits")
+    rng = _check_seed(seed)
     pool = _check_int(pool, "pool", 1)
     if pool not in (1, 2, 4, 8):
         raise ValueError(f"pool must be one of 1, 2, 4, 8; got {pool}")
@@ -584,7 +556,7 @@ def load_digits(n_train=None, n_test=None, seed=0, classes=None, pool=1, clip=Tr
         side = 8 // pool
         x = x.reshape(-1, side, pool, side, pool).mean(axis=(2, 4)).reshape(-1, side * side)
     n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
-    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, seed)
+    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, rng)
     x_tr, x_te = _minmax(x_tr, x_te, clip)
     return SplitDataset(x_tr, y_tr, x_te, y_te, "trig", n_classes)
 
@@ -599,7 +571,7 @@ def load_diabetes(n_train=None, n_test=None, seed=0, standardize_y=True, clip=Tr
     ----------
     n_train, n_test : int, optional
         Split sizes, as in :func:`load_digits` (442 samples in all).
-    seed : None, int or numpy.random.Generator, optional
+    seed : None, int >= 0 or numpy.random.Generator, optional
         Randomness of the split.
     standardize_y : bool, optional
         If true, targets are shifted and scaled by the training mean and
@@ -621,12 +593,13 @@ def load_diabetes(n_train=None, n_test=None, seed=0, standardize_y=True, clip=Tr
         If an argument has the wrong type or is out of range.
     """
     datasets = _import_sklearn_datasets("load_diabetes")
+    rng = _check_seed(seed)
     standardize_y = _check_bool(standardize_y, "standardize_y")
     clip = _check_bool(clip, "clip")
     data = datasets.load_diabetes()
     x, y = data.data.astype(np.float64), data.target.astype(np.float64)
     n_train, n_test = _split_sizes(x.shape[0], n_train, n_test)
-    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, seed)
+    x_tr, y_tr, x_te, y_te = _split(x, y, n_train, n_test, rng)
     x_tr, x_te = _minmax(x_tr, x_te, clip)
     if standardize_y:
         mean, std = y_tr.mean(), y_tr.std()

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import mpsntk as mn
-from mpsntk._validate import _check_fits
+from mpsntk._validate import _check_model_fits
 
 _IMAGE_SIDE = 8  # load_digits images are 8 x 8
 _NOT_LARGE = 0.3  # relative fluctuation above which D is not called >> N
@@ -107,8 +107,8 @@ def main(argv=None):
         )
     x = _pool(x, args.pool)
     n_sites, D = x.shape[1], args.bond_dim
-    try:  # the cores alone: n_sites * phys_dim * D^2 float64 entries
-        _check_fits(8 * n_sites * 2 * D**2, f"an MPS with {n_sites} sites and bond dimension {D}")
+    try:  # the model MPS.random(n_sites, D) draws below
+        _check_model_fits([1] + [D] * (n_sites - 1) + [1], 2, 1, np.float64)
     except ValueError as exc:
         p.error(f"--bond-dim {D} is too large: {exc}")
     rng = np.random.default_rng(args.seed)

@@ -40,11 +40,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._spectral import _spectrum
 from ._validate import (
     _as_site_vector,
+    _check_array_fits,
     _check_bool,
     _check_choice,
-    _check_fits,
     _check_int,
     _check_positive_float,
     _describe,
@@ -186,30 +187,6 @@ def _as_times(t, discrete, name="t"):
 # ---------------------------------------------------------------------------
 # Spectral machinery
 # ---------------------------------------------------------------------------
-
-
-class _Spectrum(NamedTuple):
-    """Eigendecomposition of a PSD kernel with exact zeros marked."""
-
-    lam: np.ndarray  # eigenvalues, clipped to >= 0, zero where ``zero``
-    vecs: np.ndarray  # orthonormal eigenvectors as columns
-    zero: np.ndarray  # boolean mask of eigenvalues treated as exactly zero
-    lam_max: float
-
-
-def _spectrum(kernel, name, tol):
-    """Eigendecompose a symmetric PSD kernel; eigenvalues below ``m eps lam_max`` become 0."""
-    lam, vecs = np.linalg.eigh(kernel)
-    lam_max = max(float(lam[-1]), 0.0)
-    if lam[0] < -tol * lam_max or (lam_max == 0.0 and lam[0] < 0.0):
-        raise ValueError(
-            f"{name} must be positive semi-definite; got eigenvalue {lam[0]:.3g} "
-            f"for largest eigenvalue {lam_max:.3g}"
-        )
-    threshold = kernel.shape[0] * np.finfo(np.float64).eps * lam_max
-    zero = lam <= threshold
-    lam = np.where(zero, 0.0, lam)
-    return _Spectrum(lam, vecs, zero, lam_max)
 
 
 def _decay_and_solve(spec, times, rate, discrete):
@@ -860,7 +837,8 @@ def born_frozen_kernel(theta, psi_0, counts, learning_rate, n_steps, loss="sum",
     logged = list(range(0, n_steps + 1, log_every))
     if logged[-1] != n_steps:
         logged.append(n_steps)
-    _check_fits(2 * len(logged) * n_conf * 8, "the logged Born trajectory", "increase log_every")
+    _check_array_fits((2, len(logged), n_conf), np.float64, "the logged Born trajectory",
+                      "increase log_every")
     steps = np.asarray(logged, dtype=np.int64)
     psi_log = np.empty((len(logged), n_conf))
     z_log = np.empty(len(logged))

@@ -53,8 +53,9 @@ from ._validate import (
     _check_bool,
     _check_choice,
     _check_feature_dtype,
-    _check_fits,
     _check_int,
+    _check_model_fits,
+    _check_seed,
     _describe,
     _short_repr,
 )
@@ -62,26 +63,6 @@ from ._validate import (
 __all__ = ["MPS"]
 
 _FORMAT_VERSION = 1
-
-
-# Bytes a core costs beyond its entries (array object, list slot, allocator), measured.
-_CORE_OVERHEAD = 512
-
-
-def _check_model_fits(bonds, phys_dim, n_outputs, dtype):
-    """ValueError, before anything is allocated, when an MPS with these bond dimensions would
-    not fit in the available memory (its entries, a float64 draw of the largest core, and the
-    Python objects of every core)."""
-    b = np.asarray(bonds, dtype=np.float64)
-    sizes = b[:-1] * b[1:] * phys_dim
-    n_params = float(sizes.sum()) + (n_outputs - 1) * float(sizes.max())  # label core: upper bound
-    nbytes = n_params * np.dtype(dtype).itemsize + 16 * n_outputs * float(sizes.max())
-    nbytes += _CORE_OVERHEAD * len(sizes)
-    _check_fits(
-        nbytes,
-        f"an MPS with {len(sizes)} sites and {n_params:.4g} {np.dtype(dtype).name} parameters",
-        "reduce n_sites or bond_dim",
-    )
 
 
 def _scalar(a, kinds):
@@ -256,7 +237,7 @@ class MPS:
             ``site_lr = 1``.
             "standard": ``A ~ N(0, sigma_j^2 / sqrt(D_j D_{j+1}))``, ``scales = 1``,
             ``site_lr[j] = 1 / sqrt(D_j D_{j+1})`` (per-tensor rates of Guo & Draper).
-        seed : int or numpy.random.Generator, optional
+        seed : None, int >= 0 or numpy.random.Generator, optional
         dtype : {numpy.float64, numpy.float32}
         output_site : int, optional
         init : {"normal", "near_identity"}
@@ -294,13 +275,7 @@ class MPS:
                 raise ValueError(f"output_site must be < n_sites = {n_sites}; got {output_site}")
         _check_model_fits(bonds, phys_dim, n_outputs if output_site is not None else 1, dtype)
         sigma = _as_site_vector(sigma, "sigma", n_sites, positive=True)
-        try:
-            rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(
-                f"seed must be None, a non-negative int or a numpy.random.Generator; "
-                f"got {_describe(seed)}"
-            ) from exc
+        rng = _check_seed(seed)
         bonds = np.asarray(bonds, dtype=np.int64)
         fan = np.sqrt((bonds[:-1] * bonds[1:]).astype(float))
         bonds = bonds.tolist()

@@ -12,6 +12,11 @@ section 4):
 
 Outputs on a probe set, the loss, and optional callbacks are logged at chosen steps, so the real
 trajectory can be compared with the kernel-regime predictions of :mod:`mpsntk.dynamics`.
+
+Each loss is one small object (:class:`_Loss`): its data and targets, value, gradient (through
+the cotangent ``dL/df`` for the losses of the outputs), probe outputs and stability check;
+:func:`train` is the loop over them.  :func:`max_ntk_eigenvalue` lives with the other spectral
+routines (``mpsntk._spectral``) and is importable from here as before.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import dataclasses
 import os
 import sys
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _checkpoint, born
 from ._backend import as_array
+from ._spectral import max_ntk_eigenvalue
 from ._validate import (
     _check_bool,
     _check_choice,
@@ -36,12 +43,8 @@ from ._validate import (
 from .dynamics import _check_nonnegative_float
 from .grad import vjp
 from .mps import MPS
-from .ntk import ntk_vp
 
 __all__ = ["TrainResult", "train", "max_ntk_eigenvalue"]
-
-_LOSSES = ("mse", "cross_entropy", "born_nll")
-
 
 @dataclasses.dataclass
 class TrainResult:
@@ -68,68 +71,75 @@ class TrainResult:
     callbacks: list
 
 
-def max_ntk_eigenvalue(mps, phi, n_iter=50, seed=0):
-    """Largest eigenvalue of the NTK on ``phi`` by power iteration with :func:`mpsntk.ntk_vp`.
+class _Batch(NamedTuple):
+    """Training data, whole or one mini-batch: features, targets (None for the Born NLL) and
+    configurations (the Born NLL's data, else None)."""
 
-    ``seed`` (None, an integer >= 0 or a Generator) draws the start vector.
+    phi: object
+    y: object
+    x: object
+
+    def take(self, idx):
+        return _Batch(*(None if a is None else a[idx] for a in self))
+
+
+class _Loss:
+    """A loss of :func:`train`: its data and targets, its value, its gradient with respect to
+    the cores, its probe outputs, and the stability check of gradient descent on it.
+
+    The losses of the outputs (MSE, cross-entropy) give the cotangent ``dL/df``, and the
+    gradient is its vjp; the Born NLL has its own gradient (it involves ``log Z``).
     """
-    if not isinstance(mps, MPS):
-        raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
-    phi = mps.check_features(phi)
-    n_iter = _check_int(n_iter, "n_iter", 1)
-    rng = _check_seed(seed)
-    shape = (phi.shape[0],) if mps.output_site is None else (phi.shape[0], mps.n_outputs)
-    v = mps.xp.asarray(rng.standard_normal(shape).astype(mps.dtype))
-    lam = 0.0
-    for _ in range(n_iter):
-        v /= mps.xp.linalg.norm(v)
-        w = ntk_vp(mps, phi, v)
-        lam_new = float(mps.xp.vdot(v, w))
-        v = w
-        if abs(lam_new - lam) <= 1e-6 * abs(lam_new):
-            return lam_new
-        lam = lam_new
-    return lam
+
+    name = None
+
+    def __init__(self, reduction, feature_scale=None):
+        if feature_scale is not None:
+            raise ValueError(
+                f"feature_scale applies to loss='born_nll' only (the one-hot scale of the "
+                f"configurations); got feature_scale={_describe(feature_scale)} with "
+                f"loss={self.name!r}"
+            )
+        self.reduction = reduction
+        self.feature_scale = None
+
+    def data(self, mps, phi, y):
+        """The validated training data as a :class:`_Batch`."""
+        phi = mps.check_features(phi)
+        return _Batch(phi, self.check_targets(mps, phi, y, "y"), None)
+
+    def check_probe(self, mps, probe):
+        return mps.check_features(probe, "probe")
+
+    def probe_outputs(self, model, probe):
+        return model.forward(probe)
+
+    def no_probe_outputs(self, model, probe):
+        """The logged probe outputs when nothing is logged: length 0, their shape and dtype."""
+        shape = (0, probe.shape[0]) + (() if model.output_site is None else (model.n_outputs,))
+        return model.xp.empty(shape, dtype=model.dtype)
+
+    def value(self, model, batch):
+        return self.value_and_cotangent(model, batch)[0]
+
+    def gradients(self, model, batch):
+        return vjp(model, batch.phi, self.value_and_cotangent(model, batch)[1])
+
+    def check_stability(self, mps, data, eta, batch_size, rng):
+        """Nothing to check but for the MSE, whose kernel regime has a closed-form bound."""
 
 
-def _softmax(z, xp):
-    z = z - z.max(axis=1, keepdims=True)
-    e = xp.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+class _MeanSquaredError(_Loss):
+    """``L = sum ||f - y||^2 / (2 s)``, ``s = y.size`` ("mean") or 1 ("sum")."""
 
+    name = "mse"
 
-def _loss_and_cotangent(kind, mps, phi, y, reduction, feature_scale, x_configs):
-    """Loss value and dL/df (or, for the Born NLL, the full gradient)."""
-    xp = mps.xp  # NumPy, or CuPy for a model on the GPU: no host round trips
-    if kind == "mse":
-        f = mps.forward(phi)
-        s = y.size if reduction == "mean" else 1.0
-        r = f - y
-        return 0.5 * float(xp.sum(r.astype(xp.float64) ** 2)) / s, (r / s).astype(mps.dtype), None
-    if kind == "cross_entropy":
-        f = mps.forward(phi).astype(xp.float64)
-        p = _softmax(f, xp)
-        m = f.shape[0]
-        s = m if reduction == "mean" else 1.0
-        rows = xp.arange(m)
-        logp = xp.log(xp.clip(p[rows, y], 1e-300, None))
-        onehot = xp.zeros_like(p)
-        onehot[rows, y] = 1.0
-        return -float(xp.sum(logp)) / s, ((p - onehot) / s).astype(mps.dtype), None
-    loss, grads = born.nll_grad(mps, x_configs, feature_scale, reduction)
-    return loss, None, grads
-
-
-def _check_targets(kind, mps, phi, y, name):
-    n = phi.shape[0]
-    if kind == "born_nll":
-        if y is not None:
-            raise ValueError(f"{name} must be None for loss='born_nll' (the data are the inputs)")
-        return None
-    if y is None:
-        raise ValueError(f"{name} is required for loss={kind!r}")
-    y = as_array(y, mps.xp)
-    if kind == "mse":
+    @staticmethod
+    def check_targets(mps, phi, y, name):
+        if y is None:
+            raise ValueError(f"{name} is required for loss='mse'")
+        y = as_array(y, mps.xp)
+        n = phi.shape[0]
         want = (n,) if mps.output_site is None else (n, mps.n_outputs)
         if y.dtype != mps.dtype:
             raise TypeError(
@@ -142,21 +152,126 @@ def _check_targets(kind, mps, phi, y, name):
         if not bool(mps.xp.all(mps.xp.isfinite(y))):
             raise ValueError(f"{name} must be finite; got NaN or Inf entries")
         return y
-    if mps.output_site is None:
-        raise ValueError("loss='cross_entropy' needs a model with a label site (n_outputs > 1)")
-    if y.dtype.kind not in "iu":
-        raise TypeError(
-            f"{name} must be integer class labels of shape ({n},) for loss='cross_entropy'; "
-            f"got dtype {y.dtype}"
-        )
-    if y.shape != (n,):
-        raise ValueError(
-            f"{name} must be integer class labels of shape ({n},) for loss='cross_entropy'; "
-            f"got shape {y.shape}"
-        )
-    if y.min() < 0 or y.max() >= mps.n_outputs:
-        raise ValueError(f"{name} must lie in 0..{mps.n_outputs - 1}")
-    return y.astype(np.int64)
+
+    def value_and_cotangent(self, model, batch):
+        xp = model.xp  # NumPy, or CuPy for a model on the GPU: no host round trips
+        f = model.forward(batch.phi)
+        s = batch.y.size if self.reduction == "mean" else 1.0
+        r = f - batch.y
+        return 0.5 * float(xp.sum(r.astype(xp.float64) ** 2)) / s, (r / s).astype(model.dtype)
+
+    def check_stability(self, mps, data, eta, batch_size, rng):
+        """The kernel-regime condition ``eta * lambda_max(Theta_BB) / s < 2`` on the data of one
+        update: the full training set (ValueError), or one random mini-batch (a sample, hence a
+        warning)."""
+        n = data.phi.shape[0]
+        batch = data.phi if batch_size is None else data.phi[rng.permutation(n)[:batch_size]]
+        lam = max_ntk_eigenvalue(mps, batch)
+        outputs = 1 if data.y.ndim == 1 else data.y.shape[1]
+        s = batch.shape[0] * outputs if self.reduction == "mean" else 1.0
+        ratio = eta * lam / s
+        if ratio >= 2.0:
+            msg = (
+                f"learning_rate = {eta} is unstable: eta * lambda_max(Theta_0) / s = "
+                f"{ratio:.3g} >= 2 (lambda_max = {lam:.4g}, s = {s:g}); lower it below "
+                f"{2 * s / lam:.4g}"
+            )
+            if batch_size is None:
+                raise ValueError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+class _CrossEntropy(_Loss):
+    """Softmax cross-entropy over the outputs of a label site, summed or averaged over
+    samples."""
+
+    name = "cross_entropy"
+
+    @staticmethod
+    def check_targets(mps, phi, y, name):
+        if y is None:
+            raise ValueError(f"{name} is required for loss='cross_entropy'")
+        y = as_array(y, mps.xp)
+        n = phi.shape[0]
+        if mps.output_site is None:
+            raise ValueError("loss='cross_entropy' needs a model with a label site (n_outputs > 1)")
+        if y.dtype.kind not in "iu":
+            raise TypeError(
+                f"{name} must be integer class labels of shape ({n},) for loss='cross_entropy'; "
+                f"got dtype {y.dtype}"
+            )
+        if y.shape != (n,):
+            raise ValueError(
+                f"{name} must be integer class labels of shape ({n},) for loss='cross_entropy'; "
+                f"got shape {y.shape}"
+            )
+        if y.min() < 0 or y.max() >= mps.n_outputs:
+            raise ValueError(f"{name} must lie in 0..{mps.n_outputs - 1}")
+        return y.astype(np.int64)
+
+    def value_and_cotangent(self, model, batch):
+        xp = model.xp
+        f = model.forward(batch.phi).astype(xp.float64)
+        p = _softmax(f, xp)
+        m = f.shape[0]
+        s = m if self.reduction == "mean" else 1.0
+        rows = xp.arange(m)
+        logp = xp.log(xp.clip(p[rows, batch.y], 1e-300, None))
+        onehot = xp.zeros_like(p)
+        onehot[rows, batch.y] = 1.0
+        return -float(xp.sum(logp)) / s, ((p - onehot) / s).astype(model.dtype)
+
+
+class _BornNLL(_Loss):
+    """The Born-machine negative log-likelihood of configurations (:func:`mpsntk.born.nll`);
+    its probe outputs are the probabilities ``p(x)``."""
+
+    name = "born_nll"
+
+    def __init__(self, reduction, feature_scale=None):
+        self.reduction = reduction
+        scale = 1.0 if feature_scale is None else feature_scale
+        self.feature_scale = _check_positive_float(scale, "feature_scale")
+
+    @staticmethod
+    def check_targets(mps, phi, y, name):
+        if y is not None:
+            raise ValueError(f"{name} must be None for loss='born_nll' (the data are the inputs)")
+        return None
+
+    def data(self, mps, phi, y):
+        x = born._as_configs(mps, phi, "phi")
+        feats = born._features(mps, x, self.feature_scale)
+        return _Batch(feats, self.check_targets(mps, feats, y, "y"), x)
+
+    def check_probe(self, mps, probe):
+        return born._as_configs(mps, probe, "probe")
+
+    def probe_outputs(self, model, probe):
+        return np.exp(born.log_probabilities(model, probe, self.feature_scale))
+
+    def no_probe_outputs(self, model, probe):
+        return np.empty((0, probe.shape[0]), dtype=np.float64)
+
+    def value(self, model, batch):  # the NLL alone, without its gradient
+        return born.nll(model, batch.x, self.feature_scale, self.reduction)
+
+    def gradients(self, model, batch):
+        return born.nll_grad(model, batch.x, self.feature_scale, self.reduction)[1]
+
+
+_LOSSES = {cls.name: cls for cls in (_MeanSquaredError, _CrossEntropy, _BornNLL)}
+
+
+def _softmax(z, xp):
+    z = z - z.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check_targets(kind, mps, phi, y, name):
+    """The targets ``y`` of ``loss=kind`` for features ``phi``, validated."""
+    return _LOSSES[kind].check_targets(mps, phi, y, name)
 
 
 def train(
@@ -272,7 +387,7 @@ def train(
     """
     if not isinstance(mps, MPS):
         raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
-    loss = _check_choice(loss, "loss", _LOSSES)
+    loss = _check_choice(loss, "loss", tuple(_LOSSES))
     reduction = _check_choice(reduction, "reduction", ("mean", "sum"))
     eta = _check_positive_float(learning_rate, "learning_rate")
     n_steps = _check_int(n_steps, "n_steps", 0)
@@ -284,23 +399,8 @@ def train(
     label_noise = _check_nonnegative_float(label_noise, "label_noise")
     if label_noise and loss != "mse":
         raise ValueError(f"label_noise applies to loss='mse' only; got loss={loss!r}")
-    if loss == "born_nll":
-        feature_scale = 1.0 if feature_scale is None else feature_scale
-        feature_scale = _check_positive_float(feature_scale, "feature_scale")
-    elif feature_scale is not None:
-        raise ValueError(
-            f"feature_scale applies to loss='born_nll' only (the one-hot scale of the "
-            f"configurations); got feature_scale={_describe(feature_scale)} with loss={loss!r}"
-        )
-    callbacks = [callbacks] if callable(callbacks) else callbacks
-    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
-        raise TypeError(
-            f"callbacks must be a callable or a sequence of callables; got {_describe(callbacks)}"
-        )
-    callbacks = list(callbacks)
-    for j, cb in enumerate(callbacks):
-        if not callable(cb):
-            raise TypeError(f"callbacks[{j}] must be callable; got {_describe(cb)}")
+    objective = _LOSSES[loss](reduction, feature_scale)
+    callbacks = _as_callbacks(callbacks)
     if (checkpoint is None) != (checkpoint_every is None):
         raise ValueError(
             "checkpoint and checkpoint_every go together: pass both (the file and the number "
@@ -311,14 +411,8 @@ def train(
     for name, value in (("checkpoint", checkpoint), ("resume", resume)):
         if value is not None and not isinstance(value, (str, bytes, os.PathLike)):
             raise TypeError(f"{name} must be a file path; got {_describe(value)}")
-    if loss == "born_nll":
-        x_configs = born._as_configs(mps, phi, "phi")
-        feats = born._features(mps, x_configs, feature_scale)
-    else:
-        x_configs = None
-        feats = mps.check_features(phi)
-    n = feats.shape[0]
-    y = _check_targets(loss, mps, feats, y, "y")
+    data = objective.data(mps, phi, y)
+    n = data.phi.shape[0]
     if batch_size is not None:
         batch_size = _check_int(batch_size, "batch_size", 1)
         if batch_size > n:
@@ -326,44 +420,16 @@ def train(
         if batch_size == n:
             batch_size = None
     if probe is not None:
-        probe = (
-            born._as_configs(mps, probe, "probe")
-            if loss == "born_nll"
-            else mps.check_features(probe, "probe")
-        )
-    if log_steps is None:
-        logged = set(range(0, n_steps + 1, log_every)) | {n_steps}
-    else:
-        if isinstance(log_steps, (str, bytes)) or np.ndim(log_steps) != 1:
-            raise TypeError(
-                f"log_steps must be a 1-D sequence of integers; got {_describe(log_steps)}"
-            )
-        logged = {_check_int(s, "log_steps entries", 0) for s in log_steps}
-        if max(logged, default=0) > n_steps:
-            raise ValueError(f"log_steps must be <= n_steps = {n_steps}")
+        probe = objective.check_probe(mps, probe)
+    logged = _logged_steps(log_steps, log_every, n_steps)
 
     cfg = None
     if checkpoint is not None or resume is not None:  # (digests of the data: one pass over it)
-        cfg = _checkpoint.config(mps, feats, y, probe, loss=loss, reduction=reduction,
+        cfg = _checkpoint.config(mps, data.phi, data.y, probe, loss=loss, reduction=reduction,
                                  learning_rate=eta, batch_size=batch_size,
-                                 feature_scale=feature_scale, label_noise=label_noise)
-    if check_stability and loss == "mse" and resume is None:
-        # The kernel-regime condition eta * lambda_max(Theta_BB) / s < 2 on the data of one
-        # update: the full training set, or one random mini-batch (a sample, hence a warning).
-        batch = feats if batch_size is None else feats[rng.permutation(n)[:batch_size]]
-        lam = max_ntk_eigenvalue(mps, batch)
-        outputs = 1 if y.ndim == 1 else y.shape[1]
-        s = batch.shape[0] * outputs if reduction == "mean" else 1.0
-        ratio = eta * lam / s
-        if ratio >= 2.0:
-            msg = (
-                f"learning_rate = {eta} is unstable: eta * lambda_max(Theta_0) / s = "
-                f"{ratio:.3g} >= 2 (lambda_max = {lam:.4g}, s = {s:g}); lower it below "
-                f"{2 * s / lam:.4g}"
-            )
-            if batch_size is None:
-                raise ValueError(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                                 feature_scale=objective.feature_scale, label_noise=label_noise)
+    if check_stability and resume is None:
+        objective.check_stability(mps, data, eta, batch_size, rng)
 
     cores = [c.copy() for c in mps.cores]
     model = mps.with_cores(cores, copy=False)
@@ -385,21 +451,10 @@ def train(
         order = rng.permutation(n)
 
     def measure():
-        if loss == "born_nll":  # the NLL alone, without its gradient
-            value = born.nll(model, x_configs, feature_scale, reduction)
-        else:
-            value = _loss_and_cotangent(loss, model, feats, y, reduction, feature_scale, None)[0]
+        value = objective.value(model, data)
         if not np.isfinite(value):
             raise FloatingPointError(f"the training loss is {value}")
-        if probe is None:
-            return value, None
-        if loss == "born_nll":
-            return value, np.exp(born.log_probabilities(model, probe, feature_scale))
-        return value, model.forward(probe)
-
-    def gradients(bf, by, bx):
-        _, cot, grads = _loss_and_cotangent(loss, model, bf, by, reduction, feature_scale, bx)
-        return vjp(model, bf, cot) if grads is None else grads
+        return value, None if probe is None else objective.probe_outputs(model, probe)
 
     def log(step):
         value, outputs = _diverged(measure, step, step > 0)
@@ -437,16 +492,13 @@ def train(
                 order, pos = rng.permutation(n), 0
             idx = order[pos : pos + batch_size]
             pos += batch_size
-            idx = model.xp.asarray(idx)
-            bf = feats[idx]
-            by = None if y is None else y[idx]
-            bx = None if x_configs is None else x_configs[idx]
+            batch = data.take(model.xp.asarray(idx))
         else:
-            bf, by, bx = feats, y, x_configs
+            batch = data
         if label_noise:
-            xi = rng.standard_normal(by.shape).astype(model.dtype)
-            by = by + label_noise * model.xp.asarray(xi)
-        grads = _diverged(gradients, step, step > 0, bf, by, bx)
+            xi = rng.standard_normal(batch.y.shape).astype(model.dtype)
+            batch = batch._replace(y=batch.y + label_noise * model.xp.asarray(xi))
+        grads = _diverged(objective.gradients, step, step > 0, model, batch)
         for c, g, r in zip(cores, grads, rates):
             c -= r * g
         if not all(bool(model.xp.all(model.xp.isfinite(c))) for c in cores):
@@ -461,11 +513,8 @@ def train(
         probe_outputs = None
     elif probes:
         probe_outputs = model.xp.stack(probes)
-    elif loss == "born_nll":  # nothing logged: keep the shape and dtype of the logged values
-        probe_outputs = np.empty((0, probe.shape[0]), dtype=np.float64)
-    else:
-        shape = (0, probe.shape[0]) + (() if model.output_site is None else (model.n_outputs,))
-        probe_outputs = model.xp.empty(shape, dtype=model.dtype)
+    else:  # nothing logged: keep the shape and dtype of the logged values
+        probe_outputs = objective.no_probe_outputs(model, probe)
     return TrainResult(
         mps=model,
         steps=np.asarray(steps, dtype=np.int64),
@@ -473,6 +522,32 @@ def train(
         probe_outputs=probe_outputs,
         callbacks=cb_out,
     )
+
+
+def _as_callbacks(callbacks):
+    """``callbacks`` as a list of callables (a single callable is a one-element list)."""
+    callbacks = [callbacks] if callable(callbacks) else callbacks
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(
+            f"callbacks must be a callable or a sequence of callables; got {_describe(callbacks)}"
+        )
+    callbacks = list(callbacks)
+    for j, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{j}] must be callable; got {_describe(cb)}")
+    return callbacks
+
+
+def _logged_steps(log_steps, log_every, n_steps):
+    """The set of steps to log: ``log_steps``, or every ``log_every`` steps and the last."""
+    if log_steps is None:
+        return set(range(0, n_steps + 1, log_every)) | {n_steps}
+    if isinstance(log_steps, (str, bytes)) or np.ndim(log_steps) != 1:
+        raise TypeError(f"log_steps must be a 1-D sequence of integers; got {_describe(log_steps)}")
+    logged = {_check_int(s, "log_steps entries", 0) for s in log_steps}
+    if max(logged, default=0) > n_steps:
+        raise ValueError(f"log_steps must be <= n_steps = {n_steps}")
+    return logged
 
 
 def _frozen_copy(model):

@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from .._validate import _check_int, _check_positive_float, _describe
+from .._validate import _check_int, _check_positive_float, _check_seed, _describe
 from ..train import _check_targets, train
 from ._common import _check_mps
 from ._rmt import _resolve_sites, core_spectrum
@@ -212,7 +212,7 @@ def dyson_scaling(mps, phi, y, *, pairs=((0.01, 8), (0.02, 16), (0.04, 32)),
             raise ValueError(f"detrend = {window:g} must span at least 3 samples, every "
                              f"{sample_every:g} units of t")
         detrend = True
-    seed = _check_int(seed, "seed", 0)
+    seed = _check_seed(seed, base=True)
     phi = mps.check_features(phi)
     _check_targets("mse", mps, phi, y, "y")
     n_samples = phi.shape[0]

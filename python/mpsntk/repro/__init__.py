@@ -41,12 +41,12 @@ def run(targets=None, *, quick=False, out="repro_results", seed=0, verbose=True)
     verbose : bool
         Print each target's line and the summary table.
     """
-    from .._validate import _check_bool, _check_int
+    from .._validate import _check_bool, _check_seed
     from ._runner import exit_status, run_target, summary_table
 
     quick = _check_bool(quick, "quick")
     verbose = _check_bool(verbose, "verbose")
-    seed = _check_int(seed, "seed", 0)
+    seed = _check_seed(seed, base=True)
     names = list(TARGETS) if targets is None else list(targets)
     unknown = [n for n in names if n not in TARGETS]
     if unknown:

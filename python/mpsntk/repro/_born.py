@@ -121,7 +121,7 @@ def summary_t5(o):
 TARGETS = [
     Target("T5", "Born machine against p_t = p_hat + (p_0 - p_hat) exp(-t/tau)", run_t5,
            plot_t5,
-           full=dict(obc_dims=[4, 8, 16, 32], pbc_dims=[4, 8, 16], n_seeds=2,
+           full=dict(obc_dims=[4, 8, 16, 32], pbc_dims=[4, 8, 16, 32], n_seeds=2,
                      learning_rate=2e-3, kernel_learning_rate=2e-4),
            quick=dict(obc_dims=[4, 16], pbc_dims=[4, 8], n_seeds=1, learning_rate=2e-3,
                       kernel_learning_rate=2e-4),
