@@ -149,8 +149,17 @@ def __getattr__(name):  # everything else: NumPy's function, returning device ar
 
 
 def available():
-    """Whether mpsntk was built with the SIMT simulator."""
-    return _device.simulator() is not None
+    """Whether mpsntk was built with the SIMT simulator.  Where the run expects it
+    (``MPSNTK_EXPECT_SIM=1``, as CI sets it), its absence fails the test instead: the device tests
+    must not skip silently there."""
+    if _device.simulator() is not None:
+        return True
+    if os.environ.get("MPSNTK_EXPECT_SIM") == "1":
+        import pytest
+
+        pytest.fail("MPSNTK_EXPECT_SIM=1 but mpsntk was built without the SIMT simulator "
+                    "(build with MPSNTK_SIM=ON)")
+    return False
 
 
 def device_tests():

@@ -26,7 +26,7 @@ import sim_cupy
 from conftest import random_features, random_model
 
 SIM = _device.simulator()
-if SIM is None:  # pragma: no cover - the simulator is built on POSIX systems
+if not sim_cupy.available():
     pytest.skip("mpsntk was built without the SIMT simulator", allow_module_level=True)
 
 # multi-output open and periodic chains: every kernel and branch of the engine
@@ -44,12 +44,10 @@ def _model(spec, dtype, seed=0):
 def sim_ntk(mps, phi1, phi2=None, outputs="trace", per_site=False, tf32=False):
     """What mpsntk.ntk computes on a device, with the simulated engine."""
     full = outputs == "full" and mps.n_outputs > 1
-    n2 = phi1.shape[0] if phi2 is None else phi2.shape[0]
-    shape = (phi1.shape[0], n2) + ((mps.n_outputs,) * 2 if full else ())
-    if per_site:
-        shape = (mps.n_sites,) + shape
-    return SIM.ntk(mps, phi1, phi2, _site_lr(mps, None), shape, None, full, per_site, False,
-                   tf32)[0]
+    b1 = SIM.prepare(mps, phi1)
+    b2 = None if phi2 is None else SIM.prepare(mps, phi2)
+    return SIM.ntk(b1, b2, _site_lr(mps, None), full=full, per_site=per_site, normalized=False,
+                   tf32=tf32)[0]
 
 
 @pytest.mark.parametrize("spec", MODELS, ids=MODELS.ids)
@@ -62,17 +60,20 @@ def test_other_schedules_change_no_bit(spec, monkeypatch):
     mps32 = mps.with_cores([c.astype(np.float32) for c in mps.cores])
     phi32 = phi1.astype(np.float32)
 
+    def batch():  # prepared under the schedule being tested
+        return SIM.prepare(mps, phi1)
+
     def everything():
         return [
             sim_ntk(mps, phi1, outputs="full", per_site=True),
             sim_ntk(mps, phi1, phi2, outputs="full"),
             sim_ntk(mps32, phi32, tf32=True),
             *SIM.forward(mps, phi1),
-            *SIM.vjp(mps, phi1, v[:, :, 0].copy())[0],
-            *SIM.vjp(mps, phi1, v[:, :, 0].copy(), True)[0],
-            SIM.vjp(mps, phi1, v[:, :, 0].copy(), True)[1],
-            SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v)[0],
-            *SIM.ntk_vp(mps, phi1, _site_lr(mps, None), v, True),
+            *SIM.vjp(batch(), v[:, :, 0].copy())[0],
+            *SIM.vjp(batch(), v[:, :, 0].copy(), normalized=True)[0],
+            SIM.vjp(batch(), v[:, :, 0].copy(), normalized=True)[1],
+            SIM.ntk_vp(batch(), v, _site_lr(mps, None))[0],
+            *SIM.ntk_vp(batch(), v, _site_lr(mps, None), normalized=True),
         ]
 
     def all_paths():  # DMMA m16n8k8 (the simulated card is an sm_90 part), m8n8k4, FMAs
@@ -161,8 +162,12 @@ def test_the_largest_float32_target_fits_one_80_gb_card():
     far below 80 GB, where a dense Jacobian alone (what the peers form) would not fit."""
     n_sites, bond, phys, n = 64, 64, 2, 65536
     shapes = [[phys, 1, bond]] + [[phys, bond, bond]] * (n_sites - 2) + [[phys, bond, 1]]
-    chain = ([0] * n_sites, shapes, np.ones(n_sites), "open", -1)
-    workspace = SIM.module.ntk_workspace_bytes_float32(*chain, n, 0)
+    chain = SIM.module.Chain_float32(cores=[np.zeros(s, np.float32) for s in shapes],
+                                     scales=np.ones(n_sites), boundary="open", output_site=-1)
+    # the prepared batch (environments and factors) and the call's own workspace (scales,
+    # weighted features)
+    workspace = (SIM.module.prepare_bytes(chain, n_samples=n)
+                 + SIM.module.ntk_workspace_bytes(chain, n1=n, n2=0))
     total = workspace + n * n * 4
     # the output and the left and right environments of every sample at every bond (the
     # rest, log-scales and weighted features, is a few percent)
@@ -170,6 +175,80 @@ def test_the_largest_float32_target_fits_one_80_gb_card():
     assert bulk <= total < 1.05 * bulk < 20 * 2**30
     jacobian = n * sum(int(np.prod(s)) for s in shapes) * 4
     assert jacobian > 80e9
+
+
+def test_the_binding_checks_every_shape_in_cpp():
+    """The device engine refuses, in C++, what the host engine refuses: features of another site
+    count or phys_dim, outputs and operands of the wrong shape or dtype, too little memory,
+    batches of two models -- before any kernel reads past a buffer (the outputs stay untouched).
+    Arguments are named: positional ones are refused."""
+    mod = SIM.module
+    rng, host = _model(MODELS[0], np.float64, seed=7)
+    C, N = host.n_outputs, host.n_sites
+
+    def chain(mps):
+        return mod.Chain_float64(cores=mps.cores, scales=mps.scales, boundary=mps.boundary,
+                                 output_site=mps.output_site)
+
+    ch = chain(host)
+    phi = random_features(rng, 5, N, 3)
+
+    def memory(n=5):
+        return np.empty(mod.prepare_bytes(ch, n_samples=n), np.uint8)
+
+    for bad, match in [(random_features(rng, 5, N + 1, 3), rf"phi: n_sites = {N + 1} does not "
+                        rf"match the MPS \({N} sites\)"),
+                       (random_features(rng, 5, N, 2), r"phi: phys_dim = 2 does not match the MPS "
+                        r"\(3\)"),
+                       (phi[0], r"phi: expected shape \(n_samples, n_sites, phys_dim\)")]:
+        with pytest.raises(ValueError, match=match):
+            mod.prepare(ch, phi=bad, memory=memory(), stream=0)
+        mant, lg = np.full((5, C), 7.0), np.full((5, C), 7.0)
+        ws = np.empty(mod.forward_workspace_bytes(ch, n_samples=5), np.uint8)
+        with pytest.raises(ValueError, match=match.split(":")[0]):
+            mod.forward(ch, phi=bad, mantissa=mant, log_scale=lg, workspace=ws, stream=0)
+        assert np.all(mant == 7.0) and np.all(lg == 7.0)
+    with pytest.raises(TypeError, match="phi must have typestr <f8; got <f4"):
+        mod.prepare(ch, phi=phi.astype(np.float32), memory=memory(), stream=0)
+    with pytest.raises(ValueError, match="memory: too small"):
+        mod.prepare(ch, phi=phi, memory=memory(2), stream=0)
+    with pytest.raises(TypeError):  # positional arguments
+        mod.prepare(ch, phi, memory(), 0)
+    with pytest.raises(ValueError, match=r"cores\[1\]: left bond does not match"):
+        mod.Chain_float64(cores=[host.cores[1]] + host.cores[1:],
+                          scales=host.scales, boundary="open", output_site=2)
+
+    batch = mod.prepare(ch, phi=phi, memory=memory(), stream=0)
+    lr = np.ones(N)
+    ws = np.empty(mod.ntk_workspace_bytes(ch, n1=5, n2=0), np.uint8)
+    logs = dict(log_scale1=np.empty(5), log_scale2=np.empty(5))
+    out = np.full((5, 4), 7.0)
+    with pytest.raises(ValueError, match="out: expected 25 elements"):
+        mod.ntk(batch, None, site_lr=lr, out=out, **logs, full_outputs=False, per_site=False,
+                normalized=False, tf32=False, workspace=ws, stream=0)
+    assert np.all(out == 7.0)
+    with pytest.raises(ValueError, match="site_lr: need one per site"):
+        mod.ntk(batch, None, site_lr=lr[:-1], out=np.empty((5, 5)), **logs, full_outputs=False,
+                per_site=False, normalized=False, tf32=False, workspace=ws, stream=0)
+    with pytest.raises(ValueError, match="workspace: 1 bytes, the call needs"):
+        mod.ntk(batch, None, site_lr=lr, out=np.empty((5, 5)), **logs, full_outputs=False,
+                per_site=False, normalized=False, tf32=False, workspace=np.empty(1, np.uint8),
+                stream=0)
+    grads = [np.empty_like(c) for c in host.cores]
+    pws = np.empty(mod.product_workspace_bytes(ch, n1=5), np.uint8)
+    with pytest.raises(ValueError, match=rf"cotangent must have shape \(5, {C}\); got \(4, {C}\)"):
+        mod.vjp(batch, cotangent=np.ones((4, C)), grads=grads, workspace=pws, stream=0)
+    with pytest.raises(ValueError, match=r"grads\[2\]: expected \d+ elements"):
+        mod.vjp(batch, cotangent=np.ones((5, C)), grads=grads[:2] + [grads[3]] + grads[3:],
+                workspace=pws, stream=0)
+    with pytest.raises(ValueError, match=r"v: expected shape \(n_samples2, n_outputs, k\)"):
+        mod.ntk_vp(batch, None, site_lr=lr, v=np.ones((6, C, 2)), out=np.empty((5, C, 2)),
+                   workspace=pws, stream=0)
+    other = host.copy()
+    b_other = mod.prepare(chain(other), phi=phi, memory=memory(), stream=0)
+    with pytest.raises(ValueError, match="prepared for different models"):
+        mod.ntk(batch, b_other, site_lr=lr, out=np.empty((5, 5)), **logs, full_outputs=False,
+                per_site=False, normalized=False, tf32=False, workspace=ws, stream=0)
 
 
 # ---------------------------------------------------------------- the simulator itself

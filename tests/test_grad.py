@@ -106,3 +106,30 @@ def test_products_that_overflow_are_errors_not_infinities(place):
     with pytest.raises(FloatingPointError, match="the jvp overflows"):
         mn.jvp(model, place.put(phi), [place.put(c * 1e200) for c in cores])
     assert np.all(np.isfinite(place.get(mn.ntk_vp(model, place.put(phi * 1e-92), v))))
+
+
+@pytest.mark.parametrize("boundary", ["open", "periodic"])
+def test_products_of_row_and_panel_batches_agree(boundary):
+    """A host batch prepared for the Jacobian products alone keeps its factors as rows; one
+    prepared for NTK tiles stores them as packed panels.  Every product reads both layouts to
+    the same result (the dense Jacobian is the oracle); only the panel batch enters an NTK."""
+    from mpsntk._engine import HOST
+
+    rng = np.random.default_rng(11)
+    bonds = [1, 3, 4, 2, 1] if boundary == "open" else [3, 3, 4, 2, 3]
+    mps = random_model(rng, bonds, boundary=boundary, output_site=1, n_outputs=2)
+    phi = random_features(rng, 13, 4)
+    rows, panels = HOST.prepare(mps, phi, tiles=False), HOST.prepare(mps, phi, tiles=True)
+    J = ref.jacobian(mps, phi)  # (n, C, n_params)
+    cot = rng.standard_normal((13, 2))
+    tangents = [rng.standard_normal(c.shape) for c in mps.cores]
+    t = np.concatenate([x.ravel() for x in tangents])
+    want_g = np.einsum("xlp,xl->p", J, cot)
+    for b in (rows, panels):
+        assert relerr(HOST.jacobian(b), J) < 1e-12
+        g = np.concatenate([x.ravel() for x in HOST.vjp(b, cot)[0]])
+        assert relerr(g, want_g) < 1e-12
+        assert relerr(HOST.jvp(b, tangents)[0], J @ t) < 1e-12
+    HOST.ntk(panels, None, mps.site_lr, full=False, per_site=False, normalized=False)
+    with pytest.raises(ValueError, match="panels=true"):
+        HOST.ntk(rows, None, mps.site_lr, full=False, per_site=False, normalized=False)

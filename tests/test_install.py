@@ -172,6 +172,33 @@ def test_isa_environment_variable_selects_the_engine(isa):
     assert float(out[2]) < 1e-12  # and that engine computes the NTK of the dense oracle
 
 
+def test_isa_environment_variable_refuses_unknown_names():
+    """An instruction set this build does not know is an import error that lists the valid
+    names, not a silent fallback to the best set."""
+    env = dict(os.environ, MPSNTK_ISA="avx2048")
+    res = subprocess.run([sys.executable, "-c", "import mpsntk"], env=env, capture_output=True,
+                         text=True)
+    assert res.returncode != 0
+    want = "MPSNTK_ISA=avx2048 is not an instruction set of this build; expected one of " + \
+        ", ".join(mn.build_info()["compiled_isas"])
+    assert f"ValueError: mpsntk: {want}" in res.stderr or f"ValueError: {want}" in res.stderr
+
+
+def test_isa_environment_variable_warns_when_the_cpu_lacks_it():
+    """A set of this build that this CPU lacks: a RuntimeWarning naming the set used instead."""
+    info = mn.build_info()
+    lacking = [isa for isa in info["compiled_isas"] if isa not in info["isas"]]
+    if not lacking:
+        pytest.skip(f"this CPU runs every instruction set of the build ({info['isas']})")
+    env = dict(os.environ, MPSNTK_ISA=lacking[0])
+    code = ("import warnings; warnings.simplefilter('error');\n"
+            "try:\n import mpsntk\nexcept RuntimeWarning as w: print(w)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert f"MPSNTK_ISA={lacking[0]}: this CPU does not support that instruction set; using " \
+        f"{info['isas'][0]}" in out
+
+
 # --------------------------------------------------------------------------- linked libraries
 
 

@@ -90,7 +90,7 @@ def test_output_site_term_is_diagonal_in_outputs():
 
 def test_default_tile_is_chosen_per_problem_and_equals_explicit_tiles():
     """tile=None (the default) picks 512..64 from the sizes and threads; the kernel is the same."""
-    from mpsntk.ntk import _default_tile
+    from mpsntk._engine import default_tile as _default_tile
 
     assert _default_tile(4096, 4096, True, 2) == 512  # 36 upper tiles for 2 threads
     assert _default_tile(1024, 1024, True, 2) == 256  # 512 would leave 3 tiles

@@ -19,6 +19,7 @@ import pytest
 
 import mpsntk as mn
 from mpsntk import _reference as ref
+from mpsntk import _taylor_xp
 from mpsntk import diagnostics as dg
 
 import cases
@@ -432,7 +433,7 @@ def test_device_model_stays_on_the_device():
                                         orders=orders)
                 assert relerr(got.get(), want) < 1e-12
                 # tiles of 2 x 2 pairs (and the mirrored ones of the symmetric case)
-                tiled = dg._taylor._order_kernels_device(dev, dphi, other, orders, edge=2)
+                tiled = _taylor_xp.order_kernels(dev, dphi, other, orders, edge=2)
                 assert relerr(tiled.get(), want) < 1e-12
         # the log-scales of a long chain on the device are the engine's
         mps = mn.MPS.random(300, 3, seed=rng)

@@ -126,6 +126,8 @@ repair() {
   echo "repaired: $(basename "$REPAIRED"); bundled: ${libs:-nothing}" | tr '\n' ' '
   echo
   ! grep -qiE 'cuda|cudart|cublas|libnv' <<<"$libs" || fail "$name: a CUDA library was bundled"
+  # the SIMT simulator is a test tool: never in a wheel built without MPSNTK_SIM=ON
+  ! python -m zipfile -l "$REPAIRED" | grep -q '_cuda_sim' || fail "$name: the wheel ships _cuda_sim"
 }
 
 # install NAME WHEEL EXTRAS PYTHON: a fresh venv with the wheel; prints build_info

@@ -45,29 +45,17 @@ template <class T>
 Chain<T> make_chain(const py::list& cores, const carray<double>& scales, const std::string& boundary,
                     index_t output_site) {
   Chain<T> c;
-  auto& v = c.view;
-  v.n_sites = static_cast<index_t>(cores.size());
-  MPSNTK_EXPECTS(v.n_sites >= 1, "cores: need at least one core");
-  MPSNTK_EXPECTS(boundary == "open" || boundary == "periodic", "boundary must be 'open' or 'periodic'");
-  v.boundary = boundary == "open" ? Boundary::open : Boundary::periodic;
-  v.output_site = output_site;
-  MPSNTK_EXPECTS(scales.ndim() == 1 && scales.shape(0) == v.n_sites, "scales: need one per site");
-  for (index_t j = 0; j < v.n_sites; ++j) {
+  std::vector<const T*> ptrs;
+  std::vector<std::vector<index_t>> shapes;
+  for (std::size_t j = 0; j < cores.size(); ++j) {
     carray<T> a = as_carray<T>(cores[j], "cores[" + std::to_string(j) + "]");
-    const bool label = j == output_site;
-    MPSNTK_EXPECTS(a.ndim() == (label ? 4 : 3), "cores[" + std::to_string(j) + "]: wrong rank");
-    const int o = label ? 1 : 0;
-    if (label) v.n_outputs = a.shape(0);
-    if (j == 0) v.phys_dim = a.shape(o), v.bond.push_back(a.shape(o + 1));
-    MPSNTK_EXPECTS(a.shape(o) == v.phys_dim, "cores[" + std::to_string(j) + "]: phys_dim differs");
-    MPSNTK_EXPECTS(a.shape(o + 1) == v.bond.back(),
-                   "cores[" + std::to_string(j) + "]: left bond does not match the previous core");
-    v.bond.push_back(a.shape(o + 2));
-    v.cores.push_back(a.data());
-    v.scales.push_back(scales.at(j));
+    ptrs.push_back(a.data());
+    shapes.emplace_back(a.shape(), a.shape() + a.ndim());
     c.keep.push_back(std::move(a));
   }
-  v.validate();
+  MPSNTK_EXPECTS(scales.ndim() == 1, "scales: need one per site");
+  c.view = mpsntk::make_chain<T>(ptrs, shapes, std::vector<double>(scales.data(), scales.data() + scales.size()),
+                                 boundary, output_site);
   return c;
 }
 

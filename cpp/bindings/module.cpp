@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "convert.hpp"
+#include "mpsntk/factor_layout.hpp"
 #include "mpsntk/mma_tile.hpp"
 
 namespace py = pybind11;
@@ -62,111 +63,132 @@ py::tuple forward_py(const py::list& cores, const carray<double>& scales, const 
   return py::make_tuple(mant, lg);
 }
 
+/// A prepared batch and the features it reads (kept alive with it).
 template <class T>
-bool ntk_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
-            const std::string& boundary, index_t output_site, const carray<T>& phi1, const py::object& phi2,
-            carray<T> out, carray<double> log1, carray<double> log2, bool full_outputs, bool per_site, bool normalized,
-            index_t tile) {
+struct PyBatch {
+  Batch<T> batch;
+  carray<T> phi;
+};
+
+template <class T>
+PyBatch<T> prepare_py(const py::list& cores, const carray<double>& scales, const std::string& boundary,
+                      index_t output_site, const carray<T>& phi, bool panels) {
   auto ch = make_chain<T>(cores, scales, boundary, output_site);
-  const auto f1 = make_features<T>(phi1, "phi1");
-  carray<T> p2arr;
-  FeatureView<T> f2;
-  const bool sym = phi2.is_none();
-  if (!sym) {
-    p2arr = as_carray<T>(phi2, "phi2");
-    f2 = make_features<T>(p2arr, "phi2");
-  }
-  MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
-  const index_t n2 = sym ? f1.n_samples : f2.n_samples, C = ch.view.n_outputs;
-  const index_t cc = (full_outputs && C > 1) ? C * C : 1;
-  T* o = writable(out, "out", f1.n_samples * n2 * cc * (per_site ? ch.view.n_sites : 1));
-  double* l1 = writable(log1, "log_scale1", f1.n_samples);
+  const auto fv = make_features<T>(phi, "phi");
+  PyBatch<T> b{{}, phi};
+  b.batch = without_gil([&] { return prepare<T>(ch.view, fv, panels); });
+  return b;
+}
+
+template <class T>
+py::tuple batch_forward_py(const PyBatch<T>& b) {
+  const index_t n = b.batch.n_samples(), C = b.batch.chain().n_outputs;
+  carray<T> mant({n, C});
+  carray<double> lg({n, C});
+  forward<T>(b.batch, mant.mutable_data(), lg.mutable_data());
+  return py::make_tuple(mant, lg);
+}
+
+inline py::tuple footprint(const Footprint& f) { return py::make_tuple(f.held, f.peak); }
+
+/// The site rates of a product: one per site.
+inline const double* rates(const carray<double>& site_lr, index_t n_sites) {
+  MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == n_sites, "site_lr: need one per site");
+  return site_lr.data();
+}
+
+template <class T>
+bool ntk_py(const PyBatch<T>& b1, const PyBatch<T>* b2, const carray<double>& site_lr, carray<T> out,
+            carray<double> log1, carray<double> log2, bool full_outputs, bool per_site, bool normalized, index_t tile) {
+  const auto& ch = b1.batch.chain();
+  const index_t n1 = b1.batch.n_samples(), n2 = b2 ? b2->batch.n_samples() : n1;
+  const NtkLayout layout(n1, n2, ch.n_outputs, full_outputs, per_site);
+  T* o = writable(out, "out", layout.size(ch.n_sites));
+  double* l1 = writable(log1, "log_scale1", n1);
   double* l2 = writable(log2, "log_scale2", n2);
   NtkOptions opt;
   opt.full_outputs = full_outputs;
   opt.per_site = per_site;
   opt.normalized = normalized;
   opt.tile = tile;
-  const double* lr = site_lr.data();
-  return without_gil([&] { return ntk<T>(ch.view, f1, sym ? nullptr : &f2, opt, lr, o, l1, l2); });
+  const double* lr = rates(site_lr, ch.n_sites);
+  const Batch<T>* other = b2 ? &b2->batch : nullptr;
+  return without_gil([&] { return ntk<T>(b1.batch, other, opt, lr, o, l1, l2); });
 }
 
 template <class T>
-std::vector<T*> core_like_outputs(const Chain<T>& ch, const py::list& arrays, const std::string& name,
+std::vector<T*> core_like_outputs(const ChainView<T>& ch, const py::list& arrays, const std::string& name,
                                   std::vector<carray<T>>& keep) {
-  MPSNTK_EXPECTS(static_cast<index_t>(arrays.size()) == ch.view.n_sites, name + ": need one array per core");
+  MPSNTK_EXPECTS(static_cast<index_t>(arrays.size()) == ch.n_sites, name + ": need one array per core");
   std::vector<T*> ptr;
-  for (index_t j = 0; j < ch.view.n_sites; ++j) {
+  for (index_t j = 0; j < ch.n_sites; ++j) {
     keep.push_back(as_carray<T>(arrays[j], name + "[" + std::to_string(j) + "]"));
-    ptr.push_back(writable(keep.back(), name + "[" + std::to_string(j) + "]", ch.view.core_size(j)));
+    ptr.push_back(writable(keep.back(), name + "[" + std::to_string(j) + "]", ch.core_size(j)));
   }
   return ptr;
 }
 
-/// An optional float64 output of @p size entries (None: not wanted).
-inline double* optional_log(const py::object& obj, const std::string& name, py::ssize_t size, carray<double>& keep) {
+/// An optional float64 array of @p size entries (None: not given), writable when @p write.
+inline double* optional_log(const py::object& obj, const std::string& name, py::ssize_t size, carray<double>& keep,
+                            bool write = true) {
   if (obj.is_none()) return nullptr;
   keep = as_carray<double>(obj, name);
+  if (!write) {
+    MPSNTK_EXPECTS(keep.size() == size, name + ": wrong size");
+    return const_cast<double*>(keep.data());
+  }
   return writable(keep, name, size);
 }
 
 template <class T>
-void vjp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
-            const carray<T>& phi, const carray<T>& cot, const py::list& grads, const py::object& grad_log) {
-  auto ch = make_chain<T>(cores, scales, boundary, output_site);
-  const auto fv = make_features<T>(phi, "phi");
-  MPSNTK_EXPECTS(cot.size() == fv.n_samples * ch.view.n_outputs, "cotangent: expected (n_samples, n_outputs)");
+void vjp_py(const PyBatch<T>& b, const carray<T>& cot, const py::list& grads, const py::object& grad_log) {
+  const auto& ch = b.batch.chain();
+  MPSNTK_EXPECTS(cot.size() == b.batch.n_samples() * ch.n_outputs, "cotangent: expected (n_samples, n_outputs)");
   std::vector<carray<T>> keep;
   auto g = core_like_outputs(ch, grads, "grads", keep);
   carray<double> keep_log;
-  double* gl = optional_log(grad_log, "grad_log", ch.view.n_sites, keep_log);
-  without_gil([&] { vjp<T>(ch.view, fv, cot.data(), g.data(), gl); });
+  double* gl = optional_log(grad_log, "grad_log", ch.n_sites, keep_log);
+  without_gil([&] { vjp<T>(b.batch, cot.data(), g.data(), gl); });
 }
 
 template <class T>
-void jvp_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
-            const carray<T>& phi, const py::list& tangents, carray<T> out, const py::object& out_log) {
-  auto ch = make_chain<T>(cores, scales, boundary, output_site);
-  const auto fv = make_features<T>(phi, "phi");
+void jvp_py(const PyBatch<T>& b, const py::list& tangents, carray<T> out, const py::object& tangent_log,
+            const py::object& out_log) {
+  const auto& ch = b.batch.chain();
   std::vector<carray<T>> keep;
   std::vector<const T*> t;
-  MPSNTK_EXPECTS(static_cast<index_t>(tangents.size()) == ch.view.n_sites, "tangents: need one array per core");
-  for (index_t j = 0; j < ch.view.n_sites; ++j) {
+  MPSNTK_EXPECTS(static_cast<index_t>(tangents.size()) == ch.n_sites, "tangents: need one array per core");
+  for (index_t j = 0; j < ch.n_sites; ++j) {
     keep.push_back(as_carray<T>(tangents[j], "tangents[" + std::to_string(j) + "]"));
-    MPSNTK_EXPECTS(keep.back().size() == ch.view.core_size(j), "tangents[" + std::to_string(j) + "]: wrong size");
+    MPSNTK_EXPECTS(keep.back().size() == ch.core_size(j), "tangents[" + std::to_string(j) + "]: wrong size");
     t.push_back(keep.back().data());
   }
-  T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs);
-  carray<double> keep_log;
-  double* ol = optional_log(out_log, "out_log", fv.n_samples, keep_log);
-  without_gil([&] { jvp<T>(ch.view, fv, t.data(), o, ol); });
+  T* o = writable(out, "out", b.batch.n_samples() * ch.n_outputs);
+  carray<double> keep_tlog, keep_log;
+  const double* tl = optional_log(tangent_log, "tangent_log", ch.n_sites, keep_tlog, false);
+  double* ol = optional_log(out_log, "out_log", b.batch.n_samples(), keep_log);
+  without_gil([&] { jvp<T>(b.batch, t.data(), tl, o, ol); });
 }
 
 template <class T>
-void ntk_vp_py(const py::list& cores, const carray<double>& scales, const carray<double>& site_lr,
-               const std::string& boundary, index_t output_site, const carray<T>& phi, const carray<T>& v, index_t k,
+void ntk_vp_py(const PyBatch<T>& b1, const PyBatch<T>* b2, const carray<double>& site_lr, const carray<T>& v, index_t k,
                carray<T> out, const py::object& out_log) {
-  auto ch = make_chain<T>(cores, scales, boundary, output_site);
-  const auto fv = make_features<T>(phi, "phi");
-  MPSNTK_EXPECTS(site_lr.ndim() == 1 && site_lr.shape(0) == ch.view.n_sites, "site_lr: need one per site");
-  const index_t size = fv.n_samples * ch.view.n_outputs * k;
-  MPSNTK_EXPECTS(v.size() == size, "v: expected (n_samples, n_outputs, k)");
-  T* o = writable(out, "out", size);
+  const auto& ch = b1.batch.chain();
+  const index_t n1 = b1.batch.n_samples(), n2 = b2 ? b2->batch.n_samples() : n1;
+  MPSNTK_EXPECTS(k >= 1 && v.size() == n2 * ch.n_outputs * k, "v: expected (n_samples2, n_outputs, k)");
+  T* o = writable(out, "out", n1 * ch.n_outputs * k);
   carray<double> keep_log;
-  double* ol = optional_log(out_log, "out_log", fv.n_samples * k, keep_log);
-  const double* lr = site_lr.data();
-  without_gil([&] { ntk_vp<T>(ch.view, fv, lr, v.data(), k, o, ol); });
+  double* ol = optional_log(out_log, "out_log", n1 * k, keep_log);
+  const double* lr = rates(site_lr, ch.n_sites);
+  const Batch<T>* other = b2 ? &b2->batch : nullptr;
+  without_gil([&] { ntk_vp<T>(b1.batch, other, lr, v.data(), k, o, ol); });
 }
 
 template <class T>
-void jacobian_py(const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
-                 const carray<T>& phi, carray<T> out) {
-  auto ch = make_chain<T>(cores, scales, boundary, output_site);
-  const auto fv = make_features<T>(phi, "phi");
-  index_t P = 0;
-  for (index_t j = 0; j < ch.view.n_sites; ++j) P += ch.view.core_size(j);
-  T* o = writable(out, "out", fv.n_samples * ch.view.n_outputs * P);
-  without_gil([&] { jacobian<T>(ch.view, fv, o); });
+void jacobian_py(const PyBatch<T>& b, carray<T> out) {
+  const auto& ch = b.batch.chain();
+  T* o = writable(out, "out", b.batch.n_samples() * ch.n_outputs * ch.n_params());
+  without_gil([&] { jacobian<T>(b.batch, o); });
 }
 
 template <class T>
@@ -176,7 +198,7 @@ double log_partition_py(const py::list& cores, const carray<double>& scales, con
   MPSNTK_EXPECTS(weights.ndim() == 1 && weights.shape(0) == ch.view.phys_dim, "weights: need one per state");
   std::vector<carray<T>> keep;
   std::vector<T*> g;
-  if (!grads.is_none()) g = core_like_outputs(ch, grads.cast<py::list>(), "grads", keep);
+  if (!grads.is_none()) g = core_like_outputs(ch.view, grads.cast<py::list>(), "grads", keep);
   const double* w = weights.data();
   return without_gil([&] { return log_partition<T>(ch.view, w, g.empty() ? nullptr : g.data()); });
 }
@@ -248,25 +270,50 @@ void register_dtype(py::module_& m) {
         py::arg("boundary"), py::arg("weights"));
   m.def("forward", &forward_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
         py::arg("phi").noconvert());
-  m.def("ntk", &ntk_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
-        py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"), py::arg("out").noconvert(),
-        py::arg("log_scale1").noconvert(), py::arg("log_scale2").noconvert(), py::arg("full_outputs"),
-        py::arg("per_site"), py::arg("normalized"), py::arg("tile"));
-  m.def("vjp", &vjp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert(), py::arg("cotangent").noconvert(), py::arg("grads"),
+  const std::string batch = std::string("Batch") + suffix;
+  py::class_<PyBatch<T>>(m, batch.c_str(),
+                         "A prepared batch: the environments of its samples as per-site factors (engine.hpp)")
+      .def_property_readonly("n_samples", [](const PyBatch<T>& b) { return b.batch.n_samples(); })
+      .def_property_readonly("nbytes", [](const PyBatch<T>& b) { return b.batch.bytes(); })
+      .def("forward", &batch_forward_py<T>);
+  m.def("prepare", &prepare_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
+        py::arg("phi").noconvert(), py::kw_only(), py::arg("panels") = true);
+  m.def("ntk", &ntk_py<T>, py::arg("batch1"), py::arg("batch2").none(true), py::arg("site_lr"),
+        py::arg("out").noconvert(), py::arg("log_scale1").noconvert(), py::arg("log_scale2").noconvert(),
+        py::arg("full_outputs"), py::arg("per_site"), py::arg("normalized"), py::arg("tile"));
+  m.def("vjp", &vjp_py<T>, py::arg("batch"), py::arg("cotangent").noconvert(), py::arg("grads"),
         py::arg("grad_log") = py::none());
-  m.def("jvp", &jvp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert(), py::arg("tangents"), py::arg("out").noconvert(), py::arg("out_log") = py::none());
-  m.def("ntk_vp", &ntk_vp_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"), py::arg("boundary"),
-        py::arg("output_site"), py::arg("phi").noconvert(), py::arg("v").noconvert(), py::arg("k"),
-        py::arg("out").noconvert(), py::arg("out_log") = py::none());
+  m.def("jvp", &jvp_py<T>, py::arg("batch"), py::arg("tangents"), py::arg("out").noconvert(),
+        py::arg("tangent_log") = py::none(), py::arg("out_log") = py::none());
+  m.def("ntk_vp", &ntk_vp_py<T>, py::arg("batch1"), py::arg("batch2").none(true), py::arg("site_lr"),
+        py::arg("v").noconvert(), py::arg("k"), py::arg("out").noconvert(), py::arg("out_log") = py::none());
+  m.def("jacobian", &jacobian_py<T>, py::arg("batch"), py::arg("out").noconvert());
+  m.def(("prepare_footprint" + suffix).c_str(),
+        [](const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
+           index_t n) {
+          return footprint(prepare_footprint<T>(make_chain<T>(cores, scales, boundary, output_site).view, n));
+        },
+        py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"), py::arg("n_samples"));
+  m.def(("ntk_footprint" + suffix).c_str(),
+        [](const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
+           index_t n1, index_t n2, bool full_outputs, bool per_site, index_t tile) {
+          NtkOptions opt;
+          opt.full_outputs = full_outputs, opt.per_site = per_site, opt.tile = tile;
+          return footprint(ntk_footprint<T>(make_chain<T>(cores, scales, boundary, output_site).view, n1, n2, opt));
+        },
+        py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"), py::arg("n1"), py::arg("n2"),
+        py::arg("full_outputs"), py::arg("per_site"), py::arg("tile"));
+  m.def(("product_footprint" + suffix).c_str(),
+        [](const py::list& cores, const carray<double>& scales, const std::string& boundary, index_t output_site,
+           index_t n) {
+          return footprint(product_footprint<T>(make_chain<T>(cores, scales, boundary, output_site).view, n));
+        },
+        py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"), py::arg("n_samples"));
   m.def("taylor_terms", &taylor_terms_py<T>, py::arg("cores"), py::arg("step"), py::arg("scales"), py::arg("boundary"),
         py::arg("output_site"), py::arg("phi").noconvert(), py::arg("max_order"), py::arg("remainder"));
   m.def("order_kernels", &order_kernels_py<T>, py::arg("cores"), py::arg("scales"), py::arg("site_lr"),
         py::arg("boundary"), py::arg("output_site"), py::arg("phi1").noconvert(), py::arg("phi2"), py::arg("orders"),
         py::arg("out").noconvert());
-  m.def("jacobian", &jacobian_py<T>, py::arg("cores"), py::arg("scales"), py::arg("boundary"), py::arg("output_site"),
-        py::arg("phi").noconvert(), py::arg("out").noconvert());
 }
 
 py::dict build_info() {
@@ -393,6 +440,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_isas", &available_isas);
   m.def("current_isa", &current_isa);
   m.def("set_isa", &set_isa, py::arg("name"));
+  m.def("isa_request_problem", [] {
+    const auto p = isa_request_problem();
+    return py::make_tuple(p.first == IsaProblem::none      ? ""
+                          : p.first == IsaProblem::unknown ? "unknown"
+                                                           : "unsupported",
+                          p.second);
+  });
   m.def("mma_tile_map", &mma_tile_map, py::arg("kind"));
   m.def("tile_order", &tile_order, py::arg("t1"), py::arg("t2"), py::arg("upper"));
   m.def("get_num_threads", &num_threads);

@@ -1,32 +1,22 @@
 // Forward pass and Jacobian products on the device: the same factors as the CPU engine
-// (cpp/src/detail/grad.hpp), with every contraction a tiled GEMM of gemm_kernel.
-#include "mpsntk/cuda/kernels.cuh"
+// (cpp/src/detail/grad.hpp), from prepared batches, with every contraction a tiled GEMM of
+// gemm_kernel.
+#include "mpsntk/cuda/factors.cuh"
 
 namespace mpsntk::cuda {
 namespace {
 
+/// f from the last left slot (the CPU engine's trace_last_slot).
 template <class T>
 __global__ void trace_kernel(const T* v, const double* lg, index_t n, index_t C, index_t m, index_t h, T* mant,
                              double* log_out) {
   const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (i >= n * C) return;
-  const index_t x = i / C, l = i % C, r = x * m + (m > 1 ? l : 0);
+  const index_t x = i / C, l = i % C, r = factor_row(x, m, l);
   T f = 0;
   for (index_t a = 0; a < h; ++a) f += v[(r * h + a) * h + a];
   mant[i] = f;
   log_out[i] = lg[r];
-}
-
-/// Number of outputs whose factors differ at site j (as outputs_at in grad.hpp).
-template <class T>
-index_t outputs_at(const ChainView<T>& ch, const SiteFactorDev<T>& s, index_t j) {
-  return (s.mult_a > 1 || s.mult_b > 1 || j == ch.output_site) ? ch.n_outputs : 1;
-}
-
-/// Outputs whose factors differ at site s (outputs_at), on the device.
-template <class T>
-__device__ index_t outputs_dev(const SiteFactorDev<T>& s, index_t j, index_t output_site, index_t C) {
-  return (s.mult_a > 1 || s.mult_b > 1 || j == output_site) ? C : 1;
 }
 
 /// Block-wide maximum of 128 threads' values (every thread gets it).
@@ -43,39 +33,23 @@ __device__ inline double block_max(double v) {
   return m;
 }
 
-/// The vjp's normaliser of site j = blockIdx.x (as vjp_from_factors in grad.hpp):
-/// g_j = max over (x, l) of log|cot(x, l, col)| + log(j, x, l), plus log c_j; 0 for a zero
-/// gradient.  The site's coefficients are then cot c_j exp(log - g_j), all in [-1, 1].
+/// The vjp's normaliser of site j = blockIdx.x (mpsntk/factor_layout.hpp: vjp_site_log, as on
+/// the host), plus log c_j; 0 for a zero gradient.  The site's coefficients are then
+/// cot c_j exp(log - g_j), all in [-1, 1].
 template <class T>
-__global__ void vjp_log_kernel(const SiteFactorDev<T>* sites, const double* log_c, const T* cot, index_t n, index_t C,
+__global__ void vjp_log_kernel(const SiteFactor<T>* sites, const double* log_c, const T* cot, index_t n, index_t C,
                                index_t k, index_t col, index_t output_site, double* g) {
   const index_t j = blockIdx.x;
-  const SiteFactorDev<T> s = sites[j];
-  const index_t nl = outputs_dev(s, j, output_site, C);
-  double m = -INFINITY;
-  for (index_t i = threadIdx.x; i < n * nl; i += blockDim.x) {
-    const index_t x = i / nl, l = i % nl;
-    m = fmax(m, log(fabs(static_cast<double>(cot[(x * C + l) * k + col]))) + FactorRows<T>::log(s, x, l));
-  }
-  m = block_max(m);
+  const double m = block_max(vjp_site_log(sites[j], j, output_site, cot, n, C, k, col, threadIdx.x, blockDim.x));
   if (threadIdx.x == 0) g[j] = isfinite(m) ? m + log_c[j] : 0.0;
 }
 
-/// The jvp's reference log-scale of sample x (as jvp_from_factors in grad.hpp): the largest
-/// log(j, x, l) + site_log[j] (+ tangent_log[j]) over the sites and outputs; 0 for none.
+/// The jvp's reference log-scale of every sample (mpsntk/factor_layout.hpp: jvp_sample_log).
 template <class T>
-__global__ void jvp_ref_kernel(const SiteFactorDev<T>* sites, index_t n_sites, const double* site_log,
+__global__ void jvp_ref_kernel(const SiteFactor<T>* sites, index_t n_sites, const double* site_log,
                                const double* tangent_log, index_t n, index_t C, index_t output_site, double* ref) {
   const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (x >= n) return;
-  double m = -INFINITY;
-  for (index_t j = 0; j < n_sites; ++j) {
-    const double c = site_log[j] + (tangent_log ? tangent_log[j] : 0.0);
-    if (c == -INFINITY) continue;
-    const SiteFactorDev<T>& s = sites[j];
-    for (index_t l = 0; l < outputs_dev(s, j, output_site, C); ++l) m = fmax(m, FactorRows<T>::log(s, x, l) + c);
-  }
-  ref[x] = isfinite(m) ? m : 0.0;
+  if (x < n) ref[x] = jvp_sample_log(sites, n_sites, output_site, C, site_log, tangent_log, x);
 }
 
 /// Operands of the vjp GEMM of site j, over the depth k = (l, x), outputs l0 .. l0 + nl - 1 and
@@ -89,7 +63,7 @@ template <class T>
 struct VjpOperands {
   const T* phi;
   index_t n_sites, d, j;
-  SiteFactorDev<T> f;
+  SiteFactor<T> f;
   index_t l0, nl, C, k, col;  // outputs in the depth; cotangent (n, C, k), column col
   const T* cot;
   index_t n, M, N;
@@ -109,12 +83,11 @@ struct VjpOperands {
       while (x >= op.n) x -= op.n, ++l;
       in_depth = l < op.l0 + op.nl;
       if (in_depth) {
-        const double w =
-            op.cot[(x * op.C + l) * op.k + op.col] * exp(FactorRows<T>::log(op.f, x, l) + op.log_c - op.g[op.j]);
+        const double w = op.cot[(x * op.C + l) * op.k + op.col] * exp(factor_log(op.f, x, l) + op.log_c - op.g[op.j]);
         wt = static_cast<T>(w);
         u = op.phi + (x * op.n_sites + op.j) * op.d;
-        av = FactorRows<T>::a(op.f, x, l);
-        bv = FactorRows<T>::b(op.f, x, l);
+        av = factor_a_row(op.f, x, l);
+        bv = factor_b_row(op.f, x, l);
       }
       const index_t left = op.nl * op.n - static_cast<index_t>(c) * kDepth;
       return left < kDepth ? static_cast<int>(left) : kDepth;
@@ -158,7 +131,7 @@ using VjpTask = GemmTask<VjpOperands<T>, GradStore<T>>;
 /// partial[(c0 / kTile) * n + x]: the site's term relative to the sample's reference scale.
 template <class T>
 struct JvpDotStore {
-  SiteFactorDev<T> f;
+  SiteFactor<T> f;
   index_t l, n;
   double* partial;
   index_t j;
@@ -166,11 +139,11 @@ struct JvpDotStore {
   const double* tangent_log;  // device, nullable
   const double* ref;          // device, per sample
   __device__ double term(index_t x, index_t b, T v) const {
-    const T* bv = FactorRows<T>::b(f, x, l);
+    const T* bv = factor_b_row(f, x, l);
     return static_cast<double>(v) * (bv ? static_cast<double>(bv[b]) : 1.0);
   }
   __device__ void put(index_t x, index_t c0, double sum) const {
-    const double e = FactorRows<T>::log(f, x, l) + site_log + (tangent_log ? tangent_log[j] : 0.0) - ref[x];
+    const double e = factor_log(f, x, l) + site_log + (tangent_log ? tangent_log[j] : 0.0) - ref[x];
     partial[(c0 / kTile) * n + x] = e == -INFINITY ? 0.0 : exp(e) * sum;
   }
 };
@@ -196,13 +169,14 @@ __global__ void jvp_sum_kernel(const JvpTask<T>* tasks, index_t n_sites, index_t
   if (out_log && l == 0) out_log[x * k + col] = ref[x];
 }
 
+/// The per-call workspace of the Jacobian products: ntk_vp's gradient-shaped scratch, the GEMM
+/// tasks of one column, the jvp's partial dots, and the per-site and per-sample log-scales.
 template <class T>
 struct GradPlan {
-  DeviceFactors<T> f;
   std::vector<T*> grads;            // ntk_vp: gradient-shaped scratch
   VjpTask<T>* vjp_tasks = nullptr;  // the vjp GEMMs of one column, one launch
   JvpTask<T>* jvp_tasks = nullptr;  // the jvp GEMMs of one column, one launch
-  double* partial = nullptr;        // their partial dots: (sites x outputs, column blocks, n)
+  double* partial = nullptr;        // their partial dots: (sites x outputs, column blocks, n1)
   double* log_c = nullptr;          // log c_j per site (device)
   double* log_lr = nullptr;         // ntk_vp: log c_j + log site_lr_j per site (device)
   double* g = nullptr;              // the vjp's normalisers per site
@@ -210,33 +184,30 @@ struct GradPlan {
   std::vector<double> host_log_c, host_log_lr;
 };
 
+/// The workspace of a product whose jvp side has n1 samples (the vjp side needs none per sample).
 template <class T>
-GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n, Arena& arena) {
+GradPlan<T> plan_grad(const ChainView<T>& ch, index_t n1, Arena& arena) {
   GradPlan<T> p;
-  p.f = plan_factors<T>(ch, n, arena);
   index_t dmax = 1;
   for (index_t j = 0; j <= ch.n_sites; ++j) dmax = std::max(dmax, ch.bond[j]);
   for (index_t j = 0; j < ch.n_sites; ++j) p.grads.push_back(arena.take<T>(ch.core_size(j)));
   p.vjp_tasks = arena.take<VjpTask<T>>(ch.n_sites + ch.n_outputs);
   p.jvp_tasks = arena.take<JvpTask<T>>(ch.n_sites * ch.n_outputs);
-  p.partial = arena.take<double>(ch.n_sites * ch.n_outputs * ((dmax + kTile - 1) / kTile) * n);
+  p.partial = arena.take<double>(ch.n_sites * ch.n_outputs * ((dmax + kTile - 1) / kTile) * n1);
   p.log_c = arena.take<double>(ch.n_sites);
   p.log_lr = arena.take<double>(ch.n_sites);
   p.g = arena.take<double>(ch.n_sites);
-  p.ref = arena.take<double>(n);
+  p.ref = arena.take<double>(n1);
   return p;
 }
 
-/// The per-site log constants: log c_j, and with site_lr, log c_j + log site_lr_j (-inf for a
-/// site not trained), copied to the workspace.
+/// The per-site log constants (site_log_constants: log c_j, and with site_lr also log
+/// site_lr_j), copied to the workspace.
 template <class T>
 void upload_site_logs(const ChainView<T>& ch, const double* site_lr, GradPlan<T>& P, cudaStream_t stream) {
   const index_t N = ch.n_sites;
-  P.host_log_c.resize(N), P.host_log_lr.resize(N);
-  for (index_t j = 0; j < N; ++j) {
-    P.host_log_c[j] = std::log(ch.scales[j]);
-    P.host_log_lr[j] = site_lr ? P.host_log_c[j] + std::log(site_lr[j]) : P.host_log_c[j];
-  }
+  P.host_log_c = site_log_constants(ch, nullptr);
+  P.host_log_lr = site_log_constants(ch, site_lr);
   MPSNTK_CUDA_TRY(cudaMemcpyAsync(P.log_c, P.host_log_c.data(), N * sizeof(double), cudaMemcpyHostToDevice, stream));
   MPSNTK_CUDA_TRY(cudaMemcpyAsync(P.log_lr, P.host_log_lr.data(), N * sizeof(double), cudaMemcpyHostToDevice, stream));
 }
@@ -246,15 +217,16 @@ void upload_site_logs(const ChainView<T>& ch, const double* site_lr, GradPlan<T>
 /// an output axis), all sites side by side.  normalized: grads[j] = exp(-g_j) J_j^T cot;
 /// otherwise exp(g_j) is multiplied back.
 template <class T>
-void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const GradPlan<T>& P,
+void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const Factors<T>& F, const GradPlan<T>& P,
                 const T* cot, index_t k, index_t col, T* const* grads, double* g, bool normalized,
                 cudaStream_t stream) {
   launch("vjp_log_kernel", static_cast<unsigned>(ch.n_sites), 128, stream, vjp_log_kernel<T>, F.sites, P.log_c, cot,
          phi.n_samples, ch.n_outputs, k, col, ch.output_site, g);
   std::vector<VjpTask<T>> tasks;
   for (index_t j = 0; j < ch.n_sites; ++j) {
-    const SiteFactorDev<T>& f = F.host_sites[j];
-    const index_t db = std::max<index_t>(f.db, 1), M = ch.phys_dim * f.da, nl = outputs_at(ch, f, j);
+    const SiteFactor<T>& f = F.host_sites[j];
+    const index_t db = std::max<index_t>(f.db, 1), M = ch.phys_dim * f.da,
+                  nl = outputs_at(f, j, ch.output_site, ch.n_outputs);
     const bool label = j == ch.output_site;
     for (index_t l = 0; l < (label ? nl : 1); ++l) {
       const VjpOperands<T> op{phi.data,
@@ -286,7 +258,7 @@ void vjp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
 /// output.  Tangent j is exp(site_log[j] - log c_j + tangent_log[j]) tangents[j]
 /// (tangent_log nullable); out_log: the normalised form (jvp_sum_kernel).
 template <class T>
-void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceFactors<T>& F, const T* const* tangents,
+void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const Factors<T>& F, const T* const* tangents,
                 const GradPlan<T>& P, const double* site_log, const std::vector<double>& host_site_log,
                 const double* tangent_log, T* out, double* out_log, index_t k, index_t col, cudaStream_t stream) {
   const index_t n = phi.n_samples, C = ch.n_outputs;
@@ -296,9 +268,10 @@ void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
   index_t offset = 0;
   for (index_t l = 0; l < C; ++l)
     for (index_t j = 0; j < ch.n_sites; ++j) {
-      const SiteFactorDev<T>& f = F.host_sites[j];
+      const SiteFactor<T>& f = F.host_sites[j];
       const index_t db = std::max<index_t>(f.db, 1), K = ch.phys_dim * f.da;
-      MPSNTK_EXPECTS(outputs_at(ch, f, j) == C, "mpsntk: jvp expects every site to carry the outputs");
+      MPSNTK_EXPECTS(outputs_at(f, j, ch.output_site, ch.n_outputs) == C,
+                     "mpsntk: jvp expects every site to carry the outputs");
       const bool label = j == ch.output_site;
       // t(x, b) = sum_(s, a) u_s(x) a_a(x, l) T[s, a, b]: the tangent as a core (1, d, da, db)
       JvpTask<T>& t = tasks[l * ch.n_sites + j];
@@ -320,16 +293,18 @@ void jvp_column(const ChainView<T>& ch, const FeatureView<T>& phi, const DeviceF
 
 template <class T>
 std::size_t forward_workspace_bytes(const ChainView<T>& ch, index_t n) {
+  ch.validate();
   Arena arena;
   plan_environments<T>(ch, n, true, false, arena);
   return arena.used;
 }
 
 template <class T>
-void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mant, double* log_scale, void* ws, std::size_t bytes,
+void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mant, double* log_scale, Workspace ws,
              std::uintptr_t stream_handle) {
+  check_features(ch, phi, "phi");
   const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws), 0, bytes};
+  Arena arena{static_cast<char*>(ws.data), 0, ws.bytes};
   auto env = plan_environments<T>(ch, phi.n_samples, true, false, arena);
   compute_environments<T>(ch, phi, env, stream);
   const index_t N = ch.n_sites, n = phi.n_samples, C = ch.n_outputs;
@@ -338,61 +313,80 @@ void forward(const ChainView<T>& ch, const FeatureView<T>& phi, T* mant, double*
 }
 
 template <class T>
-std::size_t grad_workspace_bytes(const ChainView<T>& ch, index_t n) {
+void forward(const Batch<T>& b, T* mant, double* log_scale, std::uintptr_t stream_handle) {
+  check_batches(b, static_cast<const Batch<T>*>(nullptr));
+  const ChainView<T>& ch = b.chain;
+  const Factors<T> F = factors_of(b);
+  const index_t N = ch.n_sites, n = b.phi.n_samples, C = ch.n_outputs;
+  launch("trace_kernel", blocks_for(n * C, 256), 256, as_stream(stream_handle), trace_kernel<T>, F.env.left[N],
+         F.env.left_log[N], n, C, ch.left_mult(N), F.env.h, mant, log_scale);
+}
+
+template <class T>
+std::size_t product_workspace_bytes(const ChainView<T>& ch, index_t n1, index_t n2) {
+  ch.validate();
   Arena arena;
-  plan_grad<T>(ch, n, arena);
+  plan_grad<T>(ch, n1, arena);
   return arena.used;
 }
 
+namespace {
+/// The prologue of every product: the batches' checks, then the workspace's plan with the
+/// per-site log constants uploaded (with site_lr: ntk_vp's rates too).
 template <class T>
-void vjp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* cot, T* const* grads, double* grad_log, void* ws,
-         std::size_t bytes, std::uintptr_t stream_handle) {
+GradPlan<T> begin_product(const Batch<T>& b1, const Batch<T>* b2, const double* site_lr, Workspace ws,
+                          cudaStream_t stream) {
+  check_batches(b1, b2);
+  Arena arena{static_cast<char*>(ws.data), 0, ws.bytes};
+  GradPlan<T> P = plan_grad<T>(b1.chain, b1.phi.n_samples, arena);
+  upload_site_logs<T>(b1.chain, site_lr, P, stream);
+  return P;
+}
+}  // namespace
+
+template <class T>
+void vjp(const Batch<T>& b, const T* cot, T* const* grads, double* grad_log, Workspace ws,
+         std::uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws), 0, bytes};
-  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
-  build_factors<T>(ch, phi, P.f, nullptr, stream);
-  upload_site_logs<T>(ch, nullptr, P, stream);
-  vjp_column<T>(ch, phi, P.f, P, cot, 1, 0, grads, grad_log ? grad_log : P.g, grad_log != nullptr, stream);
+  GradPlan<T> P = begin_product<T>(b, nullptr, nullptr, ws, stream);
+  vjp_column<T>(b.chain, b.phi, factors_of(b), P, cot, 1, 0, grads, grad_log ? grad_log : P.g, grad_log != nullptr,
+                stream);
 }
 
 template <class T>
-void jvp(const ChainView<T>& ch, const FeatureView<T>& phi, const T* const* tangents, T* out, double* out_log, void* ws,
-         std::size_t bytes, std::uintptr_t stream_handle) {
+void jvp(const Batch<T>& b, const T* const* tangents, const double* tangent_log, T* out, double* out_log, Workspace ws,
+         std::uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws), 0, bytes};
-  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
-  build_factors<T>(ch, phi, P.f, nullptr, stream);
-  upload_site_logs<T>(ch, nullptr, P, stream);
-  jvp_column<T>(ch, phi, P.f, tangents, P, P.log_c, P.host_log_c, nullptr, out, out_log, 1, 0, stream);
+  GradPlan<T> P = begin_product<T>(b, nullptr, nullptr, ws, stream);
+  jvp_column<T>(b.chain, b.phi, factors_of(b), tangents, P, P.log_c, P.host_log_c, tangent_log, out, out_log, 1, 0,
+                stream);
 }
 
 template <class T>
-void ntk_vp(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
-            double* out_log, void* ws, std::size_t bytes, std::uintptr_t stream_handle) {
+void ntk_vp(const Batch<T>& b1, const Batch<T>* b2, const double* site_lr, const T* v, index_t k, T* out,
+            double* out_log, Workspace ws, std::uintptr_t stream_handle) {
+  MPSNTK_EXPECTS(k >= 1, "v: need at least one column");
   const cudaStream_t stream = as_stream(stream_handle);
-  Arena arena{static_cast<char*>(ws), 0, bytes};
-  GradPlan<T> P = plan_grad<T>(ch, phi.n_samples, arena);
-  build_factors<T>(ch, phi, P.f, nullptr, stream);
-  upload_site_logs<T>(ch, site_lr, P, stream);
-  // J diag(site_lr) J^T v in the normalised forms: the vjp's normalisers g and the rates join
-  // the tangents' log-scales (as ntk_vp_impl in grad.hpp).
+  GradPlan<T> P = begin_product<T>(b1, b2, site_lr, ws, stream);
+  const Batch<T>& right = b2 ? *b2 : b1;
+  const Factors<T> F1 = factors_of(b1), F2 = b2 ? factors_of(*b2) : Factors<T>{};
+  // J1 diag(site_lr) J2^T v in the normalised forms: the vjp's normalisers g and the rates join
+  // the tangents' log-scales (as ntk_vp_factors in grad.hpp).
   for (index_t col = 0; col < k; ++col) {
-    vjp_column<T>(ch, phi, P.f, P, v, k, col, P.grads.data(), P.g, true, stream);
-    jvp_column<T>(ch, phi, P.f, P.grads.data(), P, P.log_lr, P.host_log_lr, P.g, out, out_log, k, col, stream);
+    vjp_column<T>(right.chain, right.phi, b2 ? F2 : F1, P, v, k, col, P.grads.data(), P.g, true, stream);
+    jvp_column<T>(b1.chain, b1.phi, F1, P.grads.data(), P, P.log_lr, P.host_log_lr, P.g, out, out_log, k, col, stream);
   }
 }
 
-#define MPSNTK_CUDA_GRAD(T)                                                                                          \
-  template std::size_t forward_workspace_bytes<T>(const ChainView<T>&, index_t);                                     \
-  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*, void*, std::size_t,              \
-                           std::uintptr_t);                                                                          \
-  template std::size_t grad_workspace_bytes<T>(const ChainView<T>&, index_t);                                        \
-  template void vjp<T>(const ChainView<T>&, const FeatureView<T>&, const T*, T* const*, double*, void*, std::size_t, \
-                       std::uintptr_t);                                                                              \
-  template void jvp<T>(const ChainView<T>&, const FeatureView<T>&, const T* const*, T*, double*, void*, std::size_t, \
-                       std::uintptr_t);                                                                              \
-  template void ntk_vp<T>(const ChainView<T>&, const FeatureView<T>&, const double*, const T*, index_t, T*, double*, \
-                          void*, std::size_t, std::uintptr_t);
+#define MPSNTK_CUDA_GRAD(T)                                                                                           \
+  template std::size_t forward_workspace_bytes<T>(const ChainView<T>&, index_t);                                      \
+  template void forward<T>(const ChainView<T>&, const FeatureView<T>&, T*, double*, Workspace, std::uintptr_t);       \
+  template void forward<T>(const Batch<T>&, T*, double*, std::uintptr_t);                                             \
+  template std::size_t product_workspace_bytes<T>(const ChainView<T>&, index_t, index_t);                             \
+  template void vjp<T>(const Batch<T>&, const T*, T* const*, double*, Workspace, std::uintptr_t);                     \
+  template void jvp<T>(const Batch<T>&, const T* const*, const double*, T*, double*, Workspace, std::uintptr_t);      \
+  template void ntk_vp<T>(const Batch<T>&, const Batch<T>*, const double*, const T*, index_t, T*, double*, Workspace, \
+                          std::uintptr_t);
 MPSNTK_CUDA_GRAD(float)
 MPSNTK_CUDA_GRAD(double)
 

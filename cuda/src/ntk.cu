@@ -4,16 +4,18 @@
 // with the depth chunks of the Grams of every (site, output) term streamed through a ring of
 // shared-memory stages filled by cp.async (the copies of the next three chunks in flight during
 // a product, across term boundaries) and multiplied by the path the dtype selects (FMAs, FP64
-// tensor cores, or opt-in TF32; kernels.cuh); the per-site n1 x n2 terms never reach global
-// memory.  Symmetric calls launch only tiles on or above the diagonal.
-#include "mpsntk/cuda/kernels.cuh"
+// tensor cores, or opt-in TF32; micro.cuh); the per-site n1 x n2 terms never reach global
+// memory.  Symmetric calls launch only tiles on or above the diagonal.  The factors come from
+// prepared batches (factors.cuh); the planning of the passes is the CPU engine's
+// (mpsntk/factor_layout.hpp).
+#include "mpsntk/cuda/factors.cuh"
 
 namespace mpsntk::cuda {
 namespace {
 
 template <class T>
 struct NtkSideDev {
-  const SiteFactorDev<T>* sites;
+  const SiteFactor<T>* sites;
   const double* c;  // reference log-scale per sample (may be -inf)
   const T* u;       // weighted features (site, output, sample, d): phi_j(x) e^(log_j(x, l) + log sqrt(w_j) - c(x))
   index_t n;
@@ -80,13 +82,13 @@ struct TermWalk {
     }
 #pragma unroll
     for (int s = 0; s < 2; ++s) {
-      const SiteFactorDev<T>& f = side(s).sites[j];
+      const SiteFactor<T>& f = side(s).sites[j];
       const T* rows;
       index_t stride;
       if (g == 0) {
-        rows = FactorRows<T>::a(f, x0[s], output(s)), stride = f.mult_a * f.da, left = static_cast<int>(f.da);
+        rows = factor_a_row(f, x0[s], output(s)), stride = f.mult_a * f.da, left = static_cast<int>(f.da);
       } else if (g == 1) {
-        rows = FactorRows<T>::b(f, x0[s], output(s)), stride = f.mult_b * f.db, left = static_cast<int>(f.db);
+        rows = factor_b_row(f, x0[s], output(s)), stride = f.mult_b * f.db, left = static_cast<int>(f.db);
       } else {
         rows = side(s).u + ((j * p.n_outputs + output(s)) * side(s).n + x0[s]) * p.d, stride = p.d,
         left = static_cast<int>(p.d);
@@ -207,24 +209,23 @@ __global__ void __launch_bounds__(kThreads, 1) ntk_kernel(NtkLaunch<T> p) {
 }
 
 /// c(x) = max over sites and outputs of the weighted rows' log-scales, log_j(x, l) + log sqrt(w_j)
-/// (the CPU's ntk_log_scale), and the weighted feature rows u[(j, l, x)] = phi_j(x) s with
-/// s = exp(log_j(x, l) + log sqrt(w_j) - c(x)) in [0, 1] rounded to T, as the CPU packs them
+/// (sample_log_scale, as the CPU engine), and the weighted feature rows u[(j, l, x)] = phi_j(x) s
+/// with s = exp(log_j(x, l) + log sqrt(w_j) - c(x)) in [0, 1] rounded to T, as the CPU packs them
 /// (sqrt(w_j) on both sides makes the product of the Grams the whole weighted term, and a row of
 /// features far from its sample's scale meets its weight before any Gram: neither the Gram nor
 /// the weights, however extreme, leave the range of T).
 template <class T>
-__global__ void sample_scale_kernel(const SiteFactorDev<T>* sites, const T* phi, index_t n_sites, index_t n_outputs,
-                                    index_t d, index_t n, double* c, double* log_out, T* u) {
+__global__ void sample_log_scale_kernel(const SiteFactor<T>* sites, const double* half_log_weight, const T* phi,
+                                        index_t n_sites, index_t n_outputs, index_t d, index_t n, double* c,
+                                        double* log_out, T* u) {
   const index_t x = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   if (x >= n) return;
-  double m = -INFINITY;
-  for (index_t j = 0; j < n_sites; ++j)
-    for (index_t l = 0; l < n_outputs; ++l) m = fmax(m, FactorRows<T>::log(sites[j], x, l) + sites[j].log_weight);
+  const double m = sample_log_scale(sites, n_sites, n_outputs, x, half_log_weight);
   c[x] = m;
   log_out[x] = (m > -INFINITY && m < INFINITY) ? m : 0.0;
   for (index_t j = 0; j < n_sites; ++j)
     for (index_t l = 0; l < n_outputs; ++l) {
-      const T s = static_cast<T>(tile::row_weight(FactorRows<T>::log(sites[j], x, l) + sites[j].log_weight, m));
+      const T s = static_cast<T>(tile::row_weight(factor_log(sites[j], x, l) + half_log_weight[j], m));
       T* row = u + ((j * n_outputs + l) * n + x) * d;
       for (index_t k = 0; k < d; ++k) row[k] = s * phi[(x * n_sites + j) * d + k];
     }
@@ -250,24 +251,25 @@ NtkKernel<T> ntk_kernel_for(const NtkOptions& opt) {
   return k;
 }
 
+/// The per-call workspace of an NTK: each side's reference log-scales and weighted feature rows,
+/// and the site weights.
 template <class T>
 struct NtkPlan {
-  DeviceFactors<T> f1, f2;
   double *c1 = nullptr, *c2 = nullptr;  // reference log-scales
   T *u1 = nullptr, *u2 = nullptr;       // weighted feature rows
+  double* weight = nullptr;             // log sqrt(w_j) per site
 };
 
 template <class T>
 NtkPlan<T> plan(const ChainView<T>& ch, index_t n1, index_t n2, Arena& arena) {
   NtkPlan<T> p;
-  p.f1 = plan_factors<T>(ch, n1, arena);
   p.c1 = arena.take<double>(n1);
   p.u1 = arena.take<T>(ch.n_sites * ch.n_outputs * n1 * ch.phys_dim);
   if (n2 > 0) {
-    p.f2 = plan_factors<T>(ch, n2, arena);
     p.c2 = arena.take<double>(n2);
     p.u2 = arena.take<T>(ch.n_sites * ch.n_outputs * n2 * ch.phys_dim);
   }
+  p.weight = arena.take<double>(ch.n_sites);
   return p;
 }
 
@@ -289,87 +291,82 @@ std::string float64_path() {
 
 template <class T>
 std::size_t ntk_workspace_bytes(const ChainView<T>& ch, index_t n1, index_t n2) {
+  ch.validate();
   Arena arena;
   plan<T>(ch, n1, n2, arena);
   return arena.used;
 }
 
 template <class T>
-void ntk(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
-         const double* site_lr, T* out, double* log1, double* log2, void* workspace, std::size_t bytes,
-         std::uintptr_t stream_handle) {
+void ntk(const Batch<T>& b1, const Batch<T>* b2, const NtkOptions& opt, const double* site_lr, T* out, double* log1,
+         double* log2, Workspace workspace, std::uintptr_t stream_handle) {
+  check_batches(b1, b2);
+  const ChainView<T>& ch = b1.chain;
+  MPSNTK_EXPECTS(!opt.tf32 || (std::is_same_v<T, float>), "precision='tf32' needs float32");
   const cudaStream_t stream = as_stream(stream_handle);
-  const bool sym = phi2 == nullptr;
-  const index_t n1 = phi1.n_samples, n2 = sym ? n1 : phi2->n_samples;
-  Arena arena{static_cast<char*>(workspace), 0, bytes};
-  NtkPlan<T> P = plan<T>(ch, n1, sym ? 0 : n2, arena);
-  build_factors<T>(ch, phi1, P.f1, site_lr, stream);
-  launch("sample_scale_kernel", blocks_for(n1, 128), 128, stream, sample_scale_kernel<T>, P.f1.sites, phi1.data,
-         ch.n_sites, ch.n_outputs, ch.phys_dim, n1, P.c1, log1, P.u1);
-  if (!sym) {
-    build_factors<T>(ch, *phi2, P.f2, site_lr, stream);
-    launch("sample_scale_kernel", blocks_for(n2, 128), 128, stream, sample_scale_kernel<T>, P.f2.sites, phi2->data,
-           ch.n_sites, ch.n_outputs, ch.phys_dim, n2, P.c2, log2, P.u2);
-  } else {
+  const bool sym = b2 == nullptr;
+  const index_t n1 = b1.phi.n_samples, n2 = sym ? n1 : b2->phi.n_samples, C = ch.n_outputs;
+  Arena arena{static_cast<char*>(workspace.data), 0, workspace.bytes};
+  const NtkPlan<T> P = plan<T>(ch, n1, sym ? 0 : n2, arena);
+  const Factors<T> F1 = factors_of(b1), F2 = sym ? Factors<T>{} : factors_of(*b2);
+  // the outputs are traced pass by pass over l here: no site weight carries C
+  const std::vector<double> weight = ntk_half_log_weights(ch, site_lr, false);
+  MPSNTK_CUDA_TRY(
+      cudaMemcpyAsync(P.weight, weight.data(), ch.n_sites * sizeof(double), cudaMemcpyHostToDevice, stream));
+  auto scales = [&](const Batch<T>& b, const Factors<T>& F, double* c, double* log, T* u) {
+    launch("sample_log_scale_kernel", blocks_for(b.phi.n_samples, 128), 128, stream, sample_log_scale_kernel<T>,
+           F.sites, P.weight, b.phi.data, ch.n_sites, C, ch.phys_dim, b.phi.n_samples, c, log, u);
+  };
+  scales(b1, F1, P.c1, log1, P.u1);
+  if (!sym)
+    scales(*b2, F2, P.c2, log2, P.u2);
+  else
     MPSNTK_CUDA_TRY(cudaMemcpyAsync(log2, log1, n1 * sizeof(double), cudaMemcpyDeviceToDevice, stream));
-  }
-  const index_t C = ch.n_outputs;
-  const bool full = opt.full_outputs && C > 1;
-  const index_t cc = full ? C * C : 1;
+  const NtkLayout layout(n1, n2, C, opt.full_outputs, opt.per_site);
   NtkLaunch<T> L{};
-  L.s1 = {P.f1.sites, P.c1, P.u1, n1};
-  L.s2 = sym ? L.s1 : NtkSideDev<T>{P.f2.sites, P.c2, P.u2, n2};
+  L.s1 = {F1.sites, P.c1, P.u1, n1};
+  L.s2 = sym ? L.s1 : NtkSideDev<T>{F2.sites, P.c2, P.u2, n2};
   L.n_sites = ch.n_sites;
   L.d = ch.phys_dim;
   L.label_site = ch.output_site;
   L.n_outputs = C;
-  L.ld_row = n2 * cc;
-  L.ld_col = cc;
-  L.site_stride = opt.per_site ? n1 * n2 * cc : 0;
+  L.ld_row = layout.ld_row;
+  L.ld_col = layout.ld_col;
+  L.site_stride = layout.site_stride;
   L.normalized = opt.normalized;
   const index_t t1 = (n1 + kTile - 1) / kTile, t2 = (n2 + kTile - 1) / kTile;
   const NtkKernel<T> kernel = ntk_kernel_for<T>(opt);
   L.tiles1 = t1, L.tiles2 = t2;
   // Depth chunks of one tile's terms: those of every site's Grams, once per output when traced
   // (l1 < 0), and none at the label site for cross outputs.
-  auto n_chunks = [&](index_t l1, index_t l2) {
+  auto n_chunks = [&](const OutputBlock& blk) {
     auto chunks_of = [](index_t depth) { return (depth + kDepth - 1) / kDepth; };
     index_t total = 0;
     for (index_t j = 0; j < ch.n_sites; ++j) {
-      if (l1 >= 0 && l1 != l2 && j == ch.output_site) continue;
-      const SiteFactorDev<T>& f = P.f1.host_sites[j];
-      total += (l1 < 0 ? C : 1) * (chunks_of(f.da) + chunks_of(f.db) + chunks_of(ch.phys_dim));
+      if (!blk.label_term && j == ch.output_site) continue;
+      const SiteFactor<T>& f = F1.host_sites[j];
+      total += (blk.l1 < 0 ? C : 1) * (chunks_of(f.da) + chunks_of(f.db) + chunks_of(ch.phys_dim));
     }
     return total;
   };
-  auto run = [&](index_t l1, index_t l2, bool upper, T* mirror, index_t offset) {
-    L.l1 = l1;
-    L.l2 = l2;
-    const index_t chunks = n_chunks(l1, l2);
+  for_each_output_block(layout, sym, [&](const OutputBlock& blk) {
+    L.l1 = blk.l1;
+    L.l2 = blk.l2;
+    const index_t chunks = n_chunks(blk);
     MPSNTK_EXPECTS(chunks <= INT_MAX, "too many sites and outputs for one NTK launch");
     L.n_chunks = static_cast<int>(chunks);
-    L.upper_only = upper;
-    L.out = out + offset;
-    L.mirror = mirror;
-    const dim3 grid(static_cast<unsigned>(upper ? t1 * (t1 + 1) / 2 : t1 * t2));
+    L.upper_only = blk.upper_only;
+    L.out = out + blk.offset;
+    L.mirror = blk.mirror_offset >= 0 ? out + blk.mirror_offset : nullptr;
+    const dim3 grid(static_cast<unsigned>(blk.upper_only ? t1 * (t1 + 1) / 2 : t1 * t2));
     launch("ntk_kernel", grid, kThreads, kernel.shared_bytes, stream, kernel.kernel, L);
-  };
-  if (!full) {
-    run(-1, -1, sym, sym ? out : nullptr, 0);
-  } else {
-    for (index_t l1 = 0; l1 < C; ++l1)
-      for (index_t l2 = sym ? l1 : 0; l2 < C; ++l2) {
-        // Symmetric data: Theta_{l2 l1}(x', x) = Theta_{l1 l2}(x, x'), written by the mirror.
-        T* mirror = sym ? out + l2 * C + l1 : nullptr;
-        run(l1, l2, sym && l1 == l2, mirror, l1 * C + l2);
-      }
-  }
+  });
 }
 
-#define MPSNTK_CUDA_NTK(T)                                                                                   \
-  template std::size_t ntk_workspace_bytes<T>(const ChainView<T>&, index_t, index_t);                        \
-  template void ntk<T>(const ChainView<T>&, const FeatureView<T>&, const FeatureView<T>*, const NtkOptions&, \
-                       const double*, T*, double*, double*, void*, std::size_t, std::uintptr_t);
+#define MPSNTK_CUDA_NTK(T)                                                                                       \
+  template std::size_t ntk_workspace_bytes<T>(const ChainView<T>&, index_t, index_t);                            \
+  template void ntk<T>(const Batch<T>&, const Batch<T>*, const NtkOptions&, const double*, T*, double*, double*, \
+                       Workspace, std::uintptr_t);
 MPSNTK_CUDA_NTK(float)
 MPSNTK_CUDA_NTK(double)
 

@@ -24,6 +24,19 @@ __all__ = [
 ]
 
 
+def _check_isa_request():
+    """MPSNTK_ISA names the instruction set of the host engine: a name this build does not know is
+    an error, a set this CPU lacks a warning (the engine then uses the best set it has)."""
+    problem, message = _core.isa_request_problem()
+    if problem == "unknown":
+        raise ValueError(message)
+    if problem == "unsupported":
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+_check_isa_request()
+
+
 class CudaError(RuntimeError):
     """A CUDA call failed (the message names the call site and the CUDA error)."""
 

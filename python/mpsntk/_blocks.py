@@ -11,21 +11,34 @@ algorithms need, never more than ``O(n_samples * n_params)`` memory and time per
   applied) and ``J t``, so that a product over many blocks sums the ``J^T v`` partials first
   (``Theta(X, X) v`` for a sharded ``X`` is ``J_b (sum_b' J_b'^T v_b')`` per block ``b``).
 
-Every call goes through the public engine routines (:func:`mpsntk.ntk`, :func:`mpsntk.vjp`,
-:func:`mpsntk.jvp`), host or device alike.
+Every product runs on the engine of the model's device (:mod:`mpsntk._engine`) from the block's
+prepared batch: its environments are contracted at its first product and reused by every later
+one, however many tiles, solver iterations or partial sums it enters.  The results, arguments
+and errors are those of the public routines (:func:`mpsntk.ntk`, :func:`mpsntk.vjp`,
+:func:`mpsntk.jvp`), which share their checks with this module.
 """
 
 from __future__ import annotations
 
-from .grad import jvp, vjp
+import threading
+
+from ._backend import array_module
+from ._engine import engine_for
+from .grad import _check_tangent_list, _cotangent, _jvp, _tangents, _vjp
 from .mps import MPS
-from .ntk import ntk
+from .ntk import _ntk, _ntk_vp
 
 __all__ = ["Batch", "jacobian_vp", "kernel_block", "kernel_vp", "transpose_vp"]
 
 
 class Batch:
-    """One block of samples of one model, validated once.
+    """One block of samples of one model, validated once and prepared once.
+
+    The engine's batch (the environments of its samples, :class:`mpsntk._engine.Batch`) is
+    prepared at the first product and kept: it describes the cores as they were then, so after
+    changing the cores in place (training) make a new ``Batch``.  ``phi`` must not be modified
+    in place either.  A pickled ``Batch`` carries the model and the features, not the prepared
+    environments, which are prepared again at the first product after unpickling.
 
     Parameters
     ----------
@@ -39,10 +52,32 @@ class Batch:
             raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
         self.mps = mps
         self.phi = mps.check_features(phi)
+        self._prepared = None
+        self._lock = threading.Lock()
 
     @property
     def n_samples(self) -> int:
         return int(self.phi.shape[0])
+
+    @property
+    def prepared(self):
+        """The engine's batch, prepared at the first call (once, also under threads)."""
+        if self._prepared is None:
+            with self._lock:
+                if self._prepared is None:
+                    eng = engine_for(self.mps)
+                    eng.check_fits(eng.prepare_bytes(self.mps, self.n_samples),
+                                   f"the environments of a block of {self.n_samples} samples",
+                                   "use smaller blocks")
+                    self._prepared = eng.prepare(self.mps, self.phi)
+        return self._prepared
+
+    def __getstate__(self):
+        return {"mps": self.mps, "phi": self.phi}
+
+    def __setstate__(self, state):
+        self.mps, self.phi = state["mps"], state["phi"]
+        self._prepared, self._lock = None, threading.Lock()
 
     def __repr__(self):
         return f"Batch(n_samples={self.n_samples}, mps={self.mps!r})"
@@ -57,15 +92,35 @@ def kernel_block(b1, b2=None, **ntk_options):
     """``Theta(X1, X2)``; ``b2=None`` gives the symmetric ``Theta(X1, X1)``.  Options as in
     :func:`mpsntk.ntk`."""
     _same_model(b1, b2)
-    return ntk(b1.mps, b1.phi, None if b2 is None else b2.phi, **ntk_options)
+    mps = b1.mps
+    out = ntk_options.get("out")
+    xp = mps.same_device(array_module(b1.phi, out, names=["phi1", "out"]), "phi1")
+    pending = [b for b in (b1, b2) if b is not None and b._prepared is None]
+    eng = engine_for(mps)
+
+    def prepare():
+        return b1.prepared, None if b2 is None else b2.prepared
+
+    options = dict(per_site=False, outputs="trace", normalized=False, out=None, tile=None,
+                   site_weights=None, precision="highest")
+    unknown = set(ntk_options) - set(options)
+    if unknown:
+        raise TypeError(f"kernel_block got unexpected keyword arguments {sorted(unknown)}; "
+                        f"the options are those of mpsntk.ntk: {sorted(options)}")
+    options.update(ntk_options)
+    return _ntk(eng, mps, xp, b1.n_samples, None if b2 is None else b2.n_samples, prepare,
+                sum(eng.prepare_bytes(mps, b.n_samples) for b in pending), **options)
 
 
 def transpose_vp(batch, v):
     """``diag(lambda) J^T v``: one array per core, the per-site rates applied (``lambda_j =
     mps.site_lr[j]``; the scales ``c_j`` are inside ``J``).  ``v`` has shape (n_samples,) or
     (n_samples, n_outputs)."""
-    grads = vjp(batch.mps, batch.phi, v)
-    for g, r in zip(grads, batch.mps.site_lr):
+    mps = batch.mps
+    xp = mps.same_device(array_module(batch.phi, v, names=["phi", "cotangent"]), "phi")
+    cot = _cotangent(mps, xp, v, batch.n_samples)
+    grads = _vjp(engine_for(mps), batch.prepared, cot, normalized=False)
+    for g, r in zip(grads, mps.site_lr):
         if r != 1.0:
             g *= r
     return grads
@@ -73,11 +128,22 @@ def transpose_vp(batch, v):
 
 def jacobian_vp(batch, tangents):
     """``J t`` for ``t`` one array per core: shape (n_samples,) or (n_samples, n_outputs)."""
-    return jvp(batch.mps, batch.phi, tangents)
+    mps = batch.mps
+    _check_tangent_list(tangents)
+    names = ["phi"] + [f"tangents[{j}]" for j in range(len(tangents))]
+    xp = mps.same_device(array_module(batch.phi, *tangents, names=names), "phi")
+    ts = _tangents(mps, xp, tangents)
+    return _jvp(engine_for(mps), batch.prepared, ts, normalized=False)
 
 
 def kernel_vp(b1, b2, v):
     """``Theta(X1, X2) v`` for ``v`` of shape (n2,) or (n2, n_outputs), without forming the
     kernel: ``J1 diag(lambda) J2^T v``."""
     _same_model(b1, b2)
-    return jacobian_vp(b1, transpose_vp(b2, v))
+    mps = b1.mps
+    xp = mps.same_device(array_module(b2.phi, v, names=["phi", "cotangent"]), "phi")
+    cot = _cotangent(mps, xp, v, b2.n_samples)
+    # one engine call, through the normalised halves: J1 (J2^T v) stays in range
+    res, _ = _ntk_vp(engine_for(mps), b1.prepared, b2.prepared, cot[:, :, None], mps.site_lr,
+                     normalized=False)
+    return res[:, 0, 0] if mps.output_site is None else res[:, :, 0]

@@ -338,8 +338,18 @@ def _cgroup_headroom(root="/sys/fs/cgroup"):
         return None
 
 
-def _check_fits(nbytes, what, hint=""):
-    """Raise ValueError when allocating ``nbytes`` would exceed the available memory."""
+def _check_fits(nbytes, what, hint="", device_free=None):
+    """Raise ValueError when allocating ``nbytes`` would exceed the available memory: the host's
+    (:func:`_available_memory`), or with ``device_free`` (a function returning the free bytes of
+    the current CUDA device, None when unknown) the device's."""
+    if device_free is not None:
+        free = device_free()
+        if free is not None and nbytes > free:
+            raise ValueError(
+                f"{what} needs {nbytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of GPU "
+                f"memory is free{'; ' + hint if hint else ''}"
+            )
+        return
     avail = _available_memory()
     if avail is not None and nbytes > avail:
         raise ValueError(

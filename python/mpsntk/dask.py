@@ -54,10 +54,11 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from . import _blocks
+from ._engine import engine_for
 from ._io import atomic_write
 from ._validate import _check_bool, _check_choice, _check_int, _describe
 from .mps import MPS
-from .ntk import _check_mps, _site_lr, environment_bytes
+from .ntk import _check_mps, _site_lr
 
 __all__ = ["CGResult", "ShardedNTK", "cg", "ntk", "ntk_to_memmap", "ntk_to_zarr"]
 
@@ -797,8 +798,8 @@ def _default_shard_size(model, n_samples):
     environments would exceed ``_SHARD_BYTES``."""
     client = _client(None)
     threads = sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1
-    per_sample = environment_bytes(model, 1)
-    n_shards = max(threads, math.ceil(n_samples * per_sample / _SHARD_BYTES), 1)
+    held = engine_for(model).prepare_bytes(model, n_samples, held=True)  # C++'s footprint
+    n_shards = max(threads, math.ceil(held / _SHARD_BYTES), 1)
     return max(1, math.ceil(n_samples / n_shards))
 
 

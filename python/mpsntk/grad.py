@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
 from ._backend import array_module, as_array, require_host
+from ._engine import HOST, engine_for
 from ._validate import (
     _NORMALISED_OVERFLOW,
     _below_normal,
     _check_bool,
-    _check_fits,
     _check_in_range,
 )
 from .ntk import _as_vector_block, _check_mps
@@ -36,13 +35,12 @@ def jacobian(mps, phi):
     phi = mps.check_features(phi)
     n, C = phi.shape[0], mps.n_outputs
     shape = (n, C, mps.n_params)
-    _check_fits(
-        int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
+    HOST.check_fits(
+        int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize + HOST.prepare_bytes(mps, n),
         f"a Jacobian of shape {shape}",
         "use ntk(), ntk_vp(), vjp() or jvp() instead",
     )
-    out = np.empty(shape, dtype=mps.dtype)
-    _core.jacobian(*mps._engine_args(), phi, out)
+    out = HOST.jacobian(HOST.prepare(mps, phi, tiles=False))
     _check_in_range(np, [out], "the Jacobian", mps.dtype, mps)
     return out[:, 0] if mps.output_site is None else out
 
@@ -78,22 +76,36 @@ def vjp(mps, phi, cotangent, *, normalized=False):
     xp = mps.same_device(array_module(phi, cotangent, names=["phi", "cotangent"]), "phi")
     phi = mps.check_features(phi)
     normalized = _check_bool(normalized, "normalized")
-    n, C = phi.shape[0], mps.n_outputs
+    cot = _cotangent(mps, xp, cotangent, phi.shape[0])
+    eng = engine_for(mps)
+    return _vjp(eng, eng.prepare(mps, phi, tiles=False), cot, normalized)
+
+
+def _cotangent(mps, xp, cotangent, n):
+    """A validated cotangent of shape (n,) (scalar models) or (n, C), as a C-contiguous (n, C)."""
+    C = mps.n_outputs
     cot = _as_vector_block(mps, cotangent, n, "cotangent")
     if cot.ndim != (1 if mps.output_site is None else 2):
         raise ValueError(
             f"cotangent must have shape {(n,) if C == 1 and mps.output_site is None else (n, C)}; "
             f"got {cot.shape}"
         )
-    cot = xp.ascontiguousarray(cot.reshape(n, C))
-    grads, logs = _vjp(mps, phi, cot, normalized)
+    return xp.ascontiguousarray(cot.reshape(n, C))
+
+
+def _vjp(eng, batch, cot, normalized):
+    """:func:`vjp` of a prepared batch and a validated (n, C) cotangent, with its range checks.
+    Shared with :func:`mpsntk._blocks.transpose_vp`."""
+    mps = batch.mps
+    xp = mps.xp
+    grads, logs = eng.vjp(batch, cot, normalized=normalized)
     if normalized:
         _check_in_range(xp, grads, "the normalised vjp", mps.dtype, mps, _NORMALISED_OVERFLOW)
         return grads, logs
     _check_in_range(xp, grads, "the vjp", mps.dtype, mps, "use normalized=True")
     low = [j for j, g in enumerate(grads) if _below_normal(xp, g, mps.dtype)]
     if low:
-        tilde, _ = _vjp(mps, phi, cot, True)
+        tilde, _ = eng.vjp(batch, cot, normalized=True)
         lost = [j for j in low if bool(xp.any(tilde[j] != 0))]
         if lost:
             raise FloatingPointError(
@@ -102,18 +114,6 @@ def vjp(mps, phi, cotangent, *, normalized=False):
                 f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero; use normalized=True"
             )
     return grads
-
-
-def _vjp(mps, phi, cot, normalized):
-    """The engine's vjp; with ``normalized``, also the per-core log-scales (else None)."""
-    if mps.xp is not np:
-        from . import _device
-
-        return _device.gpu().vjp(mps, phi, cot, normalized)
-    grads = [np.empty_like(c) for c in mps.cores]
-    logs = np.empty(mps.n_sites) if normalized else None
-    _core.vjp(*mps._engine_args(), phi, cot, grads, logs)
-    return grads, logs
 
 
 def jvp(mps, phi, tangents, *, normalized=False):
@@ -142,14 +142,26 @@ def jvp(mps, phi, tangents, *, normalized=False):
         If the model's parameters hold NaN or Inf entries (written after it was built).
     """
     _check_mps(mps)
-    if isinstance(tangents, np.ndarray) or not isinstance(tangents, (list, tuple)):
-        raise TypeError(
-            f"tangents must be a list of arrays, one per core; got {type(tangents).__name__}"
-        )
+    _check_tangent_list(tangents)
     names = ["phi"] + [f"tangents[{j}]" for j in range(len(tangents))]
     xp = mps.same_device(array_module(phi, *tangents, names=names), "phi")
     phi = mps.check_features(phi)
     normalized = _check_bool(normalized, "normalized")
+    ts = _tangents(mps, xp, tangents)
+    eng = engine_for(mps)
+    return _jvp(eng, eng.prepare(mps, phi, tiles=False), ts, normalized)
+
+
+def _check_tangent_list(tangents):
+    if isinstance(tangents, np.ndarray) or not isinstance(tangents, (list, tuple)):
+        raise TypeError(
+            f"tangents must be a list of arrays, one per core; got {type(tangents).__name__}"
+        )
+
+
+def _tangents(mps, xp, tangents):
+    """Validated tangents (a list, see :func:`_check_tangent_list`): C-contiguous arrays of the
+    cores' shapes and dtype, one per core."""
     if len(tangents) != mps.n_sites:
         raise ValueError(
             f"tangents must hold one array per core ({mps.n_sites}); got {len(tangents)}"
@@ -164,27 +176,25 @@ def jvp(mps, phi, tangents, *, normalized=False):
         if not bool(xp.all(xp.isfinite(t))):
             raise ValueError(f"tangents[{j}] must be finite; got NaN or Inf entries")
         ts.append(xp.ascontiguousarray(t))
-    out, log = _jvp(mps, phi, ts, normalized)
+    return ts
+
+
+def _jvp(eng, batch, ts, normalized):
+    """:func:`jvp` of a prepared batch and validated tangents, with its range checks.  Shared
+    with :func:`mpsntk._blocks.jacobian_vp`."""
+    mps = batch.mps
+    xp = mps.xp
+    out, log = eng.jvp(batch, ts, normalized=normalized)
     squeeze = (lambda a: a[:, 0]) if mps.output_site is None else (lambda a: a)
     if normalized:
         _check_in_range(xp, [out], "the normalised jvp", mps.dtype, mps, _NORMALISED_OVERFLOW)
         return squeeze(out), log
     _check_in_range(xp, [out], "the jvp", mps.dtype, mps, "use normalized=True")
-    if _below_normal(xp, out, mps.dtype) and bool(xp.any(_jvp(mps, phi, ts, True)[0] != 0)):
+    if _below_normal(xp, out, mps.dtype) and bool(
+        xp.any(eng.jvp(batch, ts, normalized=True)[0] != 0)
+    ):
         raise FloatingPointError(
             f"the jvp underflows the range of {mps.dtype.name} (every entry is below "
             f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero); use normalized=True"
         )
     return squeeze(out)
-
-
-def _jvp(mps, phi, tangents, normalized):
-    """The engine's jvp (n, C); with ``normalized``, also the per-sample log-scales."""
-    if mps.xp is not np:
-        from . import _device
-
-        return _device.gpu().jvp(mps, phi, tangents, normalized)
-    out = np.empty((phi.shape[0], mps.n_outputs), dtype=mps.dtype)
-    log = np.empty(phi.shape[0]) if normalized else None
-    _core.jvp(*mps._engine_args(), phi, tangents, out, log)
-    return out, log

@@ -36,7 +36,6 @@ import zlib
 
 import numpy as np
 
-from . import _core
 from ._backend import (
     CudaUnavailableError,
     array_module,
@@ -467,11 +466,9 @@ class MPS:
 
     def _raw_forward(self, phi):
         """Mantissa and log-scale of f on the model's device: f = mantissa * exp(log_scale)."""
-        if self.xp is np:
-            return _core.forward(*self._engine_args(), phi)
-        from . import _device
+        from ._engine import engine_for
 
-        return _device.gpu().forward(self, phi)
+        return engine_for(self).forward(self, phi)
 
     def _squeeze_outputs(self, a):
         return a[:, 0] if self.output_site is None else a

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
 from ._backend import array_module, as_array
+from ._engine import engine_for
 from ._validate import (
     _NORMALISED_OVERFLOW,
     _as_site_vector,
     _below_normal,
     _check_bool,
     _check_choice,
-    _check_fits,
     _check_in_range,
     _check_int,
     _check_out,
@@ -47,19 +46,6 @@ def _site_lr(mps, site_weights):
         return mps.site_lr
     w = _as_site_vector(site_weights, "site_weights", mps.n_sites, positive=False)
     return w / mps.scales**2
-
-
-def environment_bytes(mps, n_samples):
-    """Bytes of environment workspace the engine holds for ``n_samples`` samples."""
-    item = mps.dtype.itemsize
-    D = np.asarray(mps.bond_dims, dtype=np.int64)
-    C = mps.n_outputs
-    if mps.boundary == "open":
-        per = int(np.sum(D[:-1] + D[1:] + mps.phys_dim))
-    else:
-        h = int(D[0])
-        per = int(np.sum(D[:-1] * D[1:] + h * (D[:-1] + D[1:]) + mps.phys_dim))
-    return 2 * n_samples * per * C * item  # environments plus packed copies: an upper bound
 
 
 def ntk(
@@ -138,6 +124,24 @@ def ntk(
     phi1 = mps.check_features(phi1, "phi1")
     if phi2 is not None:
         phi2 = mps.check_features(phi2, "phi2")
+    eng = engine_for(mps)
+    n1, n2 = phi1.shape[0], None if phi2 is None else phi2.shape[0]
+
+    def prepare():
+        return eng.prepare(mps, phi1), None if phi2 is None else eng.prepare(mps, phi2)
+
+    return _ntk(eng, mps, xp, n1, n2, prepare, eng.prepare_bytes(mps, n1 + (n2 or 0)),
+                per_site=per_site, outputs=outputs, normalized=normalized, out=out, tile=tile,
+                site_weights=site_weights, precision=precision)
+
+
+def _ntk(eng, mps, xp, n1, n2, prepare, prepare_bytes, *, per_site, outputs, normalized, out,
+         tile, site_weights, precision):
+    """:func:`ntk` after its features are validated, for batches of ``n1`` and ``n2`` samples
+    (``n2`` None: symmetric): validates the options, checks the memory of the whole call
+    (``prepare_bytes``: what ``prepare()`` will allocate, 0 for batches already prepared),
+    then ``prepare()`` gives the engine batches ``(b1, b2)``.  Shared with
+    :func:`mpsntk._blocks.kernel_block`, whose batches are prepared once for many calls."""
     per_site = _check_bool(per_site, "per_site")
     normalized = _check_bool(normalized, "normalized")
     outputs = _check_choice(outputs, "outputs", _OUTPUTS)
@@ -155,26 +159,28 @@ def ntk(
     if outputs == "mean" and mps.n_outputs > 1:
         # In the site weights, not a pass over the result: every entry is written once.
         site_lr = site_lr / mps.n_outputs
-    n1 = phi1.shape[0]
-    n2 = n1 if phi2 is None else phi2.shape[0]
+    symmetric = n2 is None
     full = outputs == "full" and mps.n_outputs > 1
-    shape = (n1, n2) + ((mps.n_outputs, mps.n_outputs) if full else ())
+    shape = (n1, n1 if symmetric else n2) + ((mps.n_outputs, mps.n_outputs) if full else ())
     if per_site:
         shape = (mps.n_sites,) + shape
-    if out is not None:
-        out = _check_out(out, shape, mps.dtype, xp=xp)
-        out.fill(np.nan)  # entries not (yet) written stay NaN: see the docstring
-    if xp is np:
-        out, log1, log2, finite = _host_ntk(
-            mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile
+    # The memory of the whole call is checked before anything is allocated: the environments of
+    # both batches and the tiles, then with the kernel.
+    work = prepare_bytes + eng.ntk_bytes(mps, n1, 0 if symmetric else n2, full=full,
+                                         per_site=per_site, tile=tile)
+    eng.check_fits(work, "the environments of this NTK", "compute fewer samples at a time")
+    if out is None:
+        eng.check_fits(
+            work + int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
+            f"an NTK of shape {shape} ({mps.dtype.name})",
+            "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time",
         )
     else:
-        from . import _device
-
-        out, log1, log2 = _device.gpu().ntk(
-            mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tf32
-        )
-        finite = bool(xp.all(xp.isfinite(out)))
+        out = _check_out(out, shape, mps.dtype, xp=xp)
+        out.fill(np.nan)  # entries not (yet) written stay NaN: see the docstring
+    b1, b2 = prepare()
+    out, log1, log2, finite = eng.ntk(b1, b2, site_lr, full=full, per_site=per_site,
+                                      normalized=normalized, tile=tile, tf32=tf32, out=out)
     if not finite:
         mps.check_parameters()
         if normalized:
@@ -188,86 +194,31 @@ def ntk(
         )
     if normalized:
         return out, log1, log2
-    if _underflows(mps, phi1, phi2, out, full, per_site, site_weights, precision, xp):
-        raise FloatingPointError(
-            "the NTK underflows the range of " + mps.dtype.name + " (every entry is below "
-            f"{np.finfo(mps.dtype).tiny:.3g}); use normalized=True"
-        )
+    if _below_normal_kernel(mps, out, symmetric, full, per_site, xp):
+        # the normalised kernel of the same batches says whether it is zero
+        tilde = eng.ntk(b1, b2, site_lr, full=full, per_site=per_site, normalized=True,
+                        tile=tile, tf32=tf32)[0]
+        if bool(xp.any(tilde != 0)):
+            raise FloatingPointError(
+                "the NTK underflows the range of " + mps.dtype.name + " (every entry is below "
+                f"{np.finfo(mps.dtype).tiny:.3g}); use normalized=True"
+            )
     return out
 
 
-def _underflows(mps, phi1, phi2, out, full, per_site, site_weights, precision, xp):
-    """True when the whole kernel lies below the dtype's normal range although it is not zero
-    (the normalised form says): its entries have lost their precision, or every bit of it.
-    Symmetric kernels are positive semi-definite, so their diagonal bounds every entry."""
+def _below_normal_kernel(mps, out, symmetric, full, per_site, xp):
+    """Whether the whole kernel lies below the dtype's normal range (an underflow, unless it is
+    zero).  Symmetric kernels are positive semi-definite, so their diagonal bounds every entry."""
     if out.size == 0:
         return False
-    if phi2 is None:
+    if symmetric:
         diag = xp.diagonal(out, axis1=per_site, axis2=per_site + 1)  # (n_sites?, [C, C,] n)
         if full:
             diag = xp.diagonal(diag, axis1=per_site, axis2=per_site + 1)
         peak = float(xp.max(diag))
     else:
         peak = max(float(xp.max(out)), -float(xp.min(out)))  # no |out| temporary
-    if peak >= np.finfo(mps.dtype).tiny:
-        return False
-    tilde, _, _ = ntk(mps, phi1, phi2, per_site=per_site, outputs="full" if full else "trace",
-                      normalized=True, site_weights=site_weights, precision=precision)
-    return bool(xp.any(tilde != 0))
-
-
-def _default_tile(n1, n2, symmetric, threads):
-    """Largest tile edge in 512, 256, 128, 64 that leaves at least 4 tiles per thread."""
-    tile = 512
-    while tile > 64:
-        t1, t2 = -(-n1 // tile), -(-n2 // tile)
-        if (t1 * (t1 + 1) // 2 if symmetric else t1 * t2) >= 4 * threads:
-            break
-        tile //= 2
-    return tile
-
-
-def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, tile):
-    """The C++ engine's NTK, with the memory checks of the host."""
-    n1 = phi1.shape[0]
-    n2 = n1 if phi2 is None else phi2.shape[0]
-    work = environment_bytes(mps, n1 + (0 if phi2 is None else n2))
-    threads = _core.get_num_threads()
-    if tile is None:
-        tile = _default_tile(n1, n2, phi2 is None, threads)
-    # A tile larger than the kernel is one tile; each engine thread holds a (tile + 64)^2 buffer.
-    tile = min(tile, max(n1, n2))
-    work += threads * (tile + 64) ** 2 * mps.dtype.itemsize
-    # The environments are held whole, whatever holds the kernel (out= cannot help them).
-    _check_fits(work, "the environments of this NTK", "compute fewer samples at a time")
-    if out is None:
-        nbytes = int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize
-        _check_fits(
-            nbytes + work,
-            f"an NTK of shape {shape} ({mps.dtype.name})",
-            "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time",
-        )
-        out = np.empty(shape, dtype=mps.dtype)
-    log1 = np.empty(n1)
-    log2 = np.empty(n2)
-    cores, scales, boundary, osite = mps._engine_args()
-    finite = _core.ntk(  # the engine checks every entry as it writes it
-        cores,
-        scales,
-        site_lr,
-        boundary,
-        osite,
-        phi1,
-        phi2,
-        out,
-        log1,
-        log2,
-        full,
-        per_site,
-        normalized,
-        tile,
-    )
-    return out, log1, log2, finite
+    return peak < np.finfo(mps.dtype).tiny
 
 
 def ntk_vp(mps, phi, v, *, site_weights=None, normalized=False):
@@ -312,33 +263,33 @@ def ntk_vp(mps, phi, v, *, site_weights=None, normalized=False):
     n, C = phi.shape[0], mps.n_outputs
     flat = xp.ascontiguousarray(v.reshape(n, C, -1))
     site_lr = _site_lr(mps, site_weights)
-    res, log = _ntk_vp(mps, phi, site_lr, flat, normalized)
+    eng = engine_for(mps)
+    res, log = _ntk_vp(eng, eng.prepare(mps, phi, tiles=False), None, flat, site_lr, normalized)
     columns = v.shape[1:] if mps.output_site is None else v.shape[2:]
     if normalized:
-        _check_in_range(xp, [res], "the normalised Theta v", mps.dtype, mps, _NORMALISED_OVERFLOW)
         return res.reshape(v.shape), log.reshape((n,) + columns)
+    return res.reshape(v.shape)
+
+
+def _ntk_vp(eng, b1, b2, v, site_lr, normalized):
+    """``Theta(X1, X2) v`` (``b2`` None: ``X2 = X1``) of prepared batches for a validated
+    ``v`` of shape (n2, C, k), with the range checks of :func:`ntk_vp`; returns ``(res, log)``
+    (``log`` None unless ``normalized``).  Shared with :func:`mpsntk._blocks.kernel_vp`."""
+    mps = b1.mps
+    xp = mps.xp
+    res, log = eng.ntk_vp(b1, v, site_lr, b2=b2, normalized=normalized)
+    if normalized:
+        _check_in_range(xp, [res], "the normalised Theta v", mps.dtype, mps, _NORMALISED_OVERFLOW)
+        return res, log
     _check_in_range(xp, [res], "Theta v", mps.dtype, mps, "use normalized=True")
     if _below_normal(xp, res, mps.dtype) and bool(
-        xp.any(_ntk_vp(mps, phi, site_lr, flat, True)[0] != 0)
+        xp.any(eng.ntk_vp(b1, v, site_lr, b2=b2, normalized=True)[0] != 0)
     ):
         raise FloatingPointError(
             f"Theta v underflows the range of {mps.dtype.name} (every entry is below "
             f"{np.finfo(mps.dtype).tiny:.3g} although it is not zero); use normalized=True"
         )
-    return res.reshape(v.shape)
-
-
-def _ntk_vp(mps, phi, site_lr, flat, normalized):
-    """The engine's Theta v for v (n, C, k); with ``normalized``, also its (n, k) log-scales."""
-    if mps.xp is not np:
-        from . import _device
-
-        return _device.gpu().ntk_vp(mps, phi, site_lr, flat, normalized)
-    res = np.empty_like(flat)
-    log = np.empty((flat.shape[0], flat.shape[2])) if normalized else None
-    cores, scales, boundary, osite = mps._engine_args()
-    _core.ntk_vp(cores, scales, site_lr, boundary, osite, phi, flat, flat.shape[2], res, log)
-    return res, log
+    return res, None
 
 
 def _as_vector_block(mps, v, n, name):

@@ -3,7 +3,10 @@
 /// writes into caller-allocated outputs; none of them forms the Jacobian unless asked to.
 #pragma once
 
+#include <cstddef>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mpsntk/chain.hpp"
@@ -21,41 +24,118 @@ struct NtkOptions {
 };
 
 /// @brief f(x) as mantissa (n, C) and natural-log scale (n, C): f = mantissa * exp(log_scale).
+/// One left sweep, keeping only the last environments (the cheapest way to f alone).
 template <class T>
 void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, double* log_scale);
 
+namespace detail {
+/// What a prepared batch holds; each instruction set's engine derives its own (the factors).
+template <class T>
+struct BatchState {
+  virtual ~BatchState() = default;
+  ChainView<T> chain;  ///< structure and scales; its core pointers identify the model, never read
+  FeatureView<T> phi;  ///< read by every product (the caller keeps the features alive)
+  int isa = 0;         ///< the instruction set whose layout the factors have
+  bool panels = true;  ///< sides independent of the output stored as the NTK's packed panels
+  std::size_t bytes = 0;
+  std::vector<T> mantissa;  ///< f (n, C) = mantissa * exp(log_scale)
+  std::vector<double> log_scale;
+};
+}  // namespace detail
+
+/// @brief A batch of samples prepared once for every product of the engine: the environments of
+/// its samples (contracted once, O(n N d D^2)) stored as per-site Jacobian factors, and f.
+///
+/// A batch is immutable after preparation and may be shared between threads; copies share it.
+/// It holds the environments of the cores as they were when it was prepared (later changes of
+/// the cores are not seen) and reads its features at every product: the caller keeps them alive
+/// and unchanged.  Every product takes batches: ntk tiles between two batches, vjp, jvp, ntk_vp
+/// (also across two batches: Theta(X1, X2) v = J1 diag(w) J2^T v) and the Jacobian, none of which
+/// recomputes an environment.
+template <class T>
+class Batch {
+ public:
+  Batch() = default;
+  explicit Batch(std::shared_ptr<const detail::BatchState<T>> state) : state_(std::move(state)) {}
+  /// @brief Whether the batch holds prepared factors (a default-constructed one does not).
+  bool valid() const { return static_cast<bool>(state_); }
+  const ChainView<T>& chain() const { return state_->chain; }
+  const FeatureView<T>& features() const { return state_->phi; }
+  index_t n_samples() const { return state_->phi.n_samples; }
+  /// @brief Bytes of memory the batch holds.
+  std::size_t bytes() const { return state_->bytes; }
+  const detail::BatchState<T>& state() const { return *state_; }
+
+ private:
+  std::shared_ptr<const detail::BatchState<T>> state_;
+};
+
+/// @brief Memory of the host engine's routines, in bytes, as they allocate it.
+struct Footprint {
+  std::size_t held = 0;  ///< what the result keeps (a prepared batch), 0 for products
+  std::size_t peak = 0;  ///< the most the call has allocated at once (held included)
+};
+
+/// @brief Prepare a batch: its environments and per-site factors, in the layout of the current
+/// instruction set (which then serves every product of the batch).
+/// @param panels Store the factors that do not depend on the output as the packed panels the NTK
+/// tiles read in place (needed by ntk()); false keeps them as rows, which the Jacobian products
+/// (vjp, jvp, ntk_vp, jacobian) read contiguously and which skips the conversion.
+/// @throws std::invalid_argument if @p phi does not fit the chain.
+template <class T>
+Batch<T> prepare(const ChainView<T>& chain, const FeatureView<T>& phi, bool panels = true);
+
+/// @brief Memory that prepare() takes for n_samples samples.
+template <class T>
+Footprint prepare_footprint(const ChainView<T>& chain, index_t n_samples);
+
+/// @brief f of a prepared batch (computed while preparing it), as forward() gives it.
+template <class T>
+void forward(const Batch<T>& batch, T* mantissa, double* log_scale);
+
 /// @brief Empirical NTK w.r.t. the cores, weighted per site by scales_j^2 * site_lr_j.
-/// @param phi2 nullptr for Theta(X1, X1) (symmetric path: each off-diagonal tile once).
-/// @param out (n1, n2), (n1, n2, C, C) or with a leading n_sites axis (per_site).
+/// @param batch2 nullptr for Theta(X1, X1) (symmetric path: each off-diagonal tile once).
+/// @param out (n1, n2), (n1, n2, C, C) or with a leading n_sites axis (per_site); every entry is
+/// written once, with its final value, tile by tile.
 /// @param log1, log2 per-sample log-scales c (always written).
 /// @return whether every entry written is finite (false: overflow, use normalized).
-/// @throws std::invalid_argument on inconsistent shapes.
+/// @throws std::invalid_argument if the batches were prepared for different models.
 template <class T>
-bool ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
-         const double* site_lr, T* out, double* log1, double* log2);
+bool ntk(const Batch<T>& batch1, const Batch<T>* batch2, const NtkOptions& opt, const double* site_lr, T* out,
+         double* log1, double* log2);
+
+/// @brief Memory an ntk() call allocates beyond its batches (packed factors, tile buffers).
+template <class T>
+Footprint ntk_footprint(const ChainView<T>& chain, index_t n1, index_t n2, const NtkOptions& opt);
 
 /// @brief grads[j] (shaped like core j) = J_j^T cotangent; cotangent is (n, C).
 /// @param grad_log nullptr, or n_sites log-scales: then grads[j] = exp(-grad_log[j]) J_j^T cot
 /// (normalised: in range however long the chain).
 template <class T>
-void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads,
-         double* grad_log = nullptr);
+void vjp(const Batch<T>& batch, const T* cotangent, T* const* grads, double* grad_log = nullptr);
 
 /// @brief out (n, C) = sum_j J_j tangents[j].
+/// @param tangent_log nullptr, or n_sites log-scales: tangent j is exp(tangent_log[j]) tangents[j]
+/// (-inf: a zero tangent), the normalised form vjp returns.
 /// @param out_log nullptr, or n log-scales: then out[x, :] = exp(-out_log[x]) (J t)[x, :].
 template <class T>
-void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out,
-         double* out_log = nullptr);
+void jvp(const Batch<T>& batch, const T* const* tangents, const double* tangent_log, T* out, double* out_log = nullptr);
 
-/// @brief out (n, C, k) = Theta(X, X) v for v (n, C, k), via J diag(site_lr) J^T v.
-/// @param out_log nullptr, or (n, k) log-scales: then out[x, :, c] = exp(-out_log[x, c]) (Theta v)[x, :, c].
+/// @brief out (n1, C, k) = Theta(X1, X2) v for v (n2, C, k), via J1 diag(w) J2^T v with
+/// w_j = scales_j^2 site_lr_j, in the normalised forms of vjp and jvp: O((n1 + n2) n_params k).
+/// @param batch2 nullptr: X2 = X1.
+/// @param out_log nullptr, or (n1, k) log-scales: then out[x, :, c] = exp(-out_log[x, c]) (Theta v)[x, :, c].
 template <class T>
-void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
+void ntk_vp(const Batch<T>& batch1, const Batch<T>* batch2, const double* site_lr, const T* v, index_t k, T* out,
             double* out_log = nullptr);
+
+/// @brief Memory a vjp, jvp or ntk_vp of n_samples samples allocates beyond its batches.
+template <class T>
+Footprint product_footprint(const ChainView<T>& chain, index_t n_samples);
 
 /// @brief Dense Jacobian (n, C, P), parameters ordered by site, each core in C order.
 template <class T>
-void jacobian(const ChainView<T>& chain, const FeatureView<T>& phi, T* out);
+void jacobian(const Batch<T>& batch, T* out);
 
 /// @brief Born machine: log Z with Z = sum over all configurations of Psi(x)^2 for one-hot
 /// features phi_s = sqrt(weights[s]) e_s, by contracting the doubled MPS.  With grads non-null,
@@ -107,5 +187,14 @@ std::vector<std::string> available_isas();
 std::string current_isa();
 /// @brief Select an instruction set by name ("avx512", "avx2", "generic"); throws if unavailable.
 void set_isa(const std::string& name);
+
+/// @brief What is wrong with this process's MPSNTK_ISA request.
+enum class IsaProblem {
+  none,        ///< no request, or a set this CPU runs
+  unknown,     ///< not the name of an instruction set of this build
+  unsupported  ///< an instruction set of this build that this CPU lacks: the best one is used
+};
+/// @brief The MPSNTK_ISA problem of this process and a message that says it (empty for none).
+std::pair<IsaProblem, std::string> isa_request_problem();
 
 }  // namespace mpsntk

@@ -24,11 +24,36 @@ struct Environments {
 /// Size of slot s of one side: rows (x, l, alpha) with l < mult(s) and alpha < h, of bond[s]
 /// values each, padded with zero samples to a multiple of the panel padding so that a slot, or
 /// its (l, alpha) rows of a sample taken as one row, can be rewritten in place as packed panels
-/// (fold_outputs and make_panels in ntk.hpp).
+/// (make_panels in factors.hpp).
 template <class T>
 index_t slot_size(const ChainView<T>& ch, index_t n, index_t s, bool left) {
   const index_t per_x = (left ? ch.left_mult(s) : ch.right_mult(s)) * ch.channels();
   return round_up(n, Simd<T>::PAD) * per_x * ch.bond[s];
+}
+
+/// Memory of compute_environments: the slots and log-scales it keeps (held), and at the peak
+/// also the packed cores and every thread's scratch rows (an upper bound).
+template <class T>
+Footprint environments_footprint(const ChainView<T>& ch, index_t n, bool want_left, bool want_right, bool keep_all) {
+  const index_t N = ch.n_sites, h = ch.channels();
+  std::size_t held = 0, cores = 0;
+  for (index_t s = 0; s <= N; ++s) {
+    const bool kept = keep_all || s == 0 || s == N;
+    if (want_left && kept) held += slot_size(ch, n, s, true) * sizeof(T) + n * ch.left_mult(s) * sizeof(double);
+    if (want_right && s >= 1 && (keep_all || s == N))
+      held += slot_size(ch, n, s, false) * sizeof(T) + n * ch.right_mult(s) * sizeof(double);
+  }
+  index_t widest = 1;
+  for (index_t s = 0; s <= N; ++s) widest = std::max(widest, ch.bond[s]);
+  for (index_t j = 0; j < N; ++j) {
+    const index_t fan = j == ch.output_site ? ch.n_outputs : 1;
+    const index_t K = ch.phys_dim * widest;
+    cores += (want_left + want_right) * round_up(fan * widest, Simd<T>::PAD) * K * sizeof(T);
+  }
+  const index_t rows = round_up(std::max<index_t>(48, h * ch.n_outputs), Simd<T>::PAD);
+  std::size_t scratch = rows * ch.phys_dim * widest * sizeof(T);
+  if (!keep_all) scratch += 2 * rows * widest * (sizeof(T) + sizeof(double));
+  return Footprint{held, held + cores + static_cast<std::size_t>(num_threads()) * scratch};
 }
 
 /// Normalise each group of `group` values by a power of two near its largest magnitude.

@@ -4,24 +4,13 @@
 template <class T>
 void forward_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* mantissa, double* log_scale) {
   const Environments<T> env = compute_environments<T>(ch, phi, true, false, /*keep_all=*/false);
-  const index_t N = ch.n_sites, C = ch.n_outputs, h = env.h, n = env.n;
-  const index_t m = ch.left_mult(N);  // == C when there is an output site
-  const T* v = env.left[N];
-  for (index_t x = 0; x < n; ++x)
-    for (index_t l = 0; l < C; ++l) {
-      const index_t r = x * m + (m > 1 ? l : 0);
-      T f = 0;
-      for (index_t a = 0; a < h; ++a) f += v[(r * h + a) * h + a];  // trace (h = 1: the value)
-      mantissa[x * C + l] = f;
-      log_scale[x * C + l] = env.left_log[N][r];
-    }
+  trace_last_slot(ch, env, mantissa, log_scale);
 }
 
 /// Number of outputs l whose factors must be visited at site j (1 when nothing depends on l).
 template <class T>
 index_t outputs_at(const Factors<T>& F, index_t j) {
-  const auto& s = F.site[j];
-  return (s.mult_a > 1 || s.mult_b > 1 || j == F.chain->output_site) ? F.n_outputs() : 1;
+  return mpsntk::outputs_at(F.site[j], j, F.chain->output_site, F.n_outputs());
 }
 
 /// Khatri-Rao rows coef(x) * u (x) a (K = d * da values) of the samples x0 .. x0 + m - 1 at site
@@ -39,7 +28,7 @@ void pack_khatri_rao(const Factors<T>& F, index_t j, index_t l, index_t x0, inde
   }
   for (index_t x = 0; x < m; ++x) {
     const T* u = F.u_row(j, x0 + x);
-    const T* a = F.a_row(j, x0 + x, l);
+    const auto a = F.a_row(j, x0 + x, l);
     const T c = static_cast<T>(coef(x));
     for (index_t s = 0; s < d; ++s) {
       const T cs = c * u[s];
@@ -90,22 +79,19 @@ inline double row_scale(const Factors<T>& F, index_t j, index_t x, index_t l) {
 template <class T>
 void vjp_from_factors(const Factors<T>& F, const T* cot, T* const* grads, double* grad_log = nullptr) {
   const index_t N = F.chain->n_sites, C = F.n_outputs(), n = F.n;
-  buffer<double> log_cot(n * C);  // log |cot|, -inf for zeros
-  for (index_t i = 0; i < n * C; ++i) log_cot[i] = std::log(std::abs(static_cast<double>(cot[i])));
+  const std::vector<double> log_c = site_log_constants(*F.chain, nullptr);
   Region region;
 #pragma omp parallel for schedule(dynamic) \
     num_threads(region.threads()) if (n * F.chain->phys_dim * F.site[N / 2].da > 4096)
   for (index_t j = 0; j < N; ++j)
     region.run([&] {
-      const double log_c = std::log(F.chain->scales[j]);
-      double g = -std::numeric_limits<double>::infinity();
-      for (index_t x = 0; x < n; ++x)
-        for (index_t l = 0; l < outputs_at(F, j); ++l) g = std::max(g, log_cot[x * C + l] + F.log(j, x, l));
-      g = std::isfinite(g) ? g + log_c : 0.0;  // all-zero cotangent: a zero gradient
+      double g = vjp_site_log(F.site[j], j, F.chain->output_site, cot, n, C, 1, 0, 0, 1);
+      g = std::isfinite(g) ? g + log_c[j] : 0.0;  // all-zero cotangent: a zero gradient
       T* G = grads[j];
       const index_t size = F.chain->core_size(j);
       std::fill(G, G + size, T(0));
-      vjp_site<T>(F, j, [&](index_t x, index_t l) { return cot[x * C + l] * std::exp(F.log(j, x, l) + log_c - g); }, G);
+      vjp_site<T>(
+          F, j, [&](index_t x, index_t l) { return cot[x * C + l] * std::exp(F.log(j, x, l) + log_c[j] - g); }, G);
       if (grad_log) {
         grad_log[j] = g;
       } else if (g != 0.0) {
@@ -128,8 +114,9 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out, con
   const ChainView<T>& ch = *F.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
   // log of each site's factor c_j exp(tangent_log[j]) beyond the rows' own log-scales
-  std::vector<double> log_site(N);
-  for (index_t j = 0; j < N; ++j) log_site[j] = std::log(ch.scales[j]) + (tangent_log ? tangent_log[j] : 0.0);
+  std::vector<double> log_site = site_log_constants(ch, nullptr);
+  if (tangent_log)
+    for (index_t j = 0; j < N; ++j) log_site[j] += tangent_log[j];
   auto skipped = [&](index_t j) { return log_site[j] == -std::numeric_limits<double>::infinity(); };
   // Tangent cores as packed B operands: db rows of depth K, per site and visited output.
   std::vector<std::vector<buffer<T>>> packed(N);
@@ -162,11 +149,9 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out, con
       region.run([&] {
         const index_t m = std::min(chunk, n - x0);
         acc.assign(m * C, 0.0);
-        ref.assign(m, -std::numeric_limits<double>::infinity());
-        for (index_t j = 0; j < N; ++j)
-          for (index_t r = 0; r < m && !skipped(j); ++r)
-            for (index_t l = 0; l < outputs_at(F, j); ++l) ref[r] = std::max(ref[r], F.log(j, x0 + r, l) + log_site[j]);
-        for (index_t r = 0; r < m; ++r) ref[r] = std::isfinite(ref[r]) ? ref[r] : 0.0;
+        ref.resize(m);
+        for (index_t r = 0; r < m; ++r)
+          ref[r] = jvp_sample_log(F.site.data(), N, ch.output_site, C, log_site.data(), nullptr, x0 + r);
         for (index_t j = 0; j < N; ++j) {
           region.checkpoint();
           if (skipped(j)) continue;
@@ -193,26 +178,28 @@ void jvp_from_factors(const Factors<T>& F, const T* const* tangents, T* out, con
   region.finish();
 }
 
-/// out (n, C, k) = Theta(X, X) v without forming Theta: J diag(site_lr) J^T v, column by column,
-/// in the normalised forms of vjp and jvp (site_lr joins the tangents' log-scales).  With
-/// out_log (n, k): out[x, :, c] = exp(-out_log[x * k + c]) (Theta v)[x, :, c].
+/// out (n1, C, k) = Theta(X1, X2) v for v (n2, C, k) without forming Theta: J1 diag(site_lr)
+/// J2^T v, column by column, in the normalised forms of vjp and jvp (site_lr joins the tangents'
+/// log-scales).  F2 = nullptr: X2 = X1.  With out_log (n1, k): out[x, :, c] = exp(-out_log[x * k
+/// + c]) (Theta v)[x, :, c].
 template <class T>
-void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k,
-                 T* out, double* out_log) {
-  const Factors<T> F = compute_factors<T>(ch, phi);
-  const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n;
+void ntk_vp_factors(const Factors<T>& F1, const Factors<T>* F2p, const double* site_lr, const T* v, index_t k, T* out,
+                    double* out_log) {
+  const Factors<T>& F2 = F2p ? *F2p : F1;
+  const ChainView<T>& ch = *F1.chain;
+  const index_t N = ch.n_sites, C = ch.n_outputs, n1 = F1.n, n2 = F2.n;
   std::vector<buffer<T>> g(N);
   std::vector<T*> gp(N);
   for (index_t j = 0; j < N; ++j) g[j].resize(ch.core_size(j)), gp[j] = g[j].data();
-  buffer<T> col(n * C), res(n * C);
-  buffer<double> res_log(n);
+  buffer<T> col(n2 * C), res(n1 * C);
+  buffer<double> res_log(n1);
   std::vector<double> g_log(N);
   for (index_t c = 0; c < k; ++c) {
-    for (index_t i = 0; i < n * C; ++i) col[i] = v[i * k + c];
-    vjp_from_factors<T>(F, col.data(), gp.data(), g_log.data());
+    for (index_t i = 0; i < n2 * C; ++i) col[i] = v[i * k + c];
+    vjp_from_factors<T>(F2, col.data(), gp.data(), g_log.data());
     for (index_t j = 0; j < N; ++j) g_log[j] += std::log(site_lr[j]);  // -inf: a site not trained
-    jvp_from_factors<T>(F, gp.data(), res.data(), g_log.data(), res_log.data());
-    for (index_t x = 0; x < n; ++x) {
+    jvp_from_factors<T>(F1, gp.data(), res.data(), g_log.data(), res_log.data());
+    for (index_t x = 0; x < n1; ++x) {
       const double scale = out_log ? 1.0 : std::exp(res_log[x]);
       if (out_log) out_log[x * k + c] = res_log[x];
       for (index_t l = 0; l < C; ++l) {
@@ -223,10 +210,26 @@ void ntk_vp_impl(const ChainView<T>& ch, const FeatureView<T>& phi, const double
   }
 }
 
+/// Memory of a vjp, jvp or ntk_vp of n samples beyond the batches (upper bound): packed
+/// tangents and gradient scratch (twice the parameters), the columns of ntk_vp, and every
+/// thread's packed operands.
+template <class T>
+Footprint product_footprint_of(const ChainView<T>& ch, index_t n) {
+  index_t widest = 1;
+  for (index_t s = 0; s <= ch.n_sites; ++s) widest = std::max(widest, ch.bond[s]);
+  const index_t dmax = ch.boundary == Boundary::open ? widest : widest * widest;
+  const index_t K = round_up(ch.phys_dim * dmax, Simd<T>::PAD), C = ch.n_outputs;
+  const std::size_t params = 2 * round_up(ch.n_params(), Simd<T>::PAD) * sizeof(T);
+  const std::size_t columns = 2 * n * C * (sizeof(T) + sizeof(double)) + n * sizeof(double);
+  const std::size_t chunk = std::min<index_t>(n, 512);
+  const std::size_t thread = (K + round_up(dmax, Simd<T>::PAD)) * chunk * sizeof(T) + 3 * 64 * sizeof(double);
+  return Footprint{0, params + columns + static_cast<std::size_t>(num_threads()) * thread};
+}
+
 /// Dense Jacobian (n, C, P) with parameters ordered site by site in the cores' C order.
 template <class T>
-void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
-  const Factors<T> F = compute_factors<T>(ch, phi);
+void jacobian_factors(const Factors<T>& F, T* out) {
+  const ChainView<T>& ch = *F.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs, n = F.n, d = ch.phys_dim;
   std::vector<index_t> offset(N + 1, 0);
   for (index_t j = 0; j < N; ++j) offset[j + 1] = offset[j] + ch.core_size(j);
@@ -242,8 +245,8 @@ void jacobian_impl(const ChainView<T>& ch, const FeatureView<T>& phi, T* out) {
           const index_t da = s.da, db = std::max<index_t>(s.db, 1);
           const T sc = static_cast<T>(row_scale(F, j, x, l));
           const T* u = F.u_row(j, x);
-          const T* a = F.a_row(j, x, l);
-          const T* b = F.b_row(j, x, l);
+          const auto a = F.a_row(j, x, l);
+          const auto b = F.b_row(j, x, l);
           T* o = out + (x * C + l) * P + offset[j] + (j == ch.output_site ? l * d * da * db : 0);
           for (index_t si = 0; si < d; ++si)
             for (index_t ai = 0; ai < da; ++ai)

@@ -66,7 +66,8 @@ __attribute__((always_inline)) inline void micro_gemm(const T* __restrict a, con
 
 /// Pack n_rows rows of length dim into panels: dst[panel][k][lane] = scale(r) * row(r)[k].
 /// Rows from n_rows up to round_up(n_rows, PAD) are zero.  row(r) returns a pointer to the
-/// row's dim contiguous values; scale(r) a multiplier (row log-scale or cotangent).
+/// row's values (src[k]: a pointer, or a FactorRow); scale(r) a multiplier (row log-scale or
+/// cotangent).
 template <class T, class RowFn, class ScaleFn>
 void pack_rows(index_t n_rows, index_t dim, RowFn row, ScaleFn scale, T* dst) {
   constexpr int L = Simd<T>::L;
@@ -74,11 +75,31 @@ void pack_rows(index_t n_rows, index_t dim, RowFn row, ScaleFn scale, T* dst) {
   for (index_t r = 0; r < npad; ++r) {
     T* d = dst + panel_offset<T>(r, dim) + (r % L);
     if (r < n_rows) {
-      const T* src = row(r);
+      const auto src = row(r);
       const T s = static_cast<T>(scale(r));
       for (index_t k = 0; k < dim; ++k) d[k * L] = s * src[k];
     } else {
       for (index_t k = 0; k < dim; ++k) d[k * L] = T(0);
+    }
+  }
+}
+
+/// Pack n_rows rows of C * dim values into panels: row r is the C rows row(r, l) (each dim
+/// values, src[k]) one after the other, each times scale(r, l).  Padding rows are zero.
+template <class T, class RowFn, class ScaleFn>
+void pack_folded(index_t n_rows, index_t C, index_t dim, RowFn row, ScaleFn scale, T* dst) {
+  constexpr int L = Simd<T>::L;
+  const index_t npad = round_up(n_rows, Simd<T>::PAD), width = C * dim;
+  for (index_t r = 0; r < npad; ++r) {
+    T* d = dst + panel_offset<T>(r, width) + (r % L);
+    if (r >= n_rows) {
+      for (index_t k = 0; k < width; ++k) d[k * L] = T(0);
+      continue;
+    }
+    for (index_t l = 0; l < C; ++l) {
+      const auto src = row(r, l);
+      const T s = static_cast<T>(scale(r, l));
+      for (index_t k = 0; k < dim; ++k) d[(l * dim + k) * L] = s * src[k];
     }
   }
 }

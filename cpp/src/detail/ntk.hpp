@@ -3,83 +3,13 @@
 // one output tile at a time, with the three Gram products of a micro-tile computed in registers
 // and multiplied straight into the tile; the per-site n1 x n2 terms never exist in memory.
 
-/// Multi-output traces in one pass.  sum_l Theta_ll sums, over l, site terms (u.u')(a.a')(b.b')
-/// in which at most one of a, b depends on l, and its (x, l) rows are contiguous per sample.
-/// Each (x, l) row is rescaled in place by exp(log(x, l) - max_l log(x, l)) and a sample's C
-/// rows are read as one row of C * dim values: their Gram is the sum over l.  The label site's
-/// factors do not depend on l; its trace is C times its term (the caller scales its weight).
-template <class T>
-void fold_outputs(Factors<T>& F) {
-  const index_t C = F.n_outputs(), n = F.n, N = F.chain->n_sites;
-  if (C == 1) return;
-  auto fold = [&](T* v, double* lg, index_t dim) {
-    for (index_t x = 0; x < n; ++x) {  // increasing x: lg[x] is written after it is read
-      double m = -std::numeric_limits<double>::infinity();
-      for (index_t l = 0; l < C; ++l) m = std::max(m, lg[x * C + l]);
-      for (index_t l = 0; l < C; ++l) {
-        const T f = static_cast<T>(std::exp(lg[x * C + l] - m));
-        T* row = v + (x * C + l) * dim;
-        for (index_t k = 0; k < dim; ++k) row[k] *= f;
-      }
-      lg[x] = m;
-    }
-  };
-  const bool open = F.chain->boundary == Boundary::open;
-  Region region;
-#pragma omp parallel for schedule(dynamic) num_threads(region.threads()) if (n * N > 4096)
-  for (index_t j = 0; j < N; ++j)
-    region.run([&] {
-      auto& s = F.site[j];
-      if (s.mult_a > 1) {  // open: left slot j; periodic: the open environment E_j
-        fold(open ? F.env.left[j] : F.open_env[j].data(), open ? F.env.left_log[j].data() : F.open_log[j].data(), s.da);
-        s.mult_a = 1, s.da *= C;
-      }
-      if (s.mult_b > 1) {  // open chains only: right slot j + 1
-        fold(F.env.right[j + 1], F.env.right_log[j + 1].data(), s.db);
-        s.mult_b = 1, s.db *= C;
-      }
-    });
-  region.finish();
-}
-
-/// Rewrite, in place, the environment slots of an open chain that do not depend on the output
-/// l as packed panels (each block of L rows, row-major, becomes [k][lane]; slots are padded to
-/// whole panels), so that the NTK reads them without a second copy of every environment.
-/// Afterwards a_row/b_row of those sites are no longer valid: only pack_side reads them.
-template <class T>
-void make_panels(Factors<T>& F) {
-  if (F.chain->boundary != Boundary::open) return;
-  constexpr int L = Simd<T>::L;
-  const index_t N = F.chain->n_sites, panels = round_up(F.n, Simd<T>::PAD) / L;
-  auto convert = [&](T* v, index_t dim, buffer<T>& tmp) {
-    tmp.resize(L * dim);
-    for (index_t p = 0; p < panels; ++p) {
-      T* blk = v + p * L * dim;
-      std::copy(blk, blk + L * dim, tmp.begin());
-      for (index_t r = 0; r < L; ++r)
-        for (index_t k = 0; k < dim; ++k) blk[k * L + r] = tmp[r * dim + k];
-    }
-  };
-  Region region;
-#pragma omp parallel num_threads(region.threads()) if (F.n * N > 4096)
-  {
-    buffer<T> tmp;
-#pragma omp for schedule(dynamic)
-    for (index_t j = 0; j < N; ++j)
-      region.run([&] {
-        auto& s = F.site[j];  // open chains: s.a is left slot j, s.b right slot j + 1
-        if (s.mult_a == 1 && s.da > 1) convert(F.env.left[j], s.da, tmp);
-        if (s.mult_b == 1 && s.db > 1) convert(F.env.right[j + 1], s.db, tmp);
-        s.a_panels = s.mult_a == 1;  // a single column is the same in both layouts
-        s.b_panels = s.mult_b == 1;
-      });
-  }
-  region.finish();
-}
-
 /// The factors of one batch for one output l as packed panels, site by site.  The u rows are
-/// packed here; a and b point at the environments where make_panels converted them, and are
-/// packed here otherwise (rows that depend on l, periodic chains).
+/// packed here; a and b point at the factors where they are panels already (sides independent of
+/// the output), and are packed here otherwise.  l = -1 packs the trace over the outputs in one
+/// pass: sum_l Theta_ll sums site terms (u.u')(a.a')(b.b') in which at most one of a, b depends
+/// on l, so that side's C rows of a sample, each rescaled by exp(log(x, l) - max_l log(x, l)),
+/// are packed as one row of C * dim values: their Gram is the sum over l.  (The label site's
+/// factors do not depend on l: its trace is C times its term, which its weight carries.)
 template <class T>
 struct PackedSide {
   index_t n = 0, d = 0;
@@ -88,61 +18,76 @@ struct PackedSide {
   buffer<T> own;
 };
 
-/// Per-sample reference log-scale of the NTK: the largest log-scale of a site's weighted row,
-/// log(j, x, l) + log sqrt(w_j), over sites and outputs (-inf when every row vanishes).  The
-/// packed row weights exp(log(j, x, l) + log sqrt(w_j) - c(x)) then lie in [0, 1], however far
-/// the factors or the site weights are from the range of T.
+/// The layout of a PackedSide: dims and, for what it packs itself, offsets into `own` (-1: read
+/// in place); returns the size of `own`.
 template <class T>
-std::vector<double> ntk_log_scale(const Factors<T>& F, const std::vector<double>& half_log_weight) {
-  std::vector<double> c(F.n, -std::numeric_limits<double>::infinity());
-  for (index_t x = 0; x < F.n; ++x)
-    for (index_t j = 0; j < F.chain->n_sites; ++j)
-      for (index_t l = 0; l < F.n_outputs(); ++l) c[x] = std::max(c[x], F.log(j, x, l) + half_log_weight[j]);
-  return c;
+index_t plan_side(const ChainView<T>& ch, index_t n, bool traced, PackedSide<T>& P, std::vector<index_t>& off_u,
+                  std::vector<index_t>& off_a, std::vector<index_t>& off_b) {
+  const index_t N = ch.n_sites, npad = round_up(n, Simd<T>::PAD), C = ch.n_outputs;
+  P.n = n;
+  P.d = ch.phys_dim;
+  P.da.resize(N), P.db.resize(N), P.u.resize(N), P.a.resize(N), P.b.resize(N);
+  off_u.assign(N, -1), off_a.assign(N, -1), off_b.assign(N, -1);
+  index_t total = 0;
+  for (index_t j = 0; j < N; ++j) {
+    const SiteFactor<T> s = site_factor_shape(ch, j);  // multiplicities: panels are exactly mult 1
+    P.da[j] = s.da * (traced && s.mult_a > 1 ? C : 1);
+    P.db[j] = s.db * (traced && s.mult_b > 1 ? C : 1);
+    off_u[j] = total, total += npad * P.d;
+    if (s.mult_a > 1) off_a[j] = total, total += npad * P.da[j];
+    if (s.db && s.mult_b > 1) off_b[j] = total, total += npad * P.db[j];
+  }
+  return total;
 }
 
-/// Pack the factors of output l; u rows carry the relative scale exp(log(j,x,l) + log sqrt(w_j)
-/// - c(x)), so that the product of the three Grams is the site's whole term relative to
-/// exp(c_i + c_k).
+/// Pack the factors of output l (-1: traced); the u rows carry the relative scale
+/// exp(log(j, x, l) + log sqrt(w_j) - c(x)) (traced: the largest over l), so that the product of
+/// the three Grams is the site's whole term relative to exp(c_i + c_k).
 template <class T>
 PackedSide<T> pack_side(const Factors<T>& F, index_t l, const std::vector<double>& c,
                         const std::vector<double>& half_log_weight) {
   PackedSide<T> P;
-  const index_t N = F.chain->n_sites, npad = round_up(F.n, Simd<T>::PAD);
-  P.n = F.n;
-  P.d = F.chain->phys_dim;
-  P.da.resize(N), P.db.resize(N), P.u.resize(N), P.a.resize(N), P.b.resize(N);
-  std::vector<index_t> off_u(N), off_a(N, -1), off_b(N, -1);
-  index_t total = 0;
-  for (index_t j = 0; j < N; ++j) {
-    const auto& s = F.site[j];
-    P.da[j] = s.da;
-    P.db[j] = s.db;
-    off_u[j] = total, total += npad * P.d;
-    if (!s.a_panels) off_a[j] = total, total += npad * s.da;
-    if (s.db && !s.b_panels) off_b[j] = total, total += npad * s.db;
-  }
-  P.own.resize(total);
+  std::vector<index_t> off_u, off_a, off_b;
+  const bool traced = l < 0;
+  const index_t N = F.chain->n_sites, C = F.n_outputs();
+  P.own.resize(plan_side(*F.chain, F.n, traced, P, off_u, off_a, off_b));
   T* base = P.own.data();
   for (index_t j = 0; j < N; ++j) {
     const auto& s = F.site[j];
     P.u[j] = base + off_u[j];
-    P.a[j] = s.a_panels ? s.a : base + off_a[j];
-    P.b[j] = !s.db ? nullptr : s.b_panels ? s.b : base + off_b[j];
+    P.a[j] = off_a[j] < 0 ? s.a : base + off_a[j];
+    P.b[j] = !s.db ? nullptr : off_b[j] < 0 ? s.b : base + off_b[j];
   }
+  // log of the row (x, l) of site j that enters the weights: traced, the largest over l
+  auto row_log = [&](index_t j, index_t x) {
+    if (!traced) return F.log(j, x, l);
+    double m = -std::numeric_limits<double>::infinity();
+    for (index_t k = 0; k < C; ++k) m = std::max(m, F.log(j, x, k));
+    return m;
+  };
+  // One side of site j, rows of sample x (folded over the outputs when traced).
+  auto pack = [&](index_t j, bool side_a, T* dst) {
+    const auto& s = F.site[j];
+    const index_t dim = side_a ? s.da : s.db;
+    if (!traced) {
+      pack_rows<T>(
+          F.n, dim, [&](index_t x) { return side_a ? F.a_row(j, x, l) : F.b_row(j, x, l); },
+          [](index_t) { return 1.0; }, dst);
+      return;
+    }
+    pack_folded<T>(
+        F.n, C, dim, [&](index_t x, index_t k) { return side_a ? F.a_row(j, x, k) : F.b_row(j, x, k); },
+        [&](index_t x, index_t k) { return std::exp(F.log(j, x, k) - row_log(j, x)); }, dst);
+  };
   Region region;
-#pragma omp parallel for schedule(dynamic) num_threads(region.threads()) if (total > 65536)
+#pragma omp parallel for schedule(dynamic) num_threads(region.threads()) if (static_cast<index_t>(P.own.size()) > 65536)
   for (index_t j = 0; j < N; ++j)
     region.run([&] {
       pack_rows<T>(
-          F.n, P.d, [&](index_t x) { return F.u_row(j, x); },
-          [&](index_t x) { return tile::row_weight(F.log(j, x, l) + half_log_weight[j], c[x]); }, base + off_u[j]);
-      if (off_a[j] >= 0)
-        pack_rows<T>(
-            F.n, P.da[j], [&](index_t x) { return F.a_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_a[j]);
-      if (off_b[j] >= 0)
-        pack_rows<T>(
-            F.n, P.db[j], [&](index_t x) { return F.b_row(j, x, l); }, [](index_t) { return 1.0; }, base + off_b[j]);
+          F.n, P.d, [&](index_t x) { return FactorRow<T>{F.u_row(j, x), 1}; },
+          [&](index_t x) { return tile::row_weight(row_log(j, x) + half_log_weight[j], c[x]); }, base + off_u[j]);
+      if (off_a[j] >= 0) pack(j, true, base + off_a[j]);
+      if (off_b[j] >= 0) pack(j, false, base + off_b[j]);
     });
   region.finish();
   return P;
@@ -188,11 +133,7 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
   for (auto& b : buffers) b.resize(tb * tb);
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
-#ifdef _OPENMP
-    buffer<T>& buf = buffers[omp_get_thread_num()];
-#else
-    buffer<T>& buf = buffers[0];
-#endif
+    buffer<T>& buf = thread_slot(buffers);
     // Each tile is written to `out` whole (per site with per_site) from the thread's buffer, so
     // an interrupted call leaves every entry either untouched or final: with `out` NaN-filled
     // first (the Python layer does), the tiles that still hold NaN are exactly those to redo.
@@ -266,36 +207,26 @@ void ntk_tiles(const PackedSide<T>& s1, const PackedSide<T>& s2, const std::vect
   region.finish();
 }
 
-/// The NTK of one or two batches (contract of mpsntk::ntk in engine.hpp).
+/// The NTK of one or two prepared batches (contract of mpsntk::ntk in engine.hpp).
 template <class T>
-bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
-              const double* site_lr, T* out, double* log1, double* log2) {
+bool ntk_factors(const Factors<T>& F1, const Factors<T>* F2p, const NtkOptions& opt, const double* site_lr, T* out,
+                 double* log1, double* log2) {
+  const ChainView<T>& ch = *F1.chain;
   const index_t N = ch.n_sites, C = ch.n_outputs;
-  const bool sym = phi2 == nullptr;
-  const bool full = opt.full_outputs && C > 1;
-  Factors<T> F1 = compute_factors<T>(ch, phi1);
-  Factors<T> F2storage;
-  if (!sym) F2storage = compute_factors<T>(ch, *phi2);
-  if (!full) {  // traced outputs: one pass over the sites
-    fold_outputs(F1);
-    if (!sym) fold_outputs(F2storage);
-  }
-  make_panels(F1);
-  if (!sym) make_panels(F2storage);
-  Factors<T>& F2 = sym ? F1 : F2storage;
+  const bool sym = F2p == nullptr;
+  const Factors<T>& F2 = sym ? F1 : *F2p;
   const index_t n1 = F1.n, n2 = F2.n;
-  // log sqrt(w_j) of the site weights w_j = c_j^2 site_lr_j (times C at the label site when the
-  // outputs are traced: C equal terms), in double, where no weight leaves the range
-  std::vector<double> weight(N);
-  for (index_t j = 0; j < N; ++j) {
-    const double traced = !full && j == ch.output_site ? std::log(double(C)) : 0.0;
-    weight[j] = 0.5 * (2 * std::log(ch.scales[j]) + std::log(site_lr[j]) + traced);
-  }
-  const std::vector<double> c1 = ntk_log_scale(F1, weight);
-  const std::vector<double> c2 = sym ? c1 : ntk_log_scale(F2, weight);
+  const NtkLayout layout(n1, n2, C, opt.full_outputs, opt.per_site);
+  // traced outputs fold the label site's C equal terms into its weight
+  const std::vector<double> weight = ntk_half_log_weights(ch, site_lr, !layout.full);
+  auto log_scale = [&](const Factors<T>& F) {
+    std::vector<double> c(F.n);
+    for (index_t x = 0; x < F.n; ++x) c[x] = sample_log_scale(F.site.data(), N, C, x, weight.data());
+    return c;
+  };
+  const std::vector<double> c1 = log_scale(F1);
+  const std::vector<double> c2 = sym ? c1 : log_scale(F2);
 
-  const index_t cc = full ? C * C : 1;
-  const index_t block = n1 * n2 * cc;
   for (index_t x = 0; x < n1; ++x) log1[x] = std::isfinite(c1[x]) ? c1[x] : 0.0;
   for (index_t x = 0; x < n2; ++x) log2[x] = std::isfinite(c2[x]) ? c2[x] : 0.0;
   // Theta = exp(c_i + c_k) Theta~, applied as each tile is written.  While every c is moderate,
@@ -313,36 +244,52 @@ bool ntk_impl(const ChainView<T>& ch, const FeatureView<T>& phi1, const FeatureV
     tgt.log1 = log1, tgt.log2 = log2, tgt.exp1 = e1.data(), tgt.exp2 = e2.data();
     tgt.split = split;
   }
-  tgt.ld_row = n2 * cc;
-  tgt.ld_col = cc;
-  tgt.site_stride = opt.per_site ? block : 0;
+  tgt.ld_row = layout.ld_row;
+  tgt.ld_col = layout.ld_col;
+  tgt.site_stride = layout.site_stride;
   std::vector<char> all(N, 1), no_label(N, 1);
   if (ch.output_site >= 0) no_label[ch.output_site] = 0;
 
-  if (!full) {  // sum over outputs l of Theta_ll, folded into the factors
-    PackedSide<T> p1 = pack_side<T>(F1, 0, c1, weight);
-    PackedSide<T> p2storage;
-    if (!sym) p2storage = pack_side<T>(F2, 0, c2, weight);
-    tgt.out = out;
-    tgt.mirror = sym ? out : nullptr;
-    tgt.upper_only = sym;
-    ntk_tiles<T>(p1, sym ? p1 : p2storage, all, tgt, opt.tile);
-  } else {
-    std::vector<PackedSide<T>> p2all;
-    for (index_t l2 = 0; l2 < C && !sym; ++l2) p2all.push_back(pack_side<T>(F2, l2, c2, weight));
-    for (index_t l1 = 0; l1 < C; ++l1) {
-      PackedSide<T> p1 = pack_side<T>(F1, l1, c1, weight);
-      for (index_t l2 = sym ? l1 : 0; l2 < C; ++l2) {
-        PackedSide<T> p2sym;
-        if (sym && l2 != l1) p2sym = pack_side<T>(F1, l2, c1, weight);
-        const PackedSide<T>& p2 = sym ? (l2 == l1 ? p1 : p2sym) : p2all[l2];
-        tgt.out = out + l1 * C + l2;
-        // Symmetric data: Theta_{l2 l1}(x', x) = Theta_{l1 l2}(x, x').
-        tgt.mirror = sym ? out + l2 * C + l1 : nullptr;
-        tgt.upper_only = sym && l1 == l2;
-        ntk_tiles<T>(p1, p2, l1 == l2 ? all : no_label, tgt, opt.tile);
-      }
-    }
-  }
+  // The packed sides of batch 2 for every output are kept across the passes (full outputs).
+  std::vector<PackedSide<T>> side2(layout.full && !sym ? C : 0);
+  for (index_t l2 = 0; l2 < static_cast<index_t>(side2.size()); ++l2) side2[l2] = pack_side<T>(F2, l2, c2, weight);
+  PackedSide<T> p1;
+  index_t packed_l1 = -2;
+  for_each_output_block(layout, sym, [&](const OutputBlock& blk) {
+    if (blk.l1 != packed_l1) p1 = pack_side<T>(F1, blk.l1, c1, weight), packed_l1 = blk.l1;
+    PackedSide<T> p2own;
+    const PackedSide<T>* p2 = &p1;
+    if (!sym && layout.full)
+      p2 = &side2[blk.l2];
+    else if (!sym)
+      p2own = pack_side<T>(F2, -1, c2, weight), p2 = &p2own;
+    else if (blk.l2 != blk.l1)
+      p2own = pack_side<T>(F1, blk.l2, c1, weight), p2 = &p2own;
+    tgt.out = out + blk.offset;
+    tgt.mirror = blk.mirror_offset >= 0 ? out + blk.mirror_offset : nullptr;
+    tgt.upper_only = blk.upper_only;
+    ntk_tiles<T>(p1, *p2, blk.label_term ? all : no_label, tgt, opt.tile);
+  });
   return finite.load();
+}
+
+/// Memory of ntk_factors beyond its batches: packed sides (u rows and the sides that depend on
+/// the output), the kept sides of batch 2 (full outputs), scales, and a tile buffer per thread.
+template <class T>
+Footprint ntk_footprint_of(const ChainView<T>& ch, index_t n1, index_t n2, const NtkOptions& opt) {
+  const bool sym = n2 == 0;
+  const index_t m2 = sym ? n1 : n2, C = ch.n_outputs;
+  const bool full = opt.full_outputs && C > 1;
+  auto side = [&](index_t n, bool traced) {
+    PackedSide<T> P;
+    std::vector<index_t> u, a, b;
+    return static_cast<std::size_t>(plan_side(ch, n, traced, P, u, a, b)) * sizeof(T);
+  };
+  std::size_t packed = side(n1, !full) + (sym && !full ? 0 : side(m2, !full));
+  if (full && !sym) packed += (C - 1) * side(m2, false);
+  const index_t tb = round_up(std::min(std::max<index_t>(opt.tile, 1), std::max(n1, m2)), Simd<T>::PAD);
+  const index_t tiles = ((n1 + tb - 1) / tb) * ((m2 + tb - 1) / tb);
+  const std::size_t scales = 4 * (n1 + m2) * sizeof(double) + 2 * tiles * sizeof(index_t);
+  const std::size_t buffers = static_cast<std::size_t>(num_threads()) * tb * tb * sizeof(T);
+  return Footprint{0, packed + scales + buffers};
 }

@@ -95,5 +95,16 @@ class Region {
   std::exception_ptr error_;
 };
 
+/// The calling thread's entry of per-thread state sized for a parallel region's team (entry 0
+/// without OpenMP).
+template <class V>
+auto& thread_slot(V& per_thread) {
+#ifdef _OPENMP
+  return per_thread[omp_get_thread_num()];
+#else
+  return per_thread[0];
+#endif
+}
+
 }  // namespace detail
 }  // namespace mpsntk

@@ -171,11 +171,7 @@ void taylor_impl(const ChainView<T>& ch, const ChainView<T>& step, const Feature
   const double work_estimate = double(n) * N * (std::min(N, K) + 2) * d * ch.bond[N / 2] * ch.bond[N / 2];
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1 && work_estimate > 1e6)
   {
-#ifdef _OPENMP
-    Work& w = work[omp_get_thread_num()];
-#else
-    Work& w = work[0];
-#endif
+    Work& w = thread_slot(work);
 #pragma omp for schedule(dynamic)
     for (index_t b = 0; b < n_blocks; ++b)
       region.run([&] {
@@ -476,11 +472,7 @@ RangeReport order_kernels_impl(const ChainView<T>& ch, const FeatureView<T>& phi
   const double work_estimate = pairs * C * N * (h * h * widest + 4.0 * (kmax - 1) * nch * widest * widest * widest);
 #pragma omp parallel num_threads(threads) if (pairs > 1 && work_estimate > 1e6)
   {
-#ifdef _OPENMP
-    PairWork<T>& w = work[omp_get_thread_num()];
-#else
-    PairWork<T>& w = work[0];
-#endif
+    PairWork<T>& w = thread_slot(work);
     std::vector<LogSum>& acc = accs[&w - work.data()];
 #pragma omp for schedule(dynamic, 1)
     for (index_t i = 0; i < n1; ++i)

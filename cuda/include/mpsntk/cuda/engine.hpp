@@ -1,10 +1,12 @@
 /// @file engine.hpp
 /// @brief Host-callable entry points of the CUDA engine (plain C++: no CUDA or pybind11 types).
 ///
-/// Every routine works on device pointers described by the same ChainView / FeatureView as the
-/// CPU engine, runs on the given stream (a cudaStream_t passed as an integer), and uses a
-/// caller-allocated device workspace whose size the matching *_workspace_bytes() returns, so
-/// that the caller's memory pool (CuPy) owns every byte.  Nothing here synchronises the stream.
+/// The interface of the CPU engine (mpsntk/engine.hpp) on the device: batches prepared once, and
+/// every product from prepared batches.  Every routine works on device pointers described by the
+/// same ChainView / FeatureView as the CPU engine, checks them as the CPU engine does, runs on the
+/// given stream (a cudaStream_t passed as an integer), and uses caller-allocated device memory
+/// whose size the matching *_bytes() returns, so that the caller's memory pool (CuPy) owns every
+/// byte.  Nothing here synchronises the stream.
 #pragma once
 
 #include <cstddef>
@@ -39,37 +41,70 @@ std::string runtime_version();
 /// @brief Architectures compiled into the module, e.g. {"sm_80", "sm_90", "compute_90"}.
 std::vector<std::string> architectures();
 
+/// @brief A block of device memory the caller owns (allocated by its memory pool, e.g. CuPy's).
+struct Workspace {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+/// @brief A batch prepared on the device: the environments and per-site factors of its samples,
+/// held in caller-owned device memory (the layout is a function of the chain and the number of
+/// samples, so the engine finds every piece again from the chain and the memory).  The device
+/// counterpart of mpsntk::Batch: immutable once prepared, for any number of products; the
+/// features stay where they are and must not change.
+template <class T>
+struct Batch {
+  ChainView<T> chain;  ///< structure and scales; the core pointers identify the model
+  FeatureView<T> phi;  ///< device pointer
+  Workspace memory;    ///< what prepare() filled (prepare_bytes() of it)
+};
+
+/// @brief Bytes of device memory a batch of n_samples samples holds.
+template <class T>
+std::size_t prepare_bytes(const ChainView<T>& chain, index_t n_samples);
+/// @brief Prepare a batch in @p memory (prepare_bytes() of it or more); returns the batch.
+/// @throws std::invalid_argument if @p phi does not fit the chain or the memory is too small.
+template <class T>
+Batch<T> prepare(const ChainView<T>& chain, const FeatureView<T>& phi, Workspace memory, std::uintptr_t stream);
+
+/// @brief Workspace of forward(chain, phi, ...): one left sweep, nothing else kept.
 template <class T>
 std::size_t forward_workspace_bytes(const ChainView<T>& chain, index_t n_samples);
+/// @brief f as mantissa and log-scale (n, C), device pointers (as mpsntk::forward).
 template <class T>
-void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, double* log_scale, void* workspace,
-             std::size_t workspace_bytes, std::uintptr_t stream);
+void forward(const ChainView<T>& chain, const FeatureView<T>& phi, T* mantissa, double* log_scale, Workspace workspace,
+             std::uintptr_t stream);
+/// @brief f of a prepared batch (from its last left environments; no workspace).
+template <class T>
+void forward(const Batch<T>& batch, T* mantissa, double* log_scale, std::uintptr_t stream);
 
-/// @brief Workspace of ntk(): environments of both batches (n2 = 0: symmetric call).
+/// @brief Workspace of ntk() beyond its batches (n2 = 0: symmetric call).
 template <class T>
 std::size_t ntk_workspace_bytes(const ChainView<T>& chain, index_t n1, index_t n2);
 /// @brief Same contract as mpsntk::ntk (engine.hpp); out, log1, log2 are device pointers and
 /// site_lr a host array.
+/// @throws std::invalid_argument if the batches were prepared for different models.
 template <class T>
-void ntk(const ChainView<T>& chain, const FeatureView<T>& phi1, const FeatureView<T>* phi2, const NtkOptions& opt,
-         const double* site_lr, T* out, double* log1, double* log2, void* workspace, std::size_t workspace_bytes,
-         std::uintptr_t stream);
+void ntk(const Batch<T>& batch1, const Batch<T>* batch2, const NtkOptions& opt, const double* site_lr, T* out,
+         double* log1, double* log2, Workspace workspace, std::uintptr_t stream);
 
-/// @brief Workspace of vjp / jvp / ntk_vp for n_samples samples.
+/// @brief Workspace of vjp / jvp / ntk_vp beyond their batches, for batches of n1 and n2
+/// samples (n2 = 0: one batch).
 template <class T>
-std::size_t grad_workspace_bytes(const ChainView<T>& chain, index_t n_samples);
+std::size_t product_workspace_bytes(const ChainView<T>& chain, index_t n1, index_t n2);
 /// @brief Same contract as mpsntk::vjp (engine.hpp), grad_log a device pointer or nullptr.
 template <class T>
-void vjp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* cotangent, T* const* grads, double* grad_log,
-         void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
-/// @brief Same contract as mpsntk::jvp (engine.hpp), out_log a device pointer or nullptr.
+void vjp(const Batch<T>& batch, const T* cotangent, T* const* grads, double* grad_log, Workspace workspace,
+         std::uintptr_t stream);
+/// @brief Same contract as mpsntk::jvp (engine.hpp); tangent_log and out_log device pointers or
+/// nullptr.
 template <class T>
-void jvp(const ChainView<T>& chain, const FeatureView<T>& phi, const T* const* tangents, T* out, double* out_log,
-         void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
-/// @brief out (n, C, k) = Theta v, as mpsntk::ntk_vp (out_log: a device pointer or nullptr); its
-/// gradient-shaped scratch (n_params values) is part of the workspace (grad_workspace_bytes).
+void jvp(const Batch<T>& batch, const T* const* tangents, const double* tangent_log, T* out, double* out_log,
+         Workspace workspace, std::uintptr_t stream);
+/// @brief out (n1, C, k) = Theta(X1, X2) v for v (n2, C, k), as mpsntk::ntk_vp (out_log: a device
+/// pointer or nullptr); its gradient-shaped scratch is part of the workspace.
 template <class T>
-void ntk_vp(const ChainView<T>& chain, const FeatureView<T>& phi, const double* site_lr, const T* v, index_t k, T* out,
-            double* out_log, void* workspace, std::size_t workspace_bytes, std::uintptr_t stream);
+void ntk_vp(const Batch<T>& batch1, const Batch<T>* batch2, const double* site_lr, const T* v, index_t k, T* out,
+            double* out_log, Workspace workspace, std::uintptr_t stream);
 
 }  // namespace mpsntk::cuda
