@@ -9,7 +9,9 @@ algorithms need, never more than ``O(n_samples * n_params)`` memory and time per
 * :func:`kernel_vp` -- ``Theta(X1, X2) v = J1 diag(lambda) J2^T v`` without either kernel;
 * :func:`transpose_vp` / :func:`jacobian_vp` -- the two halves, ``J^T v`` (per-site rates
   applied) and ``J t``, so that a product over many blocks sums the ``J^T v`` partials first
-  (``Theta(X, X) v`` for a sharded ``X`` is ``J_b (sum_b' J_b'^T v_b')`` per block ``b``).
+  (``Theta(X, X) v`` for a sharded ``X`` is ``J_b (sum_b' J_b'^T v_b')`` per block ``b``);
+* :func:`kernel_diagonal` -- the diagonal ``Theta(x, x)`` (output-resolved for multi-output
+  models), for Jacobi and pivoted-Cholesky preconditioners and the exact trace.
 
 Every call goes through the public engine routines (:func:`mpsntk.ntk`, :func:`mpsntk.vjp`,
 :func:`mpsntk.jvp`), host or device alike.
@@ -21,7 +23,14 @@ from .grad import jvp, vjp
 from .mps import MPS
 from .ntk import ntk
 
-__all__ = ["Batch", "jacobian_vp", "kernel_block", "kernel_vp", "transpose_vp"]
+__all__ = [
+    "Batch",
+    "jacobian_vp",
+    "kernel_block",
+    "kernel_diagonal",
+    "kernel_vp",
+    "transpose_vp",
+]
 
 
 class Batch:
@@ -81,3 +90,22 @@ def kernel_vp(b1, b2, v):
     kernel: ``J1 diag(lambda) J2^T v``."""
     _same_model(b1, b2)
     return jacobian_vp(b1, transpose_vp(b2, v))
+
+
+def kernel_diagonal(batch, tile=16):
+    """The diagonal of ``Theta(X, X)``: shape (n_samples,), or (n_samples, n_outputs) with the
+    output-resolved entries ``Theta_ll(x, x)`` for multi-output models.
+
+    Read off small symmetric tiles of ``tile`` samples, so it costs one environment sweep plus
+    ``O(n_samples * tile * n_sites * (d + 2D))`` (``n_outputs**2`` passes for multi-output
+    models), never more memory than one tile per call.
+    """
+    mps, phi = batch.mps, batch.phi
+    xp = mps.xp
+    full = mps.output_site is not None
+    parts = []
+    for start in range(0, batch.n_samples, tile):
+        block = ntk(mps, phi[start:start + tile], outputs="full" if full else "trace")
+        diag = xp.diagonal(block, axis1=0, axis2=1)  # (n_outputs, n_outputs, tile) or (tile,)
+        parts.append(xp.diagonal(diag, axis1=0, axis2=1) if full else diag.copy())
+    return xp.concatenate(parts)

@@ -74,7 +74,7 @@ class Engine:
             self.check_fits(
                 wsb + int(np.prod(shape)) * mps.dtype.itemsize,
                 f"an NTK of shape {shape} ({mps.dtype.name}) and its environments",
-                "compute fewer samples at a time",
+                "compute fewer samples at a time, or never form the kernel: mpsntk.linalg",
             )
             out = xp.empty(shape, dtype=mps.dtype)
         ws = self._workspace(wsb)

@@ -245,7 +245,8 @@ def _host_ntk(mps, phi1, phi2, site_lr, shape, out, full, per_site, normalized, 
         _check_fits(
             nbytes + work,
             f"an NTK of shape {shape} ({mps.dtype.name})",
-            "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time",
+            "pass out= (e.g. a numpy.memmap), compute fewer samples at a time, or never form "
+            "the kernel: mpsntk.linalg (ntk_operator, kernel_regression, gradient_descent_mse)",
         )
         out = np.empty(shape, dtype=mps.dtype)
     log1 = np.empty(n1)
