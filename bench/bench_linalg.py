@@ -129,14 +129,17 @@ def memory_model(method, n, rank):
     """Predicted peak bytes above the data: the method's working set.
 
     cg: the Nystrom factor (n * rank), one round of columns and its update (2 n * rank / 8),
-    the engine's workspace for one block (256 MiB), a dozen n-vectors; dense: the kernel
+    the engine's workspace for one block (at most 256 MiB), a dozen n-vectors; dense: the kernel
     (n^2), the test cross kernel (n_test * n) and the engine's tiles.
     """
+    from mpsntk.linalg import _BLOCK_BYTES
+
     item = 8
     if method == "dense":
         return item * (n * n + N_TEST * n) + 64 * 2**20
     r = rank if method == "cg" else 0
-    return item * (n * r + 2 * n * math.ceil(r / 8) + 12 * n) + 256 * 2**20
+    engine = min(_BLOCK_BYTES, n * 34336)  # environment_bytes per sample of this model
+    return item * (n * r + 2 * n * math.ceil(r / 8) + 12 * n) + engine
 
 
 # --------------------------------------------------------------------------- measurement
@@ -265,6 +268,185 @@ def _previous_dense(out, n):
     return found
 
 
+# --------------------------------------------------------------------------- report
+BEGIN, END = "<!-- linalg:begin -->", "<!-- linalg:end -->"
+FIGURE = os.path.join(BENCH_DIR, "figures", "cpu_linalg_regression.png")
+
+
+def load(path):
+    """Records of the results file, the latest one per (method, n_samples, rank)."""
+    latest = {}
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                latest[(rec["method"], rec["n_samples"], rec.get("rank_requested"))] = rec
+    return list(latest.values())
+
+
+def _series(records, method, key, rank=512, n_min=0):
+    pts = sorted((r["n_samples"], r[key]) for r in records
+                 if r["method"] == method and r.get("status") == "ok" and r.get(key) is not None
+                 and (method != "cg" or r.get("rank_requested") == rank)
+                 and r["n_samples"] >= n_min)
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def crossover(cg, dense):
+    """Sample count where the cg and dense times cross (log-log interpolation between the
+    common sizes), or None when they do not cross there."""
+    common = sorted(set(cg) & set(dense))
+    for a, b in zip(common, common[1:]):
+        da = math.log(cg[a] / dense[a])
+        db = math.log(cg[b] / dense[b])
+        if da > 0 >= db:
+            return math.exp(math.log(a) + (math.log(b) - math.log(a)) * da / (da - db))
+    return None
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return "—"
+    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+
+
+def _mem(mb):
+    return "—" if mb is None else (f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.0f} MB")
+
+
+def render(records):
+    """The markdown section (tables and fits) of the records."""
+    from report import fit_exponent
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    main = sorted((r for r in records if r["method"] == "dense"
+                   or (r["method"] == "cg" and r.get("rank_requested") == 512)),
+                  key=lambda r: (r["n_samples"], r["method"] != "dense"))
+    first = ok[0] if ok else {}
+    loads = [r.get("load_avg_before") for r in ok if r.get("load_avg_before") is not None]
+    out = [f"Machine: {first.get('cpu', '?')}, mpsntk's `{first.get('isa', '?')}` kernels, "
+           f"{first.get('n_threads', '?')} engine threads; load average "
+           f"{min(loads, default=0):.1f}–{max(loads, default=0):.1f} during the runs "
+           f"(`load_avg_before`), dates {min(r['date'] for r in ok)[:10]} to "
+           f"{max(r['date'] for r in ok)[:10]}.", "",
+           "| n_samples | method | total (s) | setup (s) | iterations | solve (s) | s / iteration "
+           "| predict (s) | peak extra RSS | test RMSE | train RMSE | max Δ test pred. vs dense |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in main:
+        if r.get("status") != "ok":
+            out.append(f"| {r['n_samples']} | {r['method']} | {r.get('status')}: "
+                       f"{r.get('note', '')} | | | | | | | | | |")
+            continue
+        setup = r.get("kernel_s") if r["method"] == "dense" else \
+            r.get("diagonal_s", 0) + r.get("precond_s", 0)
+        its = r.get("iterations")
+        its = "—" if its is None else f"{its} (rank {r.get('rank')})"
+        out.append(
+            f"| {r['n_samples']} | {r['method']} | {_fmt(r['total_s'])} | {_fmt(setup)} | {its} "
+            f"| {_fmt(r['solve_s'])} | {_fmt(r.get('s_per_iteration'))} | {_fmt(r['predict_s'])} "
+            f"| {_mem(r['peak_rss_mb'])} | {r['test_rmse']:.4f} | {r['train_rmse']:.4f} "
+            f"| {_fmt(r.get('pred_rel_diff_vs_dense'), 2)} |")
+    out.append("")
+    fits = []
+    for label, method, key, n_min in (
+            ("cg, time per iteration (one product `Θ v`)", "cg", "s_per_iteration", 10_000),
+            ("cg, total time", "cg", "total_s", 10_000),
+            ("cg, peak extra RSS", "cg", "peak_rss_mb", 10_000),
+            ("dense, total time", "dense", "total_s", 5000),
+            ("dense, peak extra RSS", "dense", "peak_rss_mb", 5000)):
+        xs, ys = _series(ok, method, key, n_min=n_min)
+        e = fit_exponent(xs, ys)
+        if e is not None:
+            fits.append(f"{label}: **{e:.2f}** (n_samples {xs[0]}–{xs[-1]})")
+    if fits:
+        out += ["Growth exponents (least-squares slopes in log-log): " + "; ".join(fits) + ".",
+                ""]
+    cg = dict(zip(*_series(ok, "cg", "total_s")))
+    dense = dict(zip(*_series(ok, "dense", "total_s")))
+    x = crossover(cg, dense)
+    if x is not None:
+        out += [f"Crossover: the matrix-free solve overtakes the dense one at about "
+                f"**{x:,.0f} samples** (interpolated between the measured sizes).", ""]
+    sweep = sorted((r for r in ok if r["method"] != "dense" and (
+        r["method"] != "cg" or r.get("rank_requested") != 512 or
+        any(q["method"] != "cg" and q["n_samples"] == r["n_samples"] for q in ok))),
+        key=lambda r: (r["n_samples"], r["method"], r.get("rank_requested") or 0))
+    sweep_ns = {r["n_samples"] for r in sweep if r["method"] != "cg"
+                or r.get("rank_requested") != 512}
+    sweep = [r for r in sweep if r["n_samples"] in sweep_ns]
+    if sweep:
+        out += ["Preconditioners at one size (`--ranks`, `cg-jacobi`, `cg-none`):", "",
+                "| n_samples | preconditioner | rank | condition bound | setup (s) | iterations "
+                "| solve (s) | total (s) | converged |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in sweep:
+            name = {"cg": "Nyström (RPCholesky)", "cg-jacobi": "Jacobi", "cg-none": "none"}
+            setup = r.get("diagonal_s", 0) + r.get("precond_s", 0)
+            out.append(
+                f"| {r['n_samples']} | {name[r['method']]} | {r.get('rank', '—')} "
+                f"| {_fmt(r.get('condition_bound'))} | {_fmt(setup)} | {r['iterations']} "
+                f"| {_fmt(r['solve_s'])} | {_fmt(r['total_s'])} | {r['converged']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def figure(records, path):
+    """Time and peak memory against n_samples, cg and dense (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12.4, 4.6))
+    for method, key, label, style in (
+            ("cg", "total_s", "cg (Nyström rank 512): total", "o-"),
+            ("cg", "s_per_iteration", "cg: per iteration", "s--"),
+            ("dense", "total_s", "dense: kernel + Cholesky + predict", "^-")):
+        xs, ys = _series(ok, method, key)
+        if xs:
+            ax_t.plot(xs, ys, style, ms=4, label=label,
+                      color="black" if method == "cg" else "tab:red")
+    for method, label in (("cg", "cg"), ("dense", "dense")):
+        xs, ys = _series(ok, method, "peak_rss_mb")
+        if xs:
+            color = "black" if method == "cg" else "tab:red"
+            ax_m.plot(xs, [y / 1024 for y in ys], "o-", ms=4, label=label, color=color)
+            model = [memory_model(method, n, 512) / 2**30 for n in xs]
+            ax_m.plot(xs, model, ":", color=color, label=f"{label}: memory model")
+    ax_m.axhline(24, color="gray", lw=0.8)
+    ax_m.text(1e3, 26, "24 GB (this machine)", color="gray", fontsize=8)
+    for ax, title, ylabel in ((ax_t, "Kernel ridge regression: time", "seconds"),
+                              (ax_m, "peak extra resident memory", "GB")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("n_samples (64 sites, D = 16, float64)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(results, readme):
+    """Draw the figure and replace the part of ``readme`` between the linalg markers."""
+    records = load(results)
+    figure(records, FIGURE)
+    with open(readme) as fh:
+        text = fh.read()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} section")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(readme, "w") as fh:
+        fh.write(head + BEGIN + "\n" + render(records) + "\n" + END + tail)
+    print(render(records))
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["cg", "dense"])
@@ -283,9 +465,7 @@ def main(argv=None):
                    help="write the figure and replace the linalg section of README, then exit")
     args = p.parse_args(argv)
     if args.report:
-        import report_linalg
-
-        return report_linalg.main(args.out, args.report)
+        return write_report(args.out, args.report)
     common = machine_info()
     avail = _available_gb()
     for n in args.sizes:

@@ -89,6 +89,29 @@ def test_operator_matches_the_dense_kernel(spec):
     assert op.n_products == 1 + 1 + 3 + 3 + 1 + 1 + idx.size * mps.n_outputs
 
 
+def test_float32_solvers():
+    _, mps, phi, _, K, y = _regression_problem(n=60)
+    m32 = mps.with_cores([c.astype(np.float32) for c in mps.cores])
+    op = linalg.ntk_operator(m32, phi.astype(np.float32))
+    K32 = _flat_kernel(m32, phi.astype(np.float32).astype(np.float64))
+    reg = 1e-3 * np.trace(K32) / 60
+    with pytest.raises(ValueError, match=r"rtol must lie in \[1.19e-07, 1\)"):
+        linalg.kernel_regression(op, y.astype(np.float32), reg, rtol=1e-8)
+    res = linalg.kernel_regression(op, y.astype(np.float32), reg, rtol=1e-4, rank=20)
+    assert res.alpha.dtype == np.float32 and res.converged
+    # float32 products round at eps ||A|| ||alpha|| / ||y||: the attainable residual
+    A = K32 + reg * np.eye(60)
+    floor = np.finfo(np.float32).eps * np.linalg.norm(A, 2) * np.linalg.norm(res.alpha)
+    true_res = np.linalg.norm(y - A @ res.alpha) / np.linalg.norm(y)
+    assert true_res < 1.5e-4 + 10 * floor / np.linalg.norm(y)
+    exact = np.linalg.solve(A, y)
+    assert relerr(res.alpha, exact) < np.linalg.cond(A) * (1.5e-4 + 10 * floor / np.linalg.norm(y))
+    t = np.array([0.0, 2.0])
+    got = linalg.gradient_descent_mse(op, y.astype(np.float32), 1.0)(t, np.float32(0).item())
+    want = dynamics.gradient_descent_mse(K32, y, 1.0)(t, 0.0)
+    assert got.dtype == np.float32 and relerr(got, want) < 1e-4
+
+
 def test_operator_float32():
     rng, mps = _model(MODELS[1], dtype=np.float32)
     phi = random_features(rng, 17, mps.n_sites, dtype=np.float32)
@@ -450,8 +473,10 @@ def test_bad_input_is_named():
         linalg.kernel_regression(op, y, 1.0, x0=np.zeros((30, 2)))
     with pytest.raises(ValueError, match="preconditioner must be one of"):
         linalg.kernel_regression(op, y, 1.0, preconditioner="ilu")
-    with pytest.raises(ValueError, match="rtol must be < 1"):
+    with pytest.raises(ValueError, match=r"rtol must lie in \[2.22e-16, 1\)"):
         linalg.kernel_regression(op, y, 1.0, rtol=2.0)
+    with pytest.raises(ValueError, match="rtol must lie in"):
+        linalg.gradient_descent_mse(op, y, rtol=1e-20)
     with pytest.raises(ValueError, match="k must be < n_samples"):
         linalg.top_eigenvalues(op, 30)
     with pytest.raises(ValueError, match="samples must lie in"):

@@ -712,8 +712,10 @@ class RegressionResult:
     rtol, reg : float
     preconditioner : NystromPreconditioner, the string "jacobi", or None
     n_products : int
-        Products with ``Theta`` spent: ``setup_products`` for the preconditioner (its columns
-        and the diagonal) plus one per iteration and right-hand side.
+        Products with ``Theta`` spent (a column of ``Theta`` counts as one):
+        ``setup_products`` for a new Nystrom preconditioner's columns, one per iteration and
+        right-hand side, and one per right-hand side with ``verify``.  (The diagonal, computed
+        once per operator, costs about one product more.)
     setup_products : int
     operator : NTKOperator
     """
@@ -747,6 +749,18 @@ class RegressionResult:
 def _check_reg(reg):
     reg = _check_positive_float(reg, "reg")
     return reg
+
+
+def _check_rtol(rtol, dtype):
+    """A relative tolerance in [eps, 1) of the model's dtype (below eps it cannot be met)."""
+    rtol = _check_positive_float(rtol, "rtol")
+    eps = float(np.finfo(dtype).eps)
+    if not eps <= rtol < 1.0:
+        raise ValueError(
+            f"rtol must lie in [{eps:.3g}, 1) for a {np.dtype(dtype).name} model (its machine "
+            f"epsilon bounds the attainable accuracy); got {rtol:g}"
+        )
+    return rtol
 
 
 def kernel_regression(
@@ -825,9 +839,7 @@ def kernel_regression(
     """
     op = _check_operator(operator)
     reg = _check_reg(reg)
-    rtol = _check_positive_float(rtol, "rtol")
-    if rtol >= 1.0:
-        raise ValueError(f"rtol must be < 1; got {rtol}")
+    rtol = _check_rtol(rtol, op.dtype)
     maxiter = _check_int(maxiter, "maxiter", 0)
     verify = _check_bool(verify, "verify")
     if callback is not None and not callable(callback):
@@ -894,6 +906,14 @@ def kernel_regression(
     final = None
     if verify:
         final = _column_norms(xp, B - apply_a(X, None)) / scale
+        if converged and np.any(final > 10 * rtol):
+            warnings.warn(
+                f"kernel_regression: the recurrence reached rtol = {rtol:g} but the recomputed "
+                f"relative residual is {final.max():.3g}: rounding in {np.dtype(op.dtype).name} "
+                "limits the attainable accuracy (a larger reg, or a float64 model, helps)",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
     if not converged:
         worst = float(history[-1].max())
         warnings.warn(
@@ -1096,7 +1116,7 @@ def gradient_descent_mse(
     loss="mean",
     discrete=False,
     *,
-    rtol=1e-8,
+    rtol=None,
     maxiter=500,
 ):
     """Matrix-free kernel-regime outputs of a model trained on the squared loss.
@@ -1128,10 +1148,11 @@ def gradient_descent_mse(
     learning_rate, diag_reg, loss, discrete
         As in :func:`mpsntk.dynamics.gradient_descent_mse` (``s = y_train.size`` for
         ``loss="mean"``).
-    rtol : float
+    rtol : float, optional
         Lanczos stops once two successive iterations change every requested output by at most
         ``rtol`` relative to ``||f_0(X) - Y||`` (training outputs) and to ``||S_t e_0||`` (the
-        vector the test outputs are computed from).
+        vector the test outputs are computed from).  Default ``1e-8`` (float64 models) or
+        ``100 eps`` (float32: 1.2e-5).
     maxiter : int
         Largest Krylov dimension (one product each); a :class:`ConvergenceWarning` is issued if
         it is reached first.  The dimension needed grows like ``sqrt(eta lam_max t / s)``;
@@ -1161,7 +1182,8 @@ def gradient_descent_mse(
     diag_reg = _check_nonnegative_float(diag_reg, "diag_reg")
     _check_choice(loss, "loss", _LOSSES)
     discrete = _check_bool(discrete, "discrete")
-    rtol = _check_positive_float(rtol, "rtol")
+    eps = float(np.finfo(op.dtype).eps)
+    rtol = max(1e-8, 100 * eps) if rtol is None else _check_rtol(rtol, op.dtype)
     maxiter = _check_int(maxiter, "maxiter", 1)
     samples, xp = op._x, op._x.xp
     Y, multi = samples.check_vectors(y_train, "y_train")
