@@ -31,7 +31,9 @@ child's RSS high-water mark is reset, so ``peak_rss_mb`` is what the method itse
     (``--plain-maxiter`` iterations at most).
 ``dense``
     ``mn.ntk(student, phi)``, ``scipy.linalg.cho_factor``/``cho_solve`` in place (half the
-    flops of ``numpy.linalg.solve``), ``mn.ntk(student, phi_test, phi) @ alpha``.
+    flops of ``numpy.linalg.solve``), ``mn.ntk(student, phi_test, phi) @ alpha``.  From 16384
+    samples the factorisation runs on one OpenBLAS thread: OpenBLAS 0.3.30's threaded
+    ``dpotrf`` segfaults there on this machine (``numpy.linalg.cholesky`` as well).
 
 Each record: the times of each phase and in all, ``peak_rss_mb``, iterations, residuals, the
 number of ``Theta``-vector products, the preconditioner's rank and condition bound, the test
@@ -206,13 +208,22 @@ def _measure(method, n, opts):
     out["train_rmse"] = float(np.sqrt(np.mean((y - reg * alpha - y_clean) ** 2)))
     out["test_rmse"] = float(np.sqrt(np.mean((pred - y_test) ** 2)))
     out.update(reg=reg, trace=trace, n_threads=mn.get_num_threads(), status="ok",
-               blas_env_child={k: os.environ.get(k) for k in BLAS_VARS})
+               blas_env_child={k: os.environ.get(k)
+                               for k in BLAS_VARS + ("OPENBLAS_NUM_THREADS",)})
     out["predictions"] = pred.tolist()
     return out
 
 
+# OpenBLAS 0.3.30 (NumPy's and SciPy's wheels) segfaults in its threaded dpotrf from n ~ 16400
+# on this machine (numpy.linalg.cholesky too; one thread, or LU, is fine): the dense method
+# factors such sizes on one BLAS thread.
+DENSE_ONE_THREAD = 16384
+
+
 def _child(conn, method, n, opts):
     sys.path.insert(0, BENCH_DIR)
+    if method == "dense" and n >= DENSE_ONE_THREAD:  # before NumPy loads OpenBLAS
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         res = _measure(method, n, opts)
     except BaseException as exc:  # every failure, MemoryError included, goes to the parent

@@ -27,8 +27,11 @@ Memory.  The samples are split into blocks of ``block_size`` samples (default: t
 whose engine workspace stays within 256 MiB); a product costs one pass over the blocks and holds
 one block's environments at a time, besides the inputs and ``O(n_samples * n_outputs)`` vectors.
 
-SciPy is needed for :func:`ntk_operator` (``pip install mpsntk[linalg]``) and CuPy for device
-models; the solvers themselves use NumPy (or CuPy) only.
+Dependencies.  The operator is a ``scipy.sparse.linalg.LinearOperator``, so everything that
+takes one needs SciPy (``pip install 'mpsntk[linalg]'``; device models need CuPy, which ships
+``cupyx``); :func:`cross_ntk_vp` and :func:`ntk_diagonal` need NumPy only.  The solvers are
+written against the array module of the model (NumPy or CuPy), so the device path runs on the
+GPU end to end; SciPy (cupyx) itself is called only by :func:`top_eigenvalues` (``eigsh``).
 """
 
 from __future__ import annotations
@@ -652,7 +655,10 @@ def nystrom_preconditioner(operator, rank=512, *, per_round=None, tol=0.0, seed=
             G -= F[:, :k] @ F[xp.asarray(rows) if xp is not np else rows, :k].T
         H = _to_host(xp, G[xp.asarray(rows) if xp is not np else rows]).astype(np.float64)
         w, V = np.linalg.eigh(0.5 * (H + H.T))
-        keep = w > max(w[-1], 0.0) * H.shape[0] * np.finfo(mps.dtype).eps
+        # H is the residual kernel on the pivots: entries carry the rounding of the kernel
+        # itself (eps * its diagonal), which must not be mistaken for directions
+        floor = H.shape[0] * np.finfo(mps.dtype).eps * max(float(diag[rows].max()), w[-1])
+        keep = w > floor
         w, V = w[keep][::-1], V[:, keep][:, ::-1]
         w, V = w[: rank - k], V[:, : rank - k]
         chosen[S] = True
