@@ -167,9 +167,11 @@ def _measure(method, n, opts):
         reg = RIDGE * trace
         K[np.diag_indices(n)] += reg
         t0 = time.perf_counter()
-        alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(K, overwrite_a=True,
-                                                               check_finite=False),
-                                       y, check_finite=False)
+        # K is symmetric: its transpose is the same matrix in Fortran order, which LAPACK
+        # factors in place (a C-ordered K would be copied)
+        factor = scipy.linalg.cho_factor(K.T, overwrite_a=True, check_finite=False)
+        alpha = scipy.linalg.cho_solve(factor, y, check_finite=False)
+        del factor
         out["solve_s"] = time.perf_counter() - t0
         del K
         t0 = time.perf_counter()
