@@ -156,7 +156,7 @@ def _measure(method, n, opts):
     student, phi, y, y_clean, phi_test, y_test = problem(n)
     out = {"data_mb": (phi.nbytes + phi_test.nbytes) / 2**20}
     base, how = _harness.reset_peak_rss()
-    t_all = time.perf_counter()
+    t_all, cpu_all = time.perf_counter(), time.process_time()
     if method == "dense":
         import scipy.linalg
 
@@ -204,6 +204,8 @@ def _measure(method, n, opts):
         pred = res.predict(phi_test)
         out["predict_s"] = time.perf_counter() - t0
     out["total_s"] = time.perf_counter() - t_all
+    # CPU seconds of every thread: on a shared machine, total_s / cpu_s shows the share it got
+    out["cpu_s"] = time.process_time() - cpu_all
     out["peak_rss_mb"] = max(_harness.peak_rss(how) - base, 0.0)
     out["rss_method"] = how
     # training outputs Theta alpha = y - reg alpha, exact up to the solver's residual
@@ -336,26 +338,30 @@ def render(records):
                    or (r["method"] == "cg" and r.get("rank_requested") == 512)),
                   key=lambda r: (r["n_samples"], r["method"] != "dense"))
     first = ok[0] if ok else {}
-    loads = [r.get("load_avg_before") for r in ok if r.get("load_avg_before") is not None]
+    loads = [r.get(k) for r in ok for k in ("load_avg_before", "load_avg_after")
+             if r.get(k) is not None]
     out = [f"Machine: {first.get('cpu', '?')}, mpsntk's `{first.get('isa', '?')}` kernels, "
            f"{first.get('n_threads', '?')} engine threads; load average "
            f"{min(loads, default=0):.1f}–{max(loads, default=0):.1f} during the runs "
-           f"(`load_avg_before`), dates {min(r['date'] for r in ok)[:10]} to "
+           f"(1-minute load averages before and after each run), dates "
+           f"{min(r['date'] for r in ok)[:10]} to "
            f"{max(r['date'] for r in ok)[:10]}.", "",
-           "| n_samples | method | total (s) | setup (s) | iterations | solve (s) | s / iteration "
-           "| predict (s) | peak extra RSS | test RMSE | train RMSE | max Δ test pred. vs dense |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| n_samples | method | total (s) | CPU (s) | setup (s) | iterations | solve (s) "
+           "| s / iteration | predict (s) | peak extra RSS | test RMSE | train RMSE "
+           "| max Δ test pred. vs dense |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in main:
         if r.get("status") != "ok":
             out.append(f"| {r['n_samples']} | {r['method']} | {r.get('status')}: "
-                       f"{r.get('note', '')} | | | | | | | | | |")
+                       f"{r.get('note', '')} | | | | | | | | | | |")
             continue
         setup = r.get("kernel_s") if r["method"] == "dense" else \
             r.get("diagonal_s", 0) + r.get("precond_s", 0)
         its = r.get("iterations")
         its = "—" if its is None else f"{its} (rank {r.get('rank')})"
         out.append(
-            f"| {r['n_samples']} | {r['method']} | {_fmt(r['total_s'])} | {_fmt(setup)} | {its} "
+            f"| {r['n_samples']} | {r['method']} | {_fmt(r['total_s'])} | {_fmt(r.get('cpu_s'))} "
+            f"| {_fmt(setup)} | {its} "
             f"| {_fmt(r['solve_s'])} | {_fmt(r.get('s_per_iteration'))} | {_fmt(r['predict_s'])} "
             f"| {_mem(r['peak_rss_mb'])} | {r['test_rmse']:.4f} | {r['train_rmse']:.4f} "
             f"| {_fmt(r.get('pred_rel_diff_vs_dense'), 2)} |")
@@ -425,6 +431,8 @@ def figure(records, path):
         if xs:
             color = "black" if method == "cg" else "tab:red"
             ax_m.plot(xs, [y / 1024 for y in ys], "o-", ms=4, label=label, color=color)
+            if method == "dense":  # the model past the measured sizes: where n^2 meets 24 GB
+                xs = sorted(set(xs) | {30_000, 40_000, 50_000, 60_000})
             model = [memory_model(method, n, 512) / 2**30 for n in xs]
             ax_m.plot(xs, model, ":", color=color, label=f"{label}: memory model")
     ax_m.axhline(24, color="gray", lw=0.8)
