@@ -408,15 +408,19 @@ def render(records):
     if sweep:
         out += ["Preconditioners at one size (`--ranks`, `cg-jacobi`, `cg-none`):", "",
                 "| n_samples | preconditioner | rank | condition bound | setup (s) | iterations "
-                "| solve (s) | total (s) | converged |",
-                "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+                "| solve (s) | total (s) | converged | final relative residual |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
         for r in sweep:
             name = {"cg": "Nyström (RPCholesky)", "cg-jacobi": "Jacobi", "cg-none": "none"}
             setup = r.get("diagonal_s", 0) + r.get("precond_s", 0)
+            rank = r.get("rank", "—")
+            if r.get("rank") not in (None, r.get("rank_requested")):  # stopped early (tol)
+                rank = f"{rank} (of {r['rank_requested']})"
             out.append(
-                f"| {r['n_samples']} | {name[r['method']]} | {r.get('rank', '—')} "
+                f"| {r['n_samples']} | {name[r['method']]} | {rank} "
                 f"| {_fmt(r.get('condition_bound'))} | {_fmt(setup)} | {r['iterations']} "
-                f"| {_fmt(r['solve_s'])} | {_fmt(r['total_s'])} | {r['converged']} |")
+                f"| {_fmt(r['solve_s'])} | {_fmt(r['total_s'])} | {r['converged']} "
+                f"| {_fmt(r.get('residual'), 2)} |")
         out.append("")
     return "\n".join(out)
 
