@@ -382,6 +382,7 @@ def render(records):
     for label, method, key, n_min in (
             ("cg, time per iteration (one product `Θ v`)", "cg", "s_per_iteration", 10_000),
             ("cg, total time", "cg", "total_s", 10_000),
+            ("cg, CPU seconds in all (less sensitive to the load)", "cg", "cpu_s", 10_000),
             ("cg, peak extra RSS", "cg", "peak_rss_mb", 10_000),
             ("dense, total time", "dense", "total_s", 5000),
             ("dense, peak extra RSS", "dense", "peak_rss_mb", 5000)):
