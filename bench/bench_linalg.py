@@ -289,13 +289,16 @@ FIGURE = os.path.join(BENCH_DIR, "figures", "cpu_linalg_regression.png")
 
 
 def load(path):
-    """Records of the results file, the latest one per (method, n_samples, rank)."""
+    """Records of the results file, the latest one per (method, n_samples, rank): the latest
+    successful one where there is one (a later run stopped by its timeout does not hide it)."""
     latest = {}
     with open(path) as fh:
         for line in fh:
             if line.strip():
                 rec = json.loads(line)
-                latest[(rec["method"], rec["n_samples"], rec.get("rank_requested"))] = rec
+                key = (rec["method"], rec["n_samples"], rec.get("rank_requested"))
+                if rec.get("status") == "ok" or latest.get(key, {}).get("status") != "ok":
+                    latest[key] = rec
     return list(latest.values())
 
 

@@ -61,7 +61,8 @@ def test_report_crossover_fits_and_tables(tmp_path):
     assert "cg, time per iteration (one product `Θ v`): **1.00**" in text
     assert "Crossover" in text and "| 10000 | Jacobi |" in text
     path = tmp_path / "r.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs + [_record("cg", 1000, 5.0)]))
+    later = [_record("cg", 1000, 5.0), _record("cg", 1000, 9.0, status="timeout")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs + later))
     latest = bench_linalg.load(str(path))
     assert [r["total_s"] for r in latest if r["method"] == "cg" and r["n_samples"] == 1000] == [5.0]
     assert bench_linalg.memory_model("dense", 1000, 0) > 8e6
