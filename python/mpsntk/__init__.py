@@ -9,7 +9,7 @@ Jacobian; infinite-bond-dimension kernels; products with the Jacobian for traini
 >>> theta = mn.ntk(mps, phi)          # (32, 32)
 """
 
-from . import _core, born, compare, datasets, diagnostics, dynamics, features, infinite
+from . import _core, born, compare, datasets, diagnostics, dynamics, features, infinite, linalg
 from ._backend import (
     CudaError,
     CudaUnavailableError,
@@ -43,6 +43,7 @@ __all__ = [
     "infinite",
     "jacobian",
     "jvp",
+    "linalg",
     "nngp_infinite",
     "ntk",
     "ntk_infinite",

@@ -9,7 +9,9 @@ algorithms need, never more than ``O(n_samples * n_params)`` memory and time per
 * :func:`kernel_vp` -- ``Theta(X1, X2) v = J1 diag(lambda) J2^T v`` without either kernel;
 * :func:`transpose_vp` / :func:`jacobian_vp` -- the two halves, ``J^T v`` (per-site rates
   applied) and ``J t``, so that a product over many blocks sums the ``J^T v`` partials first
-  (``Theta(X, X) v`` for a sharded ``X`` is ``J_b (sum_b' J_b'^T v_b')`` per block ``b``).
+  (``Theta(X, X) v`` for a sharded ``X`` is ``J_b (sum_b' J_b'^T v_b')`` per block ``b``);
+* :func:`kernel_diagonal` -- the diagonal ``Theta(x, x)`` (output-resolved for multi-output
+  models), for Jacobi and pivoted-Cholesky preconditioners and the exact trace.
 
 Every product runs on the engine of the model's device (:mod:`mpsntk._engine`) from the block's
 prepared batch: its environments are contracted at its first product and reused by every later
@@ -26,9 +28,16 @@ from ._backend import array_module
 from ._engine import engine_for
 from .grad import _check_tangent_list, _cotangent, _jvp, _tangents, _vjp
 from .mps import MPS
-from .ntk import _ntk, _ntk_vp
+from .ntk import _ntk, _ntk_vp, ntk
 
-__all__ = ["Batch", "jacobian_vp", "kernel_block", "kernel_vp", "transpose_vp"]
+__all__ = [
+    "Batch",
+    "jacobian_vp",
+    "kernel_block",
+    "kernel_diagonal",
+    "kernel_vp",
+    "transpose_vp",
+]
 
 
 class Batch:
@@ -147,3 +156,22 @@ def kernel_vp(b1, b2, v):
     res, _ = _ntk_vp(engine_for(mps), b1.prepared, b2.prepared, cot[:, :, None], mps.site_lr,
                      normalized=False)
     return res[:, 0, 0] if mps.output_site is None else res[:, :, 0]
+
+
+def kernel_diagonal(batch, tile=16):
+    """The diagonal of ``Theta(X, X)``: shape (n_samples,), or (n_samples, n_outputs) with the
+    output-resolved entries ``Theta_ll(x, x)`` for multi-output models.
+
+    Read off small symmetric tiles of ``tile`` samples, so it costs one environment sweep plus
+    ``O(n_samples * tile * n_sites * (d + 2D))`` (``n_outputs**2`` passes for multi-output
+    models), never more memory than one tile per call.
+    """
+    mps, phi = batch.mps, batch.phi
+    xp = mps.xp
+    full = mps.output_site is not None
+    parts = []
+    for start in range(0, batch.n_samples, tile):
+        block = ntk(mps, phi[start:start + tile], outputs="full" if full else "trace")
+        diag = xp.diagonal(block, axis1=0, axis2=1)  # (n_outputs, n_outputs, tile) or (tile,)
+        parts.append(xp.diagonal(diag, axis1=0, axis2=1) if full else diag.copy())
+    return xp.concatenate(parts)

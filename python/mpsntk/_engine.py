@@ -16,6 +16,12 @@ import numpy as np
 from . import _core, _taylor_xp
 from ._validate import _check_fits
 
+# What a user can do when a whole kernel does not fit in memory.
+KERNEL_HINT = (
+    "pass out= (e.g. a numpy.memmap), compute fewer samples at a time, or never form the "
+    "kernel: mpsntk.linalg (ntk_operator, kernel_regression, gradient_descent_mse)"
+)
+
 
 class Batch:
     """A batch of samples prepared by an engine for one model.
@@ -128,7 +134,7 @@ class HostEngine:
                                   per_site=per_site, tile=tile)
             self.check_fits(work + int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
                             f"an NTK of shape {shape} ({mps.dtype.name})",
-                            "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time")
+                            KERNEL_HINT)
             out = np.empty(shape, dtype=mps.dtype)
         log1, log2 = np.empty(n1), np.empty(n2)
         finite = _core.ntk(b1.handle, None if b2 is None else b2.handle, site_lr, out, log1, log2,
@@ -304,7 +310,7 @@ class DeviceEngine:
         if out is None:
             self.check_fits(wsb + int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
                             f"an NTK of shape {shape} ({mps.dtype.name})",
-                            "compute fewer samples at a time")
+                            KERNEL_HINT)
             out = xp.empty(shape, dtype=mps.dtype)
         log1 = xp.empty(n1, dtype=xp.float64)
         log2 = xp.empty(n2, dtype=xp.float64)

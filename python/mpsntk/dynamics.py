@@ -46,6 +46,7 @@ from ._validate import (
     _check_array_fits,
     _check_bool,
     _check_choice,
+    _check_fits,
     _check_int,
     _check_positive_float,
     _describe,
@@ -230,6 +231,9 @@ def _prepare(k_train_train, y_train, learning_rate, diag_reg, loss, discrete):
     discrete = _check_bool(discrete, "discrete")
     y2d, one_dim = _as_targets(y_train)
     m = y2d.shape[0]
+    # float64 copies of the kernel (validation, ridge) and the eigenvectors, beside the input
+    _check_fits(4 * 8 * m * m, f"the eigendecomposition of a ({m}, {m}) kernel",
+                "use mpsntk.linalg.gradient_descent_mse, which never forms the kernel")
     kernel = _as_square_kernel(k_train_train, "k_train_train", m)
     if diag_reg:
         kernel = kernel + diag_reg * np.eye(m)

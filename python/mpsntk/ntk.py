@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import array_module, as_array
-from ._engine import engine_for
+from ._engine import KERNEL_HINT, engine_for
 from ._validate import (
     _NORMALISED_OVERFLOW,
     _as_site_vector,
@@ -173,7 +173,7 @@ def _ntk(eng, mps, xp, n1, n2, prepare, prepare_bytes, *, per_site, outputs, nor
         eng.check_fits(
             work + int(np.prod(shape, dtype=np.float64)) * mps.dtype.itemsize,
             f"an NTK of shape {shape} ({mps.dtype.name})",
-            "pass out= (e.g. a numpy.memmap) or compute fewer samples at a time",
+            KERNEL_HINT,
         )
     else:
         out = _check_out(out, shape, mps.dtype, xp=xp)
