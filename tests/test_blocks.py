@@ -146,3 +146,24 @@ def test_block_arguments_are_checked_as_in_the_public_routines():
         _blocks.jacobian_vp(b, [np.ones(2)])
     with pytest.raises(TypeError, match="list of arrays"):
         _blocks.jacobian_vp(b, np.ones(3))
+
+
+def test_a_block_that_does_not_keep_prepares_at_every_product(monkeypatch):
+    """keep=False: the same numbers as a kept block, the environments contracted per product
+    and never stored."""
+    from mpsntk._engine import HostEngine
+
+    rng = np.random.default_rng(7)
+    mps = random_model(rng, [1, 3, 4, 2, 1])
+    x1, x2 = random_features(rng, 6, 4), random_features(rng, 5, 4)
+    v = rng.standard_normal(5)
+    kept = _blocks.kernel_vp(_blocks.Batch(mps, x1), _blocks.Batch(mps, x2), v)
+    calls = _counting_prepare(monkeypatch, HostEngine)
+    b1, b2 = _blocks.Batch(mps, x1, keep=False), _blocks.Batch(mps, x2, keep=False)
+    for _ in range(2):
+        assert np.array_equal(_blocks.kernel_vp(b1, b2, v), kept)
+    assert relerr(_blocks.kernel_block(b1, b2), mn.ntk(mps, x1, x2)) == 0.0
+    assert len(calls) == 2 * 2 + 2 + 2  # both blocks per product, then mn.ntk's two batches
+    assert b1._prepared is None and b2._prepared is None
+    with pytest.raises(TypeError, match="keep must be a bool"):
+        _blocks.Batch(mps, x1, keep=1)

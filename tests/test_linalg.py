@@ -521,3 +521,23 @@ def test_scipy_is_named_when_missing(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert linalg.ntk_diagonal(mps, phi).shape == (4,)  # SciPy-free routines still run
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_operator_keeps_environments_only_where_they_fit(monkeypatch, fits):
+    """Environments of all blocks kept when they take at most a quarter of the free memory,
+    contracted again per product otherwise: the same products either way."""
+    from mpsntk._engine import HostEngine
+
+    rng, mps = _model(MODELS[0])
+    phi = random_features(rng, 13, mps.n_sites)
+    per_sample = HostEngine().prepare_bytes(mps, 13, held=True) / 13
+    free = 4 * per_sample * (20 if fits else 10)  # room for 20 or for 10 samples' environments
+    monkeypatch.setattr(HostEngine, "free_bytes", staticmethod(lambda: free))
+    op = linalg.ntk_operator(mps, phi, block_size=4)
+    assert all(b.keep is fits for b in op._x.blocks)
+    K = _flat_kernel(mps, phi)
+    v = rng.standard_normal(K.shape[0])
+    for _ in range(2):
+        assert relerr(op.matvec(v), K @ v) < 1e-12
+    assert all((b._prepared is not None) is fits for b in op._x.blocks)

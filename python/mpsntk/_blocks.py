@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from ._backend import array_module
 from ._engine import engine_for
 from .grad import _check_tangent_list, _cotangent, _jvp, _tangents, _vjp
@@ -54,13 +56,20 @@ class Batch:
     mps : MPS
     phi : ndarray, shape (n_samples, n_sites, phys_dim)
         Features in the model's dtype, on the model's device.
+    keep : bool, default True
+        Keep the prepared environments for later products.  ``False`` prepares them again at
+        every product and frees them after it: for solvers over more samples than their
+        environments can hold in memory at once (``O(n_samples * n_sites * D)`` each).
     """
 
-    def __init__(self, mps, phi):
+    def __init__(self, mps, phi, keep=True):
         if not isinstance(mps, MPS):
             raise TypeError(f"mps must be an mpsntk.MPS; got {type(mps).__name__}")
+        if not isinstance(keep, (bool, np.bool_)):
+            raise TypeError(f"keep must be a bool; got {type(keep).__name__}")
         self.mps = mps
         self.phi = mps.check_features(phi)
+        self.keep = bool(keep)
         self._prepared = None
         self._lock = threading.Lock()
 
@@ -68,24 +77,31 @@ class Batch:
     def n_samples(self) -> int:
         return int(self.phi.shape[0])
 
+    def _prepare(self):
+        eng = engine_for(self.mps)
+        eng.check_fits(eng.prepare_bytes(self.mps, self.n_samples),
+                       f"the environments of a block of {self.n_samples} samples",
+                       "use smaller blocks")
+        return eng.prepare(self.mps, self.phi)
+
     @property
     def prepared(self):
-        """The engine's batch, prepared at the first call (once, also under threads)."""
+        """The engine's batch, prepared at the first call (once, also under threads), or at
+        every call when the batch does not keep it."""
+        if not self.keep:
+            return self._prepare()
         if self._prepared is None:
             with self._lock:
                 if self._prepared is None:
-                    eng = engine_for(self.mps)
-                    eng.check_fits(eng.prepare_bytes(self.mps, self.n_samples),
-                                   f"the environments of a block of {self.n_samples} samples",
-                                   "use smaller blocks")
-                    self._prepared = eng.prepare(self.mps, self.phi)
+                    self._prepared = self._prepare()
         return self._prepared
 
     def __getstate__(self):
-        return {"mps": self.mps, "phi": self.phi}
+        return {"mps": self.mps, "phi": self.phi, "keep": self.keep}
 
     def __setstate__(self, state):
         self.mps, self.phi = state["mps"], state["phi"]
+        self.keep = state.get("keep", True)
         self._prepared, self._lock = None, threading.Lock()
 
     def __repr__(self):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core, _taylor_xp
-from ._validate import _check_fits
+from ._validate import _available_memory, _check_fits
 
 # What a user can do when a whole kernel does not fit in memory.
 KERNEL_HINT = (
@@ -94,6 +94,11 @@ class HostEngine:
     def check_fits(self, nbytes, what, hint=""):
         """ValueError when ``nbytes`` more would not fit in the available host memory."""
         _check_fits(nbytes, what, hint)
+
+    @staticmethod
+    def free_bytes():
+        """The available host memory in bytes (None when unknown)."""
+        return _available_memory()
 
     @staticmethod
     def tile(n1, n2, tile=None):
@@ -270,6 +275,10 @@ class DeviceEngine:
     def check_fits(self, nbytes, what, hint=""):
         """ValueError when ``nbytes`` exceed the free device memory (plus pooled free blocks)."""
         _check_fits(nbytes, what, hint, device_free=self._free_bytes)
+
+    def free_bytes(self):
+        """The free device memory plus pooled free blocks in bytes (None when unknown)."""
+        return self._free_bytes()
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, mps, phi, *, tiles=True):

@@ -123,6 +123,16 @@ def _default_block_size(mps):
     return max(1, _BLOCK_BYTES // engine_for(mps).prepare_bytes(mps, 1, held=True))
 
 
+def _environments_fit(mps, n_samples):
+    """Whether the environments of all samples fit in a quarter of the free memory: then every
+    block keeps them across products (each product is then two passes over stored
+    environments), else each product contracts them again (two environment sweeps) in memory
+    of one block."""
+    eng = engine_for(mps)
+    free = eng.free_bytes()
+    return free is None or eng.prepare_bytes(mps, n_samples, held=True) <= free / 4
+
+
 class _Samples:
     """Validated samples of one model, split into engine-sized blocks (views, not copies)."""
 
@@ -135,8 +145,9 @@ class _Samples:
             block_size = _default_block_size(mps)
         self.block_size = _check_int(block_size, "block_size", 1)
         self.starts = list(range(0, self.n, self.block_size))
+        keep = _environments_fit(mps, self.n)
         self.blocks = [
-            _blocks.Batch(mps, self.phi[s:s + self.block_size]) for s in self.starts
+            _blocks.Batch(mps, self.phi[s:s + self.block_size], keep=keep) for s in self.starts
         ]
 
     @property
