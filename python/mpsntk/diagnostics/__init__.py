@@ -21,117 +21,22 @@ that one training run logs all of them.
   :func:`fluctuation_scaling`, :func:`kurtosis_open_chain`, :func:`output_kurtosis`).
 """
 
-from ._dbm import DysonScaling, dyson_scaling
-from ._drift import (
-    KernelDriftMonitor,
-    kernel_alignment,
-    kernel_distance,
-    kernel_drift,
-    kernel_velocity,
-    parameter_drift,
-)
-from ._fluctuations import (
-    FluctuationScaling,
-    KernelStatistics,
-    OutputKurtosis,
-    PowerLawFit,
-    fit_power_law,
-    fluctuation_scaling,
-    kernel_statistics,
-    kurtosis_open_chain,
-    output_kurtosis,
-)
-from ._linearization import LinearizationMonitor, linearization_error
-from ._path import PathKernel, compare_kernel_regression, kernel_regression_table, path_kernel
-from ._rmt import (
-    MIN_EIGENVALUES,
-    R_TILDE_GOE,
-    R_TILDE_GOE_SURMISE,
-    R_TILDE_GUE,
-    R_TILDE_POISSON,
-    CoreStatistics,
-    Spectrum,
-    SpectrumMonitor,
-    core_spectrum,
-    core_statistics,
-    edge_threshold,
-    ks_distance,
-    marchenko_pastur_cdf,
-    marchenko_pastur_edges,
-    marchenko_pastur_pdf,
-    matrix_spectrum,
-    semicircle_cdf,
-    semicircle_pdf,
-    spacing_ratios,
-    spectral_statistics,
-    tracy_widom_quantile,
-)
-from ._taylor import (
-    NonlinearFraction,
-    NonlinearityMonitor,
-    WeakCorrelations,
-    nonlinear_fraction,
-    order_kernels,
-    taylor_terms,
-    weak_correlations,
-)
+from . import _dbm, _drift, _fluctuations, _linearization, _path, _rmt, _taylor
+from ._dbm import *  # noqa: F403
+from ._drift import *  # noqa: F403
+from ._fluctuations import *  # noqa: F403
+from ._linearization import *  # noqa: F403
+from ._path import *  # noqa: F403
+from ._rmt import *  # noqa: F403
+from ._taylor import *  # noqa: F403
 
+# The public names are those of the submodules, each listed once, where it is defined.
 __all__ = [
-    # drift (_drift)
-    "KernelDriftMonitor",
-    "kernel_alignment",
-    "kernel_distance",
-    "kernel_drift",
-    "kernel_velocity",
-    "parameter_drift",
-    # finite-D fluctuations (_fluctuations)
-    "FluctuationScaling",
-    "KernelStatistics",
-    "OutputKurtosis",
-    "PowerLawFit",
-    "fit_power_law",
-    "fluctuation_scaling",
-    "kernel_statistics",
-    "kurtosis_open_chain",
-    "output_kurtosis",
-    # linearisation (_linearization)
-    "LinearizationMonitor",
-    "linearization_error",
-    # random matrices (_rmt) and Dyson Brownian motion (_dbm)
-    "MIN_EIGENVALUES",
-    "R_TILDE_GOE",
-    "R_TILDE_GOE_SURMISE",
-    "R_TILDE_GUE",
-    "R_TILDE_POISSON",
-    "CoreStatistics",
-    "Spectrum",
-    "SpectrumMonitor",
-    "core_spectrum",
-    "core_statistics",
-    "edge_threshold",
-    "ks_distance",
-    "marchenko_pastur_cdf",
-    "marchenko_pastur_edges",
-    "marchenko_pastur_pdf",
-    "matrix_spectrum",
-    "semicircle_cdf",
-    "semicircle_pdf",
-    "spacing_ratios",
-    "spectral_statistics",
-    "tracy_widom_quantile",
-    "DysonScaling",
-    "dyson_scaling",
-    # path kernel (_path)
-    "PathKernel",
-    "compare_kernel_regression",
-    "kernel_regression_table",
-    "path_kernel",
-    # Taylor expansion, order-k kernels, weak correlations (_taylor)
-    "NonlinearFraction",
-    "NonlinearityMonitor",
-    "WeakCorrelations",
-    "nonlinear_fraction",
-    "order_kernels",
-    "taylor_terms",
-    "weak_correlations",
+    *_drift.__all__,
+    *_fluctuations.__all__,
+    *_linearization.__all__,
+    *_rmt.__all__,
+    *_dbm.__all__,
+    *_path.__all__,
+    *_taylor.__all__,
 ]
