@@ -253,12 +253,13 @@ def test_nystrom_solve_on_shards_equals_the_in_process_one(md, n_outputs):
         assert relerr(sharded.diagonal().reshape(-1), here.diagonal()) < 1e-14
         reg = 1e-4 * float(np.sum(here.diagonal())) / here.shape[0]
         rtol = 1e-10
-        a = linalg.kernel_regression(here, y, reg, rtol=rtol, rank=30, seed=7)
-        b = linalg.kernel_regression(sharded, y, reg, rtol=rtol, rank=30, seed=7)
+        a = linalg.kernel_regression(here, y, reg, rtol=rtol, rank=30 * n_outputs, seed=7)
+        b = linalg.kernel_regression(sharded, y, reg, rtol=rtol, rank=30 * n_outputs, seed=7)
         assert a.converged and b.converged
         assert np.array_equal(a.preconditioner.pivots, b.preconditioner.pivots)
         assert relerr(b.preconditioner.eigenvalues, a.preconditioner.eigenvalues) < 1e-10
-        assert b.setup_products == a.setup_products and b.n_iter <= 20
+        assert b.setup_products == a.setup_products and abs(b.n_iter - a.n_iter) <= 1
+        assert b.n_iter <= 20  # plain CG needs 195 (one output) and 488 (two)
         assert relerr(b.alpha, a.alpha) < rtol
         dense = here @ np.eye(here.shape[0])
         want = np.linalg.solve(dense + reg * np.eye(here.shape[0]), y.reshape(-1))
