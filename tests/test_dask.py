@@ -649,10 +649,14 @@ def test_device_model_gives_device_blocks(md):
         tv = op.matvec(cupy.asarray(v))
         assert hasattr(tv, "__cuda_array_interface__")
         tv = cupy.asnumpy(tv)
+        fit = linalg.kernel_regression(op, cupy.asarray(v), 1.0, rtol=1e-10, rank=6)
+        assert hasattr(fit.alpha, "__cuda_array_interface__") and fit.converged
+        alpha = cupy.asnumpy(fit.alpha)
         with pytest.raises(TypeError, match="move one explicitly"):
             md.ntk(dev, phi)
     assert relerr(got, mn.ntk(host, phi)) < 1e-12
     assert relerr(tv, mn.ntk_vp(host, phi, v)) < 1e-12
+    assert relerr(alpha, np.linalg.solve(mn.ntk(host, phi) + np.eye(12), v)) < 1e-8
 
 
 def test_the_dask_benchmark_on_tiny_sizes(md, cluster, tmp_path):
