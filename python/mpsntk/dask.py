@@ -824,6 +824,11 @@ class ShardedNTK:
     machine's memory; only vectors of length ``n_samples`` live on the caller.  The reduction
     has a fixed shape, so a product gives the same bits on every scheduler and every run.
 
+    Kernel regression on it is :func:`mpsntk.linalg.kernel_regression` (a Nystrom or Jacobi
+    preconditioner, several right-hand sides, warm starts, predictions), as on an
+    ``NTKOperator``: the vectors and the preconditioner's factor live on the caller, every
+    product, kernel column and prediction runs as a Dask graph.
+
     Parameters
     ----------
     mps : MPS
@@ -838,15 +843,11 @@ class ShardedNTK:
     site_weights : float or array of shape (n_sites,), optional
         As in :func:`mpsntk.ntk`.
 
-    Kernel regression on it is :func:`mpsntk.linalg.kernel_regression` (a Nystrom or Jacobi
-    preconditioner, several right-hand sides, warm starts, predictions), as on an
-    ``NTKOperator``: the vectors and the preconditioner's factor live on the caller, every
-    product, kernel column and prediction runs as a Dask graph.
-
     Attributes
     ----------
     mps : MPS
-        The operator's copy of the model (with ``site_weights`` in its per-site rates).
+        The operator's copy of the model (with ``site_weights`` in its per-site rates); it
+        validates vectors and features, and editing it changes nothing on the workers.
     n_samples, n_outputs, n_shards, shard_size : int
     shape : (int, int)
         ``(n_samples * n_outputs,) * 2``: the operator on flattened vectors.
