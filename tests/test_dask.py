@@ -1,6 +1,7 @@
 """NTK tiles on Dask (mpsntk.dask): every result against the in-memory engine (mn.ntk, mn.ntk_vp)
-or a dense solve, on the threaded scheduler and on a LocalCluster of 2 worker processes; a
-worker killed mid-run; out-of-core kernels interrupted and resumed, byte for byte.
+or a dense solve (mpsntk.linalg's kernel regression on the sharded operator), on the threaded
+scheduler and on a LocalCluster of 2 worker processes; a worker killed mid-run; out-of-core
+kernels interrupted and resumed, byte for byte.
 
 Tiles are compared bit for bit with ``mn.ntk``: every kernel entry is the engine's sum over the
 sites of one pair of samples, from environments computed per sample, whatever tile holds it,
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 import mpsntk as mn
-from mpsntk import _blocks
+from mpsntk import _blocks, linalg
 
 from conftest import random_features, random_model, relerr
 
@@ -146,36 +147,56 @@ def test_dask_array_features_and_a_later_edit_of_the_model(md):
 
 
 # --------------------------------------------------------------------------- sharded products
-def test_sharded_products_columns_diagonal_and_cg(md):
+def test_sharded_products_columns_diagonal_and_kernel_regression(md):
     mps, phi = problem(n=60)
     theta = mn.ntk(mps, phi)
     rng = np.random.default_rng(4)
     v = rng.standard_normal(60)
     with md.ShardedNTK(mps, phi, shard_size=13) as op:
-        assert op.n_shards == 5 and op.shape == (60, 60)
+        assert op.n_shards == 5 and op.shape == (60, 60) and op.vector_shape == (60,)
         assert relerr(op.matvec(v), mn.ntk_vp(mps, phi, v)) < 1e-12
         assert relerr(op.matvec(v), theta @ v) < 1e-12
+        V = rng.standard_normal((60, 3))
+        before = op.n_products
+        AV = op.apply(V)  # three columns in one graph
+        assert op.n_products == before + 3
+        assert relerr(AV, theta @ V) < 1e-12 and np.array_equal(AV[:, 1], op.matvec(V[:, 1]))
         idx = np.array([41, 3, 59, 12, 13])
         assert np.array_equal(op.columns(idx), mn.ntk(mps, phi, phi[idx]))
         assert np.array_equal(op.diagonal(), np.diag(theta))
         x_new = random_features(rng, 9, 8)
         assert relerr(op.cross_matvec(x_new, v), mn.ntk(mps, x_new, phi) @ v) < 1e-12
+        assert relerr(op.cross_matvec(x_new, V), mn.ntk(mps, x_new, phi) @ V) < 1e-12
         ridge = 1e-3 * np.linalg.eigvalsh(theta)[-1]
         want = np.linalg.solve(theta + ridge * np.eye(60), v)
-        seen = []
-        for pc in ("jacobi", None, lambda r: r / 2.0):
-            res = md.cg(op, v, ridge=ridge, rtol=1e-10, maxiter=500,
-                        preconditioner=pc, callback=lambda k, x, r: seen.append(r))
+        for pc in ("nystrom", "jacobi", None):
+            seen = []
+            res = linalg.kernel_regression(op, v, ridge, rtol=1e-10, maxiter=500, rank=20,
+                                           preconditioner=pc, callback=lambda k, r, s=seen:
+                                           s.append(r))
             assert res.converged and res.residual <= 1e-10 and res.n_iter < 200
-            assert res.residuals[0] == 1.0 and res.residuals[-1] <= 1e-10
-            assert len(res.residuals) == res.n_iter + 1 and seen[-1] == res.residuals[-1]
-            assert relerr(res.x, want) < 1e-7
-        short = md.cg(op, v, ridge=ridge, rtol=1e-10, maxiter=3)
+            assert res.residual_history[0] == 1.0 and res.residual_history[-1] <= 1e-10
+            assert res.residual_history.shape == (res.n_iter + 1,)
+            assert seen[-1] == res.residual_history[-1]
+            assert res.n_products == res.setup_products + res.n_iter + 1
+            assert relerr(res.alpha, want) < 1e-7
+            assert relerr(res.predict(x_new), mn.ntk(mps, x_new, phi) @ want) < 1e-7
+        with pytest.warns(linalg.ConvergenceWarning, match="did not converge"):
+            short = linalg.kernel_regression(op, v, ridge, rtol=1e-10, preconditioner=None,
+                                             maxiter=3)
         assert not short.converged and short.n_iter == 3
-        warm = md.cg(op, v, ridge=ridge, rtol=1e-10, x0=short.x)
-        assert warm.converged and relerr(warm.x, want) < 1e-7
+        warm = linalg.kernel_regression(op, v, ridge, rtol=1e-10, preconditioner=None,
+                                        x0=short.alpha)
+        assert warm.residual_history[0] == pytest.approx(short.residual, rel=1e-6)
+        assert warm.converged and relerr(warm.alpha, want) < 1e-7
+        Y = np.stack([v, theta @ v], axis=1)  # two right-hand sides together
+        both = linalg.kernel_regression(op, Y, ridge, rtol=1e-10, rank=20)
+        assert both.converged and relerr(both.alpha[:, 0], want) < 1e-7
+        assert relerr(both.alpha, np.linalg.solve(theta + ridge * np.eye(60), Y)) < 1e-7
     with pytest.raises(ValueError, match="closed"):
         op.matvec(v)
+    with pytest.raises(ValueError, match="closed"):
+        linalg.kernel_regression(op, v, ridge)
 
 
 def test_sharded_products_of_a_multi_output_model_and_scipy(md):
@@ -186,24 +207,65 @@ def test_sharded_products_of_a_multi_output_model_and_scipy(md):
     dense = full.transpose(0, 2, 1, 3).reshape(48, 48)
     v = rng.standard_normal((24, 2))
     op = md.ShardedNTK(mps, phi, shard_size=7)
-    assert op.shape == (48, 48)
+    assert op.shape == (48, 48) and op.vector_shape == (24, 2)
     assert relerr(op.matvec(v), mn.ntk_vp(mps, phi, v)) < 1e-12
     assert relerr(op.matvec(v.reshape(-1)), dense @ v.reshape(-1)) < 1e-12
+    V = rng.standard_normal((24, 2, 3))
+    assert relerr(op.apply(V).reshape(48, 3), dense @ V.reshape(48, 3)) < 1e-12
     assert np.array_equal(op.diagonal(), np.einsum("iill->il", full))
+    idx = np.array([20, 2, 9])
+    cols = (idx[:, None] * 2 + np.arange(2)).reshape(-1)  # sample-major, as the vectors
+    assert relerr(op.columns(idx), dense[:, cols]) < 1e-13
     ridge = 1e-3 * np.linalg.eigvalsh(dense)[-1]
-    res = md.cg(op, v, ridge=ridge, rtol=1e-11)
-    assert res.converged
     want = np.linalg.solve(dense + ridge * np.eye(48), v.reshape(-1))
-    assert relerr(res.x.reshape(-1), want) < 1e-8
+    for pc in ("nystrom", "jacobi"):
+        res = linalg.kernel_regression(op, v, ridge, rtol=1e-11, rank=16, preconditioner=pc)
+        assert res.converged and res.alpha.shape == (24, 2)
+        assert relerr(res.alpha.reshape(-1), want) < 1e-8
+    x_new = random_features(rng, 5, 5)
+    cross = mn.ntk(mps, x_new, phi, outputs="full").transpose(0, 2, 1, 3).reshape(10, 48)
+    assert relerr(res.predict(x_new).reshape(-1), cross @ want) < 1e-8
+    top = linalg.top_eigenvalues(op, 3)
+    assert relerr(top, np.linalg.eigvalsh(dense)[::-1][:3]) < 1e-10
     pytest.importorskip("scipy")
     from scipy.sparse.linalg import aslinearoperator
     from scipy.sparse.linalg import cg as scipy_cg
 
     lin = op.aslinearoperator()
     assert lin.shape == (48, 48) and relerr(lin @ v.reshape(-1), dense @ v.reshape(-1)) < 1e-12
+    assert relerr(lin @ V.reshape(48, 3), dense @ V.reshape(48, 3)) < 1e-12
     x, info = scipy_cg(lin + ridge * aslinearoperator(np.eye(48)), v.reshape(-1), rtol=1e-11,
                        maxiter=2000)
     assert info == 0 and relerr(x, want) < 1e-8
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_nystrom_solve_on_shards_equals_the_in_process_one(md, n_outputs):
+    """The same data as an NTKOperator and as a ShardedNTK: the same diagonal and columns, so
+    the same pivots, factor and solution."""
+    rng = np.random.default_rng(12)
+    kw = {"output_site": 2, "n_outputs": 2} if n_outputs > 1 else {}
+    mps = mn.MPS.random(n_sites=6, bond_dim=4, seed=3, **kw)
+    phi = random_features(rng, 50, 6)
+    y = rng.standard_normal((50, n_outputs) if n_outputs > 1 else 50)
+    here = linalg.ntk_operator(mps, phi, block_size=16)
+    with md.ShardedNTK(mps, phi, shard_size=12) as sharded:
+        assert relerr(sharded.diagonal().reshape(-1), here.diagonal()) < 1e-14
+        reg = 1e-4 * float(np.sum(here.diagonal())) / here.shape[0]
+        rtol = 1e-10
+        a = linalg.kernel_regression(here, y, reg, rtol=rtol, rank=30 * n_outputs, seed=7)
+        b = linalg.kernel_regression(sharded, y, reg, rtol=rtol, rank=30 * n_outputs, seed=7)
+        assert a.converged and b.converged
+        assert np.array_equal(a.preconditioner.pivots, b.preconditioner.pivots)
+        assert relerr(b.preconditioner.eigenvalues, a.preconditioner.eigenvalues) < 1e-10
+        assert b.setup_products == a.setup_products and abs(b.n_iter - a.n_iter) <= 1
+        assert b.n_iter <= 20  # plain CG needs 195 (one output) and 488 (two)
+        assert relerr(b.alpha, a.alpha) < rtol
+        dense = here @ np.eye(here.shape[0])
+        want = np.linalg.solve(dense + reg * np.eye(here.shape[0]), y.reshape(-1))
+        assert relerr(b.alpha.reshape(-1), want) < 1e-7
+        phit = random_features(rng, 4, 6)
+        assert relerr(b.predict(phit), a.predict(phit)) < 1e-8
 
 
 def test_sharded_operator_on_features_from_zarr(md, zarr, tmp_path):
@@ -253,7 +315,12 @@ def test_local_cluster_gives_the_same_bits(md, cluster, zarr, tmp_path):
     v = np.random.default_rng(8).standard_normal(70)
     local = md.ShardedNTK(mps, phi, shard_size=15)
     ridge = 40.0  # 1% of the largest eigenvalue: tens of iterations
-    local_tv, local_cg = local.matvec(v), md.cg(local, v, ridge=ridge, rtol=1e-10)
+    local_tv = local.matvec(v)
+    local_cg = linalg.kernel_regression(local, v, ridge, rtol=1e-10, rank=20)
+    assert local_cg.converged
+    want = np.linalg.solve(mn.ntk(mps, phi) + ridge * np.eye(70), v)
+    assert relerr(local_cg.alpha, want) < 1e-7
+    local_pred = local_cg.predict(x2)
     threads = md.ntk_to_zarr(mps, phi, store=str(tmp_path / "threads.zarr"), progress=False,
                              tile=16, scheduler="threads")
     with Client(cluster) as client:
@@ -273,8 +340,10 @@ def test_local_cluster_gives_the_same_bits(md, cluster, zarr, tmp_path):
         shards = futures_of(op._shards)  # persisted in the workers' memory
         assert len(shards) == op.n_shards and all(client.who_has(shards).values())
         assert np.array_equal(op.matvec(v), local_tv)
-        res = md.cg(op, v, ridge=ridge, rtol=1e-10)
-        assert res.n_iter == local_cg.n_iter and np.array_equal(res.x, local_cg.x)
+        res = linalg.kernel_regression(op, v, ridge, rtol=1e-10, rank=20)
+        assert np.array_equal(res.preconditioner.pivots, local_cg.preconditioner.pivots)
+        assert res.n_iter == local_cg.n_iter and np.array_equal(res.alpha, local_cg.alpha)
+        assert np.array_equal(res.predict(x2), local_pred)
         md.ntk_to_zarr(mps, phi, store=str(tmp_path / "cluster.zarr"), tile=16, progress=False)
         op.close()
     assert tree_bytes(tmp_path / "cluster.zarr") == tree_bytes(tmp_path / "threads.zarr")
@@ -524,34 +593,36 @@ def test_bad_input_is_refused_naming_the_argument(md):
         op.matvec(np.ones(20, dtype=np.float32))
     with pytest.raises(ValueError, match="v must be finite"):
         op.matvec(np.full(20, np.inf))
-    with pytest.raises(ValueError, match=r"indices must lie in \[0, 20\)"):
+    with pytest.raises(ValueError, match=r"v must have shape \(20,\) or \(20, k\)"):
+        op.apply(np.ones((21, 2)))
+    with pytest.raises(ValueError, match=r"samples must lie in \[0, 20\)"):
         op.columns([3, 20])
-    with pytest.raises(ValueError, match="indices must be a non-empty 1-D integer array"):
+    with pytest.raises(ValueError, match="samples must be a non-empty 1-D integer array"):
         op.columns([0.5])
     with pytest.raises(ValueError, match="shard_size must be an integer >= 1"):
         md.ShardedNTK(mps, phi, shard_size=0)
     y = np.ones(20)
-    with pytest.raises(ValueError, match="ridge must be a finite real number >= 0"):
-        md.cg(op, y, ridge=-1.0)
-    with pytest.raises(ValueError, match="rtol must be a positive finite real number"):
-        md.cg(op, y, rtol=0.0)
-    with pytest.raises(ValueError, match="preconditioner must be 'jacobi', None or a callable"):
-        md.cg(op, y, preconditioner="nystrom")
-    with pytest.raises(ValueError, match="y must hold 20 entries"):
-        md.cg(op, np.ones(19))
-    with pytest.raises(TypeError, match="operator must have matvec"):
-        md.cg(np.eye(20), y)
-    with pytest.raises(ValueError, match="preconditioner is not positive definite"):
-        md.cg(op, y, preconditioner=lambda r: -r)
-
-    class Negative:
-        shape, dtype = (20, 20), np.dtype(np.float64)
-
-        def matvec(self, v):
-            return -v
-
-    with pytest.raises(ValueError, match="operator is not positive definite"):
-        md.cg(Negative(), y, preconditioner=None)
+    with pytest.raises(ValueError, match="reg must be a positive"):
+        linalg.kernel_regression(op, y, -1.0)
+    with pytest.raises(ValueError, match="rtol must be a positive"):
+        linalg.kernel_regression(op, y, 1.0, rtol=0.0)
+    with pytest.raises(ValueError, match="preconditioner must be one of"):
+        linalg.kernel_regression(op, y, 1.0, preconditioner="ilu")
+    with pytest.raises(ValueError, match=r"y must have shape \(20,\)"):
+        linalg.kernel_regression(op, np.ones(19), 1.0)
+    with pytest.raises(TypeError, match="y must have the model's dtype float64"):
+        linalg.kernel_regression(op, y.astype(np.float32), 1.0)
+    with pytest.raises(ValueError, match="x0 must have the shape of y"):
+        linalg.kernel_regression(op, y, 1.0, x0=np.ones((20, 2)))
+    with pytest.raises(TypeError, match="operator must be an NTKOperator .* or an "
+                                        "mpsntk.dask.ShardedNTK; got ndarray"):
+        linalg.kernel_regression(np.eye(20), y, 1.0)
+    with pytest.raises(ValueError, match="preconditioner was built for 30 rows"):
+        other = md.ShardedNTK(mps, np.concatenate([phi, phi[:10]]), shard_size=8)
+        linalg.kernel_regression(op, y, 1.0, preconditioner=linalg.nystrom_preconditioner(other))
+    op.apply = lambda v: -v  # not positive definite
+    with pytest.raises(FloatingPointError, match="conjugate gradients broke down"):
+        linalg.kernel_regression(op, y, 1e-3, preconditioner=None)
     with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
         md.ntk_to_memmap(mps, phi, path=3)
 
@@ -578,10 +649,14 @@ def test_device_model_gives_device_blocks(md):
         tv = op.matvec(cupy.asarray(v))
         assert hasattr(tv, "__cuda_array_interface__")
         tv = cupy.asnumpy(tv)
+        fit = linalg.kernel_regression(op, cupy.asarray(v), 1.0, rtol=1e-10, rank=6)
+        assert hasattr(fit.alpha, "__cuda_array_interface__") and fit.converged
+        alpha = cupy.asnumpy(fit.alpha)
         with pytest.raises(TypeError, match="move one explicitly"):
             md.ntk(dev, phi)
     assert relerr(got, mn.ntk(host, phi)) < 1e-12
     assert relerr(tv, mn.ntk_vp(host, phi, v)) < 1e-12
+    assert relerr(alpha, np.linalg.solve(mn.ntk(host, phi) + np.eye(12), v)) < 1e-8
 
 
 def test_the_dask_benchmark_on_tiny_sizes(md, cluster, tmp_path):

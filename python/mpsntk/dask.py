@@ -4,9 +4,10 @@ Three ways past one machine's Gram matrix, all built from the products of
 :mod:`mpsntk._blocks` on blocks of samples:
 
 * :func:`ntk` -- the kernel ``Theta(X1, X2)`` as a ``dask.array`` whose blocks are engine tiles;
-* :class:`ShardedNTK` and :func:`cg` -- ``Theta(X, X) v`` with the samples sharded over the
-  workers, and kernel regression ``(Theta + ridge I) alpha = y`` by conjugate gradients, never
-  forming the kernel;
+* :class:`ShardedNTK` -- ``Theta(X, X) v`` with the samples sharded over the workers, never
+  forming the kernel: the operator that :func:`mpsntk.linalg.kernel_regression` (preconditioned
+  conjugate gradients), :func:`mpsntk.linalg.nystrom_preconditioner` and
+  :func:`mpsntk.linalg.top_eigenvalues` accept as they accept an ``NTKOperator``;
 * :func:`ntk_to_zarr` and :func:`ntk_to_memmap` -- a kernel larger than memory written to disk
   tile by tile, with a progress bar, resumable after an interruption.
 
@@ -35,7 +36,6 @@ import os
 import threading
 import uuid
 import weakref
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -57,10 +57,11 @@ from . import _blocks
 from ._engine import engine_for
 from ._io import atomic_write
 from ._validate import _check_bool, _check_choice, _check_int, _describe
+from .linalg import _linear_operator, _vector_block
 from .mps import MPS
 from .ntk import _check_mps, _site_lr
 
-__all__ = ["CGResult", "ShardedNTK", "cg", "ntk", "ntk_to_memmap", "ntk_to_zarr"]
+__all__ = ["ShardedNTK", "ntk", "ntk_to_memmap", "ntk_to_zarr"]
 
 _OUTPUTS = ("trace", "mean", "full")
 _PRECISIONS = ("highest", "tf32")
@@ -775,7 +776,14 @@ def _landmarks(model, order, *picks, token):
 
 
 def _shard_columns(model, shard, landmarks):
-    return _blocks.kernel_block(shard.batch(model), landmarks.batch(model))
+    """The shard's rows of the columns of the landmarks, output-resolved and flat:
+    (n_b * C, m * C), row ``i * C + l``, column ``p * C + l'``."""
+    batch = shard.batch(model)
+    if model.output_site is None:
+        return _blocks.kernel_block(batch, landmarks.batch(model))
+    tile = _blocks.kernel_block(batch, landmarks.batch(model), outputs="full")  # (n_b, m, C, C)
+    n_b, m, C = tile.shape[0], tile.shape[1], tile.shape[2]
+    return model.xp.ascontiguousarray(tile.transpose(0, 2, 1, 3)).reshape(n_b * C, m * C)
 
 
 def _wait(persisted):
@@ -816,6 +824,11 @@ class ShardedNTK:
     machine's memory; only vectors of length ``n_samples`` live on the caller.  The reduction
     has a fixed shape, so a product gives the same bits on every scheduler and every run.
 
+    Kernel regression on it is :func:`mpsntk.linalg.kernel_regression` (a Nystrom or Jacobi
+    preconditioner, several right-hand sides, warm starts, predictions), as on an
+    ``NTKOperator``: the vectors and the preconditioner's factor live on the caller, every
+    product, kernel column and prediction runs as a Dask graph.
+
     Parameters
     ----------
     mps : MPS
@@ -832,10 +845,18 @@ class ShardedNTK:
 
     Attributes
     ----------
-    n_samples, n_outputs, n_shards : int
+    mps : MPS
+        The operator's copy of the model (with ``site_weights`` in its per-site rates); it
+        validates vectors and features, and editing it changes nothing on the workers.
+    n_samples, n_outputs, n_shards, shard_size : int
     shape : (int, int)
         ``(n_samples * n_outputs,) * 2``: the operator on flattened vectors.
     dtype : numpy.dtype
+    vector_shape : tuple
+        ``(n_samples,)`` or ``(n_samples, n_outputs)``: the unflattened shape of a vector.
+    n_products : int
+        Number of ``Theta``-vector products computed so far (one per column), columns of
+        ``Theta`` included.
     """
 
     def __init__(self, mps, phi, *, shard_size=None, site_weights=None):
@@ -851,19 +872,20 @@ class ShardedNTK:
         persisted = dask.persist(*[Delayed(k, graph, layer=layer) for k in [plan.model_key] + keys])
         _wait(persisted)
         self._model, self._shards = persisted[0], list(persisted[1:])
-        self._host_model = model  # validates new features (a copy of the small model)
+        self.mps = model  # validates vectors and new features (a copy of the small model)
         self._token = plan.token
         self._bounds = [int(b) for b in bounds]
         self._xp = model.xp
         n = self._bounds[-1]
-        self._vector_shape = (n,) if model.output_site is None else (n, model.n_outputs)
+        self.vector_shape = (n,) if model.output_site is None else (n, model.n_outputs)
         self._diagonal = None
-        self.n_samples = self._bounds[-1]
+        self.n_samples = n
         self.n_outputs = model.n_outputs
         self.n_shards = len(keys)
         self.shard_size = shard_size
         self.dtype = np.dtype(model.dtype)
         self.shape = (self.n_samples * self.n_outputs,) * 2
+        self.n_products = 0
 
     def __repr__(self):
         return (f"ShardedNTK(n_samples={self.n_samples}, n_outputs={self.n_outputs}, "
@@ -883,24 +905,33 @@ class ShardedNTK:
         if self._model is None:
             raise ValueError("this ShardedNTK is closed")
 
-    def _as_vector(self, v, name):
-        """``v`` as an array of shape ``_vector_shape`` (a flattened one is accepted)."""
-        xp = self._xp
+    def _check_device(self, v, name):
         if not hasattr(v, "shape") or not hasattr(v, "dtype"):
             raise TypeError(f"{name} must be an array; got {_describe(v)}")
-        if (_array_module(v) is np) != (xp is np):
-            where = "the host" if xp is np else "the model's CUDA device"
+        if (_array_module(v) is np) != (self._xp is np):
+            where = "the host" if self._xp is np else "the model's CUDA device"
             raise TypeError(f"{name} must live on {where}, as the model does")
+
+    def _as_vector(self, v, name):
+        """``v`` as an array of shape ``vector_shape`` (a flattened one is accepted)."""
+        xp = self._xp
+        self._check_device(v, name)
         if v.dtype != self.dtype:
             raise TypeError(f"{name} must have dtype {self.dtype}; got {v.dtype}")
-        if tuple(v.shape) not in (self._vector_shape, (self.shape[0],)):
+        if tuple(v.shape) not in (self.vector_shape, (self.shape[0],)):
             raise ValueError(
-                f"{name} must have shape {self._vector_shape} (or ({self.shape[0]},) flattened); "
+                f"{name} must have shape {self.vector_shape} (or ({self.shape[0]},) flattened); "
                 f"got {tuple(v.shape)}"
             )
         if not bool(xp.all(xp.isfinite(v))):
             raise ValueError(f"{name} must be finite; got NaN or Inf entries")
-        return v.reshape(self._vector_shape)
+        return v.reshape(self.vector_shape)
+
+    def _as_block(self, v, name):
+        """``v`` of shape ``vector_shape``, or with a trailing axis of columns: the array with a
+        trailing column axis, and whether it had one."""
+        self._check_device(v, name)
+        return _vector_block(self.mps, self.n_samples, v, name)
 
     def _compute(self, name, dsk, keys, extra=()):
         """Run the tasks ``dsk`` (which read the persisted model and shards) for ``keys``."""
@@ -916,8 +947,42 @@ class ShardedNTK:
                  for b, (s, a, e) in enumerate(zip(self._shards, self._bounds, self._bounds[1:]))]
         return _tree_sum(dsk, name, parts)
 
+    def _products(self, kind, V, targets, extra=()):
+        """``Theta(X_t, X) V`` for V of shape vector_shape + (k,), all columns in one graph:
+        ``targets`` lists ``(fn, key)`` with ``fn(model, block, g)`` the ``J g`` of one block
+        of the rows; returns (rows...) + (k,)."""
+        xp, k = self._xp, V.shape[-1]
+        name, dsk = f"mpsntk-{kind}-{uuid.uuid4().hex}", {}
+        keys = []
+        for c in range(k):
+            g = self._gradient(dsk, f"{name}-{c}", xp.ascontiguousarray(V[..., c]))
+            keys += [_task(dsk, (f"{name}-{c}-jg", b), fn, self._model.key, key, g)
+                     for b, (fn, key) in enumerate(targets)]
+        parts = self._compute(name, dsk, keys, extra)
+        t = len(targets)
+        return xp.stack([xp.concatenate(parts[c * t:(c + 1) * t]) for c in range(k)], axis=-1)
+
+    def apply(self, v):
+        """``Theta v`` on unflattened vectors, several columns in one graph.
+
+        Parameters
+        ----------
+        v : ndarray, shape (n_samples,) or (n_samples, n_outputs), or with a trailing axis of
+            ``k`` columns
+            In the model's dtype, on its device.
+
+        Returns
+        -------
+        ndarray of the shape of ``v``
+        """
+        self._check_open()
+        V, multi = self._as_block(v, "v")
+        out = self._products("apply", V, [(_jacobian_vp, s.key) for s in self._shards])
+        self.n_products += V.shape[-1]
+        return out if multi else out[..., 0]
+
     def matvec(self, v):
-        """``Theta(X, X) v``.
+        """``Theta(X, X) v`` for one vector.
 
         Parameters
         ----------
@@ -931,12 +996,7 @@ class ShardedNTK:
         """
         self._check_open()
         shape = tuple(v.shape) if hasattr(v, "shape") else None
-        v = self._as_vector(v, "v")
-        name, dsk = f"mpsntk-matvec-{uuid.uuid4().hex}", {}
-        g = self._gradient(dsk, name, v)
-        keys = [_task(dsk, (f"{name}-jg", b), _jacobian_vp, self._model.key, s.key, g)
-                for b, s in enumerate(self._shards)]
-        return self._xp.concatenate(self._compute(name, dsk, keys)).reshape(shape)
+        return self.apply(self._as_vector(v, "v")).reshape(shape)
 
     def cross_matvec(self, phi, v, *, block_size=None):
         """``Theta(X_new, X) v`` for other samples, without forming the kernel: the predictions
@@ -945,48 +1005,48 @@ class ShardedNTK:
         Parameters
         ----------
         phi : ndarray or dask.array.Array, shape (n_new, n_sites, phys_dim)
-        v : ndarray
-            As for :meth:`matvec`.
+        v : ndarray, shape ``vector_shape``, or with a trailing axis of columns
         block_size : int, optional
             Samples of ``phi`` per task (default: the shard size).
 
         Returns
         -------
-        ndarray, shape (n_new,) or (n_new, n_outputs)
+        ndarray, shape (n_new,) + v.shape[1:]
         """
         self._check_open()
-        v = self._as_vector(v, "v")
+        V, multi = self._as_block(v, "v")
         rows = _check_int(self.shard_size if block_size is None else block_size, "block_size", 1)
-        arr, _ = _features(self._host_model, phi, "phi", rows)
-        name, dsk = f"mpsntk-cross-{uuid.uuid4().hex}", {}
-        g = self._gradient(dsk, name, v)
+        arr, _ = _features(self.mps, phi, "phi", rows)
         fn = partial(_new_jacobian_vp, token=self._token)
-        keys = [_task(dsk, (f"{name}-jg", b), fn, self._model.key, (arr.name, b, 0, 0), g)
-                for b in range(arr.numblocks[0])]
-        return self._xp.concatenate(self._compute(name, dsk, keys, extra=[arr]))
+        targets = [(fn, (arr.name, b, 0, 0)) for b in range(arr.numblocks[0])]
+        out = self._products("cross", V, targets, extra=[arr])
+        return out if multi else out[..., 0]
 
-    def columns(self, indices):
-        """``Theta(X, X[indices])``: kernel columns of a subset of the samples (the landmarks of
-        a Nystrom preconditioner), one tile per shard.
+    def columns(self, samples):
+        """Columns ``Theta(X, X[samples])`` as a flat matrix (the pivots of a Nystrom
+        preconditioner), one tile per shard, as :meth:`mpsntk.linalg.NTKOperator.columns`.
 
         Parameters
         ----------
-        indices : array of int, shape (k,)
+        samples : array of int, shape (m,)
+            Sample indices.
 
         Returns
         -------
-        ndarray, shape (n_samples, k)
-            The kernel traced over the outputs, as :func:`mpsntk.ntk` returns it.
+        ndarray, shape (n_samples * n_outputs, m * n_outputs)
+            Column ``i * n_outputs + l`` is the operator's column of sample ``samples[i]``,
+            output ``l`` (the output-resolved kernel; ``mpsntk.ntk(mps, phi, phi[samples])``
+            for scalar models).
         """
         self._check_open()
-        idx = np.asarray(indices)
+        idx = np.asarray(samples)
         if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu":
             raise ValueError(
-                f"indices must be a non-empty 1-D integer array; got {_describe(indices)}"
+                f"samples must be a non-empty 1-D integer array; got {_describe(samples)}"
             )
         if idx.min() < 0 or idx.max() >= self.n_samples:
             raise ValueError(
-                f"indices must lie in [0, {self.n_samples}); got min {idx.min()}, max {idx.max()}"
+                f"samples must lie in [0, {self.n_samples}); got min {idx.min()}, max {idx.max()}"
             )
         # The chosen samples, gathered from their shards, then put back in the caller's order.
         name, dsk = f"mpsntk-columns-{uuid.uuid4().hex}", {}
@@ -998,185 +1058,25 @@ class ShardedNTK:
                           self._model.key, order, *picks)
         keys = [_task(dsk, (f"{name}-tile", b), _shard_columns, self._model.key, s.key, landmarks)
                 for b, s in enumerate(self._shards)]
+        self.n_products += idx.size * self.n_outputs
         return self._xp.concatenate(self._compute(name, dsk, keys))
 
     def diagonal(self, *, block=64):
-        """The diagonal of ``Theta``, shape (n_samples,) or (n_samples, n_outputs), cached:
-        symmetric tiles of ``block`` samples along it (about the cost of a few products)."""
+        """The diagonal of ``Theta``, shape (n_samples,) or (n_samples, n_outputs) (the
+        output-resolved ``Theta_ll(x, x)``): symmetric tiles of ``block`` samples along it
+        (about the cost of a few products), computed once, then cached."""
         self._check_open()
         if self._diagonal is None:
             fn = partial(_shard_diagonal, block=_check_int(block, "block", 1),
-                         full=self._vector_shape != (self.n_samples,))
+                         full=self.vector_shape != (self.n_samples,))
             name, dsk = f"mpsntk-diagonal-{uuid.uuid4().hex}", {}
             keys = [_task(dsk, (name, b), fn, self._model.key, s.key)
                     for b, s in enumerate(self._shards)]
             self._diagonal = self._xp.concatenate(self._compute(name, dsk, keys))
-        return self._diagonal
+        return self._diagonal.copy()
 
     def aslinearoperator(self):
-        """A ``scipy.sparse.linalg.LinearOperator`` on flattened vectors (needs SciPy)."""
-        try:
-            from scipy.sparse.linalg import LinearOperator
-        except ImportError as exc:
-            raise ImportError("aslinearoperator needs SciPy (pip install scipy)") from exc
-
-        def mv(v):
-            return self.matvec(self._xp.asarray(v, dtype=self.dtype).reshape(self.shape[0]))
-
-        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, dtype=self.dtype)
-
-
-# --------------------------------------------------------------------------- conjugate gradients
-@dataclass
-class CGResult:
-    """The result of :func:`cg`.
-
-    Attributes
-    ----------
-    x : ndarray
-        The solution, of the shape of ``y``.
-    converged : bool
-        Whether the final true relative residual ``||y - (A + ridge I) x|| / ||y||`` is at
-        most ``rtol``.
-    n_iter : int
-        Iterations (one operator product each).
-    residuals : list of float
-        The recurrence's relative residual norm before each iteration and after the last.
-    residual : float
-        The true relative residual of ``x`` (one more product).
-    """
-
-    x: object
-    converged: bool
-    n_iter: int
-    residuals: list = field(default_factory=list)
-    residual: float = math.nan
-
-
-def cg(operator, y, *, ridge=0.0, rtol=1e-8, maxiter=None, x0=None, preconditioner="jacobi",
-       callback=None):
-    """Solve ``(Theta + ridge I) x = y`` by (preconditioned) conjugate gradients.
-
-    Parameters
-    ----------
-    operator : ShardedNTK, or any symmetric positive semi-definite operator with ``matvec``,
-        ``shape`` and ``dtype`` (and ``diagonal()`` for the Jacobi preconditioner)
-    y : ndarray
-        The right-hand side, of the shape ``operator.matvec`` takes: (n_samples,), or
-        (n_samples, n_outputs) for multi-output models.
-    ridge : float
-        ``>= 0``; the regulariser of kernel regression (needed when ``Theta`` is singular).
-    rtol : float
-        Stop when the relative residual ``||r|| / ||y||`` is at most ``rtol``.
-    maxiter : int, optional
-        Default: 10 times the size of the system (rounding makes CG need more than the size on
-        ill-conditioned kernels).
-    x0 : ndarray, optional
-        Starting point (default zero; one product more otherwise).
-    preconditioner : {"jacobi", None} or callable
-        "jacobi" divides by ``diag(Theta) + ridge`` (``operator.diagonal()``); a callable
-        ``M(r)`` applies any symmetric positive definite preconditioner; None is plain CG.
-    callback : callable, optional
-        ``callback(n_iter, x, relative_residual)`` after every iteration.
-
-    Returns
-    -------
-    CGResult
-
-    Raises
-    ------
-    ValueError
-        If the operator turns out not to be positive definite along a search direction
-        (``p^T (Theta + ridge I) p <= 0``): add a ridge.
-    """
-    from ._validate import _check_positive_float
-
-    if not all(hasattr(operator, a) for a in ("matvec", "shape", "dtype")):
-        raise TypeError(f"operator must have matvec, shape and dtype; got {_describe(operator)}")
-    if isinstance(ridge, (bool, np.bool_)) or not isinstance(ridge, (int, float, np.floating)):
-        raise TypeError(f"ridge must be a real number >= 0; got {_describe(ridge)}")
-    if not (float(ridge) >= 0.0 and math.isfinite(float(ridge))):
-        raise ValueError(f"ridge must be a finite real number >= 0; got {ridge}")
-    ridge = float(ridge)
-    rtol = _check_positive_float(rtol, "rtol")
-    xp = _array_module(y) if hasattr(y, "shape") else np
-    if not hasattr(y, "shape") or y.dtype != np.dtype(operator.dtype):
-        raise TypeError(f"y must be an array of dtype {np.dtype(operator.dtype)}; got "
-                        f"{_describe(y)}")
-    if y.size != operator.shape[0]:
-        raise ValueError(f"y must hold {operator.shape[0]} entries; got shape {y.shape}")
-    size = operator.shape[0]
-    maxiter = 10 * size if maxiter is None else _check_int(maxiter, "maxiter", 0)
-    if preconditioner == "jacobi":
-        if not hasattr(operator, "diagonal"):
-            raise TypeError("preconditioner='jacobi' needs operator.diagonal()")
-        inv = 1.0 / (operator.diagonal().reshape(y.shape) + ridge)
-        if not bool(xp.all(xp.isfinite(inv) & (inv > 0))):
-            raise ValueError("the Jacobi preconditioner needs diag(Theta) + ridge > 0; add a ridge")
-
-        def precondition(r):
-            return inv * r
-    elif preconditioner is None:
-        def precondition(r):
-            return r
-    elif callable(preconditioner):
-        precondition = preconditioner
-    else:
-        raise ValueError(
-            f"preconditioner must be 'jacobi', None or a callable; got {_describe(preconditioner)}"
-        )
-
-    def apply(v):
-        out = operator.matvec(v)
-        return out + ridge * v if ridge else out
-
-    def norm(a):
-        return float(xp.linalg.norm(a.reshape(-1)))
-
-    def dot(a, b):
-        return float(xp.vdot(a.reshape(-1), b.reshape(-1)))
-
-    y_norm = norm(y)
-    if y_norm == 0.0:
-        return CGResult(xp.zeros_like(y), True, 0, [0.0], 0.0)
-    if x0 is None:
-        x = xp.zeros_like(y)
-        r = y.copy()
-    else:
-        if not hasattr(x0, "shape") or x0.shape != y.shape or x0.dtype != y.dtype:
-            raise ValueError(
-                f"x0 must be an array of the shape and dtype of y; got {_describe(x0)}"
-            )
-        x = x0.copy()
-        r = y - apply(x)
-    def preconditioned(r):
-        z = precondition(r)
-        rz = dot(r, z)
-        if rz < 0.0:
-            raise ValueError(f"the preconditioner is not positive definite (r^T M r = {rz:.3g})")
-        return z, rz
-
-    z, rz = preconditioned(r)
-    p = z.copy()
-    residuals = [norm(r) / y_norm]
-    n_iter = 0
-    while residuals[-1] > rtol and n_iter < maxiter:
-        q = apply(p)
-        curvature = dot(p, q)
-        if not curvature > 0.0:
-            raise ValueError(
-                "the operator is not positive definite along a search direction "
-                f"(p^T A p = {curvature:.3g}); add a ridge"
-            )
-        alpha = rz / curvature
-        x += alpha * p
-        r -= alpha * q
-        rz_old = rz
-        z, rz = preconditioned(r)
-        p = z + (rz / rz_old) * p
-        n_iter += 1
-        residuals.append(norm(r) / y_norm)
-        if callback is not None:
-            callback(n_iter, x, residuals[-1])
-    residual = norm(y - apply(x)) / y_norm
-    return CGResult(x, residual <= rtol, n_iter, residuals, residual)
+        """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx``'s for device models) on
+        flattened vectors; its ``matmat`` runs all columns in one graph (needs SciPy)."""
+        self._check_open()
+        return _linear_operator(self)

@@ -27,6 +27,15 @@ Memory.  The samples are split into blocks of ``block_size`` samples (default: t
 whose engine workspace stays within 256 MiB); a product costs one pass over the blocks and holds
 one block's environments at a time, besides the inputs and ``O(n_samples * n_outputs)`` vectors.
 
+Operators.  :func:`kernel_regression`, :func:`nystrom_preconditioner` and
+:func:`top_eigenvalues` take ``Theta`` through a small interface that :class:`NTKOperator` and
+:class:`mpsntk.dask.ShardedNTK` (samples sharded over Dask workers) both provide: ``mps``,
+``shape``, ``dtype``, ``vector_shape``, ``n_samples``, ``n_outputs``, ``apply(V)`` (``Theta V``
+on unflattened vectors with a trailing axis of columns), ``diagonal()``, ``columns(samples)``
+(output-resolved, flat ``(n_samples * n_outputs, m * n_outputs)``), ``cross_matvec(phi, V)``
+(predictions) and the counter ``n_products``.  :func:`gradient_descent_mse` needs an
+:class:`NTKOperator`.
+
 Dependencies.  The operator is a ``scipy.sparse.linalg.LinearOperator``, so everything that
 takes one needs SciPy (``pip install 'mpsntk[linalg]'``; device models need CuPy, which ships
 ``cupyx``); :func:`cross_ntk_vp` and :func:`ntk_diagonal` need NumPy only.  The solvers are
@@ -172,15 +181,21 @@ class _Samples:
         return self.xp.concatenate([_blocks.jacobian_vp(b, tangents) for b in self.blocks])
 
     def check_vectors(self, v, name, columns=True):
-        """``v`` of shape ``vector_shape`` (or with a trailing axis of columns) in the model's
-        dtype on its device; returns it as an array with a trailing column axis and whether it
-        had one."""
-        self.mps.same_device(array_module(v, names=[name]), name)
-        v = _as_vector_block(self.mps, v, self.n, name)
-        multi = v.ndim > len(self.vector_shape)
-        if multi and not columns:
-            raise ValueError(f"{name} must have shape {self.vector_shape}; got {v.shape}")
-        return (v if multi else v[..., None]), multi
+        """As :func:`_vector_block` on these samples."""
+        return _vector_block(self.mps, self.n, v, name, columns)
+
+
+def _vector_block(mps, n_samples, v, name, columns=True):
+    """``v`` of shape (n_samples,) or (n_samples, n_outputs) (or with a trailing axis of
+    columns) in the model's dtype on its device; returns it as an array with a trailing column
+    axis and whether it had one."""
+    mps.same_device(array_module(v, names=[name]), name)
+    v = _as_vector_block(mps, v, n_samples, name)
+    vector_ndim = 1 if mps.output_site is None else 2
+    multi = v.ndim > vector_ndim
+    if multi and not columns:
+        raise ValueError(f"{name} must have shape {v.shape[:vector_ndim]}; got {v.shape}")
+    return (v if multi else v[..., None]), multi
 
 
 def _products(out_samples, in_samples, V):
@@ -203,8 +218,9 @@ def _linear_operator_base(xp):
             from scipy.sparse.linalg import LinearOperator
         except ImportError as exc:
             raise ImportError(
-                "mpsntk.linalg.ntk_operator returns a scipy.sparse.linalg.LinearOperator and "
-                "needs SciPy: pip install 'mpsntk[linalg]' (or pip install scipy)"
+                "the NTK as a scipy.sparse.linalg.LinearOperator (mpsntk.linalg.ntk_operator, "
+                "top_eigenvalues, ShardedNTK.aslinearoperator) needs SciPy: pip install "
+                "'mpsntk[linalg]' (or pip install scipy)"
             ) from exc
         return LinearOperator
     try:
@@ -457,13 +473,68 @@ def ntk_operator(mps, phi, *, block_size=None):
     return _operator_class(_linear_operator_base(samples.xp))(samples)
 
 
+# The kernel operator the solvers need (kernel_regression, nystrom_preconditioner,
+# top_eigenvalues), provided by NTKOperator and mpsntk.dask.ShardedNTK alike:
+#   mps                         the model (dtype, device, outputs: validates vectors)
+#   shape, dtype, vector_shape  (N, N) with N = n_samples * n_outputs; a vector's unflattened
+#   n_samples, n_outputs        shape (n_samples,) or (n_samples, n_outputs)
+#   apply(V)                    Theta V for V of shape vector_shape (+ (k,)); same shape
+#   diagonal()                  the exact diagonal, N entries (flat or vector_shape)
+#   columns(samples)            Theta(X, X[samples]) flat: (N, m * n_outputs), output-resolved
+#   cross_matvec(phi, V)        Theta(X_new, X) V: (n_new,) + V.shape[1:]
+#   n_products                  products spent so far (a column counts as one)
+_KERNEL_OPERATOR = ("mps", "shape", "dtype", "vector_shape", "n_samples", "n_outputs", "apply",
+                    "diagonal", "columns", "cross_matvec", "n_products")
+
+
 def _check_operator(operator):
+    """``operator`` if it provides the kernel operator above, else TypeError."""
+    missing = [a for a in _KERNEL_OPERATOR if not hasattr(operator, a)]
+    if missing:
+        raise TypeError(
+            "operator must be an NTKOperator (mpsntk.linalg.ntk_operator) or an "
+            f"mpsntk.dask.ShardedNTK; got {type(operator).__name__} (lacking {', '.join(missing)})"
+        )
+    return operator
+
+
+def _check_ntk_operator(operator):
     if not isinstance(operator, NTKOperator):
         raise TypeError(
             "operator must be an NTKOperator from mpsntk.linalg.ntk_operator; got "
             f"{type(operator).__name__}"
         )
     return operator
+
+
+def _xp(op):
+    return op.mps.xp
+
+
+def _flat_diagonal(op):
+    return op.diagonal().reshape(-1)
+
+
+def _trace(op):
+    return float(_xp(op).sum(_flat_diagonal(op), dtype=_xp(op).float64))
+
+
+def _apply_flat(op, P):
+    """``Theta P`` for P of shape (N, k)."""
+    return op.apply(P.reshape(tuple(op.vector_shape) + (P.shape[1],))).reshape(P.shape)
+
+
+def _linear_operator(op):
+    """``op`` as a SciPy (cupyx) ``LinearOperator`` on flattened vectors."""
+    base = _linear_operator_base(_xp(op))
+
+    def matvec(x):
+        return _apply_flat(op, x.reshape(op.shape[0], 1)).reshape(x.shape)
+
+    def matmat(X):
+        return _apply_flat(op, X)
+
+    return base(op.shape, matvec=matvec, rmatvec=matvec, matmat=matmat, dtype=op.dtype)
 
 
 def cross_ntk_vp(mps, phi1, phi2, v, *, block_size=None):
@@ -594,7 +665,7 @@ def _orthonormalise(xp, F, width):
 
 def _default_rank(op):
     """512, or fewer columns where the factor would take over a quarter of the memory left."""
-    avail = _available_memory() if op._x.xp is np else None
+    avail = _available_memory() if _xp(op) is np else None
     rank = _DEFAULT_RANK
     if avail is not None:
         per_column = op.shape[0] * np.dtype(op.dtype).itemsize
@@ -615,7 +686,7 @@ def nystrom_preconditioner(operator, rank=512, *, per_round=None, tol=0.0, seed=
 
     Parameters
     ----------
-    operator : NTKOperator
+    operator : NTKOperator or mpsntk.dask.ShardedNTK
     rank : int
         Largest rank (columns of the factor: pivot samples times ``n_outputs``).  Memory:
         ``n_samples * n_outputs * rank`` entries of the model's dtype.
@@ -636,7 +707,7 @@ def nystrom_preconditioner(operator, rank=512, *, per_round=None, tol=0.0, seed=
     if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0.0 <= tol < 1.0):
         raise ValueError(f"tol must be a real number in [0, 1); got {_describe(tol)}")
     rng = _check_seed(seed)
-    xp, mps = op._x.xp, op.mps
+    xp, mps = _xp(op), op.mps
     n, C = op.n_samples, op.n_outputs
     N = n * C
     rank = min(rank, N)
@@ -647,7 +718,7 @@ def nystrom_preconditioner(operator, rank=512, *, per_round=None, tol=0.0, seed=
     _check_memory(xp, (N * rank + 2 * N * per_round * C) * itemsize,
                   f"a Nystrom factor of rank {rank} on {n} samples",
                   "lower rank")
-    diag = _to_host(xp, op.diagonal()).astype(np.float64)
+    diag = _to_host(xp, _flat_diagonal(op)).astype(np.float64)
     total = float(diag.sum())
     resid = diag.copy()  # diagonal of Theta - Theta_hat, flat
     F = xp.empty((N, rank), dtype=mps.dtype)
@@ -737,7 +808,7 @@ class RegressionResult:
         right-hand side, and one per right-hand side with ``verify``.  (The diagonal, computed
         once per operator, costs about one product more.)
     setup_products : int
-    operator : NTKOperator
+    operator : NTKOperator or mpsntk.dask.ShardedNTK
     """
 
     alpha: Any
@@ -809,8 +880,11 @@ def kernel_regression(
 
     Parameters
     ----------
-    operator : NTKOperator
-        ``Theta(X, X)`` from :func:`ntk_operator`.
+    operator : NTKOperator or mpsntk.dask.ShardedNTK
+        ``Theta(X, X)`` from :func:`ntk_operator` (in this process), or with the samples
+        sharded over Dask workers (:class:`mpsntk.dask.ShardedNTK`: each product, kernel
+        column and prediction is then a Dask graph; the vectors and the preconditioner's
+        factor live on the caller).
     y : ndarray, shape (n_samples,) or (n_samples, k) (scalar models); (n_samples, n_outputs)
         or (n_samples, n_outputs, k) (multi-output models)
         Targets, in the model's dtype; ``k`` right-hand sides are solved together.
@@ -864,12 +938,12 @@ def kernel_regression(
     verify = _check_bool(verify, "verify")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable; got {_describe(callback)}")
-    xp, samples = op._x.xp, op._x
-    Y, multi = samples.check_vectors(y, "y")
+    xp = _xp(op)
+    Y, multi = _vector_block(op.mps, op.n_samples, y, "y")
     N, k = op.shape[0], Y.shape[-1]
     B = Y.reshape(N, k)
     if x0 is not None:
-        X0 = samples.check_vectors(x0, "x0")[0]
+        X0 = _vector_block(op.mps, op.n_samples, x0, "x0")[0]
         if X0.shape != Y.shape:
             raise ValueError(
                 f"x0 must have the shape of y, {tuple(y.shape)}; got {tuple(x0.shape)}"
@@ -878,12 +952,11 @@ def kernel_regression(
     precond = _make_preconditioner(op, preconditioner, rank, seed, reg)
     setup = op.n_products - before
 
-    def apply_a(P, cols):
-        V = P.reshape(op.vector_shape + (P.shape[1],))
-        return op._apply(V).reshape(N, -1) + P * op.dtype.type(reg)
+    def apply_a(P):
+        return _apply_flat(op, P) + P * op.dtype.type(reg)
 
     X = xp.zeros((N, k), dtype=op.dtype) if x0 is None else X0.reshape(N, k).copy()
-    R = B.copy() if x0 is None else B - apply_a(X, None)
+    R = B.copy() if x0 is None else B - apply_a(X)
     bnorm = _column_norms(xp, B)
     scale = np.where(bnorm > 0, bnorm, 1.0)
     res = _column_norms(xp, R) / scale
@@ -896,7 +969,7 @@ def kernel_regression(
     while active.size and n_iter < maxiter:
         cols = xp.asarray(active) if xp is not np else active
         Pa = P[:, cols]
-        AP = apply_a(Pa, cols)
+        AP = apply_a(Pa)
         pap = _column_dots(xp, Pa, AP)
         if not np.all(np.isfinite(pap)) or np.any(pap <= 0):
             raise FloatingPointError(
@@ -925,7 +998,7 @@ def kernel_regression(
     converged = not active.size
     final = None
     if verify:
-        final = _column_norms(xp, B - apply_a(X, None)) / scale
+        final = _column_norms(xp, B - apply_a(X)) / scale
         if converged and np.any(final > 10 * rtol):
             warnings.warn(
                 f"kernel_regression: the recurrence reached rtol = {rtol:g} but the recomputed "
@@ -976,9 +1049,9 @@ def _make_preconditioner(op, preconditioner, rank, seed, reg):
     if isinstance(preconditioner, str):
         _check_choice(preconditioner, "preconditioner", ("nystrom", "jacobi"))
         if preconditioner == "jacobi":
-            return _Jacobi(op.diagonal())
+            return _Jacobi(_flat_diagonal(op))
         rank = _default_rank(op) if rank is None else _check_int(rank, "rank", 1)
-        tol = min(reg / max(op.trace(), np.finfo(np.float64).tiny), 0.5)
+        tol = min(reg / max(_trace(op), np.finfo(np.float64).tiny), 0.5)
         return nystrom_preconditioner(op, rank, tol=tol, seed=seed)
     raise TypeError(
         "preconditioner must be 'nystrom', 'jacobi', None or a NystromPreconditioner; got "
@@ -1197,7 +1270,7 @@ def gradient_descent_mse(
         As :func:`mpsntk.dynamics.gradient_descent_mse` (``learning_rate * lam_max / s >= 2``
         with ``discrete=True``, with ``lam_max`` the Lanczos estimate).
     """
-    op = _check_operator(operator)
+    op = _check_ntk_operator(operator)
     learning_rate = _check_positive_float(learning_rate, "learning_rate")
     diag_reg = _check_nonnegative_float(diag_reg, "diag_reg")
     _check_choice(loss, "loss", _LOSSES)
@@ -1297,7 +1370,7 @@ def top_eigenvalues(operator, k=6, *, return_eigenvectors=False, tol=0.0, maxite
 
     Parameters
     ----------
-    operator : NTKOperator
+    operator : NTKOperator or mpsntk.dask.ShardedNTK
     k : int
         Number of eigenvalues, ``1 <= k < n_samples * n_outputs``.
     return_eigenvectors : bool
@@ -1333,7 +1406,8 @@ def top_eigenvalues(operator, k=6, *, return_eigenvectors=False, tol=0.0, maxite
         raise ValueError(f"tol must be a real number in [0, 1); got {_describe(tol)}")
     if maxiter is not None:
         maxiter = _check_int(maxiter, "maxiter", 1)
-    xp = op._x.xp
+    xp = _xp(op)
+    lin = _linear_operator(op)
     v0 = _check_seed(seed).standard_normal(N).astype(op.dtype)
     if xp is np:
         from scipy.sparse.linalg import eigsh
@@ -1341,10 +1415,10 @@ def top_eigenvalues(operator, k=6, *, return_eigenvectors=False, tol=0.0, maxite
         from cupyx.scipy.sparse.linalg import eigsh
 
         v0 = xp.asarray(v0)
-    res = eigsh(op, k=k, which="LA", v0=v0, tol=tol, maxiter=maxiter,
+    res = eigsh(lin, k=k, which="LA", v0=v0, tol=tol, maxiter=maxiter,
                 return_eigenvectors=return_eigenvectors)
     if not return_eigenvectors:
         return xp.sort(res)[::-1]
     vals, vecs = res
     order = xp.argsort(vals)[::-1]
-    return vals[order], vecs[:, order].reshape(op.vector_shape + (k,))
+    return vals[order], vecs[:, order].reshape(tuple(op.vector_shape) + (k,))
