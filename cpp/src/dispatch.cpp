@@ -100,10 +100,10 @@ struct IsaRequest {
 IsaRequest initial_isa() {
   const auto v = compiled_supported();
   const char* env = std::getenv("MPSNTK_ISA");
-  if (!env || !env[0]) return {v.front()};
+  if (!env || !env[0]) return {v.front(), IsaProblem::none, {}};
   const std::string want(env);
   for (Isa i : v)
-    if (want == name_of(i)) return {i};
+    if (want == name_of(i)) return {i, IsaProblem::none, {}};
   for (Isa i : kCompiled)
     if (want == name_of(i))
       return {v.front(), IsaProblem::unsupported,
