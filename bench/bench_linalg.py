@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -127,20 +128,30 @@ def problem(n):
     return student, phi, y, y_clean, phi_test, _teacher(teacher, phi_test) / sd
 
 
+@functools.cache
+def _student():
+    return problem(2)[0]
+
+
 def memory_model(method, n, rank):
     """Predicted peak bytes above the data: the method's working set.
 
     cg: the Nystrom factor (n * rank), one round of columns and its update (2 n * rank / 8),
-    the engine's workspace for one block (at most 256 MiB), a dozen n-vectors; dense: the kernel
-    (n^2), the test cross kernel (n_test * n) and the engine's tiles.
+    the engine's environments (all samples' where the operator keeps them, at most a quarter
+    of the free memory; else one block's, at most 256 MiB), a dozen n-vectors; dense: the
+    kernel (n^2), the test cross kernel (n_test * n) and the engine's tiles.
     """
-    from mpsntk.linalg import _BLOCK_BYTES
+    from mpsntk._engine import engine_for
+    from mpsntk.linalg import _BLOCK_BYTES, _environments_fit
 
     item = 8
     if method == "dense":
         return item * (n * n + N_TEST * n) + 64 * 2**20
     r = rank if method == "cg" else 0
-    engine = min(_BLOCK_BYTES, n * 34336)  # environment_bytes per sample of this model
+    if _environments_fit(_student(), n):  # the operator keeps every block's environments
+        engine = engine_for(_student()).prepare_bytes(_student(), n, held=True)
+    else:
+        engine = _BLOCK_BYTES
     return item * (n * r + 2 * n * math.ceil(r / 8) + 12 * n) + engine
 
 
@@ -179,6 +190,7 @@ def _measure(method, n, opts):
         out["predict_s"] = time.perf_counter() - t0
     else:
         op = linalg.ntk_operator(student, phi)
+        out["environments_kept"] = all(b.keep for b in op._x.blocks)
         t0 = time.perf_counter()
         trace = op.trace()
         out["diagonal_s"] = time.perf_counter() - t0

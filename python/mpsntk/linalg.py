@@ -128,8 +128,11 @@ def _column_norms(xp, a):
 
 
 def _default_block_size(mps):
-    # the footprint of one prepared sample, as the engine (C++ or CUDA) reports it
-    return max(1, _BLOCK_BYTES // engine_for(mps).prepare_bytes(mps, 1, held=True))
+    # the engine's (C++ or CUDA) footprint of a prepared batch: a fixed part plus one per sample
+    eng = engine_for(mps)
+    one, more = (eng.prepare_bytes(mps, n) for n in (1, 1025))
+    per_sample = max(1, (more - one) // 1024)
+    return max(1, (_BLOCK_BYTES - (one - per_sample)) // per_sample)
 
 
 def _environments_fit(mps, n_samples):
