@@ -165,5 +165,11 @@ def test_a_block_that_does_not_keep_prepares_at_every_product(monkeypatch):
     assert relerr(_blocks.kernel_block(b1, b2), mn.ntk(mps, x1, x2)) == 0.0
     assert len(calls) == 2 * 2 + 2 + 2  # both blocks per product, then mn.ntk's two batches
     assert b1._prepared is None and b2._prepared is None
+    # a kept block (panels, NTK tiles) with one prepared for the product alone (rows)
+    mixed = _blocks.Batch(mps, x1)
+    assert relerr(_blocks.kernel_block(mixed, b2), mn.ntk(mps, x1, x2)) == 0.0
+    assert relerr(_blocks.kernel_vp(mixed, b2, v), kept) < 1e-14
+    u = rng.standard_normal(6)
+    assert relerr(_blocks.kernel_vp(b2, mixed, u), _blocks.kernel_vp(b2, b1, u)) < 1e-14
     with pytest.raises(TypeError, match="keep must be a bool"):
         _blocks.Batch(mps, x1, keep=1)

@@ -77,12 +77,18 @@ class Batch:
     def n_samples(self) -> int:
         return int(self.phi.shape[0])
 
-    def _prepare(self):
+    def _prepare(self, tiles=True):
         eng = engine_for(self.mps)
         eng.check_fits(eng.prepare_bytes(self.mps, self.n_samples),
                        f"the environments of a block of {self.n_samples} samples",
                        "use smaller blocks")
-        return eng.prepare(self.mps, self.phi)
+        return eng.prepare(self.mps, self.phi, tiles=tiles)
+
+    def _for_products(self):
+        """The engine's batch for the Jacobian products (vjp, jvp, ntk_vp): the kept one, or a
+        fresh one whose factors are laid out as the products read them (rows, not the NTK
+        tiles' panels: 10-30 % faster when the batch is prepared for one product)."""
+        return self.prepared if self.keep else self._prepare(tiles=False)
 
     @property
     def prepared(self):
@@ -144,7 +150,7 @@ def transpose_vp(batch, v):
     mps = batch.mps
     xp = mps.same_device(array_module(batch.phi, v, names=["phi", "cotangent"]), "phi")
     cot = _cotangent(mps, xp, v, batch.n_samples)
-    grads = _vjp(engine_for(mps), batch.prepared, cot, normalized=False)
+    grads = _vjp(engine_for(mps), batch._for_products(), cot, normalized=False)
     for g, r in zip(grads, mps.site_lr):
         if r != 1.0:
             g *= r
@@ -158,7 +164,7 @@ def jacobian_vp(batch, tangents):
     names = ["phi"] + [f"tangents[{j}]" for j in range(len(tangents))]
     xp = mps.same_device(array_module(batch.phi, *tangents, names=names), "phi")
     ts = _tangents(mps, xp, tangents)
-    return _jvp(engine_for(mps), batch.prepared, ts, normalized=False)
+    return _jvp(engine_for(mps), batch._for_products(), ts, normalized=False)
 
 
 def kernel_vp(b1, b2, v):
@@ -169,8 +175,8 @@ def kernel_vp(b1, b2, v):
     xp = mps.same_device(array_module(b2.phi, v, names=["phi", "cotangent"]), "phi")
     cot = _cotangent(mps, xp, v, b2.n_samples)
     # one engine call, through the normalised halves: J1 (J2^T v) stays in range
-    res, _ = _ntk_vp(engine_for(mps), b1.prepared, b2.prepared, cot[:, :, None], mps.site_lr,
-                     normalized=False)
+    res, _ = _ntk_vp(engine_for(mps), b1._for_products(), b2._for_products(), cot[:, :, None],
+                     mps.site_lr, normalized=False)
     return res[:, 0, 0] if mps.output_site is None else res[:, :, 0]
 
 
