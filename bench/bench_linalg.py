@@ -64,13 +64,12 @@ import datetime
 import functools
 import json
 import math
-import multiprocessing as mp
 import os
 import sys
 import time
 
 import _harness
-from bench_ntk import BLAS_VARS, _stopped, _watch, machine_info
+from bench_ntk import BLAS_VARS, machine_info, spawn_child
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(BENCH_DIR, "results", "linalg_cpu.jsonl")
@@ -252,26 +251,7 @@ def _child(conn, method, n, opts):
 
 def run_child(method, n, opts, timeout, max_rss_mb):
     """One measurement in a fresh spawn child, killed past ``timeout`` s or ``max_rss_mb``."""
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, method, n, opts), daemon=True)
-    t0 = time.perf_counter()
-    proc.start()
-    send.close()
-    try:
-        how = _watch(proc.pid, recv.poll, timeout, max_rss_mb)
-        res = recv.recv() if how == "done" else _stopped(how, timeout, max_rss_mb)
-    except EOFError:
-        proc.join(5)
-        res = {"status": "error",
-               "note": f"child exited with code {proc.exitcode} (killed for memory?)"}
-    finally:
-        recv.close()
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-    res["wall_s"] = time.perf_counter() - t0
-    return res
+    return spawn_child(_child, (method, n, opts), timeout, max_rss_mb)
 
 
 def _available_gb():

@@ -349,6 +349,32 @@ def _stopped(how, timeout, max_rss_mb):
             "note": f"killed: resident memory above --max-rss-gb ({max_rss_mb / 1024:g} GiB)"}
 
 
+def spawn_child(target, args, timeout, max_rss_mb=None):
+    """``target(conn, *args)`` in a fresh spawn child that sends one result dict on ``conn``;
+    killed past ``timeout`` seconds or ``max_rss_mb`` MiB of resident memory (then a
+    ``{"status": "timeout" | "memory" | "error", "note": ...}`` record), with its wall time."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(send, *args), daemon=True)
+    t0 = time.perf_counter()
+    proc.start()
+    send.close()
+    try:
+        how = _watch(proc.pid, recv.poll, timeout, max_rss_mb)
+        res = recv.recv() if how == "done" else _stopped(how, timeout, max_rss_mb)
+    except EOFError:
+        proc.join(5)
+        res = {"status": "error",
+               "note": f"child exited with code {proc.exitcode} (killed for memory?)"}
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
 def run_child(job, args, timeout, max_rss_mb=None):
     """Run ``job`` in a fresh spawn child with a wall-clock and a memory limit.
 
@@ -368,26 +394,7 @@ def run_child(job, args, timeout, max_rss_mb=None):
     dict
         The child's result, or ``{"status": "timeout" | "memory" | "error", "note": ...}``.
     """
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, job, args), daemon=True)
-    t0 = time.perf_counter()
-    proc.start()
-    send.close()
-    try:
-        how = _watch(proc.pid, recv.poll, timeout, max_rss_mb)
-        res = recv.recv() if how == "done" else _stopped(how, timeout, max_rss_mb)
-    except EOFError:
-        proc.join(5)
-        res = {"status": "error",
-               "note": f"child exited with code {proc.exitcode} (killed for memory?)"}
-    finally:
-        recv.close()
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-    res["wall_s"] = time.perf_counter() - t0
-    return res
+    return spawn_child(_child, (job, args), timeout, max_rss_mb)
 
 
 def run_worker(python, job, timeout, max_rss_mb=None):

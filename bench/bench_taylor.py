@@ -41,13 +41,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 
-from bench_ntk import _peak_rss, _reset_peak_rss, machine_info
+import _harness
+from bench_ntk import machine_info, spawn_child
 
 TOOLS = ("ntk", "taylor_all", "taylor_3", "nonlinear_fraction", "weak_correlations")
 MAX_CALLS = 100
@@ -87,7 +87,7 @@ def _calls(mps, phi, step, moved, phi_train, y_train):
 def _time(fn, warmup, repeats, min_time):
     """Median of timed calls after ``warmup`` untimed ones, and the peak RSS (MiB) above the
     baseline before the first call."""
-    base, method = _reset_peak_rss()
+    base, method = _harness.reset_peak_rss()
     for _ in range(warmup):
         fn()
     times = []
@@ -98,7 +98,7 @@ def _time(fn, warmup, repeats, min_time):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak = _peak_rss(method)
+    peak = _harness.peak_rss(method)
     return statistics.median(times), times, None if base is None else max(peak - base, 0.0)
 
 
@@ -126,17 +126,7 @@ def _child(conn, tool, cfg, opts):
 
 def run_child(tool, cfg, opts, timeout):
     """Run one measurement in a fresh spawn child; ``status: timeout`` past ``timeout`` s."""
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, tool, cfg, opts))
-    proc.start()
-    send.close()
-    res = recv.recv() if recv.poll(timeout) else {"status": "timeout"}
-    proc.join(5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    return res
+    return spawn_child(_child, (tool, cfg, opts), timeout)
 
 
 def run_config(n_sites, bond_dim, n_samples, dtype, args, common):
