@@ -18,8 +18,8 @@ from ._validate import _available_memory, _check_fits
 
 # What a user can do when a whole kernel does not fit in memory.
 KERNEL_HINT = (
-    "pass out= (e.g. a numpy.memmap), compute fewer samples at a time, or never form the "
-    "kernel: mpsntk.linalg (ntk_operator, kernel_regression, gradient_descent_mse)"
+    "compute fewer samples at a time, pass out= (e.g. a numpy.memmap for a host model), or "
+    "never form the kernel: mpsntk.linalg (ntk_operator, kernel_regression, gradient_descent_mse)"
 )
 
 
